@@ -10,5 +10,7 @@
 #include "mnemo/common.h"
 #include "mnemo/config.h"
 #include "mnemo/compute.h"
+#include "mnemo/metrics.h"
+#include "mnemo/rpc.h"
 
 #endif /* MNEMO_H */
