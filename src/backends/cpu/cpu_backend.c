@@ -17,9 +17,10 @@ const char *mn__cpu_level_name(mn_cpu_level l) {
   return (unsigned)l <= MN_CPU_AVX512 ? level_names[l] : "unknown";
 }
 
+static int level_cached = -1;
+
 mn_cpu_level mn__cpu_level(void) {
-  static int cached = -1;
-  int lvl = __atomic_load_n(&cached, __ATOMIC_RELAXED);
+  int lvl = __atomic_load_n(&level_cached, __ATOMIC_RELAXED);
   if (lvl >= 0)
     return (mn_cpu_level)lvl;
   __builtin_cpu_init();
@@ -41,7 +42,19 @@ mn_cpu_level mn__cpu_level(void) {
       if (strcmp(cap, level_names[i]) == 0 && i < lvl)
         lvl = i;
   }
-  __atomic_store_n(&cached, lvl, __ATOMIC_RELAXED);
+  __atomic_store_n(&level_cached, lvl, __ATOMIC_RELAXED);
+  return (mn_cpu_level)lvl;
+}
+
+mn_cpu_level mn__cpu_level_cap(mn_cpu_level cap) {
+  static int hw = -1;
+  if (hw < 0) {
+    hw = (int)mn__cpu_level();
+  }
+  int lvl = (int)cap < hw ? (int)cap : hw;
+  if (lvl < 0)
+    lvl = 0;
+  __atomic_store_n(&level_cached, lvl, __ATOMIC_RELAXED);
   return (mn_cpu_level)lvl;
 }
 

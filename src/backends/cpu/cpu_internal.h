@@ -25,6 +25,9 @@ typedef enum mn_cpu_level {
 /** The highest level this CPU supports, capped by $MNEMO_CPU_LEVEL. */
 mn_cpu_level mn__cpu_level(void);
 const char *mn__cpu_level_name(mn_cpu_level l);
+/** Tests: cap the level used from now on (never raises it above what the
+ *  CPU supports). Returns the level in force afterwards. */
+mn_cpu_level mn__cpu_level_cap(mn_cpu_level cap);
 
 typedef struct mn_cpu_backend {
   mn_backend base;
