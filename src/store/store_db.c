@@ -1232,6 +1232,15 @@ static void run_group(mn_store *s, st_op *ops) {
       else
         fatal = st;
     }
+    int any_ok = 0;
+    for (st_op *op = ops; op; op = op->next)
+      any_ok |= op->status == MN_OK;
+    if (!fatal && !map_full && !any_ok) {
+      /* Every op failed its checks: nothing to make durable. */
+      mdb_txn_abort(txn);
+      mn__st_sig_end_group(s, 0);
+      return;
+    }
     if (!fatal && !map_full) {
       uint64_t used = disk_in_use(s, txn);
       rc = mdb_txn_commit(txn);
