@@ -93,6 +93,7 @@ static inline void test_opts(mn_store_opts *o, const char *dir) {
   mn_store_opts_init(o);
   o->data_dir = dir;
   o->maintenance_ms = 0;
+  o->durable = 0; /* tests that need fsync set it back */
   o->chunk_rows = 256;
   o->map_size = 64u << 20;
 }

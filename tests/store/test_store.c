@@ -540,7 +540,7 @@ static void test_significance(void **state) {
   for (int i = 0; i < N; i++) {
     double got = mn_memory_list_at(l, i)->significance;
     if (fabs(got - expect[i]) > 2e-5)
-      print_error("memory %d: significance %.7f, reference %.7f\n", i, got,
+      fprintf(stderr, "memory %d: significance %.7f, reference %.7f\n", i, got,
                   expect[i]);
     assert_true(fabs(got - expect[i]) <= 2e-5);
     if (i % 5 != 4) {
