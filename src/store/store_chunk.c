@@ -11,12 +11,13 @@
  * never freed under a reader. Memory chunks may fill L2 only up to
  * MN_PRESSURE_RECOVERY_FRAC of its budget (so vectors alone never put
  * the store into recovery; working chunks may use the rest) and L1 up to
- * its budget.
- * To make room, the least recently used unpinned chunks move down (L1 ->
- * L2 when there is room there, else L3; L2 -> L3). A search protects the
- * chunks it has touched: their last_used is at least the search's tick,
- * and eviction on behalf of that search passes over them, so a scan
- * larger than L2 does not evict its own chunks in a loop.
+ * its budget. To make room, the least recently used unpinned chunks move
+ * down (L1 -> L2 when there is room there, else L3; L2 -> L3). A search
+ * brings a chunk up only at the expense of other collections' chunks that
+ * it has not touched: evicting chunks of the collection being scanned
+ * would only move the scan's own misses around (the classic LRU-on-a-scan
+ * thrash), so a collection larger than a tier keeps a stable resident
+ * part and reads the rest from below.
  */
 #include "store/store_internal.h"
 
@@ -216,16 +217,25 @@ static uint64_t chunk_tier_bytes(const st_chunk *ch, int tier) {
   return tier == MN_TIER_DEVICE ? dev_bytes(ch) : host_bytes(ch);
 }
 
-static int evictable(const st_chunk *ch, uint64_t protect_tick) {
-  return ch->pins == 0 && ch->last_used < protect_tick;
+/* Protection for a search: the chunks it has touched (last_used at least
+ * its tick) and every chunk of the collection it scans (a scan would only
+ * move its own misses around). */
+typedef struct st_protect {
+  uint64_t tick;
+  const st_coll *coll;
+} st_protect;
+
+static int evictable(const st_chunk *ch, const st_protect *pr) {
+  return ch->pins == 0 && ch->last_used < pr->tick && ch->coll != pr->coll;
 }
 
-static void demote(mn_store *s, st_chunk *ch, uint64_t protect_tick);
+static void demote(mn_store *s, st_chunk *ch, const st_protect *pr);
+static const st_protect no_protect = {UINT64_MAX, NULL};
 
 /* Move LRU chunks out of `tier` until `bytes` more fit under `limit`.
  * Returns 1 when they fit. Nothing moves unless enough can. */
 static int make_room(mn_store *s, int tier, uint64_t bytes, uint64_t limit,
-                     uint64_t protect_tick) {
+                     const st_protect *pr) {
   if (limit == UINT64_MAX)
     return 1;
   if (bytes > limit)
@@ -234,17 +244,17 @@ static int make_room(mn_store *s, int tier, uint64_t bytes, uint64_t limit,
     return 1;
   uint64_t need = s->used[tier] + bytes - limit, can = 0;
   for (st_chunk *v = s->lru_tail[tier]; v && can < need; v = v->lru_prev)
-    if (evictable(v, protect_tick))
+    if (evictable(v, pr))
       can += chunk_tier_bytes(v, tier);
   if (can < need)
     return 0;
   while (s->used[tier] + bytes > limit) {
     st_chunk *v = s->lru_tail[tier];
-    while (v && !evictable(v, protect_tick))
+    while (v && !evictable(v, pr))
       v = v->lru_prev;
     if (!v)
       return 0;
-    demote(s, v, protect_tick);
+    demote(s, v, pr);
   }
   return 1;
 }
@@ -290,12 +300,11 @@ static mn_status upload_rows(mn_store *s, st_chunk *ch, const void *codes,
 
 /* Try to put a chunk on the device from a host image; 1 on success. */
 static int to_device(mn_store *s, st_chunk *ch, const void *codes,
-                     uint64_t protect_tick) {
+                     const st_protect *pr) {
   if (!s->l1_enabled)
     return 0;
   uint64_t b = dev_bytes(ch);
-  if (!make_room(s, MN_TIER_DEVICE, b, chunk_limit(s, MN_TIER_DEVICE),
-                 protect_tick))
+  if (!make_room(s, MN_TIER_DEVICE, b, chunk_limit(s, MN_TIER_DEVICE), pr))
     return 0;
   void *d = NULL;
   if (mn_backend_alloc(s->backend, (size_t)b, &d) != MN_OK) {
@@ -315,14 +324,13 @@ static int to_device(mn_store *s, st_chunk *ch, const void *codes,
 }
 
 /* Move one chunk down a tier. tier_mu held, chunk unpinned. */
-static void demote(mn_store *s, st_chunk *ch, uint64_t protect_tick) {
+static void demote(mn_store *s, st_chunk *ch, const st_protect *pr) {
   int from = ch->tier;
   lru_unlink(s, ch);
   if (from == MN_TIER_DEVICE) {
     uint64_t hb = host_bytes(ch);
     void *buf = NULL;
-    if (make_room(s, MN_TIER_HOST, hb, chunk_limit(s, MN_TIER_HOST),
-                  protect_tick))
+    if (make_room(s, MN_TIER_HOST, hb, chunk_limit(s, MN_TIER_HOST), pr))
       buf = mn_malloc((size_t)hb);
     if (buf && ch->n > 0 &&
         mn_backend_download(s->backend, buf, ch->dev,
@@ -352,11 +360,13 @@ void mn__st_chunk_place(mn_store *s, st_chunk *ch, void *buf) {
   pthread_mutex_lock(&s->tier_mu);
   uint64_t tick = atomic_fetch_add(&s->tick, 1) + 1;
   ch->last_used = tick;
-  if (to_device(s, ch, buf, tick)) {
+  /* A new chunk is the most recently used: older ones make room. */
+  st_protect pr = {tick, NULL};
+  if (to_device(s, ch, buf, &pr)) {
     mn_free(buf);
     lru_push(s, ch, MN_TIER_DEVICE);
   } else if (make_room(s, MN_TIER_HOST, host_bytes(ch),
-                       chunk_limit(s, MN_TIER_HOST), tick) &&
+                       chunk_limit(s, MN_TIER_HOST), &pr) &&
              (buf || (buf = mn_malloc((size_t)host_bytes(ch))) != NULL)) {
     set_host(s, ch, buf);
     lru_push(s, ch, MN_TIER_HOST);
@@ -469,6 +479,7 @@ mn_status mn__st_chunk_load_rows(mn_store *s, st_chunk *ch, void *dst) {
 mn_status mn__st_chunk_acquire(mn_store *s, st_chunk *ch, uint64_t op_tick,
                                void **scratch, const void **codes_host,
                                const void **dev) {
+  st_protect pr = {op_tick, ch->coll};
   *scratch = NULL;
   *codes_host = NULL;
   *dev = NULL;
@@ -479,7 +490,7 @@ mn_status mn__st_chunk_acquire(mn_store *s, st_chunk *ch, uint64_t op_tick,
     void *host = ch->host;
     int t = ch->tier;
     lru_unlink(s, ch);
-    if (to_device(s, ch, host, op_tick)) {
+    if (to_device(s, ch, host, &pr)) {
       drop_host(s, ch);
       lru_push(s, ch, MN_TIER_DEVICE);
       s->promotions++;
@@ -514,7 +525,7 @@ mn_status mn__st_chunk_acquire(mn_store *s, st_chunk *ch, uint64_t op_tick,
     *dev = ch->dev;
     *codes_host = ch->host;
   } else if (make_room(s, MN_TIER_HOST, hb, chunk_limit(s, MN_TIER_HOST),
-                       op_tick)) {
+                       &pr)) {
     lru_unlink(s, ch);
     set_host(s, ch, buf);
     lru_push(s, ch, MN_TIER_HOST);
@@ -581,7 +592,7 @@ mn_status mn__st_host_reserve(mn_store *s, uint64_t bytes) {
                              (unsigned long long)avail,
                              (unsigned long long)budget);
     }
-    make_room(s, MN_TIER_HOST, bytes, budget, UINT64_MAX);
+    make_room(s, MN_TIER_HOST, bytes, budget, &no_protect);
   }
   s->used[MN_TIER_HOST] += bytes;
   pthread_mutex_unlock(&s->tier_mu);
@@ -618,7 +629,7 @@ void mn__st_demote_to(mn_store *s, double frac, int64_t *n,
     if (!v)
       break;
     uint64_t hb = host_bytes(v);
-    demote(s, v, UINT64_MAX);
+    demote(s, v, &no_protect);
     if (n)
       (*n)++;
     if (bytes)
