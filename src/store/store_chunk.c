@@ -61,7 +61,8 @@ mn_status mn__st_encode_rows(mn_store *s, const st_coll *c, const float *x,
   mn_tensor ct = mn_tensor_host(codes, c->dtype, n, w);
   switch (c->dtype) {
   case MN_DTYPE_F32:
-    memcpy(codes, x, sizeof(float) * (size_t)(n * w));
+    if (codes != (const void *)x)
+      memcpy(codes, x, sizeof(float) * (size_t)(n * w));
     break;
   case MN_DTYPE_F16:
     mn_f32_to_f16_n(x, codes, (size_t)(n * w));
@@ -81,17 +82,19 @@ mn_status mn__st_encode_rows(mn_store *s, const st_coll *c, const float *x,
   if (c->dtype != MN_DTYPE_I8 && scales)
     for (int64_t i = 0; i < n; i++)
       scales[i] = 0.0f;
+  if (!norms) /* the caller knows them */
+    return MN_OK;
   /* The norm of each row as stored (decoded), which is what cosine and L2
    * need of the stored side. */
+  if (c->dtype == MN_DTYPE_F32) {
+    for (int64_t i = 0; i < n; i++)
+      norms[i] = sqrtf(mn__st_dot(x + i * w, x + i * w, w));
+    return MN_OK;
+  }
   float *tmp = malloc(sizeof(float) * (size_t)w);
   if (!tmp)
     return mn__set_error(MN_ERR_NOMEM, "out of memory");
   for (int64_t i = 0; i < n; i++) {
-    if (c->dtype == MN_DTYPE_F32) {
-      const float *r = x + i * w;
-      norms[i] = sqrtf(mn__st_dot(r, r, w));
-      continue;
-    }
     mn__st_decode_row(c, (const char *)codes + i * c->row_bytes,
                       scales ? scales[i] : 0.0f, tmp);
     norms[i] = sqrtf(mn__st_dot(tmp, tmp, w));

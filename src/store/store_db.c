@@ -759,39 +759,63 @@ static mn_status apply_add(mn_store *s, MDB_txn *txn, st_op *op,
     MN__TRY(mn__st_sig_row(s, c, txn, ch, op->u.add.x + i * c->width,
                            r->raw_norm, r->has_sig, &r->sig));
   }
-  size_t vmax = vec_size(c, MN_CHAT_ID_MAX);
-  uint8_t *vb = malloc(vmax);
-  if (!vb)
-    return mn__set_error(MN_ERR_NOMEM, "out of memory");
-  mn_status st = MN_OK;
+  /* Rows go in key order through cursors. Keys of the newest collection
+   * are always past the end of vec and rec, where MDB_APPEND saves the
+   * search and fills pages completely; anywhere else the cursor falls back
+   * to an ordinary insert. Values are written in place (MDB_RESERVE). */
+  MDB_cursor *cv = NULL, *cr = NULL, *ci = NULL;
+  int rc = mdb_cursor_open(txn, s->dbi[ST_DBI_VEC], &cv);
+  if (!rc)
+    rc = mdb_cursor_open(txn, s->dbi[ST_DBI_REC], &cr);
+  if (!rc)
+    rc = mdb_cursor_open(txn, s->dbi[ST_DBI_IDS], &ci);
+  mn_status st = mn__st_lmdb(rc, "open cursor");
+  int append = 1, id_append = 1;
   for (int64_t i = 0; i < n && st == MN_OK; i++) {
     st_add_row *r = &rows[i];
     r->seq = c->pending_seq++;
     uint8_t sk[12];
     mn__st_key_seq(sk, c->cid, r->seq);
-    vec_write(vb, r, (const char *)op->u.add.codes + i * c->row_bytes,
-              c->row_bytes);
-    MDB_val k = {12, sk}, v = {vec_size(c, r->chat_len), vb};
-    st = mn__st_lmdb(mdb_put(txn, s->dbi[ST_DBI_VEC], &k, &v, MDB_NODUPDATA),
-                     "put vector");
-    if (st != MN_OK)
+    MDB_val k = {12, sk}, v = {vec_size(c, r->chat_len), NULL};
+    rc = mdb_cursor_put(cv, &k, &v, MDB_RESERVE | (append ? MDB_APPEND : 0));
+    if (rc == MDB_KEYEXIST && append) {
+      append = 0;
+      v.mv_data = NULL;
+      rc = mdb_cursor_put(cv, &k, &v, MDB_RESERVE);
+    }
+    if ((st = mn__st_lmdb(rc, "put vector")) != MN_OK)
       break;
-    /* The memory record is written in place with MDB_RESERVE. */
+    vec_write(v.mv_data, r, (const char *)op->u.add.codes + i * c->row_bytes,
+              c->row_bytes);
     MDB_val rv = {rec_size(r->id_len, r->content_len, r->metadata_len), NULL};
-    st = mn__st_lmdb(mdb_put(txn, s->dbi[ST_DBI_REC], &k, &rv, MDB_RESERVE),
-                     "put record");
-    if (st != MN_OK)
+    rc = mdb_cursor_put(cr, &k, &rv, MDB_RESERVE | (append ? MDB_APPEND : 0));
+    if (rc == MDB_KEYEXIST && append) {
+      append = 0;
+      rv.mv_data = NULL;
+      rc = mdb_cursor_put(cr, &k, &rv, MDB_RESERVE);
+    }
+    if ((st = mn__st_lmdb(rc, "put record")) != MN_OK)
       break;
     rec_write(rv.mv_data, r->id, r->id_len, r->content, r->content_len,
-              r->metadata, r->metadata_len);
+              r->metadata ? r->metadata : "{}", r->metadata_len);
+    /* Assigned ids are time-ordered, so they too mostly append. */
     size_t kl = mn__st_key_str(key, c->cid, r->id, r->id_len);
     uint8_t sv[8];
     put_u64(sv, r->seq);
     MDB_val ik = {kl, key}, iv = {8, sv};
-    st = mn__st_lmdb(mdb_put(txn, s->dbi[ST_DBI_IDS], &ik, &iv, 0),
-                     "put id");
+    rc = mdb_cursor_put(ci, &ik, &iv, id_append ? MDB_APPEND : 0);
+    if (rc == MDB_KEYEXIST && id_append) {
+      id_append = 0;
+      rc = mdb_cursor_put(ci, &ik, &iv, MDB_NOOVERWRITE);
+    }
+    st = mn__st_lmdb(rc, "put id");
   }
-  free(vb);
+  if (cv)
+    mdb_cursor_close(cv);
+  if (cr)
+    mdb_cursor_close(cr);
+  if (ci)
+    mdb_cursor_close(ci);
   if (st == MN_OK)
     st = put_coll(txn, s, c, c->pending_seq);
   return st;

@@ -313,14 +313,6 @@ static mn_status validate_batch(const st_coll *c, const mn_memory_in *m,
                            "significance of memory %lld is %g: it must be "
                            "between 0 and 1",
                            (long long)i, m[i].significance);
-    const float *e = m[i].embedding;
-    for (int64_t d = 0; d < c->dim; d++)
-      if (!isfinite(e[d]))
-        return mn__set_error(MN_ERR_INVALID,
-                             "embedding of memory %lld has %s at column "
-                             "%lld: embeddings must be finite numbers",
-                             (long long)i, isnan(e[d]) ? "NaN" : "Inf",
-                             (long long)d);
   }
   /* Duplicate ids within the batch. */
   id_ix *v = malloc(sizeof *v * (size_t)n);
@@ -371,15 +363,20 @@ mn_status mn_store_add(mn_store *s, const char *coll, const mn_memory_in *mems,
   op.coll = c;
   op.u.add.n = n;
   mn_status st = validate_batch(c, mems, n);
+  /* Buffers: `in` gathers the embeddings (n x dim); `x` is the processed
+   * float form (n x width; `in` itself without PCA); `codes` the stored
+   * form (`x` itself for float32). */
   float *in = NULL, *norms = NULL, *scales = NULL;
+  const int f32 = c->dtype == MN_DTYPE_F32;
   if (st == MN_OK) {
     op.u.add.rows = calloc((size_t)n, sizeof *op.u.add.rows);
     in = mn_malloc(sizeof(float) * (size_t)(n * c->dim));
     op.u.add.x = c->pca ? mn_malloc(sizeof(float) * (size_t)(n * c->width))
                         : in;
-    op.u.add.codes = mn_malloc((size_t)(n * c->row_bytes));
+    op.u.add.codes = f32 ? (void *)op.u.add.x
+                         : mn_malloc((size_t)(n * c->row_bytes));
     norms = malloc(sizeof(float) * (size_t)n);
-    scales = malloc(sizeof(float) * (size_t)n);
+    scales = calloc((size_t)n, sizeof(float));
     if (!op.u.add.rows || !in || !op.u.add.x || !op.u.add.codes || !norms ||
         !scales)
       st = mn__set_error(MN_ERR_NOMEM, "out of memory for a batch of %lld",
@@ -389,12 +386,17 @@ mn_status mn_store_add(mn_store *s, const char *coll, const mn_memory_in *mems,
   for (int64_t i = 0; i < n && st == MN_OK; i++) {
     const mn_memory_in *m = &mems[i];
     st_add_row *r = &op.u.add.rows[i];
-    char what[64];
-    snprintf(what, sizeof what, "metadata of memory %lld", (long long)i);
-    st = mn__st_norm_metadata(m->metadata, &r->metadata, what);
-    if (st != MN_OK)
-      break;
-    r->metadata_len = (uint32_t)strlen(r->metadata);
+    if (m->metadata) {
+      char what[64];
+      snprintf(what, sizeof what, "metadata of memory %lld", (long long)i);
+      st = mn__st_norm_metadata(m->metadata, &r->metadata, what);
+      if (st != MN_OK)
+        break;
+      r->metadata_len = (uint32_t)strlen(r->metadata);
+    } else {
+      r->metadata = NULL; /* "{}" */
+      r->metadata_len = 2;
+    }
     if (m->id && m->id[0]) {
       snprintf(r->id, sizeof r->id, "%s", m->id);
       r->id_len = (uint32_t)strlen(r->id);
@@ -406,16 +408,37 @@ mn_status mn_store_add(mn_store *s, const char *coll, const mn_memory_in *mems,
     r->ts = m->has_timestamp ? m->timestamp : now;
     r->has_sig = m->has_significance;
     r->sig = (float)m->significance;
-    const float *e = m->embedding;
+    /* Gather, check finiteness and take the raw norm in one pass. */
     float *dst = in + i * c->dim;
-    memcpy(dst, e, sizeof(float) * (size_t)c->dim);
-    r->raw_norm = sqrt((double)mn__st_dot(dst, dst, c->dim));
+    memcpy(dst, m->embedding, sizeof(float) * (size_t)c->dim);
+    float nn = mn__st_dot(dst, dst, c->dim);
+    if (!isfinite(nn)) {
+      for (int64_t d = 0; d < c->dim; d++)
+        if (!isfinite(dst[d])) {
+          st = mn__set_error(MN_ERR_INVALID,
+                             "embedding of memory %lld has %s at column "
+                             "%lld: embeddings must be finite numbers",
+                             (long long)i, isnan(dst[d]) ? "NaN" : "Inf",
+                             (long long)d);
+          break;
+        }
+      if (st == MN_OK) /* finite values whose squares overflow */
+        nn = INFINITY;
+      else
+        break;
+    }
+    r->raw_norm = sqrt((double)nn);
+    norms[i] = (float)r->raw_norm;
   }
   if (st == MN_OK)
     st = mn__st_process(s, c, in, n, op.u.add.x);
-  if (st == MN_OK)
+  if (st == MN_OK) {
+    /* The stored rows equal the input when nothing transforms them: their
+     * norms are the raw norms already taken. */
+    int same = f32 && !c->normalize && !c->pca;
     st = mn__st_encode_rows(s, c, op.u.add.x, n, op.u.add.codes, scales,
-                            norms);
+                            same ? NULL : norms);
+  }
   if (st == MN_OK) {
     for (int64_t i = 0; i < n; i++) {
       op.u.add.rows[i].norm = norms[i];
@@ -427,6 +450,8 @@ mn_status mn_store_add(mn_store *s, const char *coll, const mn_memory_in *mems,
   if (st == MN_OK && ids)
     for (int64_t i = 0; i < n; i++)
       snprintf(ids[i].s, sizeof ids[i].s, "%s", op.u.add.rows[i].id);
+  if (op.u.add.codes == (void *)op.u.add.x)
+    op.u.add.codes = NULL;
   if (op.u.add.x == in)
     op.u.add.x = NULL;
   free_add(&op);
