@@ -340,6 +340,9 @@ mn_status mn_store_open(const mn_store_opts *opts, mn_store **out) {
     store_free(s);
     return mn__set_error(st, "%s", msg);
   }
+  s->stat_disk_used = s->disk_used;
+  s->stat_map_size = s->map_size;
+  s->stat_map_grows = s->map_grows;
   if (opts->maintenance_ms > 0) {
     s->maint_running = 1;
     if (pthread_create(&s->maint, NULL, maint_main, s) != 0)
@@ -560,9 +563,9 @@ void mn_store_get_stats(mn_store *s, mn_store_stats *st) {
   pthread_mutex_lock(&s->q_mu);
   st->commits = s->commits;
   st->writes = s->writes;
-  st->used[MN_TIER_DISK] = s->disk_used;
-  st->map_size = s->map_size;
-  st->map_grows = s->map_grows;
+  st->used[MN_TIER_DISK] = s->stat_disk_used;
+  st->map_size = s->stat_map_size;
+  st->map_grows = s->stat_map_grows;
   pthread_mutex_unlock(&s->q_mu);
   pthread_mutex_lock(&s->work_mu);
   st->working_chunks = s->n_work;

@@ -36,7 +36,17 @@ void mn__st_decode_row(const st_coll *c, const void *codes, float scale,
     memcpy(out, codes, sizeof(float) * (size_t)w);
     break;
   case MN_DTYPE_F16:
-    mn_f16_to_f32_n(codes, out, (size_t)w);
+    if ((uintptr_t)codes % _Alignof(uint16_t) == 0) {
+      mn_f16_to_f32_n(codes, out, (size_t)w);
+    } else {
+      /* Values read straight from LMDB pages need not be aligned. */
+      uint16_t tmp[256];
+      for (int64_t i = 0; i < w; i += 256) {
+        int64_t m = w - i < 256 ? w - i : 256;
+        memcpy(tmp, (const char *)codes + 2 * i, sizeof(uint16_t) * (size_t)m);
+        mn_f16_to_f32_n(tmp, out + i, (size_t)m);
+      }
+    }
     break;
   case MN_DTYPE_I8:
     for (int64_t i = 0; i < w; i++)

@@ -1217,6 +1217,7 @@ static void group_reset(mn_store *s, st_op *ops, uint32_t next_cid) {
  * ---------------------------------------------------------------------- */
 static void run_group(mn_store *s, st_op *ops) {
   uint32_t next_cid = s->next_cid;
+  s->grp_committed = 0;
   for (;;) {
     MDB_txn *txn;
     int rc = mdb_txn_begin(s->env, NULL, 0, &txn);
@@ -1270,8 +1271,8 @@ static void run_group(mn_store *s, st_op *ops) {
       rc = mdb_txn_commit(txn);
       txn = NULL;
       if (rc == 0) {
-        s->disk_used = used;
-        s->commits++;
+        s->disk_used = used; /* writer-only; copied for stats below */
+        s->grp_committed = 1;
         mn__st_sig_end_group(s, 1);
         for (st_op *op = ops; op; op = op->next)
           if (op->status == MN_OK)
@@ -1331,6 +1332,10 @@ static void *writer_main(void *arg) {
     run_group(s, head);
 
     pthread_mutex_lock(&s->q_mu);
+    s->commits += (uint64_t)s->grp_committed;
+    s->stat_disk_used = s->disk_used;
+    s->stat_map_size = s->map_size;
+    s->stat_map_grows = s->map_grows;
     for (st_op *op = head, *nx; op; op = nx) {
       nx = op->next;
       op->next = NULL;

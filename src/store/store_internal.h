@@ -279,8 +279,12 @@ struct mn_store {
   pthread_cond_t q_cv, done_cv;
   st_op *q_head, *q_tail;
   int stopping;
-  uint64_t commits, writes;
-  uint64_t disk_used;    /* LMDB pages in use after the last commit */
+  uint64_t commits, writes; /* under q_mu */
+  uint64_t disk_used;    /* LMDB pages in use after the last commit
+                            (writer thread) */
+  int grp_committed;     /* writer thread: the last group committed */
+  uint64_t stat_disk_used, stat_map_size; /* copies under q_mu */
+  int64_t stat_map_grows;
 
   /* tiers */
   pthread_mutex_t tier_mu;

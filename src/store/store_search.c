@@ -452,7 +452,8 @@ static mn_status build_result(st_ctx *x, st_heap *merged, json_t *filter,
   mn_status st = MN_OK;
   for (int64_t qi = 0; qi < x->nq && st == MN_OK; qi++) {
     st_heap *h = &merged[qi];
-    qsort(h->v, (size_t)h->n, sizeof *h->v, cmp_best_first);
+    if (h->n > 1)
+      qsort(h->v, (size_t)h->n, sizeof *h->v, cmp_best_first);
     res->hits[qi] =
         mn__st_arena_alloc(&res->arena, sizeof(mn_search_hit) *
                                             (size_t)MN__MIN(h->n, x->k) +
