@@ -130,8 +130,8 @@ MN__T_AVX2 static void f32_to_f16_avx2(const float *src, uint16_t *dst,
                                        size_t n) {
   size_t i = 0;
   for (; i + 16 <= n; i += 16) {
-    __m128i a = _mm256_cvtps_ph(_mm256_loadu_ps(src + i),
-                                _MM_FROUND_TO_NEAREST_INT);
+    __m128i a =
+        _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT);
     __m128i b = _mm256_cvtps_ph(_mm256_loadu_ps(src + i + 8),
                                 _MM_FROUND_TO_NEAREST_INT);
     _mm_storeu_si128((__m128i *)(dst + i), a);
@@ -157,13 +157,13 @@ MN__T_AVX2 static void f16_to_f32_avx2(const uint16_t *src, float *dst,
 MN__T_AVX2 static inline __m256i bf16_round8(__m256i u) {
   const __m256i one = _mm256_set1_epi32(1);
   __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), one);
-  __m256i r = _mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7fff)),
-                               lsb);
+  __m256i r =
+      _mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7fff)), lsb);
   r = _mm256_srli_epi32(r, 16);
   __m256i ax = _mm256_and_si256(u, _mm256_set1_epi32(0x7fffffff));
   __m256i nan = _mm256_cmpgt_epi32(ax, _mm256_set1_epi32(0x7f800000));
-  __m256i q = _mm256_or_si256(_mm256_srli_epi32(u, 16),
-                              _mm256_set1_epi32(0x40));
+  __m256i q =
+      _mm256_or_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(0x40));
   return _mm256_blendv_epi8(r, q, nan);
 }
 
@@ -172,8 +172,7 @@ MN__T_AVX2 static void f32_to_bf16_avx2(const float *src, uint16_t *dst,
   size_t i = 0;
   for (; i + 16 <= n; i += 16) {
     __m256i a = bf16_round8(_mm256_loadu_si256((const __m256i *)(src + i)));
-    __m256i b =
-        bf16_round8(_mm256_loadu_si256((const __m256i *)(src + i + 8)));
+    __m256i b = bf16_round8(_mm256_loadu_si256((const __m256i *)(src + i + 8)));
     /* packus interleaves the 128-bit lanes; the permute puts them back. */
     __m256i p = _mm256_permute4x64_epi64(_mm256_packus_epi32(a, b), 0xd8);
     _mm256_storeu_si256((__m256i *)(dst + i), p);
@@ -189,8 +188,7 @@ MN__T_AVX2 static void bf16_to_f32_avx2(const uint16_t *src, float *dst,
   const __m256i quiet = _mm256_set1_epi32(0x400000);
   for (; i + 8 <= n; i += 8) {
     __m256i u = _mm256_slli_epi32(
-        _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(src + i))),
-        16);
+        _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(src + i))), 16);
     __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, absm), inf);
     u = _mm256_or_si256(u, _mm256_and_si256(nan, quiet));
     _mm256_storeu_si256((__m256i *)(dst + i), u);
@@ -208,8 +206,8 @@ MN__T_AVX512 static void f32_to_f16_avx512(const float *src, uint16_t *dst,
                                            size_t n) {
   size_t i = 0;
   for (; i + 16 <= n; i += 16) {
-    __m256i h = _mm512_cvtps_ph(_mm512_loadu_ps(src + i),
-                                _MM_FROUND_TO_NEAREST_INT);
+    __m256i h =
+        _mm512_cvtps_ph(_mm512_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT);
     _mm256_storeu_si256((__m256i *)(dst + i), h);
   }
   if (i < n) {
@@ -228,14 +226,14 @@ MN__T_AVX512 static void f16_to_f32_avx512(const uint16_t *src, float *dst,
                                   (const __m256i *)(src + i))));
   if (i < n) {
     __mmask16 m = (__mmask16)((1u << (n - i)) - 1u);
-    _mm512_mask_storeu_ps(dst + i, m,
-                          _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, src + i)));
+    _mm512_mask_storeu_ps(
+        dst + i, m, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, src + i)));
   }
 }
 
 MN__T_AVX512 static inline __m256i bf16_round16(__m512i u) {
-  __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16),
-                                 _mm512_set1_epi32(1));
+  __m512i lsb =
+      _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
   __m512i r = _mm512_srli_epi32(
       _mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)), lsb),
       16);
@@ -255,8 +253,8 @@ MN__T_AVX512 static void f32_to_bf16_avx512(const float *src, uint16_t *dst,
                         bf16_round16(_mm512_loadu_si512(src + i)));
   if (i < n) {
     __mmask16 m = (__mmask16)((1u << (n - i)) - 1u);
-    _mm256_mask_storeu_epi16(dst + i, m,
-                             bf16_round16(_mm512_maskz_loadu_epi32(m, src + i)));
+    _mm256_mask_storeu_epi16(
+        dst + i, m, bf16_round16(_mm512_maskz_loadu_epi32(m, src + i)));
   }
 }
 
@@ -272,19 +270,19 @@ MN__T_AVX512 static void bf16_to_f32_avx512(const uint16_t *src, float *dst,
                                             size_t n) {
   size_t i = 0;
   for (; i + 16 <= n; i += 16)
-    _mm512_storeu_si512(dst + i, bf16_widen16(_mm256_loadu_si256(
-                                     (const __m256i *)(src + i))));
+    _mm512_storeu_si512(
+        dst + i, bf16_widen16(_mm256_loadu_si256((const __m256i *)(src + i))));
   if (i < n) {
     __mmask16 m = (__mmask16)((1u << (n - i)) - 1u);
-    _mm512_mask_storeu_epi32(dst + i, m,
-                             bf16_widen16(_mm256_maskz_loadu_epi16(m, src + i)));
+    _mm512_mask_storeu_epi32(
+        dst + i, m, bf16_widen16(_mm256_maskz_loadu_epi16(m, src + i)));
   }
 }
 
 /* ---------------------------------------------------------------------------
  * Dispatch
  * ------------------------------------------------------------------------- */
-static int hw_level = -1;    /* what the CPU supports */
+static int hw_level = -1;     /* what the CPU supports */
 static int level_cached = -1; /* what is used: hw capped by env and tests */
 
 static int detect_hw(void) {
@@ -336,8 +334,7 @@ static inline int usable(int level) {
   return level < h ? level : h;
 }
 
-void mn__f32_to_f16_lvl(int level, const float *src, uint16_t *dst,
-                        size_t n) {
+void mn__f32_to_f16_lvl(int level, const float *src, uint16_t *dst, size_t n) {
   switch (usable(level)) {
   case MN__HALF_AVX512:
     f32_to_f16_avx512(src, dst, n);
@@ -350,8 +347,7 @@ void mn__f32_to_f16_lvl(int level, const float *src, uint16_t *dst,
   }
 }
 
-void mn__f16_to_f32_lvl(int level, const uint16_t *src, float *dst,
-                        size_t n) {
+void mn__f16_to_f32_lvl(int level, const uint16_t *src, float *dst, size_t n) {
   switch (usable(level)) {
   case MN__HALF_AVX512:
     f16_to_f32_avx512(src, dst, n);
@@ -364,8 +360,7 @@ void mn__f16_to_f32_lvl(int level, const uint16_t *src, float *dst,
   }
 }
 
-void mn__f32_to_bf16_lvl(int level, const float *src, uint16_t *dst,
-                         size_t n) {
+void mn__f32_to_bf16_lvl(int level, const float *src, uint16_t *dst, size_t n) {
   switch (usable(level)) {
   case MN__HALF_AVX512:
     f32_to_bf16_avx512(src, dst, n);
@@ -378,8 +373,7 @@ void mn__f32_to_bf16_lvl(int level, const float *src, uint16_t *dst,
   }
 }
 
-void mn__bf16_to_f32_lvl(int level, const uint16_t *src, float *dst,
-                         size_t n) {
+void mn__bf16_to_f32_lvl(int level, const uint16_t *src, float *dst, size_t n) {
   switch (usable(level)) {
   case MN__HALF_AVX512:
     bf16_to_f32_avx512(src, dst, n);

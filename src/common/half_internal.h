@@ -26,9 +26,7 @@ int mn__half_level_cap(int cap);
 
 void mn__f32_to_f16_lvl(int level, const float *src, uint16_t *dst, size_t n);
 void mn__f16_to_f32_lvl(int level, const uint16_t *src, float *dst, size_t n);
-void mn__f32_to_bf16_lvl(int level, const float *src, uint16_t *dst,
-                         size_t n);
-void mn__bf16_to_f32_lvl(int level, const uint16_t *src, float *dst,
-                         size_t n);
+void mn__f32_to_bf16_lvl(int level, const float *src, uint16_t *dst, size_t n);
+void mn__bf16_to_f32_lvl(int level, const uint16_t *src, float *dst, size_t n);
 
 #endif /* MNEMO_HALF_INTERNAL_H */

@@ -127,8 +127,7 @@ static void test_f16_to_f32_exhaustive(void **state) {
     int e = (h >> 10) & 31, m = h & 1023;
     if (e == 31 && m) {
       /* NaN: sign and payload kept, quiet bit set. */
-      uint32_t want = ((h & 0x8000u) << 16) | 0x7fc00000u |
-                      ((uint32_t)m << 13);
+      uint32_t want = ((h & 0x8000u) << 16) | 0x7fc00000u | ((uint32_t)m << 13);
       if (fbits(f) != want)
         fail_msg("f16 %04x -> %08x, want NaN %08x", h, fbits(f), want);
       continue;
@@ -157,7 +156,8 @@ static void test_f16_midpoints(void **state) {
   (void)state;
   int checked = 0;
   for (int i = 0; i < 0x7bff; i++) {
-    float lo = mn_f16_to_f32((uint16_t)i), hi = mn_f16_to_f32((uint16_t)(i + 1));
+    float lo = mn_f16_to_f32((uint16_t)i),
+          hi = mn_f16_to_f32((uint16_t)(i + 1));
     float mid = (float)(((double)lo + (double)hi) / 2);
     assert_true((double)mid == ((double)lo + (double)hi) / 2);
     float probes[3] = {mid, nextafterf(mid, 0.0f), nextafterf(mid, INFINITY)};
@@ -209,8 +209,7 @@ static void test_f16_random(void **state) {
       continue;
     uint16_t got = mn_f32_to_f16(f), want = ref_round(&f16_tab, f);
     if (got != want)
-      fail_msg("f32 %08x (%a) -> f16 %04x, want %04x", u, (double)f, got,
-               want);
+      fail_msg("f32 %08x (%a) -> f16 %04x, want %04x", u, (double)f, got, want);
   }
 }
 
@@ -242,7 +241,8 @@ static void test_bf16_exhaustive(void **state) {
 static void test_bf16_midpoints_random(void **state) {
   (void)state;
   for (int i = 0; i < 0x7f7f; i++) {
-    float lo = mn_bf16_to_f32((uint16_t)i), hi = mn_bf16_to_f32((uint16_t)(i + 1));
+    float lo = mn_bf16_to_f32((uint16_t)i),
+          hi = mn_bf16_to_f32((uint16_t)(i + 1));
     float mid = (float)(((double)lo + (double)hi) / 2);
     assert_true((double)mid == ((double)lo + (double)hi) / 2);
     float probes[3] = {mid, nextafterf(mid, 0.0f), nextafterf(mid, INFINITY)};
@@ -322,13 +322,13 @@ static void check_bulk_level(int level) {
   mn_f16_to_f32_n(all, f_bulk, 65536);
   for (uint32_t h = 0; h < 65536; h++)
     if (fbits(f_bulk[h]) != fbits(mn_f16_to_f32((uint16_t)h)))
-      fail_msg("level %d: f16->f32 bulk of %04x = %08x, scalar %08x", level,
-               h, fbits(f_bulk[h]), fbits(mn_f16_to_f32((uint16_t)h)));
+      fail_msg("level %d: f16->f32 bulk of %04x = %08x, scalar %08x", level, h,
+               fbits(f_bulk[h]), fbits(mn_f16_to_f32((uint16_t)h)));
   mn_bf16_to_f32_n(all, f_bulk, 65536);
   for (uint32_t h = 0; h < 65536; h++)
     if (fbits(f_bulk[h]) != fbits(mn_bf16_to_f32((uint16_t)h)))
-      fail_msg("level %d: bf16->f32 bulk of %04x = %08x, scalar %08x", level,
-               h, fbits(f_bulk[h]), fbits(mn_bf16_to_f32((uint16_t)h)));
+      fail_msg("level %d: bf16->f32 bulk of %04x = %08x, scalar %08x", level, h,
+               fbits(f_bulk[h]), fbits(mn_bf16_to_f32((uint16_t)h)));
 
   /* Odd lengths at odd offsets; nothing past the end may be written. */
   static const size_t lens[] = {0, 1, 7, 15, 16, 17, 31, 33, 1023};
@@ -346,8 +346,8 @@ static void check_bulk_level(int level) {
         for (size_t i = 0; i < len; i++) {
           uint16_t want = pass ? mn_f32_to_bf16(src[i]) : mn_f32_to_f16(src[i]);
           if (h_bulk[off + i] != want)
-            fail_msg("level %d pass %d len %zu: [%zu] = %04x, want %04x",
-                     level, pass, len, i, h_bulk[off + i], want);
+            fail_msg("level %d pass %d len %zu: [%zu] = %04x, want %04x", level,
+                     pass, len, i, h_bulk[off + i], want);
         }
         for (size_t i = off + len; i < off + len + 32; i++)
           assert_int_equal(h_bulk[i], 0xA5A5);

@@ -122,10 +122,10 @@ static inline __m256i sym_codes(__m256 v, __m256 vs) {
 /* Four vectors of 8 codes to 32 bytes in order: packs interleaves the
  * 128-bit lanes, the dword permutation undoes it. */
 static inline __m256i pack32_i8(__m256i a, __m256i b, __m256i c, __m256i d) {
-  __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(a, b),
-                                 _mm256_packs_epi32(c, d));
-  return _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3,
-                                                          7));
+  __m256i p =
+      _mm256_packs_epi16(_mm256_packs_epi32(a, b), _mm256_packs_epi32(c, d));
+  return _mm256_permutevar8x32_epi32(p,
+                                     _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
 }
 
 static float quant_i8_avx2(const float *x, int8_t *c, int64_t n, int nt) {
@@ -263,10 +263,9 @@ static void deq_i8_avx2(const int8_t *c, float *y, float scale, int64_t n,
   for (; i < h; i++)
     y[i] = (float)c[i] * scale;
   for (; i + 8 <= n; i += 8) {
-    __m256 v = _mm256_mul_ps(
-        _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(
-            _mm_loadl_epi64((const __m128i *)(c + i)))),
-        vs);
+    __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(
+                                 _mm_loadl_epi64((const __m128i *)(c + i)))),
+                             vs);
     if (h >= 0)
       _mm256_stream_ps(y + i, v);
     else
@@ -282,7 +281,8 @@ static void deq_i4_avx2(const uint8_t *c, float *y, float scale, int64_t n,
   int stream = nt && ((uintptr_t)y & 31u) == 0;
   int64_t i = 0;
   for (; i + 16 <= n; i += 16) {
-    __m128i w = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)(c + i / 2)));
+    __m128i w =
+        _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)(c + i / 2)));
     __m128i lo = _mm_srai_epi16(_mm_slli_epi16(w, 12), 12);
     __m128i hi = _mm_srai_epi16(_mm_slli_epi16(w, 8), 12);
     __m256 a = _mm256_mul_ps(

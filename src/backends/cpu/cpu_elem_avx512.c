@@ -99,8 +99,8 @@ static float absmax_512(const float *x, int64_t n) {
     m3 = _mm512_max_ps(m3, _mm512_abs_ps(_mm512_loadu_ps(x + i + 48)));
   }
   for (; i < n; i += 16)
-    m0 = _mm512_max_ps(
-        m0, _mm512_abs_ps(_mm512_maskz_loadu_ps(m16(n - i), x + i)));
+    m0 = _mm512_max_ps(m0,
+                       _mm512_abs_ps(_mm512_maskz_loadu_ps(m16(n - i), x + i)));
   return _mm512_reduce_max_ps(
       _mm512_max_ps(_mm512_max_ps(m0, m1), _mm512_max_ps(m2, m3)));
 }
@@ -126,14 +126,15 @@ static float quant_i8_512(const float *x, int8_t *c, int64_t n, int nt) {
   int64_t h = nt ? head_to_line(c, 1, n) : -1;
   while (i < h) {
     __mmask16 m = m16(h - i);
-    _mm_mask_storeu_epi8(c + i, m, i8_chunk(_mm512_maskz_loadu_ps(m, x + i), vs));
+    _mm_mask_storeu_epi8(c + i, m,
+                         i8_chunk(_mm512_maskz_loadu_ps(m, x + i), vs));
     i += h - i < 16 ? h - i : 16;
   }
   /* Four vectors of codes packed to 64 bytes; packs works within 128-bit
    * lanes, so dword k of the result holds group k%4 of vector k/4 after
    * this permutation. */
-  const __m512i perm = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10,
-                                         14, 3, 7, 11, 15);
+  const __m512i perm =
+      _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
   const __m512i lo = _mm512_set1_epi8(-127);
   for (; i + 64 <= n; i += 64) {
     __m512i q0 = sym_codes(_mm512_loadu_ps(x + i), vs);
@@ -150,7 +151,8 @@ static float quant_i8_512(const float *x, int8_t *c, int64_t n, int nt) {
   }
   for (; i < n; i += 16) {
     __mmask16 m = m16(n - i);
-    _mm_mask_storeu_epi8(c + i, m, i8_chunk(_mm512_maskz_loadu_ps(m, x + i), vs));
+    _mm_mask_storeu_epi8(c + i, m,
+                         i8_chunk(_mm512_maskz_loadu_ps(m, x + i), vs));
   }
   return scale;
 }
@@ -163,7 +165,8 @@ static float quant_i4_512(const float *x, uint8_t *c, int64_t n) {
   }
   const __m512 vs = _mm512_set1_ps(scale);
   const __m512i seven = _mm512_set1_epi32(7), mseven = _mm512_set1_epi32(-7);
-  const __m256i lown = _mm256_set1_epi16(0x000f), highn = _mm256_set1_epi16(0x00f0);
+  const __m256i lown = _mm256_set1_epi16(0x000f),
+                highn = _mm256_set1_epi16(0x00f0);
   for (int64_t i = 0; i < n; i += 32) {
     int64_t rem = n - i;
     /* Lanes past the end load 0 and give code 0: the pad nibble. */
@@ -173,11 +176,11 @@ static float quant_i4_512(const float *x, uint8_t *c, int64_t n) {
     q0 = _mm512_max_epi32(_mm512_min_epi32(q0, seven), mseven);
     q1 = _mm512_max_epi32(_mm512_min_epi32(q1, seven), mseven);
     /* 32 codes as bytes; word j = code 2j | code 2j+1 << 8 -> one byte. */
-    __m256i w = _mm256_set_m128i(_mm512_cvtepi32_epi8(q1),
-                                 _mm512_cvtepi32_epi8(q0));
-    __m256i nib = _mm256_or_si256(_mm256_and_si256(w, lown),
-                                  _mm256_and_si256(_mm256_srli_epi16(w, 4),
-                                                   highn));
+    __m256i w =
+        _mm256_set_m128i(_mm512_cvtepi32_epi8(q1), _mm512_cvtepi32_epi8(q0));
+    __m256i nib =
+        _mm256_or_si256(_mm256_and_si256(w, lown),
+                        _mm256_and_si256(_mm256_srli_epi16(w, 4), highn));
     __m128i bytes = _mm256_cvtepi16_epi8(nib);
     int64_t nb = rem >= 32 ? 16 : (rem + 1) / 2;
     _mm_mask_storeu_epi8(c + i / 2, m16(nb), bytes);
@@ -212,8 +215,8 @@ static void quant_u8_512(const float *x, uint8_t *c, const float *vmin,
     _mm_mask_storeu_epi8(c + i, m, u8_chunk(x + i, vmin + i, scale + i, m));
     i += h - i < 16 ? h - i : 16;
   }
-  const __m512i perm = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10,
-                                         14, 3, 7, 11, 15);
+  const __m512i perm =
+      _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
   for (; i + 64 <= n; i += 64) {
     __m512i q[4];
     for (int k = 0; k < 4; k++)
@@ -242,8 +245,8 @@ static void quant_bin_512(const float *x, uint8_t *c, int64_t n) {
   for (int64_t i = 0; i < n; i += 16) {
     int64_t rem = n - i;
     /* Lanes past the end load 0, which is not > 0: pad bits are 0. */
-    __mmask16 bits = _mm512_cmp_ps_mask(
-        _mm512_maskz_loadu_ps(m16(rem), x + i), zero, _CMP_GT_OQ);
+    __mmask16 bits = _mm512_cmp_ps_mask(_mm512_maskz_loadu_ps(m16(rem), x + i),
+                                        zero, _CMP_GT_OQ);
     c[i / 8] = (uint8_t)bits;
     if (rem > 8)
       c[i / 8 + 1] = (uint8_t)(bits >> 8);
@@ -276,7 +279,8 @@ static void deq_i8_512(const int8_t *c, float *y, float scale, int64_t n,
   }
   if (i < n) {
     __mmask16 m = m16(n - i);
-    _mm512_mask_storeu_ps(y + i, m, i8_to_ps(_mm_maskz_loadu_epi8(m, c + i), vs));
+    _mm512_mask_storeu_ps(y + i, m,
+                          i8_to_ps(_mm_maskz_loadu_epi8(m, c + i), vs));
   }
 }
 
@@ -288,8 +292,8 @@ static inline __m512 i4_to_ps(const uint8_t *c, int64_t cnt, __m512 vs) {
   __m128i w = _mm_cvtepu8_epi16(b);
   __m128i lo = _mm_srai_epi16(_mm_slli_epi16(w, 12), 12);
   __m128i hi = _mm_srai_epi16(_mm_slli_epi16(w, 8), 12);
-  __m256i e = _mm256_set_m128i(_mm_unpackhi_epi16(lo, hi),
-                               _mm_unpacklo_epi16(lo, hi));
+  __m256i e =
+      _mm256_set_m128i(_mm_unpackhi_epi16(lo, hi), _mm_unpacklo_epi16(lo, hi));
   return _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi16_epi32(e)), vs);
 }
 
@@ -324,8 +328,8 @@ static void deq_u8_512(const uint8_t *c, float *y, const float *vmin,
   int64_t h = nt ? head_to_line(y, 4, n) : -1;
   if (h > 0) {
     __mmask16 m = m16(h);
-    _mm512_mask_storeu_ps(y, m, u8_to_ps(_mm_maskz_loadu_epi8(m, c), vmin,
-                                         scale, m));
+    _mm512_mask_storeu_ps(y, m,
+                          u8_to_ps(_mm_maskz_loadu_epi8(m, c), vmin, scale, m));
     i = h;
   }
   for (; i + 16 <= n; i += 16) {
@@ -338,8 +342,9 @@ static void deq_u8_512(const uint8_t *c, float *y, const float *vmin,
   }
   if (i < n) {
     __mmask16 m = m16(n - i);
-    _mm512_mask_storeu_ps(y + i, m, u8_to_ps(_mm_maskz_loadu_epi8(m, c + i),
-                                             vmin + i, scale + i, m));
+    _mm512_mask_storeu_ps(
+        y + i, m,
+        u8_to_ps(_mm_maskz_loadu_epi8(m, c + i), vmin + i, scale + i, m));
   }
 }
 

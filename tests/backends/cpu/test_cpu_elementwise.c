@@ -70,7 +70,9 @@ static tbuf tb_new(mn_dtype dt, int64_t rows, int64_t cols, int64_t pad,
   return b;
 }
 
-static void tb_free(tbuf *b) { free(b->mem); }
+static void tb_free(tbuf *b) {
+  free(b->mem);
+}
 
 static void tb_poison(tbuf *b, unsigned char byte) {
   memset(b->mem, byte, b->bytes);
@@ -152,11 +154,11 @@ typedef struct shape {
 } shape;
 
 static const shape shapes[] = {
-    {1, 1, 0, 0, 0},     {1, 767, 0, 0, 0},    {3, 768, 0, 0, 0},
-    {4097, 33, 0, 0, 0}, {64, 1024, 0, 0, 0},  {5, 100, 12, 3, 4},
-    {9, 768, 4, 1, 4},   {2, 17, 68, 5, 8},    {31, 15, 0, 0, 0},
-    {8, 2, 0, 0, 0},     {13, 63, 4, 7, 12},   {6, 65, 0, 0, 0},
-    {17, 129, 8, 2, 0},  {3, 9, 0, 0, 0},      {40, 200, 0, 0, 0},
+    {1, 1, 0, 0, 0},     {1, 767, 0, 0, 0},   {3, 768, 0, 0, 0},
+    {4097, 33, 0, 0, 0}, {64, 1024, 0, 0, 0}, {5, 100, 12, 3, 4},
+    {9, 768, 4, 1, 4},   {2, 17, 68, 5, 8},   {31, 15, 0, 0, 0},
+    {8, 2, 0, 0, 0},     {13, 63, 4, 7, 12},  {6, 65, 0, 0, 0},
+    {17, 129, 8, 2, 0},  {3, 9, 0, 0, 0},     {40, 200, 0, 0, 0},
 };
 #define NSHAPES (sizeof shapes / sizeof shapes[0])
 
@@ -170,7 +172,7 @@ static const shape shapes[] = {
       mn__cpu_level_cap((mn_cpu_level)levels[li_]);                            \
       assert_int_equal(mn__cpu_level(), levels[li_]);                          \
       for (int st_ = 0; st_ < 2; st_++) {                                      \
-        int64_t old_ = mn__cpu_elem_stream_threshold(st_ ? 0 : (16 << 20));   \
+        int64_t old_ = mn__cpu_elem_stream_threshold(st_ ? 0 : (16 << 20));    \
         int level = levels[li_], stream = st_;                                 \
         mn_backend *be = st_ ? be2 : be1;                                      \
         (void)level;                                                           \
@@ -225,8 +227,8 @@ static void check_normalize(const tbuf *x, const tbuf *y, int64_t zeros,
     char what[128];                                                            \
     snprintf(what, sizeof what, "normalize %lldx%lld level %d stream %d",      \
              (long long)sh->rows, (long long)sh->cols, level, stream);         \
-    tbuf y = tb_new(MN_DTYPE_F32, sh->rows, sh->cols, sh->out_pad * 4,         \
-                    sh->offset);                                               \
+    tbuf y =                                                                   \
+        tb_new(MN_DTYPE_F32, sh->rows, sh->cols, sh->out_pad * 4, sh->offset); \
     tb_poison(&y, 0xff);                                                       \
     int64_t zeros = -1;                                                        \
     assert_int_equal(mn_backend_normalize(be, &x.t, &y.t, &zeros), MN_OK);     \
@@ -234,8 +236,8 @@ static void check_normalize(const tbuf *x, const tbuf *y, int64_t zeros,
     tb_check_gaps(&y, 0xff, what);                                             \
     tb_free(&y);                                                               \
     /* In place: y is x. */                                                    \
-    tbuf xc = tb_new(MN_DTYPE_F32, sh->rows, sh->cols, sh->in_pad * 4,         \
-                     sh->offset);                                              \
+    tbuf xc =                                                                  \
+        tb_new(MN_DTYPE_F32, sh->rows, sh->cols, sh->in_pad * 4, sh->offset);  \
     memcpy(xc.mem, x.mem, x.bytes);                                            \
     assert_int_equal(mn_backend_normalize(be, &xc.t, &xc.t, &zeros), MN_OK);   \
     check_normalize(&x, &xc, zeros, what);                                     \
@@ -256,10 +258,10 @@ static void test_normalize(void **state) {
  * row (with -0), and a plain one. The reference scales by max|x| first. */
 static void test_normalize_extremes(void **state) {
   (void)state;
-  float v[4 * 5] = {3e38f,  -3e38f, 1e38f,   0,      0,       /* overflows */
-                    1e-40f, 0,      -2e-40f, 0,      1e-45f,  /* subnormal */
-                    0,      0,      0,       -0.0f,  0,       /* zero */
-                    3,      4,      0,       0,      0};      /* 3-4-5 */
+  float v[4 * 5] = {3e38f,  -3e38f, 1e38f,   0,     0,      /* overflows */
+                    1e-40f, 0,      -2e-40f, 0,     1e-45f, /* subnormal */
+                    0,      0,      0,       -0.0f, 0,      /* zero */
+                    3,      4,      0,       0,     0};     /* 3-4-5 */
   float y[20];
   FOR_EACH_MODE(({
     mn_tensor xt = mn_tensor_host(v, MN_DTYPE_F32, 4, 5);
@@ -336,8 +338,9 @@ static void check_sym(const tbuf *x, const tbuf *q, const float *scales,
 }
 
 /* y must be code * scale exactly, and within scale/2 of x. */
-static void check_sym_roundtrip(const tbuf *x, const tbuf *q, const float *scales,
-                                const tbuf *y, int lim, const char *what) {
+static void check_sym_roundtrip(const tbuf *x, const tbuf *q,
+                                const float *scales, const tbuf *y, int lim,
+                                const char *what) {
   for (int64_t r = 0; r < x->t.rows; r++) {
     const float *xr = frow(x, r), *yr = frow(y, r);
     const unsigned char *qr = mn_tensor_row(&q->t, r);
@@ -345,13 +348,13 @@ static void check_sym_roundtrip(const tbuf *x, const tbuf *q, const float *scale
     for (int64_t c = 0; c < x->t.cols; c++) {
       int code = lim == 127 ? (int)(int8_t)qr[c] : i4_code(qr, c);
       if (yr[c] != (float)(code * s))
-        fail_msg("%s: dequant row %lld col %lld = %.9g, want %d * %.9g",
-                 what, (long long)r, (long long)c, (double)yr[c], code, s);
+        fail_msg("%s: dequant row %lld col %lld = %.9g, want %d * %.9g", what,
+                 (long long)r, (long long)c, (double)yr[c], code, s);
       double err = fabs((double)xr[c] - yr[c]);
       if (!(err <= s / 2 + 1e-6 * fabs((double)xr[c]) + 1e-37))
-        fail_msg("%s: round trip row %lld col %lld: |%.9g - %.9g| > %.3g",
-                 what, (long long)r, (long long)c, (double)xr[c],
-                 (double)yr[c], s / 2);
+        fail_msg("%s: round trip row %lld col %lld: |%.9g - %.9g| > %.3g", what,
+                 (long long)r, (long long)c, (double)xr[c], (double)yr[c],
+                 s / 2);
     }
   }
 }
@@ -373,18 +376,16 @@ static void run_sym(mn_quant_kind kind, mn_dtype dt, int lim) {
       tb_poison(&q, poisons[p]);                                               \
       for (int64_t r = 0; r < sh->rows; r++)                                   \
         scales[r] = NAN;                                                       \
-      assert_int_equal(mn_backend_quantize(be, &x.t, kind, NULL, &q.t,         \
-                                           scales),                            \
-                       MN_OK);                                                 \
+      assert_int_equal(                                                        \
+          mn_backend_quantize(be, &x.t, kind, NULL, &q.t, scales), MN_OK);     \
       check_sym(&x, &q, scales, lim, what);                                    \
       tb_check_gaps(&q, poisons[p], what);                                     \
     }                                                                          \
-    tbuf y = tb_new(MN_DTYPE_F32, sh->rows, sh->cols, sh->out_pad * 4,         \
-                    sh->offset);                                               \
+    tbuf y =                                                                   \
+        tb_new(MN_DTYPE_F32, sh->rows, sh->cols, sh->out_pad * 4, sh->offset); \
     tb_poison(&y, 0xff);                                                       \
-    assert_int_equal(mn_backend_dequantize(be, &q.t, kind, scales, NULL,       \
-                                           &y.t),                              \
-                     MN_OK);                                                   \
+    assert_int_equal(                                                          \
+        mn_backend_dequantize(be, &q.t, kind, scales, NULL, &y.t), MN_OK);     \
     check_sym_roundtrip(&x, &q, scales, &y, lim, what);                        \
     tb_check_gaps(&y, 0xff, what);                                             \
     tb_free(&y);                                                               \
@@ -426,10 +427,10 @@ static void test_quant_ties(void **state) {
     mn_tensor x4 = mn_tensor_host(v4, MN_DTYPE_F32, 1, 40);
     mn_tensor q8 = mn_tensor_host(c8, MN_DTYPE_I8, 1, 40);
     mn_tensor q4 = mn_tensor_host(c4, MN_DTYPE_I4, 1, 40);
-    assert_int_equal(mn_backend_quantize(be, &x8, MN_QUANT_INT8, NULL, &q8, &s8),
-                     MN_OK);
-    assert_int_equal(mn_backend_quantize(be, &x4, MN_QUANT_INT4, NULL, &q4, &s4),
-                     MN_OK);
+    assert_int_equal(
+        mn_backend_quantize(be, &x8, MN_QUANT_INT8, NULL, &q8, &s8), MN_OK);
+    assert_int_equal(
+        mn_backend_quantize(be, &x4, MN_QUANT_INT4, NULL, &q4, &s4), MN_OK);
     assert_true(s8 == 1.0f && s4 == 1.0f);
     assert_int_equal(c8[0], 127);
     assert_int_equal(c8[1], 126);
@@ -523,22 +524,20 @@ static void test_quant_affine(void **state) {
     assert_int_equal(mn_backend_affine_train(be, &x.t, &ap), MN_OK);           \
     for (int pass = 0; pass < 2; pass++) {                                     \
       const tbuf *in = pass ? &x2 : &x;                                        \
-      tbuf q = tb_new(MN_DTYPE_U8, sh->rows, sh->cols, sh->out_pad,            \
-                      sh->offset);                                             \
+      tbuf q =                                                                 \
+          tb_new(MN_DTYPE_U8, sh->rows, sh->cols, sh->out_pad, sh->offset);    \
       tbuf y = tb_new(MN_DTYPE_F32, sh->rows, sh->cols, sh->out_pad * 4,       \
                       sh->offset);                                             \
       unsigned char poisons[2] = {0xa5, 0x5a};                                 \
       for (int p = 0; p < 2; p++) {                                            \
         tb_poison(&q, poisons[p]);                                             \
         tb_poison(&y, 0xff);                                                   \
-        assert_int_equal(mn_backend_quantize(be, &in->t,                       \
-                                             MN_QUANT_INT8_AFFINE, &ap, &q.t,  \
-                                             NULL),                            \
+        assert_int_equal(mn_backend_quantize(be, &in->t, MN_QUANT_INT8_AFFINE, \
+                                             &ap, &q.t, NULL),                 \
                          MN_OK);                                               \
         tb_check_gaps(&q, poisons[p], what);                                   \
-        assert_int_equal(mn_backend_dequantize(be, &q.t,                       \
-                                               MN_QUANT_INT8_AFFINE, NULL,     \
-                                               &ap, &y.t),                     \
+        assert_int_equal(mn_backend_dequantize(be, &q.t, MN_QUANT_INT8_AFFINE, \
+                                               NULL, &ap, &y.t),               \
                          MN_OK);                                               \
         check_affine(in, &ap, &q, &y, !pass, what);                            \
         tb_check_gaps(&y, 0xff, what);                                         \
@@ -571,18 +570,18 @@ static void test_affine_wide_range(void **state) {
     assert_true(isfinite(scale[0]));
     assert_true(fabs(scale[0] - 6e38 / 255) <= 1e-6 * 6e38 / 255);
     assert_true(scale[2] == 0.0f);
-    assert_int_equal(mn_backend_quantize(be, &xt, MN_QUANT_INT8_AFFINE, &ap,
-                                         &qt, NULL),
-                     MN_OK);
+    assert_int_equal(
+        mn_backend_quantize(be, &xt, MN_QUANT_INT8_AFFINE, &ap, &qt, NULL),
+        MN_OK);
     assert_int_equal(q[0], 0);
     assert_int_equal(q[3], 255);
     assert_int_equal(q[1], 0);
     assert_int_equal(q[4], 255);
     assert_int_equal(q[2], 0);
     assert_int_equal(q[5], 0);
-    assert_int_equal(mn_backend_dequantize(be, &qt, MN_QUANT_INT8_AFFINE, NULL,
-                                           &ap, &yt),
-                     MN_OK);
+    assert_int_equal(
+        mn_backend_dequantize(be, &qt, MN_QUANT_INT8_AFFINE, NULL, &ap, &yt),
+        MN_OK);
     assert_true(y[0] == -3e38f && y[2] == 0.0f && y[5] == 0.0f);
     assert_true(fabs(y[3] - 3e38) <= 1e-6 * 3e38);
   }));
@@ -632,9 +631,8 @@ static void test_quant_half(void **state) {
       tb_poison(&y, 0xff);                                                     \
       assert_int_equal(mn_backend_quantize(be, &x.t, kind, NULL, &q.t, NULL),  \
                        MN_OK);                                                 \
-      assert_int_equal(mn_backend_dequantize(be, &q.t, kind, NULL, NULL,       \
-                                             &y.t),                            \
-                       MN_OK);                                                 \
+      assert_int_equal(                                                        \
+          mn_backend_dequantize(be, &q.t, kind, NULL, NULL, &y.t), MN_OK);     \
       tb_check_gaps(&q, 0xff, what);                                           \
       tb_check_gaps(&y, 0xff, what);                                           \
       for (int64_t r = 0; r < sh->rows; r++) {                                 \
@@ -673,20 +671,20 @@ static void test_quant_binary(void **state) {
     char what[128];                                                            \
     snprintf(what, sizeof what, "binary %lldx%lld level %d stream %d",         \
              (long long)sh->rows, (long long)sh->cols, level, stream);         \
-    tbuf q = tb_new(MN_DTYPE_BIN, sh->rows, sh->cols, sh->out_pad,             \
-                    sh->offset);                                               \
-    tbuf y = tb_new(MN_DTYPE_F32, sh->rows, sh->cols, sh->out_pad * 4,         \
-                    sh->offset);                                               \
+    tbuf q =                                                                   \
+        tb_new(MN_DTYPE_BIN, sh->rows, sh->cols, sh->out_pad, sh->offset);     \
+    tbuf y =                                                                   \
+        tb_new(MN_DTYPE_F32, sh->rows, sh->cols, sh->out_pad * 4, sh->offset); \
     unsigned char poisons[2] = {0xa5, 0x5a};                                   \
     for (int p = 0; p < 2; p++) {                                              \
       tb_poison(&q, poisons[p]);                                               \
       tb_poison(&y, 0xff);                                                     \
-      assert_int_equal(mn_backend_quantize(be, &x.t, MN_QUANT_BINARY, NULL,    \
-                                           &q.t, NULL),                        \
-                       MN_OK);                                                 \
-      assert_int_equal(mn_backend_dequantize(be, &q.t, MN_QUANT_BINARY, NULL,  \
-                                             NULL, &y.t),                      \
-                       MN_OK);                                                 \
+      assert_int_equal(                                                        \
+          mn_backend_quantize(be, &x.t, MN_QUANT_BINARY, NULL, &q.t, NULL),    \
+          MN_OK);                                                              \
+      assert_int_equal(                                                        \
+          mn_backend_dequantize(be, &q.t, MN_QUANT_BINARY, NULL, NULL, &y.t),  \
+          MN_OK);                                                              \
       tb_check_gaps(&q, poisons[p], what);                                     \
       tb_check_gaps(&y, 0xff, what);                                           \
       for (int64_t r = 0; r < sh->rows; r++) {                                 \
@@ -734,9 +732,9 @@ static void test_non_finite_refused(void **state) {
     assert_int_equal(mn_backend_normalize(be2, &xt, &yt, NULL), MN_ERR_INVALID);
     assert_non_null(strstr(mn_errmsg(), "row 4"));
     assert_non_null(strstr(mn_errmsg(), "column 29"));
-    assert_int_equal(mn_backend_quantize(be2, &xt, MN_QUANT_INT8, NULL, &qt,
-                                         scales),
-                     MN_ERR_INVALID);
+    assert_int_equal(
+        mn_backend_quantize(be2, &xt, MN_QUANT_INT8, NULL, &qt, scales),
+        MN_ERR_INVALID);
     assert_non_null(strstr(mn_errmsg(), "row 4"));
     assert_int_equal(mn_backend_affine_train(be2, &xt, &ap), MN_ERR_INVALID);
     assert_non_null(strstr(mn_errmsg(), "row 4"));
