@@ -243,6 +243,8 @@ static void *maint_main(void *arg) {
 }
 
 static void store_free(mn_store *s) {
+  if (s->disk_accounted)
+    mn_account_add(MN_TIER_DISK, -(int64_t)s->disk_used);
   for (int64_t i = 0; i < s->n_colls; i++)
     mn__st_coll_free(s->colls[i]);
   free(s->colls);
@@ -341,6 +343,8 @@ mn_status mn_store_open(const mn_store_opts *opts, mn_store **out) {
     return mn__set_error(st, "%s", msg);
   }
   s->stat_disk_used = s->disk_used;
+  mn_account_add(MN_TIER_DISK, (int64_t)s->disk_used);
+  s->disk_accounted = 1;
   s->stat_map_size = s->map_size;
   s->stat_map_grows = s->map_grows;
   if (opts->maintenance_ms > 0) {

@@ -1271,6 +1271,7 @@ static void run_group(mn_store *s, st_op *ops) {
       rc = mdb_txn_commit(txn);
       txn = NULL;
       if (rc == 0) {
+        mn_account_add(MN_TIER_DISK, (int64_t)used - (int64_t)s->disk_used);
         s->disk_used = used; /* writer-only; copied for stats below */
         s->grp_committed = 1;
         mn__st_sig_end_group(s, 1);

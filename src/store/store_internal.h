@@ -283,6 +283,7 @@ struct mn_store {
   uint64_t disk_used;    /* LMDB pages in use after the last commit
                             (writer thread) */
   int grp_committed;     /* writer thread: the last group committed */
+  int disk_accounted;    /* disk_used is in mn_account (MN_TIER_DISK) */
   uint64_t stat_disk_used, stat_map_size; /* copies under q_mu */
   int64_t stat_map_grows;
 

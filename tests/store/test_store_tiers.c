@@ -380,7 +380,11 @@ static void test_disk_budget(void **state) {
   assert_int_equal(after.memories, 25);
   assert_true(after.used[MN_TIER_DISK] > 0);
   assert_true(after.used[MN_TIER_DISK] <= o.l3_budget);
+  /* The process-wide account carries the same figure. */
+  assert_int_equal(mn_account_get(MN_TIER_DISK),
+                   (int64_t)after.used[MN_TIER_DISK]);
   mn_store_close(s);
+  assert_int_equal(mn_account_get(MN_TIER_DISK), 0);
   rm_rf(dir);
   free(dir);
 }
