@@ -29,7 +29,9 @@ static int64_t opt_n = 1000000, opt_dim = 768, opt_batch = 1000;
 static int opt_clients = 2, opt_queries = 20, opt_peer = 1, opt_keep = 0;
 static char opt_dir[512] = "";
 
-static double now_s(void) { return (double)mn_time_ns() * 1e-9; }
+static double now_s(void) {
+  return (double)mn_time_ns() * 1e-9;
+}
 
 static void die(const char *what, mn_status st) {
   fprintf(stderr, "bench_store: %s: %s: %s\n", what, mn_status_name(st),
@@ -164,10 +166,9 @@ static void open_store(mn_store **s, const char *dir) {
 static double run_peer(int64_t n, int64_t dim, int reps, double *sq8_ms) {
   char cmd[1024];
   const char *self = getenv("MNEMO_PEERS_STORE");
-  snprintf(cmd, sizeof cmd,
-           "/usr/bin/python3 %s --n %lld --dim %lld --reps %d",
-           self ? self : "bench/peers_store.py", (long long)n,
-           (long long)dim, reps);
+  snprintf(cmd, sizeof cmd, "/usr/bin/python3 %s --n %lld --dim %lld --reps %d",
+           self ? self : "bench/peers_store.py", (long long)n, (long long)dim,
+           reps);
   FILE *f = popen(cmd, "r");
   if (!f)
     return NAN;
@@ -207,7 +208,8 @@ int main(int argc, char **argv) {
     else if (!strcmp(argv[i], "--quick"))
       quick = 1;
     else {
-      fprintf(stderr, "usage: %s [--n N] [--dim D] [--batch B] [--clients T]"
+      fprintf(stderr,
+              "usage: %s [--n N] [--dim D] [--batch B] [--clients T]"
               " [--queries R] [--dir DIR] [--no-peer] [--keep] [--quick]\n",
               argv[0]);
       return 2;
@@ -304,12 +306,12 @@ int main(int argc, char **argv) {
   printf("%-44s %10.1f %10.1f %7.2fx\n",
          "search N=1M Q=1 k=10 int8 (ms, FAISS SQ8)", i8_ms, faiss_sq8,
          faiss_sq8 / i8_ms);
-  printf("%-44s %10.1f %10.1f %7.2fx\n",
-         "search int8 vs float32 (ms, ours)", i8_ms, f32_ms, f32_ms / i8_ms);
-  printf("%-44s %10.2f %10s %8s\n", "reopen, ready to serve (s)", reopen_s,
+  printf("%-44s %10.1f %10.1f %7.2fx\n", "search int8 vs float32 (ms, ours)",
+         i8_ms, f32_ms, f32_ms / i8_ms);
+  printf("%-44s %10.2f %10s %8s\n", "reopen, ready to serve (s)", reopen_s, "-",
+         "-");
+  printf("%-44s %10.1f %10s %8s\n", "first search after reopen (ms)", first_ms,
          "-", "-");
-  printf("%-44s %10.1f %10s %8s\n", "first search after reopen (ms)",
-         first_ms, "-", "-");
   printf("%-44s %10.0f %10s %8s\n", "insert f32, significance computed (/s)",
          ins_computed, "-", "-");
   printf("%-44s %10.0f %10s %8s\n", "insert f32, significance given (/s)",

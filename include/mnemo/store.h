@@ -77,10 +77,10 @@ extern "C" {
 typedef struct mn_store mn_store;
 
 /** Limits. */
-#define MN_COLLECTION_NAME_MAX 64  /* bytes, [A-Za-z0-9_.-] */
-#define MN_MEMORY_ID_MAX 128       /* bytes */
-#define MN_CHAT_ID_MAX 128         /* bytes */
-#define MN_CHUNK_ID_MAX 32         /* bytes of a working-chunk id */
+#define MN_COLLECTION_NAME_MAX 64 /* bytes, [A-Za-z0-9_.-] */
+#define MN_MEMORY_ID_MAX 128      /* bytes */
+#define MN_CHAT_ID_MAX 128        /* bytes */
+#define MN_CHUNK_ID_MAX 32        /* bytes of a working-chunk id */
 #define MN_SEARCH_MAX_K 4096
 #define MN_STORE_MAX_DIM 65536
 
@@ -127,7 +127,7 @@ typedef struct mn_store_opts {
   mn_pca_resolve_fn pca_resolve; /* NULL: load <data_dir>/pca/<name>.pca
                                     with mn_pca_load */
   void *pca_user;
-  mn_clock_fn clock;      /* NULL: mn_time_unix */
+  mn_clock_fn clock; /* NULL: mn_time_unix */
   void *clock_user;
 } mn_store_opts;
 
@@ -177,19 +177,19 @@ typedef struct mn_collection_opts {
 
 typedef struct mn_collection_info {
   char name[MN_COLLECTION_NAME_MAX + 1];
-  int64_t dim;           /* embedding width clients send */
-  int64_t width;         /* stored width (n_components with a PCA model) */
+  int64_t dim;   /* embedding width clients send */
+  int64_t width; /* stored width (n_components with a PCA model) */
   mn_metric metric;
   mn_dtype dtype;
   int normalize;
   char pca_model[MN_MEMORY_ID_MAX + 1]; /* "" when none */
-  double created;        /* Unix seconds */
-  int64_t count;         /* live memories */
-  int64_t chunks;        /* chunks, and how many in each tier */
+  double created;                       /* Unix seconds */
+  int64_t count;                        /* live memories */
+  int64_t chunks;                       /* chunks, and how many in each tier */
   int64_t chunks_tier[MN_TIER_COUNT];
   uint64_t bytes[MN_TIER_COUNT]; /* vector bytes resident in L1 / L2, and
                                     held in LMDB for L3 */
-  int64_t row_bytes;     /* bytes of one stored vector */
+  int64_t row_bytes;             /* bytes of one stored vector */
 } mn_collection_info;
 
 /**
@@ -215,8 +215,7 @@ MN_API mn_status mn_store_collection_get(mn_store *s, const char *name,
  * @param[out] n    its length
  * @return MN_OK; MN_ERR_NOMEM.
  */
-MN_API mn_status mn_store_collection_list(mn_store *s,
-                                          mn_collection_info **out,
+MN_API mn_status mn_store_collection_list(mn_store *s, mn_collection_info **out,
                                           int64_t *n);
 
 /**
@@ -229,16 +228,16 @@ MN_API mn_status mn_store_collection_drop(mn_store *s, const char *name);
  * Memories.
  * ---------------------------------------------------------------------- */
 typedef struct mn_memory_in {
-  const char *id;        /* NULL or "": the store assigns a time-ordered id
-                            "m_<12 hex ms><8 hex counter>" */
+  const char *id;         /* NULL or "": the store assigns a time-ordered id
+                             "m_<12 hex ms><8 hex counter>" */
   const float *embedding; /* dim floats (the collection's dim) */
-  const char *content;   /* NULL: "" */
-  const char *metadata;  /* JSON object text; NULL: "{}" */
-  const char *chat_id;   /* NULL: "" (no chat) */
-  int has_timestamp;     /* else: now */
-  double timestamp;      /* Unix seconds */
-  int has_significance;  /* else: computed (header comment) */
-  double significance;   /* [0, 1] */
+  const char *content;    /* NULL: "" */
+  const char *metadata;   /* JSON object text; NULL: "{}" */
+  const char *chat_id;    /* NULL: "" (no chat) */
+  int has_timestamp;      /* else: now */
+  double timestamp;       /* Unix seconds */
+  int has_significance;   /* else: computed (header comment) */
+  double significance;    /* [0, 1] */
 } mn_memory_in;
 
 /** Zero the struct (every field absent). */
@@ -278,8 +277,8 @@ enum {
  *  from and valid until that list is freed. */
 typedef struct mn_memory {
   const char *id;
-  const char *content;   /* NULL unless MN_INCLUDE_CONTENT */
-  const char *metadata;  /* JSON object text; NULL unless included */
+  const char *content;  /* NULL unless MN_INCLUDE_CONTENT */
+  const char *metadata; /* JSON object text; NULL unless included */
   const char *chat_id;
   double timestamp;
   double significance;
@@ -291,8 +290,7 @@ typedef struct mn_memory_list mn_memory_list;
 
 MN_API int64_t mn_memory_list_count(const mn_memory_list *l);
 /** Borrowed; i in [0, count). */
-MN_API const mn_memory *mn_memory_list_at(const mn_memory_list *l,
-                                          int64_t i);
+MN_API const mn_memory *mn_memory_list_at(const mn_memory_list *l, int64_t i);
 /** Ids asked for that were not found, in the order asked. */
 MN_API int64_t mn_memory_list_missing_count(const mn_memory_list *l);
 MN_API const char *mn_memory_list_missing_at(const mn_memory_list *l,
@@ -311,10 +309,10 @@ MN_API mn_status mn_store_get(mn_store *s, const char *coll,
                               unsigned include, mn_memory_list **out);
 
 typedef struct mn_memory_update {
-  const char *content;   /* NULL: keep */
-  const char *metadata;  /* JSON object text replacing it; NULL: keep */
+  const char *content;  /* NULL: keep */
+  const char *metadata; /* JSON object text replacing it; NULL: keep */
   int has_significance;
-  double significance;   /* [0, 1] */
+  double significance; /* [0, 1] */
 } mn_memory_update;
 
 /**
@@ -324,9 +322,9 @@ typedef struct mn_memory_update {
  *         (metadata not a JSON object, significance outside [0, 1], nothing
  *         to change); MN_ERR_RESOURCE; MN_ERR_IO.
  */
-MN_API mn_status mn_store_update(mn_store *s, const char *coll,
-                                 const char *id, const mn_memory_update *u,
-                                 unsigned include, mn_memory_list **out);
+MN_API mn_status mn_store_update(mn_store *s, const char *coll, const char *id,
+                                 const mn_memory_update *u, unsigned include,
+                                 mn_memory_list **out);
 
 /**
  * Delete memories by id. Unknown ids are not an error.
@@ -342,25 +340,25 @@ MN_API mn_status mn_store_delete(mn_store *s, const char *coll,
  * Search.
  * ---------------------------------------------------------------------- */
 typedef struct mn_search_params {
-  const float *queries;    /* n_queries x dim float32, row-major */
-  int64_t n_queries;       /* >= 1 */
-  int64_t dim;             /* must equal the collection's dim */
-  int64_t k;               /* 1..MN_SEARCH_MAX_K */
-  const char *chat_id;     /* filter: only this chat; NULL: any */
+  const float *queries; /* n_queries x dim float32, row-major */
+  int64_t n_queries;    /* >= 1 */
+  int64_t dim;          /* must equal the collection's dim */
+  int64_t k;            /* 1..MN_SEARCH_MAX_K */
+  const char *chat_id;  /* filter: only this chat; NULL: any */
   int has_since, has_until;
-  double since, until;     /* filter: since <= timestamp <= until */
-  const char *metadata;    /* filter: JSON object of top-level key ->
-                              string / number / boolean / null; a memory
-                              matches when each key is present with an
-                              equal value (numbers compare by value) */
+  double since, until;  /* filter: since <= timestamp <= until */
+  const char *metadata; /* filter: JSON object of top-level key ->
+                           string / number / boolean / null; a memory
+                           matches when each key is present with an
+                           equal value (numbers compare by value) */
   int has_min_similarity;
-  double min_similarity;   /* drop results whose similarity is lower */
-  double time_decay;       /* per second, >= 0; 0: no decay */
+  double min_similarity;      /* drop results whose similarity is lower */
+  double time_decay;          /* per second, >= 0; 0: no decay */
   double significance_weight; /* >= 0; 0: significance does not count */
-  double now;              /* reference time for decay; 0: the clock */
-  unsigned include;        /* MN_INCLUDE_* */
-  int reinforce;           /* reinforce the significance of what is
-                              returned (header comment) */
+  double now;                 /* reference time for decay; 0: the clock */
+  unsigned include;           /* MN_INCLUDE_* */
+  int reinforce;              /* reinforce the significance of what is
+                                 returned (header comment) */
 } mn_search_params;
 
 /** Defaults: k 10, no filters, no decay, weight 0, MN_INCLUDE_DEFAULT. */
@@ -374,8 +372,8 @@ typedef struct mn_search_hit {
   double decay;
   double timestamp;
   const char *chat_id;
-  const char *content;   /* NULL unless included */
-  const char *metadata;  /* NULL unless included */
+  const char *content;    /* NULL unless included */
+  const char *metadata;   /* NULL unless included */
   const float *embedding; /* NULL unless included */
 } mn_search_hit;
 
@@ -412,13 +410,13 @@ MN_API mn_status mn_store_search(mn_store *s, const char *coll,
  * mn_store_chunk_free().
  * ---------------------------------------------------------------------- */
 typedef struct mn_chunk_info {
-  char id[MN_CHUNK_ID_MAX + 1];   /* "chunk_<hex>" */
+  char id[MN_CHUNK_ID_MAX + 1]; /* "chunk_<hex>" */
   char chat_id[MN_CHAT_ID_MAX + 1];
-  uint64_t size;                  /* bytes allocated */
-  uint64_t used;                  /* bytes written */
+  uint64_t size; /* bytes allocated */
+  uint64_t used; /* bytes written */
   int64_t rows;
-  int64_t width;                  /* 0 until the first write */
-  double created;                 /* Unix seconds */
+  int64_t width;  /* 0 until the first write */
+  double created; /* Unix seconds */
   double last_accessed;
 } mn_chunk_info;
 
@@ -430,8 +428,7 @@ typedef struct mn_chunk_info {
  *         MN_ERR_NOMEM.
  */
 MN_API mn_status mn_store_chunk_alloc(mn_store *s, uint64_t size,
-                                      const char *chat_id,
-                                      mn_chunk_info *info);
+                                      const char *chat_id, mn_chunk_info *info);
 
 /**
  * Append `rows` float32 rows of `width` to a chunk.
@@ -478,9 +475,9 @@ typedef enum mn_pressure {
 MN_API const char *mn_pressure_name(mn_pressure p);
 
 typedef struct mn_cleanup_report {
-  int64_t chunks_freed;    /* idle working chunks freed */
+  int64_t chunks_freed; /* idle working chunks freed */
   uint64_t bytes_freed;
-  int64_t chunks_demoted;  /* memory chunks moved down a tier */
+  int64_t chunks_demoted; /* memory chunks moved down a tier */
   uint64_t bytes_demoted;
 } mn_cleanup_report;
 
@@ -505,13 +502,13 @@ typedef struct mn_store_stats {
   uint64_t working_bytes;
   int64_t collections;
   int64_t memories;
-  uint64_t commits;       /* LMDB write transactions committed */
-  uint64_t writes;        /* write requests acknowledged */
-  uint64_t map_size;      /* current LMDB map size */
-  int64_t map_grows;      /* times the map grew */
+  uint64_t commits;  /* LMDB write transactions committed */
+  uint64_t writes;   /* write requests acknowledged */
+  uint64_t map_size; /* current LMDB map size */
+  int64_t map_grows; /* times the map grew */
   int64_t promotions, demotions;
   int64_t stale_readers_cleared; /* at open */
-  int l1_enabled;         /* the backend is a GPU backend */
+  int l1_enabled;                /* the backend is a GPU backend */
 } mn_store_stats;
 
 MN_API void mn_store_get_stats(mn_store *s, mn_store_stats *st);

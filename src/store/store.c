@@ -22,8 +22,7 @@
 
 static _Thread_local uint64_t tl_res_req, tl_res_avail;
 
-mn_status mn__st_resource(uint64_t req, uint64_t avail, const char *fmt,
-                          ...) {
+mn_status mn__st_resource(uint64_t req, uint64_t avail, const char *fmt, ...) {
   char buf[512];
   va_list ap;
   va_start(ap, fmt);
@@ -34,7 +33,9 @@ mn_status mn__st_resource(uint64_t req, uint64_t avail, const char *fmt,
   return mn__set_error(MN_ERR_RESOURCE, "%s", buf);
 }
 
-void mn__st_resource_clear(void) { tl_res_req = tl_res_avail = 0; }
+void mn__st_resource_clear(void) {
+  tl_res_req = tl_res_avail = 0;
+}
 
 void mn_store_last_resource(uint64_t *requested, uint64_t *available) {
   if (requested)
@@ -169,8 +170,10 @@ void mn__st_register(mn_store *s, st_coll *c, mn_pca_model *pca) {
     st_coll **a = realloc(s->colls, sizeof *a * (size_t)nc);
     if (!a) {
       pthread_rwlock_unlock(&s->reg_lock);
-      MN__LOGE(ST_MOD, "out of memory registering '%s'; it reappears at the "
-               "next open", c->name);
+      MN__LOGE(ST_MOD,
+               "out of memory registering '%s'; it reappears at the "
+               "next open",
+               c->name);
       mn__st_coll_unref(c);
       return;
     }
@@ -355,8 +358,10 @@ mn_status mn_store_open(const mn_store_opts *opts, mn_store **out) {
   int64_t total = 0;
   for (int64_t i = 0; i < s->n_colls; i++)
     total += s->colls[i]->count;
-  MN__LOGI(ST_MOD, "store at %s open: %lld collections, %lld memories, "
-           "backend %s", s->path, (long long)s->n_colls, (long long)total,
+  MN__LOGI(ST_MOD,
+           "store at %s open: %lld collections, %lld memories, "
+           "backend %s",
+           s->path, (long long)s->n_colls, (long long)total,
            mn_backend_device(s->backend));
   *out = s;
   return MN_OK;
@@ -403,8 +408,7 @@ static void fill_info(mn_store *s, st_coll *c, mn_collection_info *info) {
     if (ch->tier == MN_TIER_HOST)
       info->bytes[MN_TIER_HOST] += (uint64_t)ch->cap * (uint64_t)c->row_bytes;
     else if (ch->tier == MN_TIER_DEVICE)
-      info->bytes[MN_TIER_DEVICE] +=
-          (uint64_t)ch->cap * (uint64_t)c->row_bytes;
+      info->bytes[MN_TIER_DEVICE] += (uint64_t)ch->cap * (uint64_t)c->row_bytes;
   }
   pthread_mutex_unlock(&s->tier_mu);
   pthread_rwlock_unlock(&c->lock);
@@ -425,8 +429,7 @@ static mn_status default_pca_resolve(mn_store *s, const char *name,
   return st;
 }
 
-mn_status mn_store_collection_create(mn_store *s,
-                                     const mn_collection_opts *o,
+mn_status mn_store_collection_create(mn_store *s, const mn_collection_opts *o,
                                      mn_collection_info *info) {
   if (!s || !o)
     return mn__set_error(MN_ERR_INVALID, "store or options is NULL");
@@ -449,10 +452,10 @@ mn_status mn_store_collection_create(mn_store *s,
   if (o->pca_model && o->pca_model[0]) {
     if (strlen(o->pca_model) > MN_MEMORY_ID_MAX)
       return mn__set_error(MN_ERR_INVALID, "PCA model name is too long");
-    mn_status st = s->opts.pca_resolve
-                       ? s->opts.pca_resolve(s->opts.pca_user, o->pca_model,
-                                             &pca)
-                       : default_pca_resolve(s, o->pca_model, &pca);
+    mn_status st =
+        s->opts.pca_resolve
+            ? s->opts.pca_resolve(s->opts.pca_user, o->pca_model, &pca)
+            : default_pca_resolve(s, o->pca_model, &pca);
     if (st != MN_OK)
       return st;
     if (!pca)
@@ -593,8 +596,7 @@ mn_pressure mn_store_pressure(mn_store *s) {
   return p;
 }
 
-mn_status mn_store_cleanup(mn_store *s, int all_idle,
-                           mn_cleanup_report *rep) {
+mn_status mn_store_cleanup(mn_store *s, int all_idle, mn_cleanup_report *rep) {
   mn_cleanup_report r;
   memset(&r, 0, sizeof r);
   if (!s)
@@ -604,14 +606,16 @@ mn_status mn_store_cleanup(mn_store *s, int all_idle,
     mn__st_demote_to(s, MN_PRESSURE_HIGH_FRAC, &r.chunks_demoted,
                      &r.bytes_demoted);
   if (r.chunks_freed || r.chunks_demoted)
-    MN__LOGI(ST_MOD, "cleanup freed %lld working chunk(s) (%llu bytes), "
+    MN__LOGI(ST_MOD,
+             "cleanup freed %lld working chunk(s) (%llu bytes), "
              "moved %lld chunk(s) to disk (%llu bytes)",
              (long long)r.chunks_freed, (unsigned long long)r.bytes_freed,
-             (long long)r.chunks_demoted,
-             (unsigned long long)r.bytes_demoted);
+             (long long)r.chunks_demoted, (unsigned long long)r.bytes_demoted);
   if (rep)
     *rep = r;
   return MN_OK;
 }
 
-void mn_store_maintain(mn_store *s) { mn_store_cleanup(s, 0, NULL); }
+void mn_store_maintain(mn_store *s) {
+  mn_store_cleanup(s, 0, NULL);
+}

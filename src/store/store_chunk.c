@@ -54,8 +54,7 @@ void mn__st_decode_row(const st_coll *c, const void *codes, float scale,
     break;
   case MN_DTYPE_BIN:
     for (int64_t i = 0; i < w; i++)
-      out[i] = (((const uint8_t *)codes)[i >> 3] >> (i & 7)) & 1 ? 1.0f
-                                                                 : -1.0f;
+      out[i] = (((const uint8_t *)codes)[i >> 3] >> (i & 7)) & 1 ? 1.0f : -1.0f;
     break;
   default:
     memset(out, 0, sizeof(float) * (size_t)w);
@@ -78,12 +77,10 @@ mn_status mn__st_encode_rows(mn_store *s, const st_coll *c, const float *x,
     mn_f32_to_f16_n(x, codes, (size_t)(n * w));
     break;
   case MN_DTYPE_I8:
-    MN__TRY(mn_backend_quantize(s->cpu, &xt, MN_QUANT_INT8, NULL, &ct,
-                                scales));
+    MN__TRY(mn_backend_quantize(s->cpu, &xt, MN_QUANT_INT8, NULL, &ct, scales));
     break;
   case MN_DTYPE_BIN:
-    MN__TRY(mn_backend_quantize(s->cpu, &xt, MN_QUANT_BINARY, NULL, &ct,
-                                NULL));
+    MN__TRY(mn_backend_quantize(s->cpu, &xt, MN_QUANT_BINARY, NULL, &ct, NULL));
     break;
   default:
     return mn__set_error(MN_ERR_INVALID, "storage dtype %s is not supported",
@@ -170,7 +167,9 @@ static uint64_t dev_codes_bytes(const st_chunk *ch) {
 static uint64_t dev_scale_off(const st_chunk *ch) {
   return dev_codes_bytes(ch);
 }
-uint64_t mn__st_dev_scale_off(const st_chunk *ch) { return dev_scale_off(ch); }
+uint64_t mn__st_dev_scale_off(const st_chunk *ch) {
+  return dev_scale_off(ch);
+}
 static uint64_t dev_norm_off(const st_chunk *ch) {
   return dev_codes_bytes(ch) +
          (ch->scale ? ((uint64_t)ch->cap * 4 + 255) & ~(uint64_t)255 : 0);
@@ -219,10 +218,9 @@ static void lru_touch(mn_store *s, st_chunk *ch, uint64_t tick) {
 /* The limit memory chunks may fill a tier to (UINT64_MAX: none). */
 static uint64_t chunk_limit(const mn_store *s, int tier) {
   if (tier == MN_TIER_HOST)
-    return s->budget[MN_TIER_HOST]
-               ? (uint64_t)(MN_PRESSURE_RECOVERY_FRAC *
-                            (double)s->budget[MN_TIER_HOST])
-               : UINT64_MAX;
+    return s->budget[MN_TIER_HOST] ? (uint64_t)(MN_PRESSURE_RECOVERY_FRAC *
+                                                (double)s->budget[MN_TIER_HOST])
+                                   : UINT64_MAX;
   return s->budget[tier] ? s->budget[tier] : UINT64_MAX;
 }
 
@@ -321,8 +319,10 @@ static int to_device(mn_store *s, st_chunk *ch, const void *codes,
     return 0;
   void *d = NULL;
   if (mn_backend_alloc(s->backend, (size_t)b, &d) != MN_OK) {
-    MN__LOGW(ST_MOD, "device allocation of %llu bytes failed (%s); chunk "
-             "stays in host memory", (unsigned long long)b, mn_errmsg());
+    MN__LOGW(ST_MOD,
+             "device allocation of %llu bytes failed (%s); chunk "
+             "stays in host memory",
+             (unsigned long long)b, mn_errmsg());
     return 0;
   }
   ch->dev = d;
@@ -475,7 +475,7 @@ mn_status mn__st_chunk_load_rows(mn_store *s, st_chunk *ch, void *dst) {
       st_vec_hdr h;
       if (mn__st_vec_parse(&v, c->row_bytes, &h) != 0) {
         st = mn__set_error(MN_ERR_VERSION, "vector record has an unknown "
-                           "format");
+                                           "format");
         break;
       }
       memcpy((char *)dst + (size_t)j * rb, h.codes, rb);
@@ -630,8 +630,7 @@ mn_pressure mn__st_pressure_locked(mn_store *s) {
   return MN_PRESSURE_NORMAL;
 }
 
-void mn__st_demote_to(mn_store *s, double frac, int64_t *n,
-                      uint64_t *bytes) {
+void mn__st_demote_to(mn_store *s, double frac, int64_t *n, uint64_t *bytes) {
   pthread_mutex_lock(&s->tier_mu);
   uint64_t b = s->budget[MN_TIER_HOST];
   uint64_t target = (uint64_t)(frac * (double)b);

@@ -48,20 +48,28 @@ mn_status mn__st_lmdb(int rc, const char *what) {
   if (rc == ENOMEM)
     return mn__set_error(MN_ERR_NOMEM, "out of memory in LMDB (%s)", what);
   if (rc == MDB_VERSION_MISMATCH || rc == MDB_INVALID)
-    return mn__set_error(MN_ERR_VERSION, "LMDB %s: %s", what,
-                         mdb_strerror(rc));
-  return mn__set_error(MN_ERR_IO, "LMDB %s failed: %s", what,
-                       mdb_strerror(rc));
+    return mn__set_error(MN_ERR_VERSION, "LMDB %s: %s", what, mdb_strerror(rc));
+  return mn__set_error(MN_ERR_IO, "LMDB %s failed: %s", what, mdb_strerror(rc));
 }
 
 /* ------------------------------------------------------------------------
  * Little-endian packing.
  * ---------------------------------------------------------------------- */
-static void put_u16(uint8_t *p, uint16_t v) { memcpy(p, &v, 2); }
-static void put_u32(uint8_t *p, uint32_t v) { memcpy(p, &v, 4); }
-static void put_u64(uint8_t *p, uint64_t v) { memcpy(p, &v, 8); }
-static void put_f32(uint8_t *p, float v) { memcpy(p, &v, 4); }
-static void put_f64(uint8_t *p, double v) { memcpy(p, &v, 8); }
+static void put_u16(uint8_t *p, uint16_t v) {
+  memcpy(p, &v, 2);
+}
+static void put_u32(uint8_t *p, uint32_t v) {
+  memcpy(p, &v, 4);
+}
+static void put_u64(uint8_t *p, uint64_t v) {
+  memcpy(p, &v, 8);
+}
+static void put_f32(uint8_t *p, float v) {
+  memcpy(p, &v, 4);
+}
+static void put_f64(uint8_t *p, double v) {
+  memcpy(p, &v, 8);
+}
 static uint16_t get_u16(const uint8_t *p) {
   uint16_t v;
   memcpy(&v, p, 2);
@@ -111,8 +119,7 @@ void mn__st_key_seq(uint8_t key[12], uint32_t cid, uint64_t seq) {
   put_be64(key + 4, seq);
 }
 
-size_t mn__st_key_str(uint8_t *key, uint32_t cid, const char *str,
-                      size_t len) {
+size_t mn__st_key_str(uint8_t *key, uint32_t cid, const char *str, size_t len) {
   put_be32(key, cid);
   if (len)
     memcpy(key + 4, str, len);
@@ -222,9 +229,9 @@ static mn_status put_coll(MDB_txn *txn, mn_store *s, const st_coll *c,
 /* PCA model blob: i64 input_dim, i64 k, i64 n_samples, f64 total, then
  * mean, components, explained_variance, explained_variance_ratio. */
 static size_t pca_blob_size(const mn_pca_model *m) {
-  return 32 + sizeof(float) * (size_t)(m->input_dim + m->n_components *
-                                                          m->input_dim +
-                                       2 * m->n_components);
+  return 32 + sizeof(float) *
+                  (size_t)(m->input_dim + m->n_components * m->input_dim +
+                           2 * m->n_components);
 }
 
 static void pca_blob_write(const mn_pca_model *m, uint8_t *p) {
@@ -278,8 +285,8 @@ static mn_status mkdir_p(const char *path) {
     if (*p == '/') {
       *p = '\0';
       if (mkdir(tmp, 0755) != 0 && errno != EEXIST)
-        return mn__set_error(MN_ERR_IO, "cannot create directory %s: %s",
-                             tmp, strerror(errno));
+        return mn__set_error(MN_ERR_IO, "cannot create directory %s: %s", tmp,
+                             strerror(errno));
       *p = '/';
     }
   }
@@ -396,11 +403,10 @@ mn_status mn__st_db_open(mn_store *s) {
   if (rc) {
     mdb_env_close(s->env);
     s->env = NULL;
-    return mn__set_error(rc == MDB_VERSION_MISMATCH || rc == MDB_INVALID
-                             ? MN_ERR_VERSION
-                             : MN_ERR_IO,
-                         "cannot open the store at %s: %s", s->path,
-                         mdb_strerror(rc));
+    return mn__set_error(
+        rc == MDB_VERSION_MISMATCH || rc == MDB_INVALID ? MN_ERR_VERSION
+                                                        : MN_ERR_IO,
+        "cannot open the store at %s: %s", s->path, mdb_strerror(rc));
   }
   int dead = 0;
   mdb_reader_check(s->env, &dead);
@@ -486,8 +492,10 @@ static mn_status load_colls(mn_store *s, MDB_txn *txn) {
       if (rc == 0)
         st = pca_blob_read(&pv, &c->pca);
       else
-        st = mn__set_error(MN_ERR_IO, "the PCA model of collection %s is "
-                           "missing from the store", c->name);
+        st = mn__set_error(MN_ERR_IO,
+                           "the PCA model of collection %s is "
+                           "missing from the store",
+                           c->name);
       if (st != MN_OK) {
         mn__st_coll_free(c);
         break;
@@ -531,8 +539,10 @@ static mn_status load_chats(mn_store *s, MDB_txn *txn) {
     if (v.mv_size < 24 || p[0] != ST_REC_VERSION ||
         get_u32(p + 4) != (uint32_t)c->width ||
         v.mv_size != 24 + 4 * (size_t)c->width) {
-      st = mn__set_error(MN_ERR_VERSION, "a chat record of collection %s "
-                         "has an unknown format", c->name);
+      st = mn__set_error(MN_ERR_VERSION,
+                         "a chat record of collection %s "
+                         "has an unknown format",
+                         c->name);
       break;
     }
     st_chat *ch = mn__st_chat_get(c, (const char *)k.mv_data + 4,
@@ -587,7 +597,8 @@ static mn_status load_vectors(mn_store *s, MDB_txn *txn) {
       continue;
     st_vec_hdr h;
     if (mn__st_vec_parse(&v, c->row_bytes, &h) != 0) {
-      st = mn__set_error(MN_ERR_VERSION, "vector record %llu of collection "
+      st = mn__set_error(MN_ERR_VERSION,
+                         "vector record %llu of collection "
                          "%s has an unknown format or size",
                          (unsigned long long)seq, c->name);
       break;
@@ -718,8 +729,9 @@ static mn_status apply_add(mn_store *s, MDB_txn *txn, st_op *op,
         return mn__st_lmdb(rc, "look up an id");
     }
     est += value_cost(s, 12, vec_size(c, r->chat_len)) +
-           value_cost(s, 12, rec_size(r->id_len ? r->id_len : 22,
-                                      r->content_len, r->metadata_len)) +
+           value_cost(s, 12,
+                      rec_size(r->id_len ? r->id_len : 22, r->content_len,
+                               r->metadata_len)) +
            value_cost(s, 4 + (r->id_len ? r->id_len : 22), 8);
   }
   MN__TRY(check_disk(s, group_bytes, est, op));
@@ -909,8 +921,8 @@ static mn_status apply_update(mn_store *s, MDB_txn *txn, st_op *op,
   mn_status st = find_seq(s, txn, c, op->u.upd.id, &seq);
   if (st == MN_ERR_NOT_FOUND)
     return mn__set_error(MN_ERR_NOT_FOUND,
-                         "memory '%s' is not in collection '%s'",
-                         op->u.upd.id, c->name);
+                         "memory '%s' is not in collection '%s'", op->u.upd.id,
+                         c->name);
   MN__TRY(st);
   op->u.upd.seq = seq;
   uint8_t sk[12];
@@ -923,8 +935,10 @@ static mn_status apply_update(mn_store *s, MDB_txn *txn, st_op *op,
     const char *id, *content, *meta;
     uint32_t il, cl, ml;
     if (mn__st_rec_parse(&v, &id, &il, &content, &cl, &meta, &ml) != 0)
-      return mn__set_error(MN_ERR_VERSION, "memory record of '%s' has an "
-                           "unknown format", op->u.upd.id);
+      return mn__set_error(MN_ERR_VERSION,
+                           "memory record of '%s' has an "
+                           "unknown format",
+                           op->u.upd.id);
     if (u->content) {
       content = u->content;
       cl = (uint32_t)strlen(u->content);

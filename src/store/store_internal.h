@@ -35,8 +35,8 @@
 #include <stdatomic.h>
 
 #define ST_MOD "store"
-#define ST_FORMAT_VERSION 1  /* meta "format" */
-#define ST_REC_VERSION 1     /* first byte of every record value */
+#define ST_FORMAT_VERSION 1 /* meta "format" */
+#define ST_REC_VERSION 1    /* first byte of every record value */
 #define ST_DEFAULT_CHUNK_ROWS 4096
 #define ST_DEFAULT_MAP_SIZE (1ull << 30)
 #define ST_MAX_QUERIES 1024
@@ -88,22 +88,22 @@ typedef struct mn_store mn_store;
 
 typedef struct st_chunk {
   st_coll *coll;
-  int64_t index;   /* position in coll->chunks */
-  int32_t cap;     /* rows */
-  int32_t n;       /* rows appended (live or dead) */
+  int64_t index; /* position in coll->chunks */
+  int32_t cap;   /* rows */
+  int32_t n;     /* rows appended (live or dead) */
   int32_t live;
-  uint64_t *seq;   /* [cap], ascending */
+  uint64_t *seq; /* [cap], ascending */
   double *ts;
   float *sig;
-  float *norm;     /* norm of each decoded stored row */
-  float *scale;    /* [cap] for int8 storage, else NULL */
-  uint32_t *chat;  /* interned chat index */
+  float *norm;    /* norm of each decoded stored row */
+  float *scale;   /* [cap] for int8 storage, else NULL */
+  uint32_t *chat; /* interned chat index */
   uint64_t *live_bits;
   /* placement: guarded by store->tier_mu */
-  int tier;        /* MN_TIER_DEVICE / HOST / DISK */
-  void *host;      /* cap * row_bytes codes when tier == HOST */
-  void *dev;       /* device buffer when tier == DEVICE: codes, then
-                      scales (int8) and norms, cap entries each */
+  int tier;   /* MN_TIER_DEVICE / HOST / DISK */
+  void *host; /* cap * row_bytes codes when tier == HOST */
+  void *dev;  /* device buffer when tier == DEVICE: codes, then
+                 scales (int8) and norms, cap entries each */
   int pins;
   uint64_t last_used;
   struct st_chunk *lru_prev, *lru_next; /* in s->lru[tier] */
@@ -116,10 +116,10 @@ typedef struct st_chat {
   /* significance state: writer thread only */
   uint64_t n;
   double mean_norm;
-  float *momentum;   /* [width] */
-  float *recent;     /* [MN_SIG_RECENT * width] ring */
+  float *momentum; /* [width] */
+  float *recent;   /* [MN_SIG_RECENT * width] ring */
   int n_recent;
-  int recent_head;   /* next slot to write */
+  int recent_head; /* next slot to write */
   float recent_norm[MN_SIG_RECENT];
   int recent_loaded; /* rebuilt from stored rows after an open */
   int dirty;         /* touched in the current group */
@@ -140,9 +140,9 @@ struct st_coll {
   pthread_rwlock_t lock;
   st_chunk **chunks;
   int64_t n_chunks, cap_chunks;
-  int64_t count;       /* live memories */
-  uint64_t next_seq;   /* published */
-  uint64_t vec_bytes;  /* sum of vector record sizes (L3 bytes) */
+  int64_t count;      /* live memories */
+  uint64_t next_seq;  /* published */
+  uint64_t vec_bytes; /* sum of vector record sizes (L3 bytes) */
 
   /* chat table: hash of name -> idx, array idx -> chat */
   st_chat **chats;
@@ -156,7 +156,7 @@ struct st_coll {
   int created_pending; /* created in the current group */
 
   atomic_int refs;
-  int dead;            /* dropped and unregistered */
+  int dead; /* dropped and unregistered */
 };
 
 /* Working chunk (the seed's chunk API). */
@@ -185,9 +185,9 @@ enum {
 typedef struct st_add_row {
   char id[MN_MEMORY_ID_MAX + 1]; /* "" until assigned */
   uint32_t id_len;
-  const char *content;  /* borrowed from the caller */
+  const char *content; /* borrowed from the caller */
   uint32_t content_len;
-  char *metadata;       /* normalised JSON text, owned */
+  char *metadata; /* normalised JSON text, owned */
   uint32_t metadata_len;
   const char *chat;
   uint32_t chat_len;
@@ -200,7 +200,7 @@ typedef struct st_add_row {
   /* filled by the writer */
   uint64_t seq;
   uint32_t chat_idx;
-  int id_assigned;      /* the writer generated the id */
+  int id_assigned; /* the writer generated the id */
 } st_add_row;
 
 typedef struct st_op {
@@ -218,8 +218,8 @@ typedef struct st_op {
     struct {
       int64_t n;
       st_add_row *rows;
-      float *x;       /* n x width processed float vectors */
-      void *codes;    /* n x row_bytes */
+      float *x;    /* n x width processed float vectors */
+      void *codes; /* n x row_bytes */
     } add;
     struct {
       int64_t n;
@@ -231,14 +231,14 @@ typedef struct st_op {
     struct {
       const char *id;
       const mn_memory_update *u;
-      char *metadata;  /* normalised, owned */
+      char *metadata; /* normalised, owned */
       uint64_t seq;
       float sig;
     } upd;
     struct {
       int64_t n;
       uint64_t *seqs;
-      float *sig;      /* new values, filled by the writer */
+      float *sig; /* new values, filled by the writer */
       uint8_t *ok;
     } rein;
     struct {
@@ -256,8 +256,8 @@ struct mn_store {
   mn_store_opts opts;
   char data_dir[1024];
   char path[1100];
-  mn_backend *backend;   /* the caller's (maybe GPU) */
-  mn_backend *cpu;       /* always a CPU backend, owned */
+  mn_backend *backend; /* the caller's (maybe GPU) */
+  mn_backend *cpu;     /* always a CPU backend, owned */
   int own_backend;
   int l1_enabled;
 
@@ -271,7 +271,7 @@ struct mn_store {
   pthread_rwlock_t reg_lock;
   st_coll **colls;
   int64_t n_colls, cap_colls;
-  uint32_t next_cid;     /* writer thread */
+  uint32_t next_cid; /* writer thread */
 
   /* writer */
   pthread_t writer;
@@ -280,10 +280,10 @@ struct mn_store {
   st_op *q_head, *q_tail;
   int stopping;
   uint64_t commits, writes; /* under q_mu */
-  uint64_t disk_used;    /* LMDB pages in use after the last commit
-                            (writer thread) */
-  int grp_committed;     /* writer thread: the last group committed */
-  int disk_accounted;    /* disk_used is in mn_account (MN_TIER_DISK) */
+  uint64_t disk_used;       /* LMDB pages in use after the last commit
+                               (writer thread) */
+  int grp_committed;        /* writer thread: the last group committed */
+  int disk_accounted;       /* disk_used is in mn_account (MN_TIER_DISK) */
   uint64_t stat_disk_used, stat_map_size; /* copies under q_mu */
   int64_t stat_map_grows;
 
@@ -328,8 +328,8 @@ double mn__st_now(mn_store *s);
 mn_status mn__st_coll_ref(mn_store *s, const char *name, st_coll **out);
 void mn__st_coll_unref(st_coll *c);
 mn_status mn__st_check_name(const char *name);
-mn_status mn__st_resource(uint64_t req, uint64_t avail, const char *fmt,
-                          ...) __attribute__((format(printf, 3, 4)));
+mn_status mn__st_resource(uint64_t req, uint64_t avail, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 void mn__st_resource_clear(void);
 void mn__st_coll_free(st_coll *c);
 st_coll *mn__st_coll_new(mn_store *s);
@@ -347,8 +347,7 @@ mn_status mn__st_submit(mn_store *s, st_op *op);
 mn_status mn__st_writer_start(mn_store *s);
 void mn__st_writer_stop(mn_store *s);
 void mn__st_key_seq(uint8_t key[12], uint32_t cid, uint64_t seq);
-size_t mn__st_key_str(uint8_t *key, uint32_t cid, const char *str,
-                      size_t len);
+size_t mn__st_key_str(uint8_t *key, uint32_t cid, const char *str, size_t len);
 int mn__st_vec_parse(const MDB_val *v, int64_t row_bytes, st_vec_hdr *h);
 int mn__st_rec_parse(const MDB_val *v, const char **id, uint32_t *id_len,
                      const char **content, uint32_t *content_len,
@@ -370,8 +369,7 @@ uint64_t mn__st_dev_scale_off(const st_chunk *ch);
 mn_status mn__st_chunk_load_rows(mn_store *s, st_chunk *ch, void *dst);
 mn_status mn__st_host_reserve(mn_store *s, uint64_t bytes);
 void mn__st_host_release(mn_store *s, uint64_t bytes);
-void mn__st_demote_to(mn_store *s, double frac, int64_t *n,
-                      uint64_t *bytes);
+void mn__st_demote_to(mn_store *s, double frac, int64_t *n, uint64_t *bytes);
 mn_pressure mn__st_pressure_locked(mn_store *s);
 void mn__st_decode_row(const st_coll *c, const void *codes, float scale,
                        float *out);

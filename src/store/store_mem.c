@@ -74,7 +74,9 @@ struct mn_memory_list {
   st_arena arena;
 };
 
-int64_t mn_memory_list_count(const mn_memory_list *l) { return l ? l->n : 0; }
+int64_t mn_memory_list_count(const mn_memory_list *l) {
+  return l ? l->n : 0;
+}
 
 const mn_memory *mn_memory_list_at(const mn_memory_list *l, int64_t i) {
   return l && i >= 0 && i < l->n ? &l->items[i] : NULL;
@@ -116,9 +118,10 @@ mn_status mn__st_read_memory(mn_store *s, st_coll *c, MDB_txn *txn,
   uint32_t il, cl, ml;
   if (mn__st_vec_parse(&v, c->row_bytes, &h) != 0 ||
       mn__st_rec_parse(&r, &id, &il, &content, &cl, &meta, &ml) != 0)
-    return mn__set_error(MN_ERR_VERSION, "memory %llu of '%s' has an "
-                         "unknown record format", (unsigned long long)seq,
-                         c->name);
+    return mn__set_error(MN_ERR_VERSION,
+                         "memory %llu of '%s' has an "
+                         "unknown record format",
+                         (unsigned long long)seq, c->name);
   memset(m, 0, sizeof *m);
   m->id = mn__st_arena_str(a, id, il);
   m->chat_id = mn__st_arena_str(a, h.chat, h.chat_len);
@@ -137,8 +140,8 @@ mn_status mn__st_read_memory(mn_store *s, st_coll *c, MDB_txn *txn,
     if (!e)
       return mn__set_error(MN_ERR_NOMEM, "out of memory");
   }
-  if (!m->id || !m->chat_id || ((include & MN_INCLUDE_CONTENT) &&
-                                !m->content) ||
+  if (!m->id || !m->chat_id ||
+      ((include & MN_INCLUDE_CONTENT) && !m->content) ||
       ((include & MN_INCLUDE_METADATA) && !m->metadata))
     return mn__set_error(MN_ERR_NOMEM, "out of memory");
   return MN_OK;
@@ -235,8 +238,7 @@ void mn_memory_in_init(mn_memory_in *m) {
 }
 
 /* Parse and re-serialise a metadata object (compact, keys in order). */
-mn_status mn__st_norm_metadata(const char *text, char **out,
-                               const char *what) {
+mn_status mn__st_norm_metadata(const char *text, char **out, const char *what) {
   *out = NULL;
   if (!text) {
     *out = strdup("{}");
@@ -245,8 +247,10 @@ mn_status mn__st_norm_metadata(const char *text, char **out,
   json_error_t err;
   json_t *j = json_loads(text, JSON_REJECT_DUPLICATES, &err);
   if (!j)
-    return mn__set_error(MN_ERR_INVALID, "%s is not valid JSON: %s "
-                         "(column %d)", what, err.text, err.column);
+    return mn__set_error(MN_ERR_INVALID,
+                         "%s is not valid JSON: %s "
+                         "(column %d)",
+                         what, err.text, err.column);
   if (!json_is_object(j)) {
     json_decref(j);
     return mn__set_error(MN_ERR_INVALID, "%s must be a JSON object", what);
@@ -325,11 +329,11 @@ static mn_status validate_batch(const st_coll *c, const mn_memory_in *m,
   qsort(v, (size_t)k, sizeof *v, cmp_id_ix);
   for (int64_t i = 1; i < k; i++)
     if (strcmp(v[i].id, v[i - 1].id) == 0) {
-      mn_status st = mn__set_error(MN_ERR_EXISTS,
-                                   "memory id '%s' appears twice in the "
-                                   "batch (indexes %lld and %lld)",
-                                   v[i].id, (long long)v[i - 1].i,
-                                   (long long)v[i].i);
+      mn_status st =
+          mn__set_error(MN_ERR_EXISTS,
+                        "memory id '%s' appears twice in the "
+                        "batch (indexes %lld and %lld)",
+                        v[i].id, (long long)v[i - 1].i, (long long)v[i].i);
       free(v);
       return st;
     }
@@ -371,10 +375,10 @@ mn_status mn_store_add(mn_store *s, const char *coll, const mn_memory_in *mems,
   if (st == MN_OK) {
     op.u.add.rows = calloc((size_t)n, sizeof *op.u.add.rows);
     in = mn_malloc(sizeof(float) * (size_t)(n * c->dim));
-    op.u.add.x = c->pca ? mn_malloc(sizeof(float) * (size_t)(n * c->width))
-                        : in;
-    op.u.add.codes = f32 ? (void *)op.u.add.x
-                         : mn_malloc((size_t)(n * c->row_bytes));
+    op.u.add.x =
+        c->pca ? mn_malloc(sizeof(float) * (size_t)(n * c->width)) : in;
+    op.u.add.codes =
+        f32 ? (void *)op.u.add.x : mn_malloc((size_t)(n * c->row_bytes));
     norms = malloc(sizeof(float) * (size_t)n);
     scales = calloc((size_t)n, sizeof(float));
     if (!op.u.add.rows || !in || !op.u.add.x || !op.u.add.codes || !norms ||
@@ -489,8 +493,7 @@ mn_status mn_store_update(mn_store *s, const char *coll, const char *id,
   memset(&op, 0, sizeof op);
   op.kind = ST_OP_UPDATE;
   if (u->metadata)
-    MN__TRY(mn__st_norm_metadata(u->metadata, &op.u.upd.metadata,
-                                 "metadata"));
+    MN__TRY(mn__st_norm_metadata(u->metadata, &op.u.upd.metadata, "metadata"));
   st_coll *c = NULL;
   mn_status st = mn__st_coll_ref(s, coll, &c);
   if (st != MN_OK) {
@@ -530,9 +533,8 @@ static mn_status check_unique(const char *const *ids, int64_t n) {
   return st;
 }
 
-mn_status mn_store_delete(mn_store *s, const char *coll,
-                          const char *const *ids, int64_t n, int64_t *deleted,
-                          uint8_t *found) {
+mn_status mn_store_delete(mn_store *s, const char *coll, const char *const *ids,
+                          int64_t n, int64_t *deleted, uint8_t *found) {
   if (!s)
     return mn__set_error(MN_ERR_INVALID, "store is NULL");
   if (deleted)
@@ -552,9 +554,8 @@ mn_status mn_store_delete(mn_store *s, const char *coll,
   op.u.del.ids = ids;
   op.u.del.found = found;
   op.u.del.seqs = malloc(sizeof(uint64_t) * (size_t)n);
-  mn_status st = op.u.del.seqs
-                     ? mn__st_submit(s, &op)
-                     : mn__set_error(MN_ERR_NOMEM, "out of memory");
+  mn_status st = op.u.del.seqs ? mn__st_submit(s, &op)
+                               : mn__set_error(MN_ERR_NOMEM, "out of memory");
   if (st == MN_OK && deleted)
     *deleted = op.u.del.deleted;
   free(op.u.del.seqs);

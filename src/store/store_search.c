@@ -122,8 +122,8 @@ int64_t mn_search_result_queries(const mn_search_result *r) {
   return r ? r->nq : 0;
 }
 
-const mn_search_hit *mn_search_result_hits(const mn_search_result *r,
-                                           int64_t q, int64_t *n) {
+const mn_search_hit *mn_search_result_hits(const mn_search_result *r, int64_t q,
+                                           int64_t *n) {
   if (!r || q < 0 || q >= r->nq) {
     if (n)
       *n = 0;
@@ -271,9 +271,9 @@ static mn_status scan_chunk(st_ctx *x, st_tstate *t, st_chunk *ch) {
   db.codes.stride = c->row_bytes;
   db.codes.device = on_dev ? MN_DEVICE_GPU : MN_DEVICE_HOST;
   if (c->dtype == MN_DTYPE_I8)
-    db.scales = on_dev ? (const float *)((const char *)dev +
-                                         mn__st_dev_scale_off(ch))
-                       : ch->scale;
+    db.scales =
+        on_dev ? (const float *)((const char *)dev + mn__st_dev_scale_off(ch))
+               : ch->scale;
   if (!on_dev && c->dtype != MN_DTYPE_BIN)
     db.norms = ch->norm;
   mn_tensor q;
@@ -300,8 +300,8 @@ static mn_status scan_chunk(st_ctx *x, st_tstate *t, st_chunk *ch) {
         double sim = to_similarity(c->metric, t->fscores[qi * kc + j]);
         if (has_min && sim < minsim)
           continue;
-        st_cand cd = {sim, 1.0, ch->ts[r], ch->seq[r], (float)sim,
-                      ch->sig[r], ch->chat[r]};
+        st_cand cd = {sim,        1.0,        ch->ts[r],  ch->seq[r],
+                      (float)sim, ch->sig[r], ch->chat[r]};
         if (heap_push(&t->heaps[qi], &cd) != 0) {
           st = mn__set_error(MN_ERR_NOMEM, "out of memory");
           break;
@@ -333,8 +333,8 @@ static mn_status scan_chunk(st_ctx *x, st_tstate *t, st_chunk *ch) {
         double sim = to_similarity(c->metric, t->sims[qi * ch->n + r]);
         if (has_min && sim < minsim)
           continue;
-        st_cand cd = {sim * sigf * decay, decay, ts, ch->seq[r], (float)sim,
-                      ch->sig[r], ch->chat[r]};
+        st_cand cd = {sim * sigf * decay, decay,      ts,         ch->seq[r],
+                      (float)sim,         ch->sig[r], ch->chat[r]};
         if (heap_push(&t->heaps[qi], &cd) != 0) {
           st = mn__set_error(MN_ERR_NOMEM, "out of memory");
           break;
@@ -385,8 +385,8 @@ static mn_status tstate_init(st_ctx *x, st_tstate *t) {
     if (!t->sims)
       return mn__set_error(MN_ERR_NOMEM, "out of memory");
     if (x->q_dev)
-      MN__TRY(mn_backend_alloc(x->s->backend, sizeof(float) * cap * nq,
-                               &t->dsims));
+      MN__TRY(
+          mn_backend_alloc(x->s->backend, sizeof(float) * cap * nq, &t->dsims));
   }
   return MN_OK;
 }
@@ -405,8 +405,7 @@ static mn_status check_params(const st_coll *c, const mn_search_params *p) {
                          "takes %lld",
                          (long long)p->dim, c->name, (long long)c->dim);
   if (p->k < 1 || p->k > MN_SEARCH_MAX_K)
-    return mn__set_error(MN_ERR_INVALID,
-                         "k must be between 1 and %d, got %lld",
+    return mn__set_error(MN_ERR_INVALID, "k must be between 1 and %d, got %lld",
                          MN_SEARCH_MAX_K, (long long)p->k);
   if (!(p->time_decay >= 0) || !isfinite(p->time_decay))
     return mn__set_error(MN_ERR_INVALID,
@@ -417,20 +416,21 @@ static mn_status check_params(const st_coll *c, const mn_search_params *p) {
   if ((p->has_since && !isfinite(p->since)) ||
       (p->has_until && !isfinite(p->until)))
     return mn__set_error(MN_ERR_INVALID, "since and until must be finite "
-                         "Unix times");
+                                         "Unix times");
   if (p->has_since && p->has_until && p->since > p->until)
-    return mn__set_error(MN_ERR_INVALID,
-                         "since (%.3f) is after until (%.3f)", p->since,
-                         p->until);
+    return mn__set_error(MN_ERR_INVALID, "since (%.3f) is after until (%.3f)",
+                         p->since, p->until);
   if (p->has_min_similarity && !isfinite(p->min_similarity))
     return mn__set_error(MN_ERR_INVALID, "min_similarity must be finite");
   if (!isfinite(p->now))
     return mn__set_error(MN_ERR_INVALID, "now must be finite");
   if (p->chat_id && strlen(p->chat_id) > MN_CHAT_ID_MAX)
-    return mn__set_error(MN_ERR_INVALID, "chatId filter is longer than %d "
-                         "bytes", MN_CHAT_ID_MAX);
-  mn_tensor qt = mn_tensor_host((void *)p->queries, MN_DTYPE_F32,
-                                p->n_queries, p->dim);
+    return mn__set_error(MN_ERR_INVALID,
+                         "chatId filter is longer than %d "
+                         "bytes",
+                         MN_CHAT_ID_MAX);
+  mn_tensor qt =
+      mn_tensor_host((void *)p->queries, MN_DTYPE_F32, p->n_queries, p->dim);
   mn_status st = mn_tensor_check_finite(&qt);
   if (st != MN_OK)
     return mn__set_error(st, "query %s", mn_errmsg());
@@ -454,10 +454,8 @@ static mn_status build_result(st_ctx *x, st_heap *merged, json_t *filter,
     st_heap *h = &merged[qi];
     if (h->n > 1)
       qsort(h->v, (size_t)h->n, sizeof *h->v, cmp_best_first);
-    res->hits[qi] =
-        mn__st_arena_alloc(&res->arena, sizeof(mn_search_hit) *
-                                            (size_t)MN__MIN(h->n, x->k) +
-                                        1);
+    res->hits[qi] = mn__st_arena_alloc(
+        &res->arena, sizeof(mn_search_hit) * (size_t)MN__MIN(h->n, x->k) + 1);
     res->seqs[qi] = mn__st_arena_alloc(
         &res->arena, sizeof(uint64_t) * (size_t)MN__MIN(h->n, x->k) + 1);
     if (!res->hits[qi] || !res->seqs[qi]) {
@@ -480,8 +478,10 @@ static mn_status build_result(st_ctx *x, st_heap *merged, json_t *filter,
       const char *id, *content, *meta;
       uint32_t il, cl, ml;
       if (mn__st_rec_parse(&rv, &id, &il, &content, &cl, &meta, &ml) != 0) {
-        st = mn__set_error(MN_ERR_VERSION, "a memory record of '%s' has an "
-                           "unknown format", c->name);
+        st = mn__set_error(MN_ERR_VERSION,
+                           "a memory record of '%s' has an "
+                           "unknown format",
+                           c->name);
         break;
       }
       if (filter && !meta_match(filter, meta, ml))
@@ -504,8 +504,8 @@ static mn_status build_result(st_ctx *x, st_heap *merged, json_t *filter,
       if (inc & MN_INCLUDE_EMBEDDING) {
         MDB_val vv;
         st_vec_hdr vh;
-        float *e = mn__st_arena_alloc(&res->arena,
-                                      sizeof(float) * (size_t)c->width);
+        float *e =
+            mn__st_arena_alloc(&res->arena, sizeof(float) * (size_t)c->width);
         if (e && mdb_get(txn, s->dbi[ST_DBI_VEC], &k, &vv) == 0 &&
             mn__st_vec_parse(&vv, c->row_bytes, &vh) == 0)
           mn__st_decode_row(c, vh.codes, vh.scale, e);
@@ -526,8 +526,7 @@ static mn_status build_result(st_ctx *x, st_heap *merged, json_t *filter,
   return st;
 }
 
-static mn_status reinforce(mn_store *s, st_coll *c, uint64_t *seqs,
-                           int64_t n) {
+static mn_status reinforce(mn_store *s, st_coll *c, uint64_t *seqs, int64_t n) {
   if (n == 0)
     return MN_OK;
   st_op op;
@@ -579,8 +578,8 @@ mn_status mn_store_search(mn_store *s, const char *coll,
            p->time_decay == 0 && p->significance_weight == 0;
   mn_search_result *res = calloc(1, sizeof *res);
   float *qbuf = malloc(sizeof(float) * (size_t)(x.nq * c->dim));
-  float *qproc = c->pca ? malloc(sizeof(float) * (size_t)(x.nq * c->width))
-                        : qbuf;
+  float *qproc =
+      c->pca ? malloc(sizeof(float) * (size_t)(x.nq * c->width)) : qbuf;
   if (!res || !qbuf || !qproc) {
     st = mn__set_error(MN_ERR_NOMEM, "out of memory");
   } else {
@@ -600,8 +599,8 @@ mn_status mn_store_search(mn_store *s, const char *coll,
   pthread_rwlock_rdlock(&c->lock);
   int empty = 0;
   if (p->chat_id) {
-    st_chat *ch = mn__st_chat_get(c, p->chat_id,
-                                  (uint32_t)strlen(p->chat_id), 0);
+    st_chat *ch =
+        mn__st_chat_get(c, p->chat_id, (uint32_t)strlen(p->chat_id), 0);
     if (ch) {
       x.use_chat = 1;
       x.chat = ch->idx;

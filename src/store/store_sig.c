@@ -122,7 +122,9 @@ float mn__st_dot(const float *a, const float *b, int64_t n) {
   return s;
 }
 
-static double clip01(double v) { return v < 0 ? 0 : (v > 1 ? 1 : v); }
+static double clip01(double v) {
+  return v < 0 ? 0 : (v > 1 ? 1 : v);
+}
 
 static double cosine(const float *a, double na, const float *b, double nb,
                      int64_t n) {
@@ -271,8 +273,7 @@ static mn_status load_recent(mn_store *s, st_coll *c, MDB_txn *txn,
   for (int64_t k = c->n_chunks - 1; k >= 0 && found < MN_SIG_RECENT; k--) {
     const st_chunk *cb = c->chunks[k];
     for (int32_t r = cb->n - 1; r >= 0 && found < MN_SIG_RECENT; r--)
-      if (cb->chat[r] == ch->idx &&
-          (cb->live_bits[r >> 6] >> (r & 63) & 1))
+      if (cb->chat[r] == ch->idx && (cb->live_bits[r >> 6] >> (r & 63) & 1))
         seqs[found++] = cb->seq[r];
   }
   size_t w = (size_t)c->width;
@@ -288,7 +289,7 @@ static mn_status load_recent(mn_store *s, st_coll *c, MDB_txn *txn,
     st_vec_hdr h;
     if (mn__st_vec_parse(&v, c->row_bytes, &h) != 0)
       return mn__set_error(MN_ERR_VERSION, "vector record has an unknown "
-                           "format");
+                                           "format");
     float *dst = ch->recent + (size_t)ch->recent_head * w;
     mn__st_decode_row(c, h.codes, h.scale, dst);
     ch->recent_norm[ch->recent_head] = sqrtf(mn__st_dot(dst, dst, c->width));
@@ -344,8 +345,8 @@ mn_status mn__st_sig_row(mn_store *s, st_coll *c, MDB_txn *txn, st_chat *ch,
     for (int64_t i = 0; i < w; i++)
       ch->momentum[i] = (1.0f - a) * ch->momentum[i] + a * x[i];
   }
-  ch->mean_norm = (ch->mean_norm * (double)ch->n + raw_norm) /
-                  (double)(ch->n + 1);
+  ch->mean_norm =
+      (ch->mean_norm * (double)ch->n + raw_norm) / (double)(ch->n + 1);
   ch->n++;
   memcpy(ch->recent + (size_t)ch->recent_head * (size_t)w, x,
          sizeof(float) * (size_t)w);

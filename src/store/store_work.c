@@ -44,8 +44,8 @@ static void work_destroy(mn_store *s, st_work *w) {
   free(w);
 }
 
-mn_status mn_store_chunk_alloc(mn_store *s, uint64_t size,
-                               const char *chat_id, mn_chunk_info *info) {
+mn_status mn_store_chunk_alloc(mn_store *s, uint64_t size, const char *chat_id,
+                               mn_chunk_info *info) {
   if (!s)
     return mn__set_error(MN_ERR_INVALID, "store is NULL");
   mn__st_resource_clear();
@@ -106,8 +106,7 @@ mn_status mn_store_chunk_write(mn_store *s, const char *chunk_id,
   st_work *w = find(s, chunk_id);
   mn_status st = MN_OK;
   if (!w) {
-    st = mn__set_error(MN_ERR_NOT_FOUND, "chunk '%s' does not exist",
-                       chunk_id);
+    st = mn__set_error(MN_ERR_NOT_FOUND, "chunk '%s' does not exist", chunk_id);
   } else if (w->width && w->width != width) {
     st = mn__set_error(MN_ERR_INVALID,
                        "chunk '%s' holds %lld-wide rows; these are %lld wide",
@@ -121,8 +120,7 @@ mn_status mn_store_chunk_write(mn_store *s, const char *chunk_id,
                            "%lld floats needs %llu bytes, %llu of its %llu "
                            "remain",
                            chunk_id, (long long)rows, (long long)width,
-                           (unsigned long long)need,
-                           (unsigned long long)avail,
+                           (unsigned long long)need, (unsigned long long)avail,
                            (unsigned long long)w->size);
     } else {
       memcpy((char *)w->data + w->used, data, (size_t)need);
@@ -137,8 +135,8 @@ mn_status mn_store_chunk_write(mn_store *s, const char *chunk_id,
   return st;
 }
 
-mn_status mn_store_chunk_read(mn_store *s, const char *chunk_id,
-                              float **data, mn_chunk_info *info) {
+mn_status mn_store_chunk_read(mn_store *s, const char *chunk_id, float **data,
+                              mn_chunk_info *info) {
   if (!s || !chunk_id || !data)
     return mn__set_error(MN_ERR_INVALID, "NULL argument");
   *data = NULL;
@@ -146,8 +144,7 @@ mn_status mn_store_chunk_read(mn_store *s, const char *chunk_id,
   st_work *w = find(s, chunk_id);
   mn_status st = MN_OK;
   if (!w) {
-    st = mn__set_error(MN_ERR_NOT_FOUND, "chunk '%s' does not exist",
-                       chunk_id);
+    st = mn__set_error(MN_ERR_NOT_FOUND, "chunk '%s' does not exist", chunk_id);
   } else {
     if (w->used) {
       *data = malloc((size_t)w->used);

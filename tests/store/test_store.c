@@ -60,8 +60,8 @@ static void reopen(fixture *f) {
 static void test_collections(void **state) {
   fixture *f = *state;
   open_store(f);
-  mn_collection_opts co = coll_opts("alpha", DIM, MN_METRIC_COSINE,
-                                    MN_DTYPE_F32);
+  mn_collection_opts co =
+      coll_opts("alpha", DIM, MN_METRIC_COSINE, MN_DTYPE_F32);
   mn_collection_info info;
   ST_OK(mn_store_collection_create(f->s, &co, &info));
   assert_string_equal(info.name, "alpha");
@@ -69,8 +69,7 @@ static void test_collections(void **state) {
   assert_int_equal(info.width, DIM);
   assert_int_equal(info.count, 0);
   assert_int_equal(info.row_bytes, DIM * 4);
-  assert_int_equal(mn_store_collection_create(f->s, &co, NULL),
-                   MN_ERR_EXISTS);
+  assert_int_equal(mn_store_collection_create(f->s, &co, NULL), MN_ERR_EXISTS);
   assert_non_null(strstr(mn_errmsg(), "alpha"));
 
   mn_collection_opts c2 = coll_opts("b.e-t_a9", 8, MN_METRIC_L2, MN_DTYPE_I8);
@@ -91,7 +90,11 @@ static void test_collections(void **state) {
   free(list);
 
   /* Names: length and characters. */
-  const char *bad[] = {"", "a b", "x/y", "name!", "é",
+  const char *bad[] = {"",
+                       "a b",
+                       "x/y",
+                       "name!",
+                       "é",
                        "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
                        "aaaaaaaaaaaa"};
   for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
@@ -100,15 +103,12 @@ static void test_collections(void **state) {
                      MN_ERR_INVALID);
   }
   mn_collection_opts b = coll_opts("okname", 0, MN_METRIC_IP, MN_DTYPE_F32);
-  assert_int_equal(mn_store_collection_create(f->s, &b, NULL),
-                   MN_ERR_INVALID);
+  assert_int_equal(mn_store_collection_create(f->s, &b, NULL), MN_ERR_INVALID);
   b = coll_opts("okname", 4, MN_METRIC_IP, MN_DTYPE_I4);
-  assert_int_equal(mn_store_collection_create(f->s, &b, NULL),
-                   MN_ERR_INVALID);
+  assert_int_equal(mn_store_collection_create(f->s, &b, NULL), MN_ERR_INVALID);
   assert_non_null(strstr(mn_errmsg(), "int4"));
   b = coll_opts("okname", 4, (mn_metric)7, MN_DTYPE_F32);
-  assert_int_equal(mn_store_collection_create(f->s, &b, NULL),
-                   MN_ERR_INVALID);
+  assert_int_equal(mn_store_collection_create(f->s, &b, NULL), MN_ERR_INVALID);
 
   ST_OK(mn_store_collection_drop(f->s, "gamma"));
   assert_int_equal(mn_store_collection_get(f->s, "gamma", &info),
@@ -210,8 +210,10 @@ static void test_memories_roundtrip(void **state) {
   }
 
   /* Update: content, metadata, significance. */
-  mn_memory_update u = {.content = "new content", .metadata = "{\"k\":1}",
-                        .has_significance = 1, .significance = 0.25};
+  mn_memory_update u = {.content = "new content",
+                        .metadata = "{\"k\":1}",
+                        .has_significance = 1,
+                        .significance = 0.25};
   mn_memory_list *l;
   ST_OK(mn_store_update(f->s, "mem", "mem-3", &u, MN_INCLUDE_DEFAULT, &l));
   assert_int_equal(mn_memory_list_count(l), 1);
@@ -438,7 +440,9 @@ static double dcos(const double *a, const double *b) {
   return d / (na * nb);
 }
 
-static double clip(double v) { return v < 0 ? 0 : v > 1 ? 1 : v; }
+static double clip(double v) {
+  return v < 0 ? 0 : v > 1 ? 1 : v;
+}
 
 /* x: the processed vector; raw: the raw norm. */
 static double ref_sig(ref_chat *c, const double *x, double raw, int use) {
@@ -477,8 +481,7 @@ static void test_significance(void **state) {
   open_store(f);
   /* normalize = 1: the processed vector is the unit vector; the raw norm
    * is that of the embedding as given. */
-  mn_collection_opts co = coll_opts("sig", DIM, MN_METRIC_COSINE,
-                                    MN_DTYPE_F32);
+  mn_collection_opts co = coll_opts("sig", DIM, MN_METRIC_COSINE, MN_DTYPE_F32);
   co.normalize = 1;
   ST_OK(mn_store_collection_create(f->s, &co, NULL));
   enum { N = 120 };
@@ -541,7 +544,7 @@ static void test_significance(void **state) {
     double got = mn_memory_list_at(l, i)->significance;
     if (fabs(got - expect[i]) > 2e-5)
       fprintf(stderr, "memory %d: significance %.7f, reference %.7f\n", i, got,
-                  expect[i]);
+              expect[i]);
     assert_true(fabs(got - expect[i]) <= 2e-5);
     if (i % 5 != 4) {
       lo = fmin(lo, got);
@@ -609,8 +612,7 @@ static void test_reinforce(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_collections, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_memories_roundtrip, setup,
-                                      teardown),
+      cmocka_unit_test_setup_teardown(test_memories_roundtrip, setup, teardown),
       cmocka_unit_test_setup_teardown(test_bad_input, setup, teardown),
       cmocka_unit_test_setup_teardown(test_significance, setup, teardown),
       cmocka_unit_test_setup_teardown(test_reinforce, setup, teardown),

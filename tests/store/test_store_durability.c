@@ -153,8 +153,8 @@ static void test_concurrent_writers(void **state) {
       ids[i] = buf[i];
     }
     mn_memory_list *l;
-    ST_OK(mn_store_get(s, "c", ids, N, MN_INCLUDE_DEFAULT |
-                                           MN_INCLUDE_EMBEDDING, &l));
+    ST_OK(mn_store_get(s, "c", ids, N,
+                       MN_INCLUDE_DEFAULT | MN_INCLUDE_EMBEDDING, &l));
     assert_int_equal(mn_memory_list_count(l), N);
     for (int i = 0; i < N; i++) {
       const mn_memory *m = mn_memory_list_at(l, i);
@@ -202,10 +202,12 @@ static void *child_writer(void *p) {
     for (uint32_t j = 0; j < n; j++) {
       uint64_t key = (uint64_t)a->cycle << 20 | (uint64_t)a->thread << 16;
       vec_of(key, b, j, v + j * DIM);
-      snprintf(ids[j], sizeof ids[j], "c%u-t%u-b%u-%u", a->cycle, a->thread,
-               b, j);
-      snprintf(content[j], sizeof content[j], "cycle %u thread %u batch %u "
-               "row %u", a->cycle, a->thread, b, j);
+      snprintf(ids[j], sizeof ids[j], "c%u-t%u-b%u-%u", a->cycle, a->thread, b,
+               j);
+      snprintf(content[j], sizeof content[j],
+               "cycle %u thread %u batch %u "
+               "row %u",
+               a->cycle, a->thread, b, j);
       mn_memory_in_init(&m[j]);
       m[j].id = ids[j];
       m[j].embedding = v + j * DIM;
@@ -229,8 +231,7 @@ static void run_child(const char *dir, uint32_t cycle, int fd) {
   mn_store *s;
   if (mn_store_open(&o, &s) != MN_OK)
     _exit(4);
-  mn_collection_opts co = coll_opts("crash", DIM, MN_METRIC_IP,
-                                    MN_DTYPE_F16);
+  mn_collection_opts co = coll_opts("crash", DIM, MN_METRIC_IP, MN_DTYPE_F16);
   mn_status st = mn_store_collection_create(s, &co, NULL);
   if (st != MN_OK && st != MN_ERR_EXISTS)
     _exit(5);
@@ -262,8 +263,8 @@ static int check_batch(mn_store *s, uint32_t cycle, uint32_t t, uint32_t b) {
                      MN_INCLUDE_CONTENT | MN_INCLUDE_EMBEDDING, &l));
   int64_t got = mn_memory_list_count(l);
   if (got != 0 && got != (int64_t)n)
-    fprintf(stderr, "batch c%u-t%u-b%u: %lld of %u rows present\n", cycle,
-            t, b, (long long)got, n);
+    fprintf(stderr, "batch c%u-t%u-b%u: %lld of %u rows present\n", cycle, t, b,
+            (long long)got, n);
   assert_true(got == 0 || got == (int64_t)n);
   for (int64_t j = 0; j < got; j++) {
     const mn_memory *m = mn_memory_list_at(l, j);
@@ -335,9 +336,8 @@ static void test_crash(void **state) {
     mn_store *s;
     ST_OK(mn_store_open(&o, &s));
     for (size_t i = 0; i < na; i++) {
-      assert_int_equal(check_batch(s, acks[i].cycle, acks[i].thread,
-                                   acks[i].batch),
-                       1);
+      assert_int_equal(
+          check_batch(s, acks[i].cycle, acks[i].thread, acks[i].batch), 1);
       acked_rows += acks[i].size;
     }
     /* Batches after the last acknowledged one may or may not have made it
@@ -359,8 +359,7 @@ static void test_crash(void **state) {
          "rows stored in total, %llu batches committed but not yet "
          "acknowledged when killed\n",
          cycles, (unsigned long long)acked_rows,
-         (unsigned long long)present_rows,
-         (unsigned long long)extra_batches);
+         (unsigned long long)present_rows, (unsigned long long)extra_batches);
   assert_true(present_rows >= acked_rows);
   rm_rf(dir);
   free(dir);

@@ -31,10 +31,10 @@ typedef struct dataset {
   int64_t n, dim, width;
   mn_metric metric;
   mn_dtype dtype;
-  double *vec;   /* n x width: the stored vectors, decoded */
+  double *vec; /* n x width: the stored vectors, decoded */
   double *ts;
   float *sig;
-  int *chat;     /* -1: no chat */
+  int *chat; /* -1: no chat */
   int *deleted;
 } dataset;
 
@@ -46,9 +46,15 @@ static void ds_free(dataset *d) {
   free(d->deleted);
 }
 
-static int meta_tag(int64_t i) { return (int)(i % 4); }
-static int meta_n(int64_t i) { return (int)(i % 7); }
-static int meta_flag(int64_t i) { return i % 2 == 0; }
+static int meta_tag(int64_t i) {
+  return (int)(i % 4);
+}
+static int meta_n(int64_t i) {
+  return (int)(i % 7);
+}
+static int meta_flag(int64_t i) {
+  return i % 2 == 0;
+}
 
 static const char *chat_name(int c) {
   static const char *names[NCHAT] = {"chat0", "chat1", "chat2", "chat3",
@@ -134,7 +140,7 @@ static void fill(mn_store *s, const char *coll, dataset *d, int64_t n,
         case MN_DTYPE_F32:
           if (!(err <= 1e-5 * (1 + fabs(want_v[c]))))
             fprintf(stderr, "row %lld col %lld: stored %.8g, expected %.8g\n",
-                        (long long)(base + j), (long long)c, got, want_v[c]);
+                    (long long)(base + j), (long long)c, got, want_v[c]);
           assert_true(err <= 1e-5 * (1 + fabs(want_v[c])));
           break;
         case MN_DTYPE_F16:
@@ -201,10 +207,10 @@ static int cmp_ref(const void *a, const void *b) {
 }
 
 typedef struct filt {
-  int chat;          /* -2: any */
+  int chat; /* -2: any */
   int has_since, has_until;
   double since, until;
-  int tag, n, flag;  /* -1: not filtered */
+  int tag, n, flag; /* -1: not filtered */
 } filt;
 
 static int passes(const dataset *d, const filt *f, int64_t i) {
@@ -301,7 +307,7 @@ static int64_t check_search(mn_store *s, const char *coll, const dataset *d,
     int64_t want = ne < k ? ne : k;
     if (n != want)
       fprintf(stderr, "query %lld: %lld hits, reference %lld\n", (long long)qi,
-                  (long long)n, (long long)want);
+              (long long)n, (long long)want);
     assert_int_equal(n, want);
     if (qi == 0)
       first = n;
@@ -317,10 +323,11 @@ static int64_t check_search(mn_store *s, const char *coll, const dataset *d,
       double score = sim * sf * decay;
       double tol = 2e-5 * (1 + fabs(score));
       if (fabs(h[j].score - score) > tol || score < all[j].score - tol)
-        fprintf(stderr, "query %lld hit %lld: %s score %.9g, reference %.9g, "
-                    "reference rank-%lld score %.9g\n",
-                    (long long)qi, (long long)j, h[j].id, h[j].score, score,
-                    (long long)j, all[j].score);
+        fprintf(stderr,
+                "query %lld hit %lld: %s score %.9g, reference %.9g, "
+                "reference rank-%lld score %.9g\n",
+                (long long)qi, (long long)j, h[j].id, h[j].score, score,
+                (long long)j, all[j].score);
       assert_true(fabs(h[j].score - score) <= tol);
       assert_true(fabs(h[j].similarity - sim) <= 2e-5 * (1 + fabs(sim)));
       assert_true(fabs(h[j].decay - decay) <= 1e-9);
@@ -356,8 +363,7 @@ static void run_suite(mn_store *s, const char *coll, const dataset *d,
   rng_vec(&r, q, NQ * d->width);
   filt f = NOF;
   /* Fast path (no filters, no decay, w = 0), several k. */
-  assert_true(check_search(s, coll, d, q, NQ, 10, &f, 0, 0, 0, 0, NULL) ==
-              10);
+  assert_true(check_search(s, coll, d, q, NQ, 10, &f, 0, 0, 0, 0, NULL) == 10);
   check_search(s, coll, d, q, 1, 1, &f, 0, 0, 0, 0, NULL);
   check_search(s, coll, d, q, NQ, 300, &f, 0, 0, 0, 0, NULL);
   /* min_similarity on the fast path: most results cut. */
@@ -434,8 +440,8 @@ static void test_metrics(void **state) {
   for (int m = 0; m < 3; m++) {
     mn_collection_opts co = coll_opts(names[m], 48, metrics[m], MN_DTYPE_F32);
     ST_OK(mn_store_collection_create(s, &co, NULL));
-    fill(s, names[m], &d[m], 20000, 48, metrics[m], MN_DTYPE_F32, 100 + m,
-         NULL, 48);
+    fill(s, names[m], &d[m], 20000, 48, metrics[m], MN_DTYPE_F32, 100 + m, NULL,
+         48);
     delete_some(s, names[m], &d[m], 7 + m, 700);
     run_suite(s, names[m], &d[m], 1000 + m, m == 0);
   }
@@ -482,11 +488,11 @@ static void test_dtypes(void **state) {
   for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
     dataset d;
     int64_t dim = c % 2 ? 37 : 64; /* odd widths too */
-    mn_collection_opts co = coll_opts(cases[c].name, dim, cases[c].m,
-                                      cases[c].dt);
+    mn_collection_opts co =
+        coll_opts(cases[c].name, dim, cases[c].m, cases[c].dt);
     ST_OK(mn_store_collection_create(s, &co, NULL));
-    fill(s, cases[c].name, &d, 3000, dim, cases[c].m, cases[c].dt, 50 + c,
-         NULL, dim);
+    fill(s, cases[c].name, &d, 3000, dim, cases[c].m, cases[c].dt, 50 + c, NULL,
+         dim);
     delete_some(s, cases[c].name, &d, 3 + c, 100);
     run_suite(s, cases[c].name, &d, 500 + c, 1);
     ds_free(&d);
@@ -574,8 +580,8 @@ static void test_pca(void **state) {
     for (int c = 0; c < k; c++) {
       qp[qi * k + c] = 0;
       for (int e = 0; e < dim; e++)
-        qp[qi * k + c] += (double)g_model->components[c * dim + e] *
-                          q[qi * dim + e];
+        qp[qi * k + c] +=
+            (double)g_model->components[c * dim + e] * q[qi * dim + e];
       qpf[qi * k + c] = (float)qp[qi * k + c];
     }
   /* The reference scores raw queries after projection; check the store's

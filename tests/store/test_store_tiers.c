@@ -194,8 +194,7 @@ static void test_working_chunks(void **state) {
   ST_OK(mn_store_chunk_list(s, NULL, &list, &n));
   assert_int_equal(n, 0);
   assert_null(list);
-  assert_int_equal(mn_store_chunk_read(s, a.id, &out, NULL),
-                   MN_ERR_NOT_FOUND);
+  assert_int_equal(mn_store_chunk_read(s, a.id, &out, NULL), MN_ERR_NOT_FOUND);
   /* An explicit cleanup of everything, and free. */
   ST_OK(mn_store_chunk_alloc(s, 100, "c", &a));
   ST_OK(mn_store_chunk_alloc(s, 200, "c", &b));
@@ -283,7 +282,8 @@ static void test_memory_chunks_budget(void **state) {
   for (int i = 0; i < 12 * 64; i++) {
     double dd = 0;
     for (int c = 0; c < dim; c++)
-      dd += ((double)q[c] - vecs[i * dim + c]) * ((double)q[c] - vecs[i * dim + c]);
+      dd += ((double)q[c] - vecs[i * dim + c]) *
+            ((double)q[c] - vecs[i * dim + c]);
     if (dd < bd) {
       bd = dd;
       best = i;
@@ -436,8 +436,7 @@ static MDB_env *child_env(const char *dir) {
   snprintf(path, sizeof path, "%s/store", dir);
   MDB_env *env;
   if (mdb_env_create(&env) || mdb_env_set_maxdbs(env, 8) ||
-      mdb_env_set_maxreaders(env, 512) ||
-      mdb_env_set_mapsize(env, 64u << 20) ||
+      mdb_env_set_maxreaders(env, 512) || mdb_env_set_mapsize(env, 64u << 20) ||
       mdb_env_open(env, path, MDB_NOTLS, 0644))
     _exit(3);
   return env;
@@ -524,8 +523,7 @@ static mn_status fg_upload(mn_backend *b, void *d, const void *s, size_t n) {
   memcpy(d, s, n);
   return MN_OK;
 }
-static mn_status fg_download(mn_backend *b, void *d, const void *s,
-                             size_t n) {
+static mn_status fg_download(mn_backend *b, void *d, const void *s, size_t n) {
   (void)b;
   memcpy(d, s, n);
   return MN_OK;
@@ -555,8 +553,7 @@ static mn_status fg_search(mn_backend *b, const mn_tensor *q,
   mn_tensor hq = on_host(q);
   mn_vecblock hb = *db;
   hb.codes = on_host(&db->codes);
-  return mn_backend_search(((fake_gpu *)b)->cpu, &hq, &hb, m, k, base, sc,
-                           ids);
+  return mn_backend_search(((fake_gpu *)b)->cpu, &hq, &hb, m, k, base, sc, ids);
 }
 
 static const mn_backend_iface fake_iface = {
