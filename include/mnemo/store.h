@@ -148,7 +148,11 @@ MN_API mn_status mn_store_opts_from_config(mn_store_opts *o,
 /**
  * Open (creating when absent) the store under opts->data_dir and rebuild
  * every collection's chunks from LMDB. Stale reader slots left by dead
- * processes are cleared first.
+ * processes are cleared first. Open reads only the small per-memory row
+ * records and returns ready to serve; a background thread then reads the
+ * vectors into the free room of L1 / L2 (newest chunks first), while
+ * searches read from disk whatever is not in memory yet
+ * (mn_store_stats.warming).
  * @param[in]  opts  options (NULL: defaults)
  * @param[out] out   the store, to be closed with mn_store_close()
  * @return MN_OK; MN_ERR_IO when the directory or the LMDB environment
@@ -508,7 +512,10 @@ typedef struct mn_store_stats {
   int64_t map_grows; /* times the map grew */
   int64_t promotions, demotions;
   int64_t stale_readers_cleared; /* at open */
-  int l1_enabled;                /* the backend is a GPU backend */
+  int warming;    /* 1 while chunks are still being read into memory after
+                     open (searches are exact meanwhile, reading from disk
+                     what is not in memory yet) */
+  int l1_enabled; /* the backend is a GPU backend */
 } mn_store_stats;
 
 MN_API void mn_store_get_stats(mn_store *s, mn_store_stats *st);

@@ -245,6 +245,78 @@ static void *maint_main(void *arg) {
   return NULL;
 }
 
+/* ------------------------------------------------------------------------
+ * Warm-up: after open every chunk is on disk; this thread reads them into
+ * the free room of L1 / L2, newest chunks of each collection first, and
+ * stops at the first chunk that does not fit (it never evicts).
+ * ---------------------------------------------------------------------- */
+static void *loader_main(void *arg) {
+  mn_store *s = arg;
+  pthread_rwlock_rdlock(&s->reg_lock);
+  int64_t n = s->n_colls;
+  st_coll **cs = n ? malloc(sizeof *cs * (size_t)n) : NULL;
+  if (!cs)
+    n = 0;
+  for (int64_t i = 0; i < n; i++) {
+    cs[i] = s->colls[i];
+    atomic_fetch_add(&cs[i]->refs, 1);
+  }
+  pthread_rwlock_unlock(&s->reg_lock);
+  uint64_t t0 = mn_time_ns();
+  int64_t loaded = 0;
+  int full = 0;
+  for (int64_t k = 0; k < n && !full; k++) {
+    st_coll *c = cs[k];
+    pthread_rwlock_rdlock(&c->lock);
+    int64_t i = c->n_chunks - 1;
+    pthread_rwlock_unlock(&c->lock);
+    for (; i >= 0 && !atomic_load(&s->loader_stop); i--) {
+      /* The read lock keeps the chunk's rows stable while it loads; it is
+       * dropped between chunks so that writes get through. */
+      pthread_rwlock_rdlock(&c->lock);
+      int r =
+          i < c->n_chunks && !c->dead ? mn__st_chunk_warm(s, c->chunks[i]) : 1;
+      pthread_rwlock_unlock(&c->lock);
+      if (r == 0) {
+        full = 1;
+        break;
+      }
+      if (r < 0) {
+        MN__LOGW(ST_MOD, "warm-up of '%s' stopped: %s", c->name, mn_errmsg());
+        break;
+      }
+      loaded++;
+    }
+  }
+  for (int64_t k = 0; k < n; k++)
+    mn__st_coll_unref(cs[k]);
+  free(cs);
+  MN__LOGI(ST_MOD, "warm-up read %lld chunk(s) in %.2f s%s", (long long)loaded,
+           (double)(mn_time_ns() - t0) * 1e-9,
+           full ? "; memory budget reached, the rest stays on disk" : "");
+  atomic_store(&s->warming, 0);
+  return NULL;
+}
+
+mn_status mn__st_loader_start(mn_store *s) {
+  atomic_store(&s->loader_stop, 0);
+  atomic_store(&s->warming, 1);
+  if (pthread_create(&s->loader, NULL, loader_main, s) != 0) {
+    atomic_store(&s->warming, 0);
+    return mn__set_error(MN_ERR_INTERNAL, "cannot start the loader thread");
+  }
+  s->loader_running = 1;
+  return MN_OK;
+}
+
+void mn__st_loader_stop(mn_store *s) {
+  if (!s->loader_running)
+    return;
+  atomic_store(&s->loader_stop, 1);
+  pthread_join(s->loader, NULL);
+  s->loader_running = 0;
+}
+
 static void store_free(mn_store *s) {
   if (s->disk_accounted)
     mn_account_add(MN_TIER_DISK, -(int64_t)s->disk_used);
@@ -339,9 +411,14 @@ mn_status mn_store_open(const mn_store_opts *opts, mn_store **out) {
     st = mn__st_load(s);
   if (st == MN_OK)
     st = mn__st_writer_start(s);
+  if (st == MN_OK)
+    st = mn__st_loader_start(s);
   if (st != MN_OK) {
     char msg[1024];
     snprintf(msg, sizeof msg, "%s", mn_errmsg());
+    mn__st_loader_stop(s);
+    if (s->writer_running)
+      mn__st_writer_stop(s);
     store_free(s);
     return mn__set_error(st, "%s", msg);
   }
@@ -370,6 +447,7 @@ mn_status mn_store_open(const mn_store_opts *opts, mn_store **out) {
 void mn_store_close(mn_store *s) {
   if (!s)
     return;
+  mn__st_loader_stop(s);
   if (s->maint_running) {
     pthread_mutex_lock(&s->maint_mu);
     s->maint_running = 0;
@@ -398,7 +476,8 @@ static void fill_info(mn_store *s, st_coll *c, mn_collection_info *info) {
   pthread_rwlock_rdlock(&c->lock);
   info->count = c->count;
   info->chunks = c->n_chunks;
-  info->bytes[MN_TIER_DISK] = c->vec_bytes;
+  info->bytes[MN_TIER_DISK] =
+      (uint64_t)c->count * (uint64_t)(ST_VEC_HDR + c->row_bytes);
   pthread_mutex_lock(&s->tier_mu);
   for (int64_t i = 0; i < c->n_chunks; i++) {
     st_chunk *ch = c->chunks[i];
@@ -584,6 +663,7 @@ void mn_store_get_stats(mn_store *s, mn_store_stats *st) {
     st->memories += s->colls[i]->count;
   pthread_rwlock_unlock(&s->reg_lock);
   st->stale_readers_cleared = s->stale_readers;
+  st->warming = atomic_load(&s->warming);
   st->l1_enabled = s->l1_enabled;
 }
 

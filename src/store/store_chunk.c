@@ -390,6 +390,75 @@ void mn__st_chunk_place(mn_store *s, st_chunk *ch, void *buf) {
   pthread_mutex_unlock(&s->tier_mu);
 }
 
+/* A chunk rebuilt at open: on disk until the loader or a search brings it
+ * up. Oldest in LRU order, so that anything used wins over it. */
+void mn__st_chunk_place_disk(mn_store *s, st_chunk *ch) {
+  pthread_mutex_lock(&s->tier_mu);
+  ch->last_used = 0;
+  lru_push(s, ch, MN_TIER_DISK);
+  pthread_mutex_unlock(&s->tier_mu);
+}
+
+/* Bring a chunk on disk into free room (nothing is evicted for it).
+ * Returns 1 when it is (now) in memory, 0 when there is no room, -1 on
+ * error. The caller holds the collection's read lock. */
+int mn__st_chunk_warm(mn_store *s, st_chunk *ch) {
+  uint64_t hb = host_bytes(ch);
+  pthread_mutex_lock(&s->tier_mu);
+  int fits_dev = s->l1_enabled && s->used[MN_TIER_DEVICE] + dev_bytes(ch) <=
+                                      chunk_limit(s, MN_TIER_DEVICE);
+  int fits_host = s->used[MN_TIER_HOST] + hb <= chunk_limit(s, MN_TIER_HOST);
+  int tier = ch->tier;
+  pthread_mutex_unlock(&s->tier_mu);
+  if (tier != MN_TIER_DISK)
+    return 1;
+  if (!fits_dev && !fits_host)
+    return 0;
+  void *buf = mn_malloc((size_t)hb);
+  if (!buf)
+    return -1;
+  if (mn__st_chunk_load_rows(s, ch, buf) != MN_OK) {
+    mn_free(buf);
+    return -1;
+  }
+  int ok = 0;
+  pthread_mutex_lock(&s->tier_mu);
+  if (ch->tier != MN_TIER_DISK) {
+    ok = 1;
+  } else {
+    st_protect pr = {0, NULL}; /* nothing may be evicted */
+    lru_unlink(s, ch);
+    if (to_device(s, ch, buf, &pr)) {
+      lru_push(s, ch, MN_TIER_DEVICE);
+      ok = 1;
+    } else if (s->used[MN_TIER_HOST] + hb <= chunk_limit(s, MN_TIER_HOST)) {
+      set_host(s, ch, buf);
+      buf = NULL;
+      lru_push(s, ch, MN_TIER_HOST);
+      ok = 1;
+    } else {
+      lru_push(s, ch, MN_TIER_DISK);
+    }
+    /* Keep it behind everything used for real. */
+    if (ch->lru_prev || ch->lru_next) {
+      int t = ch->tier;
+      lru_unlink(s, ch);
+      ch->tier = t;
+      ch->lru_next = NULL;
+      ch->lru_prev = s->lru_tail[t];
+      if (s->lru_tail[t])
+        s->lru_tail[t]->lru_next = ch;
+      else
+        s->lru_head[t] = ch;
+      s->lru_tail[t] = ch;
+      s->tier_chunks[t]++;
+    }
+  }
+  pthread_mutex_unlock(&s->tier_mu);
+  mn_free(buf);
+  return ok;
+}
+
 mn_status mn__st_chunk_append(mn_store *s, st_chunk *ch, int32_t at,
                               const void *codes, int32_t n) {
   mn_status st = MN_OK;
@@ -472,13 +541,13 @@ mn_status mn__st_chunk_load_rows(mn_store *s, st_chunk *ch, void *dst) {
     while (j < ch->n && ch->seq[j] < seq)
       j++;
     if (j < ch->n && ch->seq[j] == seq) {
-      st_vec_hdr h;
-      if (mn__st_vec_parse(&v, c->row_bytes, &h) != 0) {
+      const void *codes;
+      if (mn__st_codes_parse(&v, c->row_bytes, &codes) != 0) {
         st = mn__set_error(MN_ERR_VERSION, "vector record has an unknown "
                                            "format");
         break;
       }
-      memcpy((char *)dst + (size_t)j * rb, h.codes, rb);
+      memcpy((char *)dst + (size_t)j * rb, codes, rb);
       j++;
     }
   }

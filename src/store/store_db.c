@@ -34,8 +34,8 @@
 #include <string.h>
 #include <sys/stat.h>
 
-static const char *const dbi_names[ST_DBI_COUNT] = {"meta", "coll", "vec",
-                                                    "rec",  "ids",  "chats"};
+static const char *const dbi_names[ST_DBI_COUNT] = {
+    "meta", "coll", "rows", "vec", "rec", "ids", "chats"};
 
 /* A status the writer uses internally for "the map is full: grow, replay". */
 #define ST_MAP_FULL ((mn_status)1)
@@ -126,28 +126,68 @@ size_t mn__st_key_str(uint8_t *key, uint32_t cid, const char *str, size_t len) {
   return 4 + len;
 }
 
-int mn__st_vec_parse(const MDB_val *v, int64_t row_bytes, st_vec_hdr *h) {
+int mn__st_row_parse(const MDB_val *v, st_vec_hdr *h) {
   const uint8_t *p = v->mv_data;
-  if (v->mv_size < ST_VEC_HDR || p[0] != ST_REC_VERSION)
+  if (v->mv_size < ST_ROW_HDR || p[0] != ST_REC_VERSION)
     return -1;
   h->chat_len = get_u16(p + 2);
   h->sig = get_f32(p + 4);
   h->ts = get_f64(p + 8);
   h->norm = get_f32(p + 16);
   h->scale = get_f32(p + 20);
-  if (v->mv_size != ST_VEC_HDR + h->chat_len + (size_t)row_bytes)
+  if (v->mv_size != ST_ROW_HDR + (size_t)h->chat_len)
     return -1;
-  h->chat = (const char *)p + ST_VEC_HDR;
-  h->codes = p + ST_VEC_HDR + h->chat_len;
+  h->chat = (const char *)p + ST_ROW_HDR;
+  h->codes = NULL;
   return 0;
 }
 
-static size_t vec_size(const st_coll *c, uint32_t chat_len) {
-  return ST_VEC_HDR + chat_len + (size_t)c->row_bytes;
+int mn__st_codes_parse(const MDB_val *v, int64_t row_bytes,
+                       const void **codes) {
+  const uint8_t *p = v->mv_data;
+  if (v->mv_size != ST_VEC_HDR + (size_t)row_bytes || p[0] != ST_REC_VERSION)
+    return -1;
+  *codes = p + ST_VEC_HDR;
+  return 0;
 }
 
-static void vec_write(uint8_t *p, const st_add_row *r, const void *codes,
-                      int64_t row_bytes) {
+mn_status mn__st_read_row(mn_store *s, MDB_txn *txn, const st_coll *c,
+                          uint64_t seq, int want_codes, st_vec_hdr *h) {
+  uint8_t key[12];
+  mn__st_key_seq(key, c->cid, seq);
+  MDB_val k = {12, key}, v;
+  int rc = mdb_get(txn, s->dbi[ST_DBI_ROWS], &k, &v);
+  if (rc == MDB_NOTFOUND)
+    return MN_ERR_NOT_FOUND;
+  if (rc)
+    return mn__st_lmdb(rc, "read a row");
+  if (mn__st_row_parse(&v, h) != 0)
+    return mn__set_error(MN_ERR_VERSION,
+                         "row %llu of '%s' has an unknown record format",
+                         (unsigned long long)seq, c->name);
+  if (!want_codes)
+    return MN_OK;
+  rc = mdb_get(txn, s->dbi[ST_DBI_VEC], &k, &v);
+  if (rc == MDB_NOTFOUND)
+    return MN_ERR_NOT_FOUND;
+  if (rc)
+    return mn__st_lmdb(rc, "read a vector");
+  if (mn__st_codes_parse(&v, c->row_bytes, &h->codes) != 0)
+    return mn__set_error(MN_ERR_VERSION,
+                         "vector %llu of '%s' has an unknown record format",
+                         (unsigned long long)seq, c->name);
+  return MN_OK;
+}
+
+static size_t row_size(uint32_t chat_len) {
+  return ST_ROW_HDR + (size_t)chat_len;
+}
+
+static size_t vec_size(const st_coll *c) {
+  return ST_VEC_HDR + (size_t)c->row_bytes;
+}
+
+static void row_write(uint8_t *p, const st_add_row *r) {
   p[0] = ST_REC_VERSION;
   p[1] = 0;
   put_u16(p + 2, (uint16_t)r->chat_len);
@@ -155,8 +195,13 @@ static void vec_write(uint8_t *p, const st_add_row *r, const void *codes,
   put_f64(p + 8, r->ts);
   put_f32(p + 16, r->norm);
   put_f32(p + 20, r->scale);
-  memcpy(p + ST_VEC_HDR, r->chat, r->chat_len);
-  memcpy(p + ST_VEC_HDR + r->chat_len, codes, (size_t)row_bytes);
+  memcpy(p + ST_ROW_HDR, r->chat, r->chat_len);
+}
+
+static void vec_write(uint8_t *p, const void *codes, int64_t row_bytes) {
+  memset(p, 0, ST_VEC_HDR);
+  p[0] = ST_REC_VERSION;
+  memcpy(p + ST_VEC_HDR, codes, (size_t)row_bytes);
 }
 
 int mn__st_rec_parse(const MDB_val *v, const char **id, uint32_t *id_len,
@@ -561,22 +606,19 @@ static mn_status load_chats(mn_store *s, MDB_txn *txn) {
   return st;
 }
 
-/* Finish the chunk being filled at open: give it its tier. */
-static void load_seal(mn_store *s, st_chunk *ch, void *buf) {
-  if (ch)
-    mn__st_chunk_place(s, ch, buf);
-}
-
-static mn_status load_vectors(mn_store *s, MDB_txn *txn) {
+/* The row records of every collection, in key order, become the chunks'
+ * bookkeeping. Chunks start on disk (L3); the loader thread brings their
+ * vectors up afterwards, so open reads a few dozen bytes per memory. */
+static mn_status load_rows(mn_store *s, MDB_txn *txn) {
   MDB_cursor *cur;
-  int rc = mdb_cursor_open(txn, s->dbi[ST_DBI_VEC], &cur);
+  int rc = mdb_cursor_open(txn, s->dbi[ST_DBI_ROWS], &cur);
   if (rc)
     return mn__st_lmdb(rc, "open cursor");
   MDB_val k, v;
   mn_status st = MN_OK;
   st_coll *c = NULL;
   st_chunk *ch = NULL;
-  void *buf = NULL;
+  uint32_t skip_cid = 0;
   for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0;
        rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
     if (k.mv_size != 12)
@@ -584,39 +626,38 @@ static mn_status load_vectors(mn_store *s, MDB_txn *txn) {
     uint32_t cid = get_be32(k.mv_data);
     uint64_t seq = get_be64((const uint8_t *)k.mv_data + 4);
     if (!c || c->cid != cid) {
-      load_seal(s, ch, buf);
+      if (ch)
+        mn__st_chunk_place_disk(s, ch);
       ch = NULL;
-      buf = NULL;
       c = coll_by_cid(s, cid);
       if (!c) {
-        MN__LOGW(ST_MOD, "vector rows of unknown collection %u skipped", cid);
+        if (cid != skip_cid)
+          MN__LOGW(ST_MOD, "rows of unknown collection %u skipped", cid);
+        skip_cid = cid;
         continue;
       }
     }
-    if (!c)
-      continue;
     st_vec_hdr h;
-    if (mn__st_vec_parse(&v, c->row_bytes, &h) != 0) {
+    if (mn__st_row_parse(&v, &h) != 0) {
       st = mn__set_error(MN_ERR_VERSION,
-                         "vector record %llu of collection "
-                         "%s has an unknown format or size",
+                         "row record %llu of collection %s has an unknown "
+                         "format or size",
                          (unsigned long long)seq, c->name);
       break;
     }
     if (!ch || ch->n == ch->cap) {
-      load_seal(s, ch, buf);
+      if (ch)
+        mn__st_chunk_place_disk(s, ch);
       ch = mn__st_chunk_new(c);
-      buf = ch ? mn_malloc((size_t)ch->cap * (size_t)c->row_bytes) : NULL;
-      if (!ch || !buf) {
-        mn_free(buf);
-        buf = NULL;
-        st = MN_ERR_NOMEM;
+      if (!ch) {
+        st =
+            mn__set_error(MN_ERR_NOMEM, "out of memory rebuilding %s", c->name);
         break;
       }
     }
     st_chat *chat = mn__st_chat_get(c, h.chat, h.chat_len, 1);
     if (!chat) {
-      st = MN_ERR_NOMEM;
+      st = mn__set_error(MN_ERR_NOMEM, "out of memory rebuilding %s", c->name);
       break;
     }
     int32_t r = ch->n++;
@@ -630,20 +671,14 @@ static mn_status load_vectors(mn_store *s, MDB_txn *txn) {
     ch->live_bits[r >> 6] |= 1ull << (r & 63);
     ch->live++;
     c->count++;
-    c->vec_bytes += v.mv_size;
-    memcpy((char *)buf + (size_t)r * (size_t)c->row_bytes, h.codes,
-           (size_t)c->row_bytes);
     if (seq >= c->next_seq)
       c->next_seq = seq + 1;
   }
-  if (st == MN_OK) {
-    load_seal(s, ch, buf);
-  } else {
-    mn_free(buf);
-  }
+  if (ch)
+    mn__st_chunk_place_disk(s, ch);
   mdb_cursor_close(cur);
   if (st == MN_OK && rc != MDB_NOTFOUND)
-    st = mn__st_lmdb(rc, "scan vectors");
+    st = mn__st_lmdb(rc, "scan rows");
   for (int64_t i = 0; i < s->n_colls; i++)
     s->colls[i]->pending_seq = s->colls[i]->next_seq;
   return st;
@@ -656,7 +691,7 @@ mn_status mn__st_load(mn_store *s) {
   if (st == MN_OK)
     st = load_chats(s, txn);
   if (st == MN_OK)
-    st = load_vectors(s, txn);
+    st = load_rows(s, txn);
   mn__st_read_end(s, txn);
   return st;
 }
@@ -728,7 +763,8 @@ static mn_status apply_add(mn_store *s, MDB_txn *txn, st_op *op,
       if (rc != MDB_NOTFOUND)
         return mn__st_lmdb(rc, "look up an id");
     }
-    est += value_cost(s, 12, vec_size(c, r->chat_len)) +
+    est += value_cost(s, 12, vec_size(c)) +
+           value_cost(s, 12, row_size(r->chat_len)) +
            value_cost(s, 12,
                       rec_size(r->id_len ? r->id_len : 22, r->content_len,
                                r->metadata_len)) +
@@ -775,8 +811,10 @@ static mn_status apply_add(mn_store *s, MDB_txn *txn, st_op *op,
    * are always past the end of vec and rec, where MDB_APPEND saves the
    * search and fills pages completely; anywhere else the cursor falls back
    * to an ordinary insert. Values are written in place (MDB_RESERVE). */
-  MDB_cursor *cv = NULL, *cr = NULL, *ci = NULL;
-  int rc = mdb_cursor_open(txn, s->dbi[ST_DBI_VEC], &cv);
+  MDB_cursor *cw = NULL, *cv = NULL, *cr = NULL, *ci = NULL;
+  int rc = mdb_cursor_open(txn, s->dbi[ST_DBI_ROWS], &cw);
+  if (!rc)
+    rc = mdb_cursor_open(txn, s->dbi[ST_DBI_VEC], &cv);
   if (!rc)
     rc = mdb_cursor_open(txn, s->dbi[ST_DBI_REC], &cr);
   if (!rc)
@@ -788,7 +826,17 @@ static mn_status apply_add(mn_store *s, MDB_txn *txn, st_op *op,
     r->seq = c->pending_seq++;
     uint8_t sk[12];
     mn__st_key_seq(sk, c->cid, r->seq);
-    MDB_val k = {12, sk}, v = {vec_size(c, r->chat_len), NULL};
+    MDB_val k = {12, sk}, w = {row_size(r->chat_len), NULL};
+    rc = mdb_cursor_put(cw, &k, &w, MDB_RESERVE | (append ? MDB_APPEND : 0));
+    if (rc == MDB_KEYEXIST && append) {
+      append = 0;
+      w.mv_data = NULL;
+      rc = mdb_cursor_put(cw, &k, &w, MDB_RESERVE);
+    }
+    if ((st = mn__st_lmdb(rc, "put row")) != MN_OK)
+      break;
+    row_write(w.mv_data, r);
+    MDB_val v = {vec_size(c), NULL};
     rc = mdb_cursor_put(cv, &k, &v, MDB_RESERVE | (append ? MDB_APPEND : 0));
     if (rc == MDB_KEYEXIST && append) {
       append = 0;
@@ -797,7 +845,7 @@ static mn_status apply_add(mn_store *s, MDB_txn *txn, st_op *op,
     }
     if ((st = mn__st_lmdb(rc, "put vector")) != MN_OK)
       break;
-    vec_write(v.mv_data, r, (const char *)op->u.add.codes + i * c->row_bytes,
+    vec_write(v.mv_data, (const char *)op->u.add.codes + i * c->row_bytes,
               c->row_bytes);
     MDB_val rv = {rec_size(r->id_len, r->content_len, r->metadata_len), NULL};
     rc = mdb_cursor_put(cr, &k, &rv, MDB_RESERVE | (append ? MDB_APPEND : 0));
@@ -822,6 +870,8 @@ static mn_status apply_add(mn_store *s, MDB_txn *txn, st_op *op,
     }
     st = mn__st_lmdb(rc, "put id");
   }
+  if (cw)
+    mdb_cursor_close(cw);
   if (cv)
     mdb_cursor_close(cv);
   if (cr)
@@ -869,7 +919,10 @@ static mn_status apply_delete(mn_store *s, MDB_txn *txn, st_op *op) {
     MN__TRY(mn__st_lmdb(mdb_del(txn, s->dbi[ST_DBI_IDS], &k, NULL), "del"));
     mn__st_key_seq(sk, c->cid, seq);
     MDB_val k2 = {12, sk};
-    int rc = mdb_del(txn, s->dbi[ST_DBI_VEC], &k2, NULL);
+    int rc = mdb_del(txn, s->dbi[ST_DBI_ROWS], &k2, NULL);
+    if (rc && rc != MDB_NOTFOUND)
+      return mn__st_lmdb(rc, "delete row");
+    rc = mdb_del(txn, s->dbi[ST_DBI_VEC], &k2, NULL);
     if (rc && rc != MDB_NOTFOUND)
       return mn__st_lmdb(rc, "delete vector");
     rc = mdb_del(txn, s->dbi[ST_DBI_REC], &k2, NULL);
@@ -881,33 +934,32 @@ static mn_status apply_delete(mn_store *s, MDB_txn *txn, st_op *op) {
   return MN_OK;
 }
 
-/* Rewrite the significance field of a stored vector record. */
+/* Rewrite the significance field of a row record. */
 static mn_status set_sig(mn_store *s, MDB_txn *txn, const st_coll *c,
                          uint64_t seq, float sig, float *old) {
   uint8_t sk[12];
   mn__st_key_seq(sk, c->cid, seq);
   MDB_val k = {12, sk}, v;
-  int rc = mdb_get(txn, s->dbi[ST_DBI_VEC], &k, &v);
+  int rc = mdb_get(txn, s->dbi[ST_DBI_ROWS], &k, &v);
   if (rc == MDB_NOTFOUND)
     return MN_ERR_NOT_FOUND;
   if (rc)
-    return mn__st_lmdb(rc, "read vector");
-  if (v.mv_size < ST_VEC_HDR)
-    return mn__set_error(MN_ERR_IO, "vector record is damaged");
+    return mn__st_lmdb(rc, "read row");
+  if (v.mv_size < ST_ROW_HDR)
+    return mn__set_error(MN_ERR_IO, "row record is damaged");
   if (old)
     *old = get_f32((const uint8_t *)v.mv_data + 4);
   if (sig < 0) /* caller only wanted the old value */
     return MN_OK;
-  MDB_val nv = {v.mv_size, NULL};
-  uint8_t *copy = malloc(v.mv_size);
-  if (!copy)
-    return mn__set_error(MN_ERR_NOMEM, "out of memory");
-  memcpy(copy, v.mv_data, v.mv_size);
+  uint8_t copy[ST_ROW_HDR + MN_CHAT_ID_MAX];
+  size_t sz = v.mv_size;
+  if (sz > sizeof copy)
+    return mn__set_error(MN_ERR_IO, "row record is damaged");
+  memcpy(copy, v.mv_data, sz);
   put_f32(copy + 4, sig);
-  nv.mv_data = copy;
-  rc = mdb_put(txn, s->dbi[ST_DBI_VEC], &k, &nv, 0);
-  free(copy);
-  return mn__st_lmdb(rc, "rewrite vector");
+  MDB_val nv = {sz, copy};
+  rc = mdb_put(txn, s->dbi[ST_DBI_ROWS], &k, &nv, 0);
+  return mn__st_lmdb(rc, "rewrite row");
 }
 
 static mn_status apply_update(mn_store *s, MDB_txn *txn, st_op *op,
@@ -1067,7 +1119,7 @@ static mn_status apply_drop(mn_store *s, MDB_txn *txn, st_op *op) {
   int rc = mdb_del(txn, s->dbi[ST_DBI_COLL], &k, NULL);
   if (rc)
     return mn__st_lmdb(rc, "delete collection");
-  for (int dbi = ST_DBI_VEC; dbi <= ST_DBI_CHATS; dbi++)
+  for (int dbi = ST_DBI_ROWS; dbi <= ST_DBI_CHATS; dbi++)
     MN__TRY(del_prefix(s, txn, dbi, c->cid));
   if (c->pca_name[0]) {
     uint8_t kb[8];
@@ -1132,7 +1184,6 @@ static void publish_add(mn_store *s, st_op *op) {
         ch->scale[at + j] = r->scale;
       ch->chat[at + j] = r->chat_idx;
       ch->live_bits[(at + j) >> 6] |= 1ull << ((at + j) & 63);
-      c->vec_bytes += vec_size(c, r->chat_len);
     }
     mn_status st = mn__st_chunk_append(
         s, ch, at, (const char *)op->u.add.codes + i * c->row_bytes, take);
@@ -1177,7 +1228,6 @@ static void publish(mn_store *s, st_op *op) {
         ch->live_bits[row >> 6] &= ~bit;
         ch->live--;
         c->count--;
-        c->vec_bytes -= vec_size(c, c->chats[ch->chat[row]]->len);
       }
     }
     pthread_rwlock_unlock(&c->lock);
@@ -1395,6 +1445,7 @@ mn_status mn__st_submit(mn_store *s, st_op *op) {
 mn_status mn__st_writer_start(mn_store *s) {
   if (pthread_create(&s->writer, NULL, writer_main, s) != 0)
     return mn__set_error(MN_ERR_INTERNAL, "cannot start the writer thread");
+  s->writer_running = 1;
   return MN_OK;
 }
 
@@ -1404,4 +1455,5 @@ void mn__st_writer_stop(mn_store *s) {
   pthread_cond_signal(&s->q_cv);
   pthread_mutex_unlock(&s->q_mu);
   pthread_join(s->writer, NULL);
+  s->writer_running = 0;
 }

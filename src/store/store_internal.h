@@ -47,7 +47,8 @@
 enum {
   ST_DBI_META = 0, /* "format", "next_cid", "pca:<cid>" */
   ST_DBI_COLL,     /* name -> collection record */
-  ST_DBI_VEC,      /* cid|seq -> vector record (header + codes) */
+  ST_DBI_ROWS,     /* cid|seq -> row record (time, significance, chat...) */
+  ST_DBI_VEC,      /* cid|seq -> vector record (codes) */
   ST_DBI_REC,      /* cid|seq -> id, content, metadata */
   ST_DBI_IDS,      /* cid|id -> seq */
   ST_DBI_CHATS,    /* cid|chat -> significance state */
@@ -57,8 +58,11 @@ enum {
 /* ------------------------------------------------------------------------
  * Records (little-endian, packed by hand in store_db.c).
  *
- * vector record: u8 version, u8 flags, u16 chat_len, f32 significance,
- *   f64 timestamp, f32 norm, f32 scale, chat bytes, codes (row_bytes).
+ * row record: u8 version, u8 flags, u16 chat_len, f32 significance,
+ *   f64 timestamp, f32 norm, f32 scale, chat bytes. Everything the
+ *   in-memory chunks need besides the vectors: open reads only these.
+ * vector record: u8 version, 7 bytes 0, codes (row_bytes) in the
+ *   collection's storage dtype.
  * memory record: u8 version, u8 0, u16 id_len, u32 content_len,
  *   u32 metadata_len, id, content, metadata.
  * collection record: u8 version, u8 metric, u8 dtype, u8 normalize,
@@ -67,7 +71,8 @@ enum {
  * chat record: u8 version, u8 0,0,0, u32 width, u64 n, f64 mean_norm,
  *   f32 momentum[width].
  * ---------------------------------------------------------------------- */
-#define ST_VEC_HDR 24
+#define ST_ROW_HDR 24
+#define ST_VEC_HDR 8
 #define ST_REC_HDR 12
 
 typedef struct st_vec_hdr {
@@ -77,7 +82,7 @@ typedef struct st_vec_hdr {
   float norm;
   float scale;
   const char *chat;
-  const void *codes;
+  const void *codes; /* NULL unless the vector was read too */
 } st_vec_hdr;
 
 /* ------------------------------------------------------------------------
@@ -275,6 +280,7 @@ struct mn_store {
 
   /* writer */
   pthread_t writer;
+  int writer_running;
   pthread_mutex_t q_mu;
   pthread_cond_t q_cv, done_cv;
   st_op *q_head, *q_tail;
@@ -316,6 +322,12 @@ struct mn_store {
 
   int64_t stale_readers;
   struct st_sig_log *sig_log; /* writer thread only */
+
+  /* warm-up after open: brings chunks from disk into free L1 / L2 room */
+  pthread_t loader;
+  int loader_running;
+  atomic_int loader_stop;
+  atomic_int warming;
 };
 
 /* A bump allocator whose blocks are freed together. */
@@ -348,11 +360,16 @@ mn_status mn__st_writer_start(mn_store *s);
 void mn__st_writer_stop(mn_store *s);
 void mn__st_key_seq(uint8_t key[12], uint32_t cid, uint64_t seq);
 size_t mn__st_key_str(uint8_t *key, uint32_t cid, const char *str, size_t len);
-int mn__st_vec_parse(const MDB_val *v, int64_t row_bytes, st_vec_hdr *h);
+int mn__st_row_parse(const MDB_val *v, st_vec_hdr *h);
+int mn__st_codes_parse(const MDB_val *v, int64_t row_bytes, const void **codes);
+mn_status mn__st_read_row(mn_store *s, MDB_txn *txn, const st_coll *c,
+                          uint64_t seq, int want_codes, st_vec_hdr *h);
 int mn__st_rec_parse(const MDB_val *v, const char **id, uint32_t *id_len,
                      const char **content, uint32_t *content_len,
                      const char **meta, uint32_t *meta_len);
 mn_status mn__st_load(mn_store *s);
+mn_status mn__st_loader_start(mn_store *s);
+void mn__st_loader_stop(mn_store *s);
 
 /* store_chunk.c: chunks and tiers */
 st_chunk *mn__st_chunk_new(st_coll *c);
@@ -367,6 +384,8 @@ mn_status mn__st_chunk_acquire(mn_store *s, st_chunk *ch, uint64_t op_tick,
 void mn__st_chunk_release(mn_store *s, st_chunk *ch, void *scratch);
 uint64_t mn__st_dev_scale_off(const st_chunk *ch);
 mn_status mn__st_chunk_load_rows(mn_store *s, st_chunk *ch, void *dst);
+int mn__st_chunk_warm(mn_store *s, st_chunk *ch);
+void mn__st_chunk_place_disk(mn_store *s, st_chunk *ch);
 mn_status mn__st_host_reserve(mn_store *s, uint64_t bytes);
 void mn__st_host_release(mn_store *s, uint64_t bytes);
 void mn__st_demote_to(mn_store *s, double frac, int64_t *n, uint64_t *bytes);

@@ -103,24 +103,24 @@ void mn_memory_list_free(mn_memory_list *l) {
 mn_status mn__st_read_memory(mn_store *s, st_coll *c, MDB_txn *txn,
                              uint64_t seq, unsigned include, st_arena *a,
                              mn_memory *m) {
+  st_vec_hdr h;
+  mn_status st = mn__st_read_row(s, txn, c, seq,
+                                 (include & MN_INCLUDE_EMBEDDING) != 0, &h);
+  if (st != MN_OK)
+    return st;
   uint8_t key[12];
   mn__st_key_seq(key, c->cid, seq);
-  MDB_val k = {12, key}, v, r;
-  int rc = mdb_get(txn, s->dbi[ST_DBI_VEC], &k, &v);
-  if (rc == 0)
-    rc = mdb_get(txn, s->dbi[ST_DBI_REC], &k, &r);
+  MDB_val k = {12, key}, r;
+  int rc = mdb_get(txn, s->dbi[ST_DBI_REC], &k, &r);
   if (rc == MDB_NOTFOUND)
     return MN_ERR_NOT_FOUND;
   if (rc)
     return mn__st_lmdb(rc, "read a memory");
-  st_vec_hdr h;
   const char *id, *content, *meta;
   uint32_t il, cl, ml;
-  if (mn__st_vec_parse(&v, c->row_bytes, &h) != 0 ||
-      mn__st_rec_parse(&r, &id, &il, &content, &cl, &meta, &ml) != 0)
+  if (mn__st_rec_parse(&r, &id, &il, &content, &cl, &meta, &ml) != 0)
     return mn__set_error(MN_ERR_VERSION,
-                         "memory %llu of '%s' has an "
-                         "unknown record format",
+                         "memory %llu of '%s' has an unknown record format",
                          (unsigned long long)seq, c->name);
   memset(m, 0, sizeof *m);
   m->id = mn__st_arena_str(a, id, il);

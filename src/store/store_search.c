@@ -502,12 +502,10 @@ static mn_status build_result(st_ctx *x, st_heap *merged, json_t *filter,
       if (inc & MN_INCLUDE_METADATA)
         hit->metadata = mn__st_arena_str(&res->arena, meta, ml);
       if (inc & MN_INCLUDE_EMBEDDING) {
-        MDB_val vv;
         st_vec_hdr vh;
         float *e =
             mn__st_arena_alloc(&res->arena, sizeof(float) * (size_t)c->width);
-        if (e && mdb_get(txn, s->dbi[ST_DBI_VEC], &k, &vv) == 0 &&
-            mn__st_vec_parse(&vv, c->row_bytes, &vh) == 0)
+        if (e && mn__st_read_row(s, txn, c, cd->seq, 1, &vh) == MN_OK)
           mn__st_decode_row(c, vh.codes, vh.scale, e);
         else if (e)
           memset(e, 0, sizeof(float) * (size_t)c->width);

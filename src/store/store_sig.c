@@ -278,18 +278,11 @@ static mn_status load_recent(mn_store *s, st_coll *c, MDB_txn *txn,
   }
   size_t w = (size_t)c->width;
   for (int i = found - 1; i >= 0; i--) {
-    uint8_t key[12];
-    mn__st_key_seq(key, c->cid, seqs[i]);
-    MDB_val k = {12, key}, v;
-    int rc = mdb_get(txn, s->dbi[ST_DBI_VEC], &k, &v);
-    if (rc == MDB_NOTFOUND)
-      continue;
-    if (rc)
-      return mn__st_lmdb(rc, "read a recent vector");
     st_vec_hdr h;
-    if (mn__st_vec_parse(&v, c->row_bytes, &h) != 0)
-      return mn__set_error(MN_ERR_VERSION, "vector record has an unknown "
-                                           "format");
+    mn_status st = mn__st_read_row(s, txn, c, seqs[i], 1, &h);
+    if (st == MN_ERR_NOT_FOUND)
+      continue;
+    MN__TRY(st);
     float *dst = ch->recent + (size_t)ch->recent_head * w;
     mn__st_decode_row(c, h.codes, h.scale, dst);
     ch->recent_norm[ch->recent_head] = sqrtf(mn__st_dot(dst, dst, c->width));
