@@ -107,8 +107,11 @@ st_chat *mn__st_chat_get(st_coll *c, const char *name, uint32_t len,
  * ---------------------------------------------------------------------- */
 
 /* Sixteen partial sums let the compiler keep the loop in vector registers
- * without -ffast-math; the result is accurate to float rounding. */
-float mn__st_dot(const float *a, const float *b, int64_t n) {
+ * without -ffast-math; the result is accurate to float rounding. The
+ * clones are picked at load time for the CPU at hand (GNU ifunc), so the
+ * build stays portable. */
+__attribute__((target_clones("avx512f", "avx2", "default"))) float
+mn__st_dot(const float *a, const float *b, int64_t n) {
   float acc[16] = {0};
   int64_t i = 0;
   for (; i + 16 <= n; i += 16)
