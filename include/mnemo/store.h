@@ -54,6 +54,7 @@
  * the same transaction as the memory. The momentum and mean norm persist;
  * after a restart the recent list is rebuilt from the chat's last stored
  * vectors (as stored: for quantised dtypes, their decoded values).
+ * Memories without a chatId share the chat "" for this purpose.
  * Reinforcement (mn_search_params.reinforce): every memory a search
  * returns gets significance += MN_SIG_REINFORCE_BETA * (1 - significance),
  * persisted before the search returns; the results show the values used
@@ -161,8 +162,8 @@ MN_API mn_status mn_store_opts_from_config(mn_store_opts *o,
  */
 MN_API mn_status mn_store_open(const mn_store_opts *opts, mn_store **out);
 
-/** Finish queued writes, stop the threads, free everything. NULL is
- *  accepted. */
+/** Finish queued writes, stop the threads, free everything. Call it when
+ *  no other call on this store is in flight. NULL is accepted. */
 MN_API void mn_store_close(mn_store *s);
 
 /* ------------------------------------------------------------------------
