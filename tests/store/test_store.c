@@ -14,6 +14,7 @@
 
 #include <cmocka.h>
 
+#include "mnemo/config.h"
 #include "store_helpers.h"
 
 #define DIM 24
@@ -625,6 +626,32 @@ static void test_reinforce(void **state) {
   mn_memory_list_free(l);
 }
 
+static void test_opts_from_config(void **state) {
+  (void)state;
+  mn_config cfg;
+  mn_config_defaults(&cfg);
+  snprintf(cfg.data_dir, sizeof cfg.data_dir, "/tmp/x");
+  cfg.cache_size = 12345;
+  cfg.disk_limit = 678;
+  cfg.gpu_memory_limit = 9;
+  cfg.chunk_ttl_s = 42;
+  mn_store_opts o;
+  mn_store_opts_init(&o);
+  ST_OK(mn_store_opts_from_config(&o, &cfg));
+  assert_string_equal(o.data_dir, "/tmp/x");
+  assert_int_equal(o.l2_budget, 12345);
+  assert_int_equal(o.l3_budget, 678);
+  assert_int_equal(o.l1_budget, 9);
+  assert_true(o.chunk_ttl_s == 42);
+  assert_int_equal(o.durable, 1);
+  snprintf(cfg.sync, sizeof cfg.sync, "none");
+  ST_OK(mn_store_opts_from_config(&o, &cfg));
+  assert_int_equal(o.durable, 0);
+  snprintf(cfg.sync, sizeof cfg.sync, "maybe");
+  assert_int_equal(mn_store_opts_from_config(&o, &cfg), MN_ERR_INVALID);
+  assert_non_null(strstr(mn_errmsg(), "storage.sync"));
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_collections, setup, teardown),
@@ -632,6 +659,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_bad_input, setup, teardown),
       cmocka_unit_test_setup_teardown(test_significance, setup, teardown),
       cmocka_unit_test_setup_teardown(test_reinforce, setup, teardown),
+      cmocka_unit_test(test_opts_from_config),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
