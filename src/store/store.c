@@ -120,7 +120,15 @@ st_coll *mn__st_coll_new(mn_store *s) {
   if (!c)
     return NULL;
   c->store = s;
-  pthread_rwlock_init(&c->lock, NULL);
+  /* Writer preference: a steady stream of overlapping searches must not
+   * starve the publication of committed writes (nothing takes this lock
+   * for reading twice in one thread). */
+  pthread_rwlockattr_t ra;
+  pthread_rwlockattr_init(&ra);
+  pthread_rwlockattr_setkind_np(&ra,
+                                PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+  pthread_rwlock_init(&c->lock, &ra);
+  pthread_rwlockattr_destroy(&ra);
   atomic_init(&c->refs, 1);
   return c;
 }
