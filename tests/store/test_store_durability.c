@@ -176,6 +176,186 @@ static void test_concurrent_writers(void **state) {
 }
 
 /* ------------------------------------------------------------------------
+ * Mixed load: adds, deletes, updates, gets, searches of both kinds, and a
+ * collection created and dropped over and over, from several threads at
+ * once with small chunks and a small L2 budget (so chunks move between
+ * tiers all the time). Every search result must be a memory that exists
+ * (or existed during the search) with the right content for its id, and
+ * the final counts must match what the threads report.
+ * ---------------------------------------------------------------------- */
+typedef struct mix_arg {
+  mn_store *s;
+  int t;
+  volatile int *stop;
+  int64_t added, deleted;
+  mn_status st;
+} mix_arg;
+
+static void *mix_writer(void *p) {
+  mix_arg *a = p;
+  rng r = {(uint64_t)a->t * 77 + 1};
+  int next = 0;
+  while (!*a->stop && a->st == MN_OK) {
+    int op = (int)(rng_next(&r) % 10);
+    if (op < 6 || next < 20) {
+      int n = 1 + (int)(rng_next(&r) % 20);
+      mn_memory_in m[20];
+      float v[20 * DIM];
+      char ids[20][32], content[20][32];
+      for (int j = 0; j < n; j++) {
+        mn_memory_in_init(&m[j]);
+        vec_of(5, (uint64_t)a->t, (uint64_t)(next + j), v + j * DIM);
+        snprintf(ids[j], 32, "w%d-%d", a->t, next + j);
+        snprintf(content[j], 32, "content w%d-%d", a->t, next + j);
+        m[j].id = ids[j];
+        m[j].content = content[j];
+        m[j].embedding = v + j * DIM;
+        m[j].chat_id = j % 2 ? "x" : "y";
+      }
+      a->st = mn_store_add(a->s, "mix", m, n, NULL);
+      next += n;
+      a->added += n;
+    } else if (op < 8) {
+      char id[32];
+      snprintf(id, 32, "w%d-%d", a->t, (int)(rng_next(&r) % (uint64_t)next));
+      const char *ids[1] = {id};
+      int64_t d = 0;
+      a->st = mn_store_delete(a->s, "mix", ids, 1, &d, NULL);
+      a->deleted += d;
+    } else {
+      char id[32];
+      snprintf(id, 32, "w%d-%d", a->t, (int)(rng_next(&r) % (uint64_t)next));
+      mn_memory_update u = {.has_significance = 1, .significance = 0.3};
+      mn_status st = mn_store_update(a->s, "mix", id, &u, 0, NULL);
+      if (st != MN_ERR_NOT_FOUND)
+        a->st = st;
+    }
+  }
+  return NULL;
+}
+
+static void *mix_reader(void *p) {
+  mix_arg *a = p;
+  rng r = {(uint64_t)a->t * 99 + 7};
+  while (!*a->stop && a->st == MN_OK) {
+    float q[DIM];
+    rng_vec(&r, q, DIM);
+    mn_search_params sp;
+    mn_search_params_init(&sp);
+    sp.queries = q;
+    sp.n_queries = 1;
+    sp.dim = DIM;
+    sp.k = 1 + (int64_t)(rng_next(&r) % 50);
+    if (rng_next(&r) % 2) {
+      sp.significance_weight = 0.5;
+      sp.chat_id = "x";
+    }
+    sp.reinforce = rng_next(&r) % 5 == 0;
+    mn_search_result *res;
+    a->st = mn_store_search(a->s, "mix", &sp, &res);
+    if (a->st != MN_OK)
+      break;
+    int64_t n;
+    const mn_search_hit *h = mn_search_result_hits(res, 0, &n);
+    for (int64_t j = 0; j < n; j++) {
+      char want[40];
+      snprintf(want, sizeof want, "content %s", h[j].id);
+      if (strcmp(h[j].content, want) != 0 ||
+          (sp.chat_id && strcmp(h[j].chat_id, "x") != 0) ||
+          (j > 0 && h[j].score > h[j - 1].score))
+        a->st = MN_ERR_INTERNAL;
+    }
+    mn_search_result_free(res);
+    /* A get of the same ids never fails. */
+    mn_memory_list *l;
+    const char *ids[2] = {"w0-1", "w1-2"};
+    if (a->st == MN_OK)
+      a->st = mn_store_get(a->s, "mix", ids, 2, MN_INCLUDE_DEFAULT, &l);
+    if (a->st == MN_OK)
+      mn_memory_list_free(l);
+  }
+  return NULL;
+}
+
+static void *mix_admin(void *p) {
+  mix_arg *a = p;
+  int round = 0;
+  while (!*a->stop && a->st == MN_OK) {
+    mn_collection_opts co = coll_opts("tmp", DIM, MN_METRIC_L2, MN_DTYPE_I8);
+    a->st = mn_store_collection_create(a->s, &co, NULL);
+    float v[DIM];
+    vec_of(1, 2, (uint64_t)round, v);
+    mn_memory_in m;
+    mn_memory_in_init(&m);
+    m.embedding = v;
+    if (a->st == MN_OK)
+      a->st = mn_store_add(a->s, "tmp", &m, 1, NULL);
+    mn_chunk_info ci;
+    if (a->st == MN_OK &&
+        mn_store_chunk_alloc(a->s, 4096, "admin", &ci) == MN_OK)
+      mn_store_chunk_free(a->s, ci.id);
+    mn_store_maintain(a->s);
+    if (a->st == MN_OK)
+      a->st = mn_store_collection_drop(a->s, "tmp");
+    round++;
+  }
+  return NULL;
+}
+
+static void test_mixed_load(void **state) {
+  (void)state;
+  char *dir = make_tmpdir();
+  mn_store_opts o;
+  test_opts(&o, dir);
+  o.chunk_rows = 32;
+  o.l2_budget = 40 * 32 * DIM * 4; /* about 32 resident chunks */
+  mn_store *s;
+  ST_OK(mn_store_open(&o, &s));
+  mn_collection_opts co = coll_opts("mix", DIM, MN_METRIC_IP, MN_DTYPE_F32);
+  ST_OK(mn_store_collection_create(s, &co, NULL));
+  volatile int stop = 0;
+  enum { W = 3, R = 3 };
+  pthread_t th[W + R + 1];
+  mix_arg a[W + R + 1];
+  for (int i = 0; i < W + R + 1; i++) {
+    a[i] = (mix_arg){s, i, &stop, 0, 0, MN_OK};
+    pthread_create(&th[i], NULL,
+                   i < W       ? mix_writer
+                   : i < W + R ? mix_reader
+                               : mix_admin,
+                   &a[i]);
+  }
+  struct timespec ts = {1, 500000000L};
+  nanosleep(&ts, NULL);
+  stop = 1;
+  int64_t added = 0, deleted = 0;
+  for (int i = 0; i < W + R + 1; i++) {
+    pthread_join(th[i], NULL);
+    if (a[i].st != MN_OK)
+      fprintf(stderr, "thread %d: %s: %s\n", i, mn_status_name(a[i].st),
+              mn_errmsg());
+    ST_OK(a[i].st);
+    added += a[i].added;
+    deleted += a[i].deleted;
+  }
+  mn_collection_info info;
+  ST_OK(mn_store_collection_get(s, "mix", &info));
+  printf("# mixed load: %lld added, %lld deleted, %lld chunks\n",
+         (long long)added, (long long)deleted, (long long)info.chunks);
+  assert_int_equal(info.count, added - deleted);
+  mn_store_stats st;
+  mn_store_get_stats(s, &st);
+  assert_true(st.used[MN_TIER_HOST] <= o.l2_budget);
+  mn_store_close(s);
+  ST_OK(mn_store_open(&o, &s));
+  ST_OK(mn_store_collection_get(s, "mix", &info));
+  assert_int_equal(info.count, added - deleted);
+  mn_store_close(s);
+  rm_rf(dir);
+  free(dir);
+}
+
+/* ------------------------------------------------------------------------
  * Crash test.
  * ---------------------------------------------------------------------- */
 typedef struct ack {
@@ -368,6 +548,7 @@ static void test_crash(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_concurrent_writers),
+      cmocka_unit_test(test_mixed_load),
       cmocka_unit_test(test_crash),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
