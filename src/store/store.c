@@ -129,6 +129,7 @@ st_coll *mn__st_coll_new(mn_store *s) {
                                 PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
   pthread_rwlock_init(&c->lock, &ra);
   pthread_rwlockattr_destroy(&ra);
+  pthread_mutex_init(&c->chat_mu, NULL);
   atomic_init(&c->refs, 1);
   return c;
 }
@@ -137,8 +138,10 @@ void mn__st_coll_free(st_coll *c) {
   if (!c)
     return;
   for (int64_t i = 0; i < c->n_chunks; i++)
-    mn__st_chunk_free(c->store, c->chunks[i]);
-  free(c->chunks);
+    mn__st_chunk_free(c->store, st_chunk_at(c, i));
+  for (int i = 0; i < ST_SEG_MAX && c->segs[i]; i++)
+    free(c->segs[i]);
+  pthread_mutex_destroy(&c->chat_mu);
   for (uint32_t i = 0; i < c->n_chats; i++)
     mn__st_chat_free(c->chats[i]);
   free(c->chats);
@@ -275,16 +278,11 @@ static void *loader_main(void *arg) {
   int full = 0;
   for (int64_t k = 0; k < n && !full; k++) {
     st_coll *c = cs[k];
-    pthread_rwlock_rdlock(&c->lock);
-    int64_t i = c->n_chunks - 1;
-    pthread_rwlock_unlock(&c->lock);
+    int64_t i = st_nchunks(c) - 1;
     for (; i >= 0 && !atomic_load(&s->loader_stop); i--) {
-      /* The read lock keeps the chunk's rows stable while it loads; it is
-       * dropped between chunks so that writes get through. */
-      pthread_rwlock_rdlock(&c->lock);
-      int r =
-          i < c->n_chunks && !c->dead ? mn__st_chunk_warm(s, c->chunks[i]) : 1;
-      pthread_rwlock_unlock(&c->lock);
+      /* Chunks never move or go away while the collection is referenced;
+       * mn__st_chunk_warm copes with rows appended meanwhile. */
+      int r = c->dead ? 1 : mn__st_chunk_warm(s, st_chunk_at(c, i));
       if (r == 0) {
         full = 1;
         break;
@@ -481,14 +479,14 @@ static void fill_info(mn_store *s, st_coll *c, mn_collection_info *info) {
   snprintf(info->pca_model, sizeof info->pca_model, "%s", c->pca_name);
   info->created = c->created;
   info->row_bytes = c->row_bytes;
-  pthread_rwlock_rdlock(&c->lock);
-  info->count = c->count;
-  info->chunks = c->n_chunks;
+  info->count = __atomic_load_n(&c->count, __ATOMIC_RELAXED);
+  int64_t nch = st_nchunks(c);
+  info->chunks = nch;
   info->bytes[MN_TIER_DISK] =
-      (uint64_t)c->count * (uint64_t)(ST_VEC_HDR + c->row_bytes);
+      (uint64_t)info->count * (uint64_t)(ST_VEC_HDR + c->row_bytes);
   pthread_mutex_lock(&s->tier_mu);
-  for (int64_t i = 0; i < c->n_chunks; i++) {
-    st_chunk *ch = c->chunks[i];
+  for (int64_t i = 0; i < nch; i++) {
+    st_chunk *ch = st_chunk_at(c, i);
     if (ch->tier < 0)
       continue;
     info->chunks_tier[ch->tier]++;
@@ -498,7 +496,6 @@ static void fill_info(mn_store *s, st_coll *c, mn_collection_info *info) {
       info->bytes[MN_TIER_DEVICE] += (uint64_t)ch->cap * (uint64_t)c->row_bytes;
   }
   pthread_mutex_unlock(&s->tier_mu);
-  pthread_rwlock_unlock(&c->lock);
 }
 
 static mn_status default_pca_resolve(mn_store *s, const char *name,
@@ -668,7 +665,7 @@ void mn_store_get_stats(mn_store *s, mn_store_stats *st) {
   pthread_rwlock_rdlock(&s->reg_lock);
   st->collections = s->n_colls;
   for (int64_t i = 0; i < s->n_colls; i++)
-    st->memories += s->colls[i]->count;
+    st->memories += __atomic_load_n(&s->colls[i]->count, __ATOMIC_RELAXED);
   pthread_rwlock_unlock(&s->reg_lock);
   st->stale_readers_cleared = s->stale_readers;
   st->warming = atomic_load(&s->warming);

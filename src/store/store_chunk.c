@@ -115,13 +115,14 @@ mn_status mn__st_encode_rows(mn_store *s, const st_coll *c, const float *x,
  * ---------------------------------------------------------------------- */
 st_chunk *mn__st_chunk_new(st_coll *c) {
   mn_store *s = c->store;
-  if (c->n_chunks == c->cap_chunks) {
-    int64_t nc = c->cap_chunks ? c->cap_chunks * 2 : 16;
-    st_chunk **a = realloc(c->chunks, sizeof *a * (size_t)nc);
-    if (!a)
+  int64_t idx = c->n_chunks; /* writer thread: no one else appends */
+  if ((idx >> ST_SEG_BITS) >= ST_SEG_MAX)
+    return NULL;
+  if (!c->segs[idx >> ST_SEG_BITS]) {
+    c->segs[idx >> ST_SEG_BITS] =
+        calloc((size_t)1 << ST_SEG_BITS, sizeof(st_chunk *));
+    if (!c->segs[idx >> ST_SEG_BITS])
       return NULL;
-    c->chunks = a;
-    c->cap_chunks = nc;
   }
   st_chunk *ch = calloc(1, sizeof *ch);
   if (!ch)
@@ -150,9 +151,16 @@ st_chunk *mn__st_chunk_new(st_coll *c) {
     return NULL;
   }
   ch->tier = -1; /* not placed yet */
-  ch->index = c->n_chunks;
-  c->chunks[c->n_chunks++] = ch;
+  ch->index = idx;
   return ch;
+}
+
+/* Make a placed chunk visible to readers: into the directory, then the
+ * count (release), so a reader that sees the count sees the chunk. */
+void mn__st_chunk_link(st_coll *c, st_chunk *ch) {
+  int64_t idx = ch->index;
+  c->segs[idx >> ST_SEG_BITS][idx & ((1 << ST_SEG_BITS) - 1)] = ch;
+  __atomic_store_n(&c->n_chunks, idx + 1, __ATOMIC_RELEASE);
 }
 
 static uint64_t host_bytes(const st_chunk *ch) {
@@ -401,7 +409,7 @@ void mn__st_chunk_place_disk(mn_store *s, st_chunk *ch) {
 
 /* Bring a chunk on disk into free room (nothing is evicted for it).
  * Returns 1 when it is (now) in memory, 0 when there is no room, -1 on
- * error. The caller holds the collection's read lock. */
+ * error. */
 int mn__st_chunk_warm(mn_store *s, st_chunk *ch) {
   uint64_t hb = host_bytes(ch);
   pthread_mutex_lock(&s->tier_mu);
@@ -417,7 +425,8 @@ int mn__st_chunk_warm(mn_store *s, st_chunk *ch) {
   void *buf = mn_malloc((size_t)hb);
   if (!buf)
     return -1;
-  if (mn__st_chunk_load_rows(s, ch, buf) != MN_OK) {
+  int32_t n = st_chunk_n(ch);
+  if (mn__st_chunk_load_rows(s, ch, n, buf) != MN_OK) {
     mn_free(buf);
     return -1;
   }
@@ -425,6 +434,8 @@ int mn__st_chunk_warm(mn_store *s, st_chunk *ch) {
   pthread_mutex_lock(&s->tier_mu);
   if (ch->tier != MN_TIER_DISK) {
     ok = 1;
+  } else if (ch->n != n) {
+    ok = 1; /* appended meanwhile; a search will bring it up */
   } else {
     st_protect pr = {0, NULL}; /* nothing may be evicted */
     lru_unlink(s, ch);
@@ -476,6 +487,11 @@ mn_status mn__st_chunk_append(mn_store *s, st_chunk *ch, int32_t at,
       lru_push(s, ch, MN_TIER_DISK);
     }
   }
+  /* The rows are complete wherever the chunk lives: publish them. `n`
+   * changes only under tier_mu, so a loader can tell whether the rows it
+   * read from disk are still all there are. */
+  __atomic_store_n(&ch->n, at + n, __ATOMIC_RELEASE);
+  __atomic_add_fetch(&ch->live, n, __ATOMIC_RELEASE);
   pthread_mutex_unlock(&s->tier_mu);
   return st;
 }
@@ -484,7 +500,7 @@ int mn__st_chunk_find(const st_coll *c, uint64_t seq, int32_t *row) {
   int64_t lo = 0, hi = c->n_chunks - 1, k = -1;
   while (lo <= hi) {
     int64_t mid = (lo + hi) / 2;
-    const st_chunk *ch = c->chunks[mid];
+    const st_chunk *ch = st_chunk_at(c, mid);
     if (ch->n == 0 || seq < ch->seq[0]) {
       hi = mid - 1;
     } else {
@@ -494,7 +510,7 @@ int mn__st_chunk_find(const st_coll *c, uint64_t seq, int32_t *row) {
   }
   if (k < 0)
     return -1;
-  const st_chunk *ch = c->chunks[k];
+  const st_chunk *ch = st_chunk_at(c, k);
   int32_t a = 0, b = ch->n - 1;
   while (a <= b) {
     int32_t m = (a + b) / 2;
@@ -510,11 +526,12 @@ int mn__st_chunk_find(const st_coll *c, uint64_t seq, int32_t *row) {
   return -1;
 }
 
-mn_status mn__st_chunk_load_rows(mn_store *s, st_chunk *ch, void *dst) {
+mn_status mn__st_chunk_load_rows(mn_store *s, st_chunk *ch, int32_t n,
+                                 void *dst) {
   st_coll *c = ch->coll;
   size_t rb = (size_t)c->row_bytes;
-  memset(dst, 0, (size_t)ch->n * rb);
-  if (ch->n == 0)
+  memset(dst, 0, (size_t)n * rb);
+  if (n == 0)
     return MN_OK;
   MDB_txn *txn;
   MN__TRY(mn__st_read_begin(s, &txn));
@@ -530,17 +547,17 @@ mn_status mn__st_chunk_load_rows(mn_store *s, st_chunk *ch, void *dst) {
   MDB_val k = {12, kb}, v;
   int32_t j = 0;
   uint8_t last[12];
-  mn__st_key_seq(last, c->cid, ch->seq[ch->n - 1]);
-  for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE); rc == 0 && j < ch->n;
+  mn__st_key_seq(last, c->cid, ch->seq[n - 1]);
+  for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE); rc == 0 && j < n;
        rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
     if (k.mv_size != 12 || memcmp(k.mv_data, last, 12) > 0)
       break;
     uint64_t seq = 0;
     for (int b = 4; b < 12; b++)
       seq = seq << 8 | ((const uint8_t *)k.mv_data)[b];
-    while (j < ch->n && ch->seq[j] < seq)
+    while (j < n && ch->seq[j] < seq)
       j++;
-    if (j < ch->n && ch->seq[j] == seq) {
+    if (j < n && ch->seq[j] == seq) {
       const void *codes;
       if (mn__st_codes_parse(&v, c->row_bytes, &codes) != 0) {
         st = mn__set_error(MN_ERR_VERSION, "vector record has an unknown "
@@ -559,8 +576,8 @@ mn_status mn__st_chunk_load_rows(mn_store *s, st_chunk *ch, void *dst) {
 }
 
 mn_status mn__st_chunk_acquire(mn_store *s, st_chunk *ch, uint64_t op_tick,
-                               void **scratch, const void **codes_host,
-                               const void **dev) {
+                               int32_t n, void **scratch,
+                               const void **codes_host, const void **dev) {
   st_protect pr = {op_tick, ch->coll};
   *scratch = NULL;
   *codes_host = NULL;
@@ -594,13 +611,18 @@ mn_status mn__st_chunk_acquire(mn_store *s, st_chunk *ch, uint64_t op_tick,
   void *buf = mn_malloc((size_t)hb);
   if (!buf)
     return mn__set_error(MN_ERR_NOMEM, "out of memory reading a chunk");
-  mn_status st = mn__st_chunk_load_rows(s, ch, buf);
+  mn_status st = mn__st_chunk_load_rows(s, ch, n, buf);
   if (st != MN_OK) {
     mn_free(buf);
     return st;
   }
   pthread_mutex_lock(&s->tier_mu);
-  if (ch->tier != MN_TIER_DISK) {
+  if (ch->n != n) {
+    /* Rows were appended meanwhile: what was read serves this search
+     * (its n rows are complete) but cannot become the chunk's image. */
+    *scratch = buf;
+    *codes_host = buf;
+  } else if (ch->tier != MN_TIER_DISK) {
     /* Another search brought it up meanwhile. */
     mn_free(buf);
     ch->pins++;

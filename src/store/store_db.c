@@ -626,8 +626,10 @@ static mn_status load_rows(mn_store *s, MDB_txn *txn) {
     uint32_t cid = get_be32(k.mv_data);
     uint64_t seq = get_be64((const uint8_t *)k.mv_data + 4);
     if (!c || c->cid != cid) {
-      if (ch)
+      if (ch) {
         mn__st_chunk_place_disk(s, ch);
+        mn__st_chunk_link(c, ch);
+      }
       ch = NULL;
       c = coll_by_cid(s, cid);
       if (!c) {
@@ -646,8 +648,10 @@ static mn_status load_rows(mn_store *s, MDB_txn *txn) {
       break;
     }
     if (!ch || ch->n == ch->cap) {
-      if (ch)
+      if (ch) {
         mn__st_chunk_place_disk(s, ch);
+        mn__st_chunk_link(c, ch);
+      }
       ch = mn__st_chunk_new(c);
       if (!ch) {
         st =
@@ -674,8 +678,14 @@ static mn_status load_rows(mn_store *s, MDB_txn *txn) {
     if (seq >= c->next_seq)
       c->next_seq = seq + 1;
   }
-  if (ch)
-    mn__st_chunk_place_disk(s, ch);
+  if (ch) {
+    if (st == MN_OK) {
+      mn__st_chunk_place_disk(s, ch);
+      mn__st_chunk_link(ch->coll, ch);
+    } else {
+      mn__st_chunk_free(s, ch);
+    }
+  }
   mdb_cursor_close(cur);
   if (st == MN_OK && rc != MDB_NOTFOUND)
     st = mn__st_lmdb(rc, "scan rows");
@@ -793,14 +803,7 @@ static mn_status apply_add(mn_store *s, MDB_txn *txn, st_op *op,
    * rows before it. */
   for (int64_t i = 0; i < n; i++) {
     st_add_row *r = &rows[i];
-    /* The writer is the only thread that changes the chat table, so it may
-     * look up without the lock; inserting needs it (searches read). */
-    st_chat *ch = mn__st_chat_get(c, r->chat, r->chat_len, 0);
-    if (!ch) {
-      pthread_rwlock_wrlock(&c->lock);
-      ch = mn__st_chat_get(c, r->chat, r->chat_len, 1);
-      pthread_rwlock_unlock(&c->lock);
-    }
+    st_chat *ch = mn__st_chat_get(c, r->chat, r->chat_len, 1);
     if (!ch)
       return mn__set_error(MN_ERR_NOMEM, "out of memory for a chat");
     r->chat_idx = ch->idx;
@@ -1156,13 +1159,14 @@ static mn_status apply(mn_store *s, MDB_txn *txn, st_op *op,
 /* ------------------------------------------------------------------------
  * Publishing committed effects in memory.
  * ---------------------------------------------------------------------- */
+/* Appends take no collection lock (store_internal.h, DESIGN): rows are
+ * written past each chunk's `n`, then mn__st_chunk_append publishes them. */
 static void publish_add(mn_store *s, st_op *op) {
   st_coll *c = op->coll;
   int64_t n = op->u.add.n;
-  pthread_rwlock_wrlock(&c->lock);
   int64_t i = 0;
   while (i < n) {
-    st_chunk *ch = c->n_chunks ? c->chunks[c->n_chunks - 1] : NULL;
+    st_chunk *ch = c->n_chunks ? st_chunk_at(c, c->n_chunks - 1) : NULL;
     if (!ch || ch->n == ch->cap) {
       ch = mn__st_chunk_new(c);
       if (!ch) {
@@ -1171,6 +1175,7 @@ static void publish_add(mn_store *s, st_op *op) {
         break;
       }
       mn__st_chunk_place(s, ch, NULL);
+      mn__st_chunk_link(c, ch);
     }
     int32_t at = ch->n;
     int32_t take = (int32_t)MN__MIN((int64_t)(ch->cap - at), n - i);
@@ -1183,26 +1188,24 @@ static void publish_add(mn_store *s, st_op *op) {
       if (ch->scale)
         ch->scale[at + j] = r->scale;
       ch->chat[at + j] = r->chat_idx;
-      ch->live_bits[(at + j) >> 6] |= 1ull << ((at + j) & 63);
+      __atomic_fetch_or(&ch->live_bits[(at + j) >> 6], 1ull << ((at + j) & 63),
+                        __ATOMIC_RELAXED);
     }
     mn_status st = mn__st_chunk_append(
         s, ch, at, (const char *)op->u.add.codes + i * c->row_bytes, take);
     if (st != MN_OK)
       MN__LOGW(ST_MOD, "chunk append: %s", mn_errmsg());
-    ch->n += take;
-    ch->live += take;
-    c->count += take;
+    __atomic_add_fetch(&c->count, take, __ATOMIC_RELAXED);
     i += take;
   }
   c->next_seq = c->pending_seq;
-  pthread_rwlock_unlock(&c->lock);
 }
 
 static void publish_sig(st_coll *c, uint64_t seq, float sig) {
   int32_t row;
   int ci = mn__st_chunk_find(c, seq, &row);
   if (ci >= 0)
-    c->chunks[ci]->sig[row] = sig;
+    st_chunk_at(c, ci)->sig[row] = sig;
 }
 
 static void publish(mn_store *s, st_op *op) {
@@ -1222,12 +1225,12 @@ static void publish(mn_store *s, st_op *op) {
       int ci = mn__st_chunk_find(c, op->u.del.seqs[i], &row);
       if (ci < 0)
         continue;
-      st_chunk *ch = c->chunks[ci];
+      st_chunk *ch = st_chunk_at(c, ci);
       uint64_t bit = 1ull << (row & 63);
-      if (ch->live_bits[row >> 6] & bit) {
-        ch->live_bits[row >> 6] &= ~bit;
-        ch->live--;
-        c->count--;
+      if (st_row_live(ch, row)) {
+        __atomic_fetch_and(&ch->live_bits[row >> 6], ~bit, __ATOMIC_RELAXED);
+        __atomic_sub_fetch(&ch->live, 1, __ATOMIC_RELEASE);
+        __atomic_sub_fetch(&c->count, 1, __ATOMIC_RELAXED);
       }
     }
     pthread_rwlock_unlock(&c->lock);

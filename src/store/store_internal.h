@@ -10,10 +10,18 @@
  *    callers queue an st_op and sleep until the writer has committed the
  *    group of ops it drained and published their effects in memory.
  *  - Row bookkeeping of a collection (chunks, seq / ts / sig / chat / live
- *    arrays, counts, the chat table) is changed only by the writer thread,
- *    under the collection's rwlock held for writing; searches and reads
- *    hold it for reading. Writer-only fields (pending_seq, chat
- *    significance state, `dropping`) need no lock at all.
+ *    arrays, counts, the chat table) is changed only by the writer thread.
+ *    Appends need no collection lock: rows are written past a chunk's `n`
+ *    and then `n` is released (stored with release order, under tier_mu),
+ *    then `live`; new chunks go into a directory of fixed segments that
+ *    never move, and `n_chunks` is released after them. Readers load
+ *    `n_chunks`, then per chunk `live` before `n` (acquire), so a racing
+ *    append can only make them over-estimate dead rows. Deletes and
+ *    significance changes take the collection's rwlock for writing;
+ *    searches hold it for reading. The chat table has its own mutex
+ *    (chat_mu) for readers; the writer, its only mutator, reads it freely.
+ *    Writer-only fields (pending_seq, chat significance state, `dropping`)
+ *    need no lock at all.
  *  - Tier placement of chunk vectors (tier, host / dev buffers, pins, LRU
  *    lists, tier usage) is guarded by s->tier_mu. A chunk's codes may be
  *    read only while it is pinned; an eviction never touches a pinned
@@ -42,6 +50,8 @@
 #define ST_MAX_QUERIES 1024
 #define ST_GROUP_MAX_OPS 1024
 #define ST_GROUP_MAX_BYTES (64ull << 20)
+#define ST_SEG_BITS 10  /* chunk pointers per directory segment: 1024 */
+#define ST_SEG_MAX 4096 /* segments: up to 4M chunks per collection */
 
 /* LMDB databases. */
 enum {
@@ -93,10 +103,10 @@ typedef struct mn_store mn_store;
 
 typedef struct st_chunk {
   st_coll *coll;
-  int64_t index; /* position in coll->chunks */
+  int64_t index; /* position in the collection's chunk directory */
   int32_t cap;   /* rows */
-  int32_t n;     /* rows appended (live or dead) */
-  int32_t live;
+  int32_t n;     /* rows appended (live or dead); atomic, see DESIGN */
+  int32_t live;  /* atomic, see DESIGN */
   uint64_t *seq; /* [cap], ascending */
   double *ts;
   float *sig;
@@ -143,13 +153,13 @@ struct st_coll {
   double created;
 
   pthread_rwlock_t lock;
-  st_chunk **chunks;
-  int64_t n_chunks, cap_chunks;
-  int64_t count;      /* live memories */
-  uint64_t next_seq;  /* published */
-  uint64_t vec_bytes; /* sum of vector record sizes (L3 bytes) */
+  st_chunk **segs[ST_SEG_MAX]; /* chunk directory, see st_chunk_at */
+  int64_t n_chunks;            /* atomic, see DESIGN */
+  int64_t count;               /* live memories, atomic */
+  uint64_t next_seq;           /* published (writer thread) */
 
-  /* chat table: hash of name -> idx, array idx -> chat */
+  /* chat table: hash of name -> idx, array idx -> chat; chat_mu */
+  pthread_mutex_t chat_mu;
   st_chat **chats;
   uint32_t n_chats, cap_chats;
   uint32_t *chat_hash; /* open addressing, idx + 1, 0 = empty */
@@ -163,6 +173,24 @@ struct st_coll {
   atomic_int refs;
   int dead; /* dropped and unregistered */
 };
+
+static inline st_chunk *st_chunk_at(const st_coll *c, int64_t i) {
+  return c->segs[i >> ST_SEG_BITS][i & ((1 << ST_SEG_BITS) - 1)];
+}
+static inline int64_t st_nchunks(const st_coll *c) {
+  return __atomic_load_n(&c->n_chunks, __ATOMIC_ACQUIRE);
+}
+static inline int32_t st_chunk_n(const st_chunk *ch) {
+  return __atomic_load_n(&ch->n, __ATOMIC_ACQUIRE);
+}
+static inline int32_t st_chunk_live(const st_chunk *ch) {
+  return __atomic_load_n(&ch->live, __ATOMIC_ACQUIRE);
+}
+static inline int st_row_live(const st_chunk *ch, int32_t r) {
+  return (int)(__atomic_load_n(&ch->live_bits[r >> 6], __ATOMIC_RELAXED) >>
+                   (r & 63) &
+               1);
+}
 
 /* Working chunk (the seed's chunk API). */
 typedef struct st_work {
@@ -373,17 +401,19 @@ void mn__st_loader_stop(mn_store *s);
 
 /* store_chunk.c: chunks and tiers */
 st_chunk *mn__st_chunk_new(st_coll *c);
+void mn__st_chunk_link(st_coll *c, st_chunk *ch);
 void mn__st_chunk_free(mn_store *s, st_chunk *ch);
 void mn__st_chunk_place(mn_store *s, st_chunk *ch, void *buf);
 mn_status mn__st_chunk_append(mn_store *s, st_chunk *ch, int32_t at,
                               const void *codes, int32_t n);
 int mn__st_chunk_find(const st_coll *c, uint64_t seq, int32_t *row);
 mn_status mn__st_chunk_acquire(mn_store *s, st_chunk *ch, uint64_t op_tick,
-                               void **scratch, const void **codes_host,
-                               const void **dev);
+                               int32_t n, void **scratch,
+                               const void **codes_host, const void **dev);
 void mn__st_chunk_release(mn_store *s, st_chunk *ch, void *scratch);
 uint64_t mn__st_dev_scale_off(const st_chunk *ch);
-mn_status mn__st_chunk_load_rows(mn_store *s, st_chunk *ch, void *dst);
+mn_status mn__st_chunk_load_rows(mn_store *s, st_chunk *ch, int32_t n,
+                                 void *dst);
 int mn__st_chunk_warm(mn_store *s, st_chunk *ch);
 void mn__st_chunk_place_disk(mn_store *s, st_chunk *ch);
 mn_status mn__st_host_reserve(mn_store *s, uint64_t bytes);
@@ -399,6 +429,8 @@ mn_status mn__st_encode_rows(mn_store *s, const st_coll *c, const float *x,
 /* store_sig.c: chats and significance */
 st_chat *mn__st_chat_get(st_coll *c, const char *name, uint32_t len,
                          int create);
+int mn__st_chat_lookup(st_coll *c, const char *name, uint32_t *idx);
+void mn__st_chat_name(st_coll *c, uint32_t idx, char *out, size_t cap);
 void mn__st_chat_free(st_chat *ch);
 void mn__st_sig_begin_group(mn_store *s);
 mn_status mn__st_sig_row(mn_store *s, st_coll *c, MDB_txn *txn, st_chat *ch,

@@ -247,26 +247,26 @@ static double to_similarity(mn_metric m, float v) {
   return (double)v;
 }
 
-static int row_live(const st_chunk *ch, int32_t r) {
-  return (int)(ch->live_bits[r >> 6] >> (r & 63) & 1);
-}
-
 static mn_status scan_chunk(st_ctx *x, st_tstate *t, st_chunk *ch) {
   mn_store *s = x->s;
   st_coll *c = x->c;
   const mn_search_params *p = x->p;
-  if (ch->live == 0)
+  /* `live` before `n`: a racing append can only make dead rows look more
+   * numerous (store_internal.h, DESIGN), never fewer. */
+  const int32_t live = st_chunk_live(ch);
+  const int32_t n = st_chunk_n(ch);
+  if (live == 0)
     return MN_OK;
   void *scratch;
   const void *host, *dev;
-  MN__TRY(mn__st_chunk_acquire(s, ch, x->tick, &scratch, &host, &dev));
+  MN__TRY(mn__st_chunk_acquire(s, ch, x->tick, n, &scratch, &host, &dev));
   mn_vecblock db;
   memset(&db, 0, sizeof db);
   int on_dev = dev != NULL;
   mn_backend *b = on_dev ? s->backend : s->cpu;
   db.codes.data = on_dev ? (void *)dev : (void *)host;
   db.codes.dtype = c->dtype;
-  db.codes.rows = ch->n;
+  db.codes.rows = n;
   db.codes.cols = c->width;
   db.codes.stride = c->row_bytes;
   db.codes.device = on_dev ? MN_DEVICE_GPU : MN_DEVICE_HOST;
@@ -287,15 +287,15 @@ static mn_status scan_chunk(st_ctx *x, st_tstate *t, st_chunk *ch) {
   const int has_min = p->has_min_similarity;
   const double minsim = p->min_similarity;
   if (x->fast) {
-    int64_t kc = MN__MIN((int64_t)ch->n, x->k + (ch->n - ch->live));
+    int64_t kc = MN__MIN((int64_t)n, x->k + (n - live));
     st = mn_backend_search(b, &q, &db, c->metric, kc, 0, t->fscores, t->fids);
     for (int64_t qi = 0; qi < x->nq && st == MN_OK; qi++) {
       for (int64_t j = 0; j < kc; j++) {
         int64_t id = t->fids[qi * kc + j];
-        if (id < 0 || id >= ch->n)
+        if (id < 0 || id >= n)
           break;
         int32_t r = (int32_t)id;
-        if (!row_live(ch, r))
+        if (!st_row_live(ch, r))
           continue;
         double sim = to_similarity(c->metric, t->fscores[qi * kc + j]);
         if (has_min && sim < minsim)
@@ -309,7 +309,7 @@ static mn_status scan_chunk(st_ctx *x, st_tstate *t, st_chunk *ch) {
       }
     }
   } else {
-    mn_tensor out = mn_tensor_host(t->sims, MN_DTYPE_F32, x->nq, ch->n);
+    mn_tensor out = mn_tensor_host(t->sims, MN_DTYPE_F32, x->nq, n);
     if (on_dev) {
       out.data = t->dsims;
       out.device = MN_DEVICE_GPU;
@@ -317,10 +317,10 @@ static mn_status scan_chunk(st_ctx *x, st_tstate *t, st_chunk *ch) {
     st = mn_backend_similarity(b, &q, &db, c->metric, &out);
     if (st == MN_OK && on_dev)
       st = mn_backend_download(s->backend, t->sims, t->dsims,
-                               sizeof(float) * (size_t)(x->nq * ch->n));
+                               sizeof(float) * (size_t)(x->nq * n));
     const double rate = p->time_decay, w = p->significance_weight;
-    for (int32_t r = 0; r < ch->n && st == MN_OK; r++) {
-      if (!row_live(ch, r))
+    for (int32_t r = 0; r < n && st == MN_OK; r++) {
+      if (!st_row_live(ch, r))
         continue;
       if (x->use_chat && ch->chat[r] != x->chat)
         continue;
@@ -330,7 +330,7 @@ static mn_status scan_chunk(st_ctx *x, st_tstate *t, st_chunk *ch) {
       double decay = rate > 0 ? exp(-rate * fmax(0.0, x->now - ts)) : 1.0;
       double sigf = w > 0 ? pow((double)ch->sig[r], w) : 1.0;
       for (int64_t qi = 0; qi < x->nq; qi++) {
-        double sim = to_similarity(c->metric, t->sims[qi * ch->n + r]);
+        double sim = to_similarity(c->metric, t->sims[qi * n + r]);
         if (has_min && sim < minsim)
           continue;
         st_cand cd = {sim * sigf * decay, decay,      ts,         ch->seq[r],
@@ -494,9 +494,9 @@ static mn_status build_result(st_ctx *x, st_heap *merged, json_t *filter,
       hit->significance = cd->sig;
       hit->decay = cd->decay;
       hit->timestamp = cd->ts;
-      const st_chat *chn = cd->chat < c->n_chats ? c->chats[cd->chat] : NULL;
-      hit->chat_id = mn__st_arena_str(&res->arena, chn ? chn->name : "",
-                                      chn ? chn->len : 0);
+      char chat[MN_CHAT_ID_MAX + 1];
+      mn__st_chat_name(c, cd->chat, chat, sizeof chat);
+      hit->chat_id = mn__st_arena_str(&res->arena, chat, strlen(chat));
       if (inc & MN_INCLUDE_CONTENT)
         hit->content = mn__st_arena_str(&res->arena, content, cl);
       if (inc & MN_INCLUDE_METADATA)
@@ -597,17 +597,14 @@ mn_status mn_store_search(mn_store *s, const char *coll,
   pthread_rwlock_rdlock(&c->lock);
   int empty = 0;
   if (p->chat_id) {
-    st_chat *ch =
-        mn__st_chat_get(c, p->chat_id, (uint32_t)strlen(p->chat_id), 0);
-    if (ch) {
+    if (mn__st_chat_lookup(c, p->chat_id, &x.chat)) {
       x.use_chat = 1;
-      x.chat = ch->idx;
     } else {
       empty = 1; /* no memory of that chat */
     }
   }
   x.tick = atomic_fetch_add(&s->tick, 1) + 1;
-  int64_t nch = empty ? 0 : c->n_chunks;
+  int64_t nch = empty ? 0 : st_nchunks(c);
   int nt = omp_get_max_threads();
   if (nt > nch)
     nt = (int)(nch > 0 ? nch : 1);
@@ -624,7 +621,7 @@ mn_status mn_store_search(mn_store *s, const char *coll,
 #pragma omp for schedule(dynamic, 1)
       for (int64_t i = 0; i < nch; i++) {
         if (ts_st == MN_OK)
-          ts_st = scan_chunk(&x, t, c->chunks[i]);
+          ts_st = scan_chunk(&x, t, st_chunk_at(c, i));
       }
       if (ts_st != MN_OK) {
 #pragma omp critical(mn_store_search_err)

@@ -17,6 +17,7 @@
 #include "store/store_internal.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -57,30 +58,26 @@ static int rehash(st_coll *c, uint32_t cap) {
   return 0;
 }
 
+/* Look up without a lock: only for the writer thread (the table's only
+ * mutator) and for open. */
+static st_chat *chat_find(const st_coll *c, const char *name, uint32_t len) {
+  if (!c->hash_cap)
+    return NULL;
+  uint32_t h = hash_bytes(name, len) & (c->hash_cap - 1);
+  while (c->chat_hash[h]) {
+    st_chat *ch = c->chats[c->chat_hash[h] - 1];
+    if (ch->len == len && memcmp(ch->name, name, len) == 0)
+      return ch;
+    h = (h + 1) & (c->hash_cap - 1);
+  }
+  return NULL;
+}
+
 st_chat *mn__st_chat_get(st_coll *c, const char *name, uint32_t len,
                          int create) {
-  if (c->hash_cap) {
-    uint32_t h = hash_bytes(name, len) & (c->hash_cap - 1);
-    while (c->chat_hash[h]) {
-      st_chat *ch = c->chats[c->chat_hash[h] - 1];
-      if (ch->len == len && memcmp(ch->name, name, len) == 0)
-        return ch;
-      h = (h + 1) & (c->hash_cap - 1);
-    }
-  }
-  if (!create)
-    return NULL;
-  if ((c->n_chats + 1) * 2 > c->hash_cap &&
-      rehash(c, c->hash_cap ? c->hash_cap * 2 : 64) != 0)
-    return NULL;
-  if (c->n_chats == c->cap_chats) {
-    uint32_t nc = c->cap_chats ? c->cap_chats * 2 : 16;
-    st_chat **a = realloc(c->chats, sizeof *a * nc);
-    if (!a)
-      return NULL;
-    c->chats = a;
-    c->cap_chats = nc;
-  }
+  st_chat *found = chat_find(c, name, len);
+  if (found || !create)
+    return found;
   st_chat *ch = calloc(1, sizeof *ch);
   if (!ch)
     return NULL;
@@ -93,13 +90,51 @@ st_chat *mn__st_chat_get(st_coll *c, const char *name, uint32_t len,
   memcpy(ch->name, name, len);
   ch->name[len] = '\0';
   ch->len = len;
-  ch->idx = c->n_chats;
-  c->chats[c->n_chats++] = ch;
-  uint32_t h = hash_bytes(name, len) & (c->hash_cap - 1);
-  while (c->chat_hash[h])
-    h = (h + 1) & (c->hash_cap - 1);
-  c->chat_hash[h] = ch->idx + 1;
+  /* Readers look names up under chat_mu; the table may move here. */
+  pthread_mutex_lock(&c->chat_mu);
+  int ok = 1;
+  if ((c->n_chats + 1) * 2 > c->hash_cap &&
+      rehash(c, c->hash_cap ? c->hash_cap * 2 : 64) != 0)
+    ok = 0;
+  if (ok && c->n_chats == c->cap_chats) {
+    uint32_t nc = c->cap_chats ? c->cap_chats * 2 : 16;
+    st_chat **a = realloc(c->chats, sizeof *a * nc);
+    if (a) {
+      c->chats = a;
+      c->cap_chats = nc;
+    } else {
+      ok = 0;
+    }
+  }
+  if (ok) {
+    ch->idx = c->n_chats;
+    c->chats[c->n_chats++] = ch;
+    uint32_t h = hash_bytes(name, len) & (c->hash_cap - 1);
+    while (c->chat_hash[h])
+      h = (h + 1) & (c->hash_cap - 1);
+    c->chat_hash[h] = ch->idx + 1;
+  }
+  pthread_mutex_unlock(&c->chat_mu);
+  if (!ok) {
+    mn__st_chat_free(ch);
+    return NULL;
+  }
   return ch;
+}
+
+int mn__st_chat_lookup(st_coll *c, const char *name, uint32_t *idx) {
+  pthread_mutex_lock(&c->chat_mu);
+  st_chat *ch = chat_find(c, name, (uint32_t)strlen(name));
+  if (ch)
+    *idx = ch->idx;
+  pthread_mutex_unlock(&c->chat_mu);
+  return ch != NULL;
+}
+
+void mn__st_chat_name(st_coll *c, uint32_t idx, char *out, size_t cap) {
+  pthread_mutex_lock(&c->chat_mu);
+  snprintf(out, cap, "%s", idx < c->n_chats ? c->chats[idx]->name : "");
+  pthread_mutex_unlock(&c->chat_mu);
 }
 
 /* ------------------------------------------------------------------------
@@ -274,9 +309,9 @@ static mn_status load_recent(mn_store *s, st_coll *c, MDB_txn *txn,
   uint64_t seqs[MN_SIG_RECENT];
   int found = 0;
   for (int64_t k = c->n_chunks - 1; k >= 0 && found < MN_SIG_RECENT; k--) {
-    const st_chunk *cb = c->chunks[k];
+    const st_chunk *cb = st_chunk_at(c, k);
     for (int32_t r = cb->n - 1; r >= 0 && found < MN_SIG_RECENT; r--)
-      if (cb->chat[r] == ch->idx && (cb->live_bits[r >> 6] >> (r & 63) & 1))
+      if (cb->chat[r] == ch->idx && st_row_live(cb, r))
         seqs[found++] = cb->seq[r];
   }
   size_t w = (size_t)c->width;
