@@ -29,8 +29,11 @@
  *  - LMDB read transactions are taken under s->env_lock for reading; the
  *    writer takes it for writing only to grow the map (LMDB requires that
  *    no transaction is active then).
- *  Lock order: reg_lock -> coll->lock -> tier_mu; env_lock is taken
- *  without holding tier_mu; q_mu is a leaf.
+ *  - The loader thread (after open) reads chunks from disk into free room
+ *    under the same rules as a search.
+ *  Lock order: reg_lock -> coll->lock -> env_lock -> tier_mu; q_mu and
+ *  chat_mu are leaves. Nothing holding a collection lock waits for the
+ *  writer thread.
  */
 #ifndef MNEMO_STORE_INTERNAL_H
 #define MNEMO_STORE_INTERNAL_H
