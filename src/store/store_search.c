@@ -51,27 +51,13 @@ static int cmp_best_first(const void *pa, const void *pb) {
   return 0;
 }
 
-/* A bounded heap of the k best candidates (root = worst), or an unbounded
- * list when a metadata filter must be applied afterwards. */
+/* A bounded heap of the `cap` best candidates (root = worst). */
 typedef struct st_heap {
   st_cand *v;
   int64_t n, cap;
-  int unbounded;
 } st_heap;
 
 static int heap_push(st_heap *h, const st_cand *c) {
-  if (h->unbounded) {
-    if (h->n == h->cap) {
-      int64_t nc = h->cap ? h->cap * 2 : 256;
-      st_cand *a = realloc(h->v, sizeof *a * (size_t)nc);
-      if (!a)
-        return -1;
-      h->v = a;
-      h->cap = nc;
-    }
-    h->v[h->n++] = *c;
-    return 0;
-  }
   if (h->n < h->cap) {
     int64_t i = h->n++;
     h->v[i] = *c;
@@ -230,11 +216,17 @@ typedef struct st_ctx {
   uint32_t chat;
   double now;
   uint64_t tick;
-  int unbounded;
+  int64_t cap;     /* candidates kept per query: k, or more when a
+                      metadata filter is applied afterwards */
+  json_t *filter;  /* metadata filter */
+  int meta_inline; /* evaluate the metadata filter during the scan */
+  int empty;       /* nothing can match (unknown chat) */
 } st_ctx;
 
 typedef struct st_tstate {
   st_heap *heaps; /* nq */
+  int64_t *seen;  /* nq: candidates that passed the row filters */
+  uint8_t *mask;  /* cap rows: passes the row filters */
   float *sims;    /* nq x cap (host) */
   float *fscores; /* nq x cap */
   int64_t *fids;  /* nq x cap */
@@ -247,6 +239,52 @@ static double to_similarity(mn_metric m, float v) {
   return (double)v;
 }
 
+/* Which rows of a chunk pass the filters that do not depend on the query
+ * (live, chat, time range, and the metadata filter when evaluated inline).
+ * Returns how many do. */
+static int64_t row_mask(st_ctx *x, st_tstate *t, st_chunk *ch, int32_t n,
+                        mn_status *st) {
+  const mn_search_params *p = x->p;
+  int64_t pass = 0;
+  for (int32_t r = 0; r < n; r++) {
+    int ok = st_row_live(ch, r) && (!x->use_chat || ch->chat[r] == x->chat);
+    if (ok && ((p->has_since && ch->ts[r] < p->since) ||
+               (p->has_until && ch->ts[r] > p->until)))
+      ok = 0;
+    t->mask[r] = (uint8_t)ok;
+    pass += ok;
+  }
+  if (!x->meta_inline || pass == 0)
+    return pass;
+  /* The metadata lives in the memory records: read them for the rows that
+   * are left, in one read transaction for the chunk. */
+  MDB_txn *txn;
+  if ((*st = mn__st_read_begin(x->s, &txn)) != MN_OK)
+    return 0;
+  pass = 0;
+  for (int32_t r = 0; r < n && *st == MN_OK; r++) {
+    if (!t->mask[r])
+      continue;
+    uint8_t key[12];
+    mn__st_key_seq(key, x->c->cid, ch->seq[r]);
+    MDB_val k = {12, key}, v;
+    const char *id, *content, *meta;
+    uint32_t il, cl, ml;
+    int rc = mdb_get(txn, x->s->dbi[ST_DBI_REC], &k, &v);
+    if (rc == 0 &&
+        mn__st_rec_parse(&v, &id, &il, &content, &cl, &meta, &ml) == 0 &&
+        meta_match(x->filter, meta, ml)) {
+      pass++;
+    } else {
+      t->mask[r] = 0;
+      if (rc && rc != MDB_NOTFOUND)
+        *st = mn__st_lmdb(rc, "read a record");
+    }
+  }
+  mn__st_read_end(x->s, txn);
+  return pass;
+}
+
 static mn_status scan_chunk(st_ctx *x, st_tstate *t, st_chunk *ch) {
   mn_store *s = x->s;
   st_coll *c = x->c;
@@ -257,6 +295,12 @@ static mn_status scan_chunk(st_ctx *x, st_tstate *t, st_chunk *ch) {
   const int32_t n = st_chunk_n(ch);
   if (live == 0)
     return MN_OK;
+  mn_status st = MN_OK;
+  if (!x->fast) {
+    /* A chunk none of whose rows can match is not read at all. */
+    if (row_mask(x, t, ch, n, &st) == 0)
+      return st;
+  }
   void *scratch;
   const void *host, *dev;
   MN__TRY(mn__st_chunk_acquire(s, ch, x->tick, n, &scratch, &host, &dev));
@@ -283,7 +327,6 @@ static mn_status scan_chunk(st_ctx *x, st_tstate *t, st_chunk *ch) {
   } else {
     q = mn_tensor_host((void *)x->q_host, MN_DTYPE_F32, x->nq, c->width);
   }
-  mn_status st = MN_OK;
   const int has_min = p->has_min_similarity;
   const double minsim = p->min_similarity;
   if (x->fast) {
@@ -320,19 +363,16 @@ static mn_status scan_chunk(st_ctx *x, st_tstate *t, st_chunk *ch) {
                                sizeof(float) * (size_t)(x->nq * n));
     const double rate = p->time_decay, w = p->significance_weight;
     for (int32_t r = 0; r < n && st == MN_OK; r++) {
-      if (!st_row_live(ch, r))
-        continue;
-      if (x->use_chat && ch->chat[r] != x->chat)
+      if (!t->mask[r])
         continue;
       double ts = ch->ts[r];
-      if ((p->has_since && ts < p->since) || (p->has_until && ts > p->until))
-        continue;
       double decay = rate > 0 ? exp(-rate * fmax(0.0, x->now - ts)) : 1.0;
       double sigf = w > 0 ? pow((double)ch->sig[r], w) : 1.0;
       for (int64_t qi = 0; qi < x->nq; qi++) {
         double sim = to_similarity(c->metric, t->sims[qi * n + r]);
         if (has_min && sim < minsim)
           continue;
+        t->seen[qi]++;
         st_cand cd = {sim * sigf * decay, decay,      ts,         ch->seq[r],
                       (float)sim,         ch->sig[r], ch->chat[r]};
         if (heap_push(&t->heaps[qi], &cd) != 0) {
@@ -353,6 +393,8 @@ static void tstate_free(mn_store *s, st_tstate *t, int64_t nq) {
     for (int64_t i = 0; i < nq; i++)
       free(t->heaps[i].v);
   free(t->heaps);
+  free(t->seen);
+  free(t->mask);
   free(t->sims);
   free(t->fscores);
   free(t->fids);
@@ -364,16 +406,15 @@ static mn_status tstate_init(st_ctx *x, st_tstate *t) {
   memset(t, 0, sizeof *t);
   size_t cap = (size_t)x->s->opts.chunk_rows, nq = (size_t)x->nq;
   t->heaps = calloc(nq, sizeof *t->heaps);
-  if (!t->heaps)
+  t->seen = calloc(nq, sizeof *t->seen);
+  t->mask = malloc(cap);
+  if (!t->heaps || !t->seen || !t->mask)
     return mn__set_error(MN_ERR_NOMEM, "out of memory");
   for (size_t i = 0; i < nq; i++) {
-    t->heaps[i].unbounded = x->unbounded;
-    if (!x->unbounded) {
-      t->heaps[i].cap = x->k;
-      t->heaps[i].v = malloc(sizeof(st_cand) * (size_t)x->k);
-      if (!t->heaps[i].v)
-        return mn__set_error(MN_ERR_NOMEM, "out of memory");
-    }
+    t->heaps[i].cap = x->cap;
+    t->heaps[i].v = malloc(sizeof(st_cand) * (size_t)x->cap);
+    if (!t->heaps[i].v)
+      return mn__set_error(MN_ERR_NOMEM, "out of memory");
   }
   if (x->fast) {
     t->fscores = malloc(sizeof(float) * cap * nq);
@@ -437,8 +478,14 @@ static mn_status check_params(const st_coll *c, const mn_search_params *p) {
   return MN_OK;
 }
 
-static mn_status build_result(st_ctx *x, st_heap *merged, json_t *filter,
-                              mn_search_result *res) {
+/* Fill `res` from the merged candidates, best first, up to k per query;
+ * with `filter`, candidates whose metadata does not match are passed over.
+ * *short_q is set when some query got fewer than k hits while more
+ * candidates existed than were kept. */
+static mn_status build_result(st_ctx *x, st_heap *merged, const int64_t *seen,
+                              json_t *filter, mn_search_result *res,
+                              int *short_q) {
+  *short_q = 0;
   mn_store *s = x->s;
   st_coll *c = x->c;
   unsigned inc = x->p->include;
@@ -519,6 +566,8 @@ static mn_status build_result(st_ctx *x, st_heap *merged, json_t *filter,
       got++;
     }
     res->counts[qi] = got;
+    if (got < x->k && seen && seen[qi] > h->n)
+      *short_q = 1;
   }
   mn__st_read_end(s, txn);
   return st;
@@ -541,6 +590,81 @@ static mn_status reinforce(mn_store *s, st_coll *c, uint64_t *seqs, int64_t n) {
   free(op.u.rein.sig);
   free(op.u.rein.ok);
   return st;
+}
+
+static void heaps_free(st_heap *h, int64_t nq) {
+  if (!h)
+    return;
+  for (int64_t i = 0; i < nq; i++)
+    free(h[i].v);
+  free(h);
+}
+
+/* One pass over the collection's chunks (in parallel, one set of heaps per
+ * thread), merged into the best x->cap candidates per query. */
+static mn_status run_scan(st_ctx *x, st_heap **out, int64_t **seen_out) {
+  mn_store *s = x->s;
+  st_coll *c = x->c;
+  int64_t nch = x->empty ? 0 : st_nchunks(c);
+  int nt = omp_get_max_threads();
+  if (nt > nch)
+    nt = (int)(nch > 0 ? nch : 1);
+  st_tstate *ts = calloc((size_t)nt, sizeof *ts);
+  st_heap *merged = calloc((size_t)x->nq, sizeof *merged);
+  int64_t *seen = calloc((size_t)x->nq, sizeof *seen);
+  if (!ts || !merged || !seen) {
+    free(ts);
+    free(merged);
+    free(seen);
+    return mn__set_error(MN_ERR_NOMEM, "out of memory");
+  }
+  mn_status err = MN_OK;
+  char errmsg[512] = "";
+#pragma omp parallel num_threads(nt)
+  {
+    st_tstate *t = &ts[omp_get_thread_num()];
+    mn_status ts_st = tstate_init(x, t);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t i = 0; i < nch; i++) {
+      if (ts_st == MN_OK)
+        ts_st = scan_chunk(x, t, st_chunk_at(c, i));
+    }
+    if (ts_st != MN_OK) {
+#pragma omp critical(mn_store_search_err)
+      {
+        if (err == MN_OK) {
+          err = ts_st;
+          snprintf(errmsg, sizeof errmsg, "%s", mn_errmsg());
+        }
+      }
+    }
+  }
+  mn_status st = err != MN_OK ? mn__set_error(err, "%s", errmsg) : MN_OK;
+  for (int64_t qi = 0; qi < x->nq && st == MN_OK; qi++) {
+    merged[qi].cap = x->cap;
+    merged[qi].v = malloc(sizeof(st_cand) * (size_t)x->cap);
+    if (!merged[qi].v) {
+      st = mn__set_error(MN_ERR_NOMEM, "out of memory");
+      break;
+    }
+    for (int i = 0; i < nt; i++) {
+      seen[qi] += ts[i].seen ? ts[i].seen[qi] : 0;
+      if (ts[i].heaps)
+        for (int64_t j = 0; j < ts[i].heaps[qi].n; j++)
+          heap_push(&merged[qi], &ts[i].heaps[qi].v[j]);
+    }
+  }
+  for (int i = 0; i < nt; i++)
+    tstate_free(s, &ts[i], x->nq);
+  free(ts);
+  if (st != MN_OK) {
+    heaps_free(merged, x->nq);
+    free(seen);
+    return st;
+  }
+  *out = merged;
+  *seen_out = seen;
+  return MN_OK;
 }
 
 static int cmp_u64(const void *a, const void *b) {
@@ -571,7 +695,6 @@ mn_status mn_store_search(mn_store *s, const char *coll,
   x.nq = p->n_queries;
   x.k = p->k;
   x.now = p->now != 0 ? p->now : mn__st_now(s);
-  x.unbounded = filter != NULL;
   x.fast = !p->chat_id && !p->has_since && !p->has_until && !filter &&
            p->time_decay == 0 && p->significance_weight == 0;
   mn_search_result *res = calloc(1, sizeof *res);
@@ -595,67 +718,46 @@ mn_status mn_store_search(mn_store *s, const char *coll,
   }
 
   pthread_rwlock_rdlock(&c->lock);
-  int empty = 0;
-  if (p->chat_id) {
-    if (mn__st_chat_lookup(c, p->chat_id, &x.chat)) {
-      x.use_chat = 1;
-    } else {
-      empty = 1; /* no memory of that chat */
-    }
-  }
+  if (p->chat_id && !mn__st_chat_lookup(c, p->chat_id, &x.chat))
+    x.empty = 1; /* no memory of that chat */
+  else if (p->chat_id)
+    x.use_chat = 1;
   x.tick = atomic_fetch_add(&s->tick, 1) + 1;
-  int64_t nch = empty ? 0 : st_nchunks(c);
-  int nt = omp_get_max_threads();
-  if (nt > nch)
-    nt = (int)(nch > 0 ? nch : 1);
-  st_tstate *ts = calloc((size_t)nt, sizeof *ts);
-  if (!ts && st == MN_OK)
-    st = mn__set_error(MN_ERR_NOMEM, "out of memory");
-  mn_status err = MN_OK;
-  char errmsg[512] = "";
-  if (st == MN_OK) {
-#pragma omp parallel num_threads(nt)
-    {
-      st_tstate *t = &ts[omp_get_thread_num()];
-      mn_status ts_st = tstate_init(&x, t);
-#pragma omp for schedule(dynamic, 1)
-      for (int64_t i = 0; i < nch; i++) {
-        if (ts_st == MN_OK)
-          ts_st = scan_chunk(&x, t, st_chunk_at(c, i));
-      }
-      if (ts_st != MN_OK) {
-#pragma omp critical(mn_store_search_err)
-        {
-          if (err == MN_OK) {
-            err = ts_st;
-            snprintf(errmsg, sizeof errmsg, "%s", mn_errmsg());
-          }
-        }
-      }
-    }
-    if (err != MN_OK)
-      st = mn__set_error(err, "%s", errmsg);
-  }
-  /* Merge the per-thread heaps. */
-  st_heap *merged = calloc((size_t)x.nq, sizeof *merged);
-  if (!merged && st == MN_OK)
-    st = mn__set_error(MN_ERR_NOMEM, "out of memory");
-  for (int64_t qi = 0; qi < x.nq && st == MN_OK; qi++) {
-    merged[qi].unbounded = 1;
-    for (int i = 0; i < nt && st == MN_OK; i++)
-      for (int64_t j = 0; j < ts[i].heaps[qi].n; j++)
-        if (heap_push(&merged[qi], &ts[i].heaps[qi].v[j]) != 0) {
-          st = mn__set_error(MN_ERR_NOMEM, "out of memory");
-          break;
-        }
-  }
-  if (ts)
-    for (int i = 0; i < nt; i++)
-      tstate_free(s, &ts[i], x.nq);
-  free(ts);
+  /* With a metadata filter, keep more candidates than k and read their
+   * records afterwards; if that is not enough, scan again evaluating the
+   * filter on every row that passes the others. */
+  x.filter = filter;
+  x.cap = filter ? MN__MAX(16 * x.k, 1024) : x.k;
+  st_heap *merged = NULL;
+  int64_t *seen = NULL;
+  int short_q = 0;
   if (st == MN_OK)
-    st = build_result(&x, merged, filter, res);
+    st = run_scan(&x, &merged, &seen);
+  if (st == MN_OK)
+    st = build_result(&x, merged, seen, filter, res, &short_q);
+  if (st == MN_OK && filter && short_q) {
+    heaps_free(merged, x.nq);
+    free(seen);
+    merged = NULL;
+    seen = NULL;
+    mn_search_result *again = calloc(1, sizeof *again);
+    if (!again) {
+      st = mn__set_error(MN_ERR_NOMEM, "out of memory");
+    } else {
+      again->nq = res->nq;
+      again->width = res->width;
+      mn_search_result_free(res);
+      res = again;
+      x.meta_inline = 1;
+      x.cap = x.k;
+      st = run_scan(&x, &merged, &seen);
+      if (st == MN_OK)
+        st = build_result(&x, merged, NULL, NULL, res, &short_q);
+    }
+  }
   pthread_rwlock_unlock(&c->lock);
+  heaps_free(merged, x.nq);
+  free(seen);
 
   uint64_t *seqs = NULL;
   int64_t nseq = 0;
@@ -673,10 +775,6 @@ mn_status mn_store_search(mn_store *s, const char *coll,
           seqs[m++] = res->seqs[qi][j];
     }
   }
-  if (merged)
-    for (int64_t qi = 0; qi < x.nq; qi++)
-      free(merged[qi].v);
-  free(merged);
   if (st == MN_OK && p->reinforce) {
     qsort(seqs, (size_t)nseq, sizeof *seqs, cmp_u64);
     int64_t u = 0;

@@ -406,6 +406,14 @@ static void run_suite(mn_store *s, const char *coll, const dataset *d,
   f.n = 5;
   check_search(s, coll, d, q, NQ, 7, &f, 0, 0, 0, 0,
                "{\"flag\": true, \"n\": 5}");
+  /* A selective filter with a large k: the candidates kept in the first
+   * pass hold too few matches, so the store scans again evaluating the
+   * metadata on every row. */
+  f = NOF;
+  f.tag = 1;
+  f.n = 5;
+  check_search(s, coll, d, q, NQ, 200, &f, 1e-6, 0.5, 0, 0,
+               "{\"tag\":\"t1\",\"n\":5}");
   /* Filters that match nothing. */
   f = NOF;
   f.tag = 9;
