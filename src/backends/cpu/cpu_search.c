@@ -230,6 +230,12 @@ static mn_status prep_init(prep *p, const mn_tensor *q, const mn_vecblock *db,
   c->cols = cols;
   c->row_bytes = (int64_t)mn_dtype_row_bytes(dt, cols);
   c->qstride = round_up(cols, 64);
+  /* Rows whose start lies ~24 KiB ahead are prefetched into L2 as the
+   * kernels go: short rows (a 768-wide int8 row is 12 cache lines) give the
+   * hardware prefetcher too little to lock on to, and a prefetch into L2
+   * does not hold one of L1's few miss buffers. */
+  c->prefetch = c->stride * MN__MAX(8, (24 * 1024 + c->stride - 1) /
+                                            MN__MAX(c->stride, 1));
   p->metric = metric;
   p->nq = nq;
   p->need_norm = metric != MN_METRIC_IP && !db->norms && dt != MN_DTYPE_BIN;

@@ -57,5 +57,10 @@ static inline __attribute__((always_inline)) uint64_t load64(const uint8_t *p) {
 #define MN_T_BSTEP(acc, a, b) ((acc) + (uint64_t)_mm_popcnt_u64((a) ^ (b)))
 #define MN_T_BHSUM(acc) (acc)
 
-#define MN_T_NAME mn__cpu_dots_avx2
 #include "backends/cpu/cpu_search_tmpl.h"
+
+void mn__cpu_dots_avx2(const mn__cpu_dotctx *c, int64_t r0, int64_t nr,
+                       int64_t q0, int64_t nq, float *out, int64_t ldo,
+                       float *nrm2) {
+  t_dots(c, r0, nr, q0, nq, out, ldo, nrm2);
+}

@@ -37,6 +37,7 @@ typedef struct mn__cpu_dotctx {
   int64_t stride;      /* bytes between rows */
   int64_t cols;
   int64_t row_bytes;
+  int64_t prefetch;    /* bytes ahead (whole rows) to prefetch into L2 */
   const float *q;      /* prepared float queries */
   int64_t qstride;     /* floats between prepared queries (multiple of 64) */
   const float *aff_scale; /* U8: qstride entries, zero-padded */

@@ -6,9 +6,9 @@
  *
  * The kernel is register-blocked like a GEMM micro-kernel: MN_T_NR stored
  * rows against up to MN_T_NQ queries, one accumulator vector per pair, so
- * each decoded vector of a row feeds MN_T_NQ multiply-adds and each row is
- * streamed from memory once per group of queries (and stays in L1 for the
- * next group). Every combination of (dtype, rows, queries, norm) is
+ * each decoded vector of a row feeds MN_T_NQ multiply-adds. A group of
+ * queries stays in L1 while it sweeps the caller's block of rows (sized to
+ * stay in L2); the first sweep brings the rows in from memory. Every combination of (dtype, rows, queries, norm) is
  * specialised at compile time through always_inline and constant
  * arguments, so the accumulators live in registers.
  *
@@ -18,7 +18,10 @@
  *   MN_T_DEC_I8(p), MN_T_DEC_U8(p), MN_T_DEC_I4(p, hi) (VL nibbles from
  *   VL/2... see below), MN_T_NR, MN_T_NQ, MN_T_NQNORM,
  *   MN_T_BV, MN_T_BBYTES, MN_T_BZERO(), MN_T_BLOAD(p), MN_T_BSTEP(acc, a,
- *   b) (acc + popcount(a ^ b)), MN_T_BHSUM(acc), MN_T_NAME.
+ *   b) (acc + popcount(a ^ b)), MN_T_BHSUM(acc); optionally
+ *   MN_T_HSUM4(a, b, c, d, dst) (four sums into dst[0..3]).
+ * The entry point is the static t_dots(), with the mn__cpu_dots_fn
+ * signature.
  *
  * MN_T_DEC_I4(p, hi): p points at VL bytes holding 2*VL nibbles; returns the
  * VL low nibbles (hi = 0) or the VL high nibbles (hi = 1), sign-extended.
@@ -63,9 +66,16 @@ MN_T_INLINE MN_T_V t_dec(int dt, const uint8_t *p, int64_t s) {
 
 /* One sub-chunk for NR rows x NQ queries (a macro so that the accumulator
  * arrays are plainly local to the kernel and kept in registers). */
-#define MN_T_STEP(ptrs, s, qoff)                                               \
+#define MN_T_STEP(ptrs, s, qoff, pf)                                           \
   do {                                                                         \
     MN_T_V v_[MN_T_NR];                                                        \
+    if (pf) {                                                                  \
+      const int64_t b_ = (s) * t_sub_bytes(DT);                                \
+      if ((b_ & 63) < t_sub_bytes(DT))                                         \
+        _Pragma("GCC unroll 8") for (int r_ = 0; r_ < NR; r_++)                \
+            _mm_prefetch((const char *)ptrs[r_] + (pf) + (b_ & ~63),           \
+                         _MM_HINT_T1);                                         \
+    }                                                                          \
     _Pragma("GCC unroll 8") for (int r_ = 0; r_ < NR; r_++) v_[r_] =           \
         t_dec(DT, ptrs[r_], (s));                                              \
     if (NORM) {                                                                \
@@ -103,8 +113,9 @@ MN_T_INLINE void t_kern(const mn__cpu_dotctx *c, const uint8_t *const *rp,
   const int64_t per = DT == MN_DTYPE_I4 ? 2 * MN_T_VL : MN_T_VL;
   const int64_t ngroups = c->cols / per;
   const int64_t nsub = DT == MN_DTYPE_I4 ? 2 * ngroups : ngroups;
+  const int64_t pf = c->prefetch;
   for (int64_t s = 0; s < nsub; s++)
-    MN_T_STEP(rp, s, s * MN_T_VL);
+    MN_T_STEP(rp, s, s * MN_T_VL, pf);
   if (ngroups * per < c->cols) {
     const int64_t off = nsub * t_sub_bytes(DT);
     const int64_t len = c->row_bytes - off;
@@ -118,10 +129,21 @@ MN_T_INLINE void t_kern(const mn__cpu_dotctx *c, const uint8_t *const *rp,
         tb[r][len - 1] &= 0x0F;
       tp[r] = tb[r];
     }
-    MN_T_STEP(tp, 0, nsub * MN_T_VL);
+    MN_T_STEP(tp, 0, nsub * MN_T_VL, 0);
     if (DT == MN_DTYPE_I4)
-      MN_T_STEP(tp, 1, (nsub + 1) * MN_T_VL);
+      MN_T_STEP(tp, 1, (nsub + 1) * MN_T_VL, 0);
   }
+#ifdef MN_T_HSUM4
+  if (NR == 4) {
+    /* four rows' sums for one query land next to each other in out */
+    _Pragma("GCC unroll 8") for (int j = 0; j < NQ; j++)
+        MN_T_HSUM4(acc[0][j], acc[1][j], acc[2][j], acc[3][j],
+                   out + j * ldo);
+    if (NORM)
+      MN_T_HSUM4(nacc[0], nacc[1], nacc[2], nacc[3], nrm2);
+    return;
+  }
+#endif
   _Pragma("GCC unroll 8") for (int r = 0; r < NR; r++) {
     _Pragma("GCC unroll 8") for (int j = 0; j < NQ; j++) out[j * ldo + r] =
         MN_T_HSUM(acc[r][j]);
@@ -173,18 +195,18 @@ MN_T_INLINE void t_kern(const mn__cpu_dotctx *c, const uint8_t *const *rp,
   static void fname(const mn__cpu_dotctx *c, int64_t r0, int64_t nr,           \
                     int64_t q0, int64_t nq, float *out, int64_t ldo,           \
                     float *nrm2) {                                             \
-    for (int64_t rg = 0; rg < nr; rg += MN_T_NR) {                             \
-      const int R = (int)(nr - rg < MN_T_NR ? nr - rg : MN_T_NR);              \
-      const uint8_t *rp[MN_T_NR];                                              \
-      for (int r = 0; r < R; r++)                                              \
-        rp[r] = c->base + (r0 + rg + r) * c->stride;                           \
-      for (int64_t qi = 0; qi < nq;) {                                         \
-        const int norm = nrm2 != NULL && qi == 0;                              \
-        const int64_t cap = norm ? MN_T_NQNORM : MN_T_NQ;                      \
-        const int Q = (int)(nq - qi < cap ? nq - qi : cap);                    \
-        const float *qp[MN_T_NQ];                                              \
-        for (int j = 0; j < Q; j++)                                            \
-          qp[j] = c->q + (q0 + qi + j) * c->qstride;                           \
+    for (int64_t qi = 0; qi < nq;) {                                           \
+      const int norm = nrm2 != NULL && qi == 0;                                \
+      const int64_t cap = norm ? MN_T_NQNORM : MN_T_NQ;                        \
+      const int Q = (int)(nq - qi < cap ? nq - qi : cap);                      \
+      const float *qp[MN_T_NQ];                                                \
+      for (int j = 0; j < Q; j++)                                              \
+        qp[j] = c->q + (q0 + qi + j) * c->qstride;                             \
+      for (int64_t rg = 0; rg < nr; rg += MN_T_NR) {                           \
+        const int R = (int)(nr - rg < MN_T_NR ? nr - rg : MN_T_NR);            \
+        const uint8_t *rp[MN_T_NR];                                            \
+        for (int r = 0; r < R; r++)                                            \
+          rp[r] = c->base + (r0 + rg + r) * c->stride;                         \
         float *o = out + qi * ldo + rg;                                        \
         float *n2 = norm ? nrm2 + rg : NULL;                                   \
         if (R == MN_T_NR) {                                                    \
@@ -194,8 +216,8 @@ MN_T_INLINE void t_kern(const mn__cpu_dotctx *c, const uint8_t *const *rp,
             fname##_one(c, rp + r, qp, Q, norm, o + r, ldo,                    \
                         n2 ? n2 + r : NULL);                                   \
         }                                                                      \
-        qi += Q;                                                               \
       }                                                                        \
+      qi += Q;                                                                 \
     }                                                                          \
   }
 
@@ -209,9 +231,13 @@ MN_T_DTYPE_FN(t_dots_i4, MN_DTYPE_I4)
 /* ---------------------------------------------------------------------------
  * Binary rows: Hamming distance to the query's sign bits.
  * ------------------------------------------------------------------------- */
-#define MN_T_BSTEP_ALL(ptrs, boff)                                             \
+#define MN_T_BSTEP_ALL(ptrs, boff, pf)                                         \
   do {                                                                         \
     MN_T_BV v_[MN_T_NR];                                                       \
+    if ((pf) && ((boff) & 63) < MN_T_BBYTES)                                   \
+      _Pragma("GCC unroll 8") for (int r_ = 0; r_ < NR; r_++)                  \
+          _mm_prefetch((const char *)ptrs[r_] + (pf) + ((boff) & ~63),         \
+                       _MM_HINT_T1);                                           \
     _Pragma("GCC unroll 8") for (int r_ = 0; r_ < NR; r_++) v_[r_] =           \
         MN_T_BLOAD(ptrs[r_] + (boff));                                         \
     _Pragma("GCC unroll 8") for (int j_ = 0; j_ < NQ; j_++) {                  \
@@ -232,7 +258,7 @@ MN_T_INLINE void t_bkern(const mn__cpu_dotctx *c, const uint8_t *const *rp,
   const int64_t nfull = (c->cols / 8) / MN_T_BBYTES;
   int64_t qoff = 0;
   for (int64_t s = 0; s < nfull; s++, qoff += MN_T_BBYTES)
-    MN_T_BSTEP_ALL(rp, qoff);
+    MN_T_BSTEP_ALL(rp, qoff, c->prefetch);
   const int64_t off = nfull * MN_T_BBYTES;
   if (off < c->row_bytes) {
     const int64_t len = c->row_bytes - off;
@@ -245,7 +271,7 @@ MN_T_INLINE void t_bkern(const mn__cpu_dotctx *c, const uint8_t *const *rp,
         tb[r][len - 1] &= (uint8_t)((1u << (c->cols & 7)) - 1);
       tp[r] = tb[r];
     }
-    MN_T_BSTEP_ALL(tp, 0);
+    MN_T_BSTEP_ALL(tp, 0, 0);
   }
   _Pragma("GCC unroll 8") for (int r = 0; r < NR; r++)
       _Pragma("GCC unroll 8") for (int j = 0; j < NQ; j++) out[j * ldo + r] =
@@ -315,8 +341,9 @@ static void t_dots_bin(const mn__cpu_dotctx *c, int64_t r0, int64_t nr,
   }
 }
 
-void MN_T_NAME(const mn__cpu_dotctx *c, int64_t r0, int64_t nr, int64_t q0,
-               int64_t nq, float *out, int64_t ldo, float *nrm2) {
+static void t_dots(const mn__cpu_dotctx *c, int64_t r0, int64_t nr,
+                   int64_t q0, int64_t nq, float *out, int64_t ldo,
+                   float *nrm2) {
   switch (c->dtype) {
   case MN_DTYPE_F32:
     t_dots_f32(c, r0, nr, q0, nq, out, ldo, nrm2);
