@@ -72,6 +72,17 @@ static inline __attribute__((always_inline)) void hsum4(__m512 a, __m512 b,
   _mm512_add_epi64((acc), _mm512_popcnt_epi64(_mm512_xor_si512((a), (b))))
 #define MN_T_BHSUM(acc) ((uint64_t)_mm512_reduce_add_epi64(acc))
 
+static inline __attribute__((always_inline)) __m512i btail_keep(int64_t len,
+                                                                int64_t bits) {
+  uint8_t last = bits ? (uint8_t)((1u << bits) - 1) : 0xFF;
+  __m512i all = _mm512_set1_epi8((char)0xFF);
+  return _mm512_mask_set1_epi8(all, (__mmask64)1 << (len - 1), (char)last);
+}
+#define MN_T_BTAIL_KEEP(len, bits) btail_keep((len), (bits))
+#define MN_T_BLOAD_TAIL(p, len, keep)                                          \
+  _mm512_and_si512(                                                            \
+      _mm512_maskz_loadu_epi8(_bzhi_u64(~0ull, (unsigned)(len)), (p)), (keep))
+
 #include "backends/cpu/cpu_search_tmpl.h"
 
 void mn__cpu_dots_avx512(const mn__cpu_dotctx *c, int64_t r0, int64_t nr,

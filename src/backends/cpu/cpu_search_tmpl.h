@@ -19,7 +19,10 @@
  *   VL/2... see below), MN_T_NR, MN_T_NQ, MN_T_NQNORM,
  *   MN_T_BV, MN_T_BBYTES, MN_T_BZERO(), MN_T_BLOAD(p), MN_T_BSTEP(acc, a,
  *   b) (acc + popcount(a ^ b)), MN_T_BHSUM(acc); optionally
- *   MN_T_HSUM4(a, b, c, d, dst) (four sums into dst[0..3]).
+ *   MN_T_HSUM4(a, b, c, d, dst) (four sums into dst[0..3]);
+ *   MN_T_BTAIL_KEEP(len, bits) and MN_T_BLOAD_TAIL(p, len, keep) (a binary
+ *   tail of len bytes read without touching the bytes after it, ANDed with
+ *   keep, which clears the bits past `bits` in byte len-1 when bits != 0).
  * The entry point is the static t_dots(), with the mn__cpu_dots_fn
  * signature.
  *
@@ -260,6 +263,21 @@ MN_T_INLINE void t_bkern(const mn__cpu_dotctx *c, const uint8_t *const *rp,
   for (int64_t s = 0; s < nfull; s++, qoff += MN_T_BBYTES)
     MN_T_BSTEP_ALL(rp, qoff, c->prefetch);
   const int64_t off = nfull * MN_T_BBYTES;
+#ifdef MN_T_BLOAD_TAIL
+  /* masked loads read only the row's own bytes; padding bits are cleared */
+  if (off < c->row_bytes) {
+    const int64_t len = c->row_bytes - off;
+    const MN_T_BV keep = MN_T_BTAIL_KEEP(len, c->cols & 7);
+    MN_T_BV v_[MN_T_NR];
+    _Pragma("GCC unroll 8") for (int r = 0; r < NR; r++) v_[r] =
+        MN_T_BLOAD_TAIL(rp[r] + off, len, keep);
+    _Pragma("GCC unroll 8") for (int j = 0; j < NQ; j++) {
+      MN_T_BV qv_ = MN_T_BLOAD(qb[j] + off);
+      _Pragma("GCC unroll 8") for (int r = 0; r < NR; r++) acc[r][j] =
+          MN_T_BSTEP(acc[r][j], v_[r], qv_);
+    }
+  }
+#else
   if (off < c->row_bytes) {
     const int64_t len = c->row_bytes - off;
     uint8_t tb[MN_T_NR][MN_T_BBYTES] __attribute__((aligned(64)));
@@ -273,6 +291,7 @@ MN_T_INLINE void t_bkern(const mn__cpu_dotctx *c, const uint8_t *const *rp,
     }
     MN_T_BSTEP_ALL(tp, 0, 0);
   }
+#endif
   _Pragma("GCC unroll 8") for (int r = 0; r < NR; r++)
       _Pragma("GCC unroll 8") for (int j = 0; j < NQ; j++) out[j * ldo + r] =
           (float)MN_T_BHSUM(acc[r][j]);
