@@ -119,10 +119,10 @@ static mn_status top_eigen(const double *c, int64_t d, int64_t k, double *lam,
   for (int64_t i = 0; i < d * d; i++)
     af[i] = (float)c[i];
   lapack_int found = 0;
-  lapack_int info = LAPACKE_ssyevr(
-      LAPACK_ROW_MAJOR, 'V', 'I', 'L', (lapack_int)d, af, (lapack_int)d, 0.0f,
-      0.0f, (lapack_int)(d - k + 1), (lapack_int)d, 0.0f, &found, wf, zf,
-      (lapack_int)k, isuppz);
+  lapack_int info = LAPACKE_ssyevr(LAPACK_ROW_MAJOR, 'V', 'I', 'L',
+                                   (lapack_int)d, af, (lapack_int)d, 0.0f, 0.0f,
+                                   (lapack_int)(d - k + 1), (lapack_int)d, 0.0f,
+                                   &found, wf, zf, (lapack_int)k, isuppz);
   if (info == 0 && found == k) {
     /* ascending -> descending; column j of z is eigenvector j */
     for (int64_t j = 0; j < k; j++) {
@@ -133,8 +133,10 @@ static mn_status top_eigen(const double *c, int64_t d, int64_t k, double *lam,
     }
     goto done;
   }
-  MN__LOGW(MOD, "ssyevr failed (info %d, %d of %lld eigenpairs); using "
-           "dsyevr", (int)info, (int)found, (long long)k);
+  MN__LOGW(MOD,
+           "ssyevr failed (info %d, %d of %lld eigenpairs); using "
+           "dsyevr",
+           (int)info, (int)found, (long long)k);
   ad = malloc((size_t)(d * d) * sizeof(double));
   wd = malloc((size_t)d * sizeof(double));
   zd = malloc((size_t)(d * k) * sizeof(double));
@@ -143,10 +145,10 @@ static mn_status top_eigen(const double *c, int64_t d, int64_t k, double *lam,
     goto done;
   }
   memcpy(ad, c, (size_t)(d * d) * sizeof(double));
-  info = LAPACKE_dsyevr(LAPACK_ROW_MAJOR, 'V', 'I', 'L', (lapack_int)d, ad,
-                        (lapack_int)d, 0.0, 0.0, (lapack_int)(d - k + 1),
-                        (lapack_int)d, 0.0, &found, wd, zd, (lapack_int)k,
-                        isuppz);
+  info =
+      LAPACKE_dsyevr(LAPACK_ROW_MAJOR, 'V', 'I', 'L', (lapack_int)d, ad,
+                     (lapack_int)d, 0.0, 0.0, (lapack_int)(d - k + 1),
+                     (lapack_int)d, 0.0, &found, wd, zd, (lapack_int)k, isuppz);
   if (info != 0 || found != k) {
     st = mn__set_error(MN_ERR_NUMERIC,
                        "the PCA eigensolver failed on the %lldx%lld "
@@ -348,10 +350,9 @@ mn_status mn__cpu_pca_transform(mn_backend *b, const mn_tensor *x,
     }
     for (int64_t r = 0; r < n; r++)
       memcpy(mn_tensor_row(y, r), bias, (size_t)k * sizeof(float));
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)n,
-                (blasint)k, (blasint)d, 1.0f, (const float *)x->data,
-                (blasint)ldx, wp, (blasint)d, 1.0f, (float *)y->data,
-                (blasint)ldy);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)n, (blasint)k,
+                (blasint)d, 1.0f, (const float *)x->data, (blasint)ldx, wp,
+                (blasint)d, 1.0f, (float *)y->data, (blasint)ldy);
     goto done;
   }
   const int64_t bs = MN__MIN(pca_block_rows(d), n);

@@ -36,8 +36,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define MOD "cpu.search"
-
 /* Bytes of stored rows per block and of queries per tile: both stay in L2
  * while the kernel sweeps them. */
 #define MN__BLOCK_BYTES (192 * 1024)
@@ -115,15 +113,17 @@ static int popcount8(unsigned v) {
   return n;
 }
 
-/* The portable kernel: each row decoded once into a buffer, then one dot
- * per query, accumulated in double. */
+/* The portable kernel: each row is decoded a chunk at a time into a stack
+ * buffer and dotted with up to 64 queries at once, accumulating in double. */
+#define MN__SCALAR_CHUNK 512
+#define MN__SCALAR_QG 64
+
 static void scalar_dots(const mn__cpu_dotctx *c, int64_t r0, int64_t nr,
                         int64_t q0, int64_t nq, float *out, int64_t ldo,
                         float *nrm2) {
   if (c->dtype == MN_DTYPE_BIN) {
     const int64_t rb = c->row_bytes;
-    const unsigned last =
-        (c->cols & 7) ? (1u << (c->cols & 7)) - 1u : 0xFFu;
+    const unsigned last = (c->cols & 7) ? (1u << (c->cols & 7)) - 1u : 0xFFu;
     for (int64_t r = 0; r < nr; r++) {
       const uint8_t *row = c->base + (r0 + r) * c->stride;
       for (int64_t j = 0; j < nq; j++) {
@@ -140,43 +140,55 @@ static void scalar_dots(const mn__cpu_dotctx *c, int64_t r0, int64_t nr,
     }
     return;
   }
-  float *x = malloc((size_t)c->cols * sizeof(float));
-  if (!x) {
-    /* cannot happen in practice; leave a visible sign rather than garbage */
-    for (int64_t j = 0; j < nq; j++)
-      for (int64_t r = 0; r < nr; r++)
-        out[j * ldo + r] = NAN;
-    return;
-  }
+  const int64_t esz = c->dtype == MN_DTYPE_F32 ? 4
+                      : c->dtype == MN_DTYPE_F16 || c->dtype == MN_DTYPE_BF16
+                          ? 2
+                          : 1;
+  float x[MN__SCALAR_CHUNK];
+  double acc[MN__SCALAR_QG];
   for (int64_t r = 0; r < nr; r++) {
-    decode_codes(c->dtype, c->base + (r0 + r) * c->stride, c->cols, x);
-    if (nrm2) {
-      double s = 0;
-      for (int64_t e = 0; e < c->cols; e++) {
-        double v = x[e];
-        if (c->dtype == MN_DTYPE_U8)
-          v = (double)c->aff_min[e] + v * (double)c->aff_scale[e];
-        s += v * v;
+    const uint8_t *row = c->base + (r0 + r) * c->stride;
+    double n2 = 0;
+    for (int64_t g = 0; g < nq; g += MN__SCALAR_QG) {
+      const int64_t gq = MN__MIN(MN__SCALAR_QG, nq - g);
+      memset(acc, 0, sizeof acc);
+      for (int64_t e0 = 0; e0 < c->cols; e0 += MN__SCALAR_CHUNK) {
+        const int64_t w = MN__MIN(MN__SCALAR_CHUNK, c->cols - e0);
+        /* int4 chunks start on an even element, so on a byte */
+        if (c->dtype == MN_DTYPE_I4)
+          decode_codes(c->dtype, row + e0 / 2, w, x);
+        else
+          decode_codes(c->dtype, row + e0 * esz, w, x);
+        if (nrm2 && g == 0) {
+          for (int64_t e = 0; e < w; e++) {
+            double v = x[e];
+            if (c->dtype == MN_DTYPE_U8)
+              v = (double)c->aff_min[e0 + e] + v * (double)c->aff_scale[e0 + e];
+            n2 += v * v;
+          }
+        }
+        for (int64_t j = 0; j < gq; j++) {
+          const float *qv = c->q + (q0 + g + j) * c->qstride + e0;
+          /* four independent sums: not bound by add latency */
+          double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+          int64_t e = 0;
+          for (; e + 4 <= w; e += 4) {
+            s0 += (double)qv[e] * x[e];
+            s1 += (double)qv[e + 1] * x[e + 1];
+            s2 += (double)qv[e + 2] * x[e + 2];
+            s3 += (double)qv[e + 3] * x[e + 3];
+          }
+          for (; e < w; e++)
+            s0 += (double)qv[e] * x[e];
+          acc[j] += (s0 + s1) + (s2 + s3);
+        }
       }
-      nrm2[r] = (float)s;
+      for (int64_t j = 0; j < gq; j++)
+        out[(g + j) * ldo + r] = (float)acc[j];
     }
-    for (int64_t j = 0; j < nq; j++) {
-      const float *qv = c->q + (q0 + j) * c->qstride;
-      /* four independent sums: the loop is not bound by add latency */
-      double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-      int64_t e = 0;
-      for (; e + 4 <= c->cols; e += 4) {
-        s0 += (double)qv[e] * x[e];
-        s1 += (double)qv[e + 1] * x[e + 1];
-        s2 += (double)qv[e + 2] * x[e + 2];
-        s3 += (double)qv[e + 3] * x[e + 3];
-      }
-      for (; e < c->cols; e++)
-        s0 += (double)qv[e] * x[e];
-      out[j * ldo + r] = (float)((s0 + s1) + (s2 + s3));
-    }
+    if (nrm2)
+      nrm2[r] = (float)n2;
   }
-  free(x);
 }
 
 /* ---------------------------------------------------------------------------
@@ -187,13 +199,13 @@ typedef struct prep {
   mn__cpu_dots_fn dots;
   mn_metric metric;
   int64_t nq;
-  int need_norm;   /* the kernel must compute row norms */
-  float *qbuf;     /* prepared queries */
-  uint8_t *qbits;  /* BIN */
-  float *affbuf;   /* U8: scale then min, qstride each */
-  float *qn;       /* |q| */
-  float *qn2;      /* |q|^2 */
-  float *qoff;     /* U8: q . vmin */
+  int need_norm;  /* the kernel must compute row norms */
+  float *qbuf;    /* prepared queries */
+  uint8_t *qbits; /* BIN */
+  float *affbuf;  /* U8: scale then min, qstride each */
+  float *qn;      /* |q| */
+  float *qn2;     /* |q|^2 */
+  float *qoff;    /* U8: q . vmin */
 } prep;
 
 static void prep_free(prep *p) {
@@ -205,7 +217,9 @@ static void prep_free(prep *p) {
   mn_free(p->qoff);
 }
 
-static int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+static int64_t round_up(int64_t v, int64_t m) {
+  return (v + m - 1) / m * m;
+}
 
 static mn_status prep_init(prep *p, const mn_tensor *q, const mn_vecblock *db,
                            mn_metric metric) {
@@ -234,8 +248,8 @@ static mn_status prep_init(prep *p, const mn_tensor *q, const mn_vecblock *db,
    * kernels go: short rows (a 768-wide int8 row is 12 cache lines) give the
    * hardware prefetcher too little to lock on to, and a prefetch into L2
    * does not hold one of L1's few miss buffers. */
-  c->prefetch = c->stride * MN__MAX(8, (24 * 1024 + c->stride - 1) /
-                                            MN__MAX(c->stride, 1));
+  c->prefetch = c->stride *
+                MN__MAX(8, (24 * 1024 + c->stride - 1) / MN__MAX(c->stride, 1));
   p->metric = metric;
   p->nq = nq;
   p->need_norm = metric != MN_METRIC_IP && !db->norms && dt != MN_DTYPE_BIN;
@@ -353,7 +367,7 @@ static void finish_block(const prep *p, const mn_vecblock *db, int64_t r0,
     return;
   }
   const int scaled = dt == MN_DTYPE_I8 || dt == MN_DTYPE_I4;
-  float *mult = rowtmp;      /* per-row factor on the raw dot */
+  float *mult = rowtmp;       /* per-row factor on the raw dot */
   float *dnorm = rowtmp + nr; /* |d| (cosine: 1/|d|) or |d|^2 (L2) */
   for (int64_t r = 0; r < nr; r++) {
     float s = scaled ? db->scales[r0 + r] : 1.0f;
@@ -450,7 +464,7 @@ mn_status mn__cpu_similarity(mn_backend *b, const mn_tensor *q,
   prep_free(&p);
   if (failed)
     return mn__set_error(MN_ERR_NOMEM, "out of memory for similarity "
-                         "workspace");
+                                       "workspace");
   return MN_OK;
 }
 
@@ -607,8 +621,10 @@ mn_status mn__cpu_search(mn_backend *b, const mn_tensor *q,
     mn_free(heaps);
     mn_free(counts);
     prep_free(&p);
-    return mn__set_error(MN_ERR_NOMEM, "out of memory for top-%lld of %lld "
-                         "queries", (long long)k, (long long)nq);
+    return mn__set_error(MN_ERR_NOMEM,
+                         "out of memory for top-%lld of %lld "
+                         "queries",
+                         (long long)k, (long long)nq);
   }
   int failed = 0;
 #pragma omp parallel num_threads(nt)

@@ -41,9 +41,11 @@ static inline __attribute__((always_inline)) uint64_t load64(const uint8_t *p) {
   _mm256_castsi256_ps(_mm256_slli_epi32(                                       \
       _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(p))), 16))
 #define MN_T_DEC_I8(p)                                                         \
-  _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(p))))
+  _mm256_cvtepi32_ps(                                                          \
+      _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(p))))
 #define MN_T_DEC_U8(p)                                                         \
-  _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(p))))
+  _mm256_cvtepi32_ps(                                                          \
+      _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(p))))
 #define MN_T_DEC_I4(p, hi) dec_i4((p), (hi))
 
 #define MN_T_NR 2

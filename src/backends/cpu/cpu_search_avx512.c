@@ -28,9 +28,11 @@
   _mm512_castsi512_ps(_mm512_slli_epi32(                                       \
       _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(p))), 16))
 #define MN_T_DEC_I8(p)                                                         \
-  _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p))))
+  _mm512_cvtepi32_ps(                                                          \
+      _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p))))
 #define MN_T_DEC_U8(p)                                                         \
-  _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(p))))
+  _mm512_cvtepi32_ps(                                                          \
+      _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(p))))
 
 /* 16 bytes -> 16 dwords; shifting the nibble to the top and back
  * arithmetically sign-extends it. */
@@ -44,17 +46,16 @@ static inline __attribute__((always_inline)) __m512 dec_i4(const uint8_t *p,
 
 /* Sums of four vectors into four adjacent floats: pairwise unpack-and-add
  * trees cost 13 instructions where four separate reductions cost ~32. */
-static inline __attribute__((always_inline)) void hsum4(__m512 a, __m512 b,
-                                                        __m512 c, __m512 d,
-                                                        float *dst) {
+static inline __attribute__((always_inline)) void
+hsum4(__m512 a, __m512 b, __m512 c, __m512 d, float *dst) {
   __m512 ab = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
   __m512 cd = _mm512_add_ps(_mm512_unpacklo_ps(c, d), _mm512_unpackhi_ps(c, d));
   __m512d abd = _mm512_castps_pd(ab), cdd = _mm512_castps_pd(cd);
   __m512 s = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(abd, cdd)),
                            _mm512_castpd_ps(_mm512_unpackhi_pd(abd, cdd)));
-  __m256 h = _mm256_add_ps(_mm512_castps512_ps256(s),
-                           _mm256_castpd_ps(_mm512_extractf64x4_pd(
-                               _mm512_castps_pd(s), 1)));
+  __m256 h = _mm256_add_ps(
+      _mm512_castps512_ps256(s),
+      _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(s), 1)));
   __m128 x = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
   _mm_storeu_ps(dst, x);
 }

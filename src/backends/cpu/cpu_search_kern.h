@@ -37,18 +37,18 @@ typedef struct mn__cpu_dotctx {
   int64_t stride;      /* bytes between rows */
   int64_t cols;
   int64_t row_bytes;
-  int64_t prefetch;    /* bytes ahead (whole rows) to prefetch into L2 */
-  const float *q;      /* prepared float queries */
-  int64_t qstride;     /* floats between prepared queries (multiple of 64) */
+  int64_t prefetch;       /* bytes ahead (whole rows) to prefetch into L2 */
+  const float *q;         /* prepared float queries */
+  int64_t qstride;        /* floats between prepared queries (multiple of 64) */
   const float *aff_scale; /* U8: qstride entries, zero-padded */
   const float *aff_min;   /* U8: qstride entries, zero-padded */
   const uint8_t *qbits;   /* BIN: query sign bits */
   int64_t qbstride;       /* BIN: bytes between queries (multiple of 64) */
 } mn__cpu_dotctx;
 
-typedef void (*mn__cpu_dots_fn)(const mn__cpu_dotctx *c, int64_t r0,
-                                int64_t nr, int64_t q0, int64_t nq,
-                                float *out, int64_t ldo, float *nrm2);
+typedef void (*mn__cpu_dots_fn)(const mn__cpu_dotctx *c, int64_t r0, int64_t nr,
+                                int64_t q0, int64_t nq, float *out, int64_t ldo,
+                                float *nrm2);
 
 void mn__cpu_dots_avx2(const mn__cpu_dotctx *c, int64_t r0, int64_t nr,
                        int64_t q0, int64_t nq, float *out, int64_t ldo,

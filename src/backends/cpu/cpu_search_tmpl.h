@@ -8,15 +8,17 @@
  * rows against up to MN_T_NQ queries, one accumulator vector per pair, so
  * each decoded vector of a row feeds MN_T_NQ multiply-adds. A group of
  * queries stays in L1 while it sweeps the caller's block of rows (sized to
- * stay in L2); the first sweep brings the rows in from memory. Every combination of (dtype, rows, queries, norm) is
- * specialised at compile time through always_inline and constant
- * arguments, so the accumulators live in registers.
+ * stay in L2); the first sweep brings the rows in from memory, with
+ * software prefetch into L2 some 24 KiB ahead. Every combination of
+ * (dtype, rows, queries, norm) is specialised at compile time through
+ * always_inline and constant arguments, so the accumulators live in
+ * registers.
  *
  * Required macros:
  *   MN_T_V, MN_T_VL, MN_T_ZERO(), MN_T_LOADQ(p), MN_T_FMA(a, b, c) (a*b+c),
  *   MN_T_HSUM(v), MN_T_DEC_F32(p), MN_T_DEC_F16(p), MN_T_DEC_BF16(p),
- *   MN_T_DEC_I8(p), MN_T_DEC_U8(p), MN_T_DEC_I4(p, hi) (VL nibbles from
- *   VL/2... see below), MN_T_NR, MN_T_NQ, MN_T_NQNORM,
+ *   MN_T_DEC_I8(p), MN_T_DEC_U8(p), MN_T_DEC_I4(p, hi) (see below),
+ *   MN_T_NR, MN_T_NQ, MN_T_NQNORM,
  *   MN_T_BV, MN_T_BBYTES, MN_T_BZERO(), MN_T_BLOAD(p), MN_T_BSTEP(acc, a,
  *   b) (acc + popcount(a ^ b)), MN_T_BHSUM(acc); optionally
  *   MN_T_HSUM4(a, b, c, d, dst) (four sums into dst[0..3]);

@@ -25,7 +25,9 @@ static uint64_t rnd(void) {
   z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
   return z ^ (z >> 31);
 }
-static double urand(void) { return ((double)(rnd() >> 11) + 0.5) * 0x1p-53; }
+static double urand(void) {
+  return ((double)(rnd() >> 11) + 0.5) * 0x1p-53;
+}
 static double gauss(void) {
   return sqrt(-2.0 * log(urand())) * cos(6.283185307179586 * urand());
 }
@@ -111,8 +113,8 @@ static void jacobi(double *a, int64_t d, double *w, double *v) {
         if (fabs(apq) < 1e-300)
           continue;
         double theta = (a[q * d + q] - a[p * d + p]) / (2 * apq);
-        double t = (theta >= 0 ? 1 : -1) /
-                   (fabs(theta) + sqrt(theta * theta + 1));
+        double t =
+            (theta >= 0 ? 1 : -1) / (fabs(theta) + sqrt(theta * theta + 1));
         double c = 1 / sqrt(t * t + 1), s = t * c;
         for (int64_t k = 0; k < d; k++) {
           double akp = a[k * d + p], akq = a[k * d + q];
@@ -192,8 +194,8 @@ static mn_pca_model *fit_and_check(mn_backend *b, const float *x, int64_t n,
   for (int64_t j = 0; j < d; j++) {
     double sd = sqrt(c[j * d + j]) + 1e-30;
     if (!(fabs(m->mean[j] - mean[j]) <= 1e-6 * (fabs(mean[j]) + sd)))
-      fail_msg("%s: mean[%lld] %.9g, want %.9g", what, (long long)j,
-               m->mean[j], mean[j]);
+      fail_msg("%s: mean[%lld] %.9g, want %.9g", what, (long long)j, m->mean[j],
+               mean[j]);
   }
   if (!(fabs(m->total_variance - trace) <= 1e-5 * trace))
     fail_msg("%s: total variance %.9g, want %.9g", what, m->total_variance,
@@ -288,8 +290,8 @@ static void check_transform(mn_backend *b, const mn_pca_model *m,
       for (int64_t c = 0; c < k; c++) {
         double ref = 0;
         for (int64_t e = 0; e < d; e++)
-          ref += ((double)x[i * ld + e] - m->mean[e]) *
-                 m->components[c * d + e];
+          ref +=
+              ((double)x[i * ld + e] - m->mean[e]) * m->components[c * d + e];
         double sc = 1;
         if (whiten)
           sc = m->explained_variance[c] > 0
@@ -313,8 +315,8 @@ static void check_transform(mn_backend *b, const mn_pca_model *m,
         }
         double mean = s / n, var = (s2 - n * mean * mean) / (n - 1);
         if (!(fabs(mean) <= 1e-4 && fabs(var - 1) <= 1e-4))
-          fail_msg("%s: whitened column %lld has mean %.3g variance %.9g",
-                   what, (long long)c, mean, var);
+          fail_msg("%s: whitened column %lld has mean %.3g variance %.9g", what,
+                   (long long)c, mean, var);
       }
     }
   }
@@ -428,12 +430,10 @@ static void test_errors(void **state) {
   mn_tensor t7 = mn_tensor_host(x, MN_DTYPE_F32, 5, 7);
   float y[20];
   mn_tensor yt = mn_tensor_host(y, MN_DTYPE_F32, 5, 2);
-  assert_int_equal(mn_backend_pca_transform(b, &t7, m, 0, &yt),
-                   MN_ERR_INVALID);
+  assert_int_equal(mn_backend_pca_transform(b, &t7, m, 0, &yt), MN_ERR_INVALID);
   assert_non_null(strstr(mn_errmsg(), "8-wide"));
   mn_tensor y3 = mn_tensor_host(y, MN_DTYPE_F32, 5, 3);
-  assert_int_equal(mn_backend_pca_transform(b, &t, m, 0, &y3),
-                   MN_ERR_INVALID);
+  assert_int_equal(mn_backend_pca_transform(b, &t, m, 0, &y3), MN_ERR_INVALID);
   /* zero rows transform to nothing */
   mn_tensor t0 = mn_tensor_host(x, MN_DTYPE_F32, 0, 8);
   mn_tensor y0 = mn_tensor_host(y, MN_DTYPE_F32, 0, 2);

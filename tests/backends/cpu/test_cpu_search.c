@@ -32,8 +32,12 @@ static uint64_t rnd(void) {
   z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
   return z ^ (z >> 31);
 }
-static double urand(void) { return (double)(rnd() >> 11) * 0x1p-53; }
-static float frand(void) { return (float)(2.0 * urand() - 1.0); }
+static double urand(void) {
+  return (double)(rnd() >> 11) * 0x1p-53;
+}
+static float frand(void) {
+  return (float)(2.0 * urand() - 1.0);
+}
 
 /* Independent float16 decoder: sign, 5-bit exponent, 10-bit mantissa. */
 static double ref_f16(uint16_t h) {
@@ -76,8 +80,8 @@ static void db_free(dbset *d) {
  * `mis` bytes make strides and addresses unaligned. Padding nibbles and
  * bits are filled with garbage on purpose. Row 0 is all zero where the
  * format allows (not U8 or BIN) when zero_row is set. */
-static void db_make(dbset *d, mn_dtype dt, int64_t n, int64_t cols,
-                    int64_t pad, int64_t mis, int zero_row) {
+static void db_make(dbset *d, mn_dtype dt, int64_t n, int64_t cols, int64_t pad,
+                    int64_t mis, int zero_row) {
   memset(d, 0, sizeof *d);
   d->dt = dt;
   d->n = n;
@@ -127,8 +131,7 @@ static void db_make(dbset *d, mn_dtype dt, int64_t n, int64_t cols,
         break;
       }
       case MN_DTYPE_BF16: {
-        uint16_t h = (uint16_t)((rnd() & 0x807Fu) |
-                                ((120 + rnd() % 14) << 7));
+        uint16_t h = (uint16_t)((rnd() & 0x807Fu) | ((120 + rnd() % 14) << 7));
         if (zero)
           h = 0;
         memcpy(row + 2 * e, &h, 2);
@@ -247,8 +250,9 @@ static double ref_score(const refmat *R, int64_t i, int64_t r, mn_metric m,
   if (d->dt == MN_DTYPE_BIN) {
     double h = ((double)d->cols - ip) / 2;
     *tol = m == MN_METRIC_COSINE ? 1e-6 : 0; /* a float division */
-    return m == MN_METRIC_IP ? ip : m == MN_METRIC_COSINE ? ip / d->cols
-                                                          : 4 * h;
+    return m == MN_METRIC_IP       ? ip
+           : m == MN_METRIC_COSINE ? ip / d->cols
+                                   : 4 * h;
   }
   const double q2 = R->q2[i];
   if (m == MN_METRIC_IP) {
@@ -283,9 +287,8 @@ static mn_backend *open_cpu(int threads) {
   return b;
 }
 
-static const mn_dtype all_dtypes[] = {MN_DTYPE_F32, MN_DTYPE_F16,
-                                      MN_DTYPE_BF16, MN_DTYPE_I8,
-                                      MN_DTYPE_I4,  MN_DTYPE_U8,
+static const mn_dtype all_dtypes[] = {MN_DTYPE_F32, MN_DTYPE_F16, MN_DTYPE_BF16,
+                                      MN_DTYPE_I8,  MN_DTYPE_I4,  MN_DTYPE_U8,
                                       MN_DTYPE_BIN};
 static const mn_metric all_metrics[] = {MN_METRIC_IP, MN_METRIC_COSINE,
                                         MN_METRIC_L2};
@@ -347,8 +350,8 @@ static void test_similarity_all(void **state) {
           if (got != levels[li])
             continue; /* this CPU lacks the level */
           char what[64];
-          snprintf(what, sizeof what, "[%s %lldx%lld]",
-                   mn__cpu_level_name(got), (long long)n, (long long)cols);
+          snprintf(what, sizeof what, "[%s %lldx%lld]", mn__cpu_level_name(got),
+                   (long long)n, (long long)cols);
           check_similarity(b, &R, 0, what);
           if (n != 4097 || li == 2)
             check_similarity(b, &R, 1, what);
@@ -448,8 +451,8 @@ static void check_search_one(const refmat *R, int64_t qi, mn_metric m,
   free(ref);
 }
 
-static void run_search(mn_backend *b, const refmat *R, int64_t nq,
-                       mn_metric m, int64_t k, int64_t id_base, int with_norms,
+static void run_search(mn_backend *b, const refmat *R, int64_t nq, mn_metric m,
+                       int64_t k, int64_t id_base, int with_norms,
                        const char *what) {
   const dbset *d = R->d;
   const float *q = R->q;
@@ -466,9 +469,8 @@ static void run_search(mn_backend *b, const refmat *R, int64_t nq,
     fail_msg("%s: search failed: %s", what, mn_errmsg());
   for (int64_t i = 0; i < nq; i++) {
     char w[160];
-    snprintf(w, sizeof w, "%s %s %s k=%lld q=%lld", what,
-             mn_dtype_name(d->dt), mn_metric_name(m), (long long)k,
-             (long long)i);
+    snprintf(w, sizeof w, "%s %s %s k=%lld q=%lld", what, mn_dtype_name(d->dt),
+             mn_metric_name(m), (long long)k, (long long)i);
     check_search_one(R, i, m, k, id_base, sc + i * k, ids + i * k, w);
   }
   free(sc);
@@ -561,9 +563,9 @@ static void test_search_ties(void **state) {
         mn_tensor qt = mn_tensor_host(q, MN_DTYPE_F32, 2, cols);
         float sc[2 * 12];
         int64_t ids[2 * 12];
-        assert_int_equal(mn_backend_search(b, &qt, &blk, all_metrics[mi], k,
-                                           50, sc, ids),
-                         MN_OK);
+        assert_int_equal(
+            mn_backend_search(b, &qt, &blk, all_metrics[mi], k, 50, sc, ids),
+            MN_OK);
         for (int64_t i = 0; i < 2 * k; i++) {
           if (ids[i] != 50 + i % k)
             fail_msg("%s %s %s: rank %lld has id %lld, want %lld",
@@ -604,9 +606,12 @@ static int tk_cmp(const void *a, const void *b) {
 
 static void test_topk(void **state) {
   (void)state;
-  const int64_t shapes[][3] = {
-      /* rows, cols, k */
-      {1, 1, 1}, {3, 17, 5}, {2, 17, 40}, {4, 5000, 4096}, {40, 3000, 10}};
+  const int64_t shapes[][3] = {/* rows, cols, k */
+                               {1, 1, 1},
+                               {3, 17, 5},
+                               {2, 17, 40},
+                               {4, 5000, 4096},
+                               {40, 3000, 10}};
   for (size_t si = 0; si < 5; si++) {
     int64_t rows = shapes[si][0], cols = shapes[si][1], k = shapes[si][2];
     int64_t stride = cols + 3;
@@ -714,10 +719,8 @@ static void test_errors(void **state) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_similarity_all),
-      cmocka_unit_test(test_search_all),
-      cmocka_unit_test(test_search_ties),
-      cmocka_unit_test(test_topk),
+      cmocka_unit_test(test_similarity_all), cmocka_unit_test(test_search_all),
+      cmocka_unit_test(test_search_ties),    cmocka_unit_test(test_topk),
       cmocka_unit_test(test_errors),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
