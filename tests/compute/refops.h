@@ -307,6 +307,20 @@ static inline const char *ref_check_affine(const uint8_t *codes, int64_t rb,
       hi = fmax(hi, ref[i * cols + c]);
     }
     double range = hi - lo, tol = 2e-5 * fmax(range, fabs(lo)) + 1e-30;
+    if (range == 0) {
+      /* A constant dimension: any finite scale will do as long as the
+       * codes decode back to the constant. */
+      for (int64_t i = 0; i < rows; i++) {
+        double v = vmin[c] + codes[i * rb + c] * (double)scale[c];
+        if (!(fabs(v - lo) <= tol) || !isfinite(scale[c])) {
+          snprintf(ref_msg, sizeof ref_msg,
+                   "constant dim %lld: decodes to %.9g, want %.9g",
+                   (long long)c, v, lo);
+          return ref_msg;
+        }
+      }
+      continue;
+    }
     if (trained && (!(fabs(vmin[c] - lo) <= tol) ||
                     !(fabs(scale[c] - range / 255) <= tol / 255))) {
       snprintf(ref_msg, sizeof ref_msg,
