@@ -154,7 +154,7 @@ def search(faiss, sz, rng):
             q = qs[:Q]
             bench("faiss", "search_float32", shape(Q), "IndexFlatIP",
                   lambda: idx.search(q, TOPK), r, w)
-        del idx
+        idx = None  # free the copy before the next index
 
         for op, qt, name in (("search_float16", "QT_fp16", "SQfp16"),
                              ("search_int8", "QT_8bit", "SQ8")):
@@ -167,7 +167,7 @@ def search(faiss, sz, rng):
                 q = qs[:Q]
                 bench("faiss", op, shape(Q), f"IndexScalarQuantizer {name}",
                       lambda: sq.search(q, TOPK), r, w)
-            del sq
+            sq = None
 
         bdb = np.packbits(db > 0, axis=1, bitorder="little")
         bidx = faiss.IndexBinaryFlat(D)
@@ -176,7 +176,7 @@ def search(faiss, sz, rng):
             bq = np.packbits(qs[:Q] > 0, axis=1, bitorder="little")
             bench("faiss", "search_binary", shape(Q), "IndexBinaryFlat",
                   lambda: bidx.search(bq, TOPK), r, w)
-        del bidx, bdb, db
+        bidx = bdb = db = None
 
 
 def memcpy(sz):
