@@ -7,9 +7,9 @@ bench/out/latest.md and the raw lines to bench/out/latest.jsonl.
     /usr/bin/python3 bench/run_bench.py --build build [--quick]
 
 Ratios are peer time / mnemo time (above 1: mnemo is faster). GB/s counts
-the bytes an op must read and write; "% memcpy" compares that with the
-measured memcpy bandwidth of the same run (the better of one thread and all
-threads).
+the bytes an op must read and write; "% memcpy" (for ops moving 64 MiB or
+more, beyond the caches) compares that with the measured memcpy bandwidth
+of the same run (the better of one thread and all threads).
 """
 import argparse
 import datetime
@@ -20,6 +20,7 @@ import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+BIG_BYTES = 64 << 20  # % of memcpy is shown for ops moving at least this
 ROOT = os.path.dirname(HERE)
 
 
@@ -109,8 +110,10 @@ def build_table(mnemo, peers):
         ms = m["ms_p50"] if m else None
         gbps = m.get("gbps") if m else None
         pct = None
-        if gbps and copy_bw and not ref["op"].startswith(("memcpy",
-                                                          "pca_")):
+        # Only where the traffic cannot stay in the caches does a share of
+        # the memory bandwidth mean anything.
+        if gbps and copy_bw and m.get("bytes", 0) >= BIG_BYTES and \
+                not ref["op"].startswith(("memcpy", "pca_")):
             pct = 100 * gbps / copy_bw
         rows.append(dict(
             op=ref["op"], shape=ref["shape"], mnemo=ms,
