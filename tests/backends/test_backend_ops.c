@@ -19,8 +19,11 @@
  * Thresholds (NMSE = sum (y - ref)^2 / sum ref^2):
  *   normalize                 NMSE <= 1e-12, zero rows exactly zero
  *   pca_transform             NMSE <= 1e-9 (float32 products)
- *   pca_fit                   variance and ratio within 1e-4 relative,
- *                             1 - |cos| <= 1e-5 per component, mean 1e-5
+ *   pca_fit                   components with at least 1e-3 of the top
+ *                             variance: variance and ratio within 1e-4
+ *                             relative, 1 - |cos| <= 1e-5; smaller ones
+ *                             within 1e-6 of the top variance, 1 - |cos|
+ *                             <= 1e-3 (float32 covariance); mean 1e-5
  *   affine_train              min and (max - min) / 255 within 2e-5
  *   quantize int8/int4/affine codes within one step of round(x / scale),
  *                             at most 1 % one step off; scales within 2e-5
@@ -243,18 +246,29 @@ static void test_pca_fit(void **state) {
       assert_int_equal(m->input_dim, cols);
       assert_int_equal(m->n_components, k);
       assert_int_equal(m->n_samples, rows);
+      /* Components that carry variance (at least 1e-3 of the largest)
+       * are held to 1e-4; below that a float32 covariance resolves a
+       * variance only to about 1e-7 of the largest one, so the rest are
+       * held to 1e-6 of it, and their directions (set by tiny gaps) to
+       * 1e-3. */
       double e_mean = 0, e_ev = 0, e_ratio = 0, e_vec = 0;
+      double e_ev_small = 0, e_vec_small = 0;
       for (int64_t c = 0; c < cols; c++)
         e_mean = fmax(e_mean, fabs(m->mean[c] - mean[c]) / (1 + fabs(mean[c])));
       for (int64_t j = 0; j < k; j++) {
-        e_ev = fmax(e_ev, fabs(m->explained_variance[j] - ev[j]) / ev[j]);
-        e_ratio =
-            fmax(e_ratio, fabs(m->explained_variance_ratio[j] - ev[j] / total) /
-                              (ev[j] / total));
         double dot = 0;
         for (int64_t c = 0; c < cols; c++)
           dot += m->components[j * cols + c] * comp[j * cols + c];
-        e_vec = fmax(e_vec, 1 - fabs(dot));
+        double de = fabs(m->explained_variance[j] - ev[j]);
+        double dr = fabs(m->explained_variance_ratio[j] - ev[j] / total);
+        if (ev[j] >= 1e-3 * ev[0]) {
+          e_ev = fmax(e_ev, de / ev[j]);
+          e_ratio = fmax(e_ratio, dr / (ev[j] / total));
+          e_vec = fmax(e_vec, 1 - fabs(dot));
+        } else {
+          e_ev_small = fmax(e_ev_small, fmax(de / ev[0], dr * total / ev[0]));
+          e_vec_small = fmax(e_vec_small, 1 - fabs(dot));
+        }
       }
       char w2[96];
       snprintf(w2, sizeof w2, "%s mean", what);
@@ -267,6 +281,13 @@ static void test_pca_fit(void **state) {
       report(t, w2, fabs(m->total_variance - total) / total, 1e-5);
       snprintf(w2, sizeof w2, "%s components", what);
       report(t, w2, e_vec, 1e-5);
+      snprintf(w2, sizeof w2, "%s small variances (of the largest)", what);
+      report(t, w2, e_ev_small, 1e-6);
+      snprintf(w2, sizeof w2, "%s small components", what);
+      report(t, w2, e_vec_small, 1e-3);
+      print_message("  %s %s: variance err %.2g (small %.2g of top), "
+                    "1-|cos| %.2g (small %.2g)\n",
+                    t->name, what, e_ev, e_ev_small, e_vec, e_vec_small);
       mn_pca_free(m);
 
       /* Impossible fits say why. */
