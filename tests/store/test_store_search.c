@@ -448,9 +448,12 @@ static void test_metrics(void **state) {
   for (int m = 0; m < 3; m++) {
     mn_collection_opts co = coll_opts(names[m], 48, metrics[m], MN_DTYPE_F32);
     ST_OK(mn_store_collection_create(s, &co, NULL));
-    fill(s, names[m], &d[m], 20000, 48, metrics[m], MN_DTYPE_F32, 100 + m, NULL,
+    /* 20k memories for the inner product (every filter), 8k for the
+     * other metrics (the ranking paths). */
+    int64_t n = m == 0 ? 20000 : 8000;
+    fill(s, names[m], &d[m], n, 48, metrics[m], MN_DTYPE_F32, 100 + m, NULL,
          48);
-    delete_some(s, names[m], &d[m], 7 + m, 700);
+    delete_some(s, names[m], &d[m], 7 + m, (int)(n / 30));
     run_suite(s, names[m], &d[m], 1000 + m, m == 0);
   }
   /* Reopen with an L2 budget of three chunks: most chunks stay on disk,
@@ -460,7 +463,7 @@ static void test_metrics(void **state) {
   ST_OK(mn_store_open(&o, &s));
   mn_store_stats st;
   mn_store_get_stats(s, &st);
-  assert_true(st.chunks[MN_TIER_DISK] >= 50);
+  assert_true(st.chunks[MN_TIER_DISK] >= 30);
   assert_true(st.chunks[MN_TIER_HOST] <= 3);
   assert_true(st.used[MN_TIER_HOST] <= o.l2_budget);
   for (int m = 0; m < 3; m++)
