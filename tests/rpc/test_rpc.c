@@ -232,6 +232,10 @@ static void test_positional_params(void **state) {
   json_t *rep;
   fx_ok(f, "{\"jsonrpc\":\"2.0\",\"method\":\"health\",\"id\":1}", &rep);
   json_decref(rep);
+  fx_ok(f,
+        "{\"jsonrpc\":\"2.0\",\"method\":\"health\",\"id\":1,\"params\":null}",
+        &rep);
+  json_decref(rep);
   fx_err(f, "{\"jsonrpc\":\"2.0\",\"method\":\"processEmbeddings\",\"id\":1}",
          MN_RPC_INVALID_PARAMS, "params.embeddings is required");
   fx_free(f);
