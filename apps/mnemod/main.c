@@ -5,16 +5,19 @@
  * given with --config, MNEMO_* environment variables, command-line flags.
  * Logs are JSON lines on stderr.
  *
- * DESIGN: SIGINT and SIGTERM are blocked in every thread (the mask is set
- * before any thread starts) and taken by one thread with sigwait(), which
- * asks the server to stop; a second signal skips what is left of the
- * drain. The main thread runs the server's loop.
+ * DESIGN: the SIGINT / SIGTERM handler only writes the signal number to a
+ * pipe (async-signal-safe, and correct whichever thread takes the signal:
+ * libraries such as OpenBLAS start threads before main, so masking signals
+ * cannot cover them all). A small thread reads the pipe and asks the
+ * server to stop; a second signal skips what is left of the drain. The
+ * main thread runs the server's loop.
  */
 #define _GNU_SOURCE
 #include "mnemo.h"
 #include "mnemo/server.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <lws_config.h>
 #include <pthread.h>
@@ -157,13 +160,27 @@ static int make_dirs(const char *path) {
 static pthread_mutex_t srv_lock = PTHREAD_MUTEX_INITIALIZER;
 static mn_server *running_server;
 
+static int sig_pipe[2] = {-1, -1};
+
+static void on_signal(int sig) {
+  int saved = errno;
+  unsigned char b = (unsigned char)sig;
+  ssize_t n = write(sig_pipe[1], &b, 1);
+  (void)n;
+  errno = saved;
+}
+
 static void *signal_main(void *arg) {
-  sigset_t *set = arg;
+  (void)arg;
   int count = 0;
   for (;;) {
-    int sig = 0;
-    if (sigwait(set, &sig) != 0)
+    unsigned char b;
+    ssize_t n = read(sig_pipe[0], &b, 1);
+    if (n < 0 && errno == EINTR)
       continue;
+    if (n <= 0)
+      return NULL;
+    int sig = b;
     count++;
     say(MN_LOG_INFO, "received %s%s", sig == SIGTERM ? "SIGTERM" : "SIGINT",
         count == 1 ? "; draining (send again to stop at once)"
@@ -282,14 +299,18 @@ int main(int argc, char **argv) {
   }
   mn_log_set_level(level);
 
-  /* Signals are taken by one thread; block them before any other starts
-   * (the backend, the engine and the server all start threads). */
-  static sigset_t sigs;
-  sigemptyset(&sigs);
-  sigaddset(&sigs, SIGINT);
-  sigaddset(&sigs, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &sigs, NULL);
   signal(SIGPIPE, SIG_IGN);
+  if (pipe2(sig_pipe, O_CLOEXEC) != 0) {
+    say(MN_LOG_ERROR, "cannot create the signal pipe: %s", strerror(errno));
+    return 1;
+  }
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_signal;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = SA_RESTART;
+  sigaction(SIGINT, &sa, NULL);
+  sigaction(SIGTERM, &sa, NULL);
   raise_fd_limit();
 
   if (make_dirs(cfg.data_dir) != 0) {
@@ -345,7 +366,7 @@ int main(int argc, char **argv) {
   running_server = srv;
   pthread_mutex_unlock(&srv_lock);
   pthread_t sig_thread;
-  if (pthread_create(&sig_thread, NULL, signal_main, &sigs) == 0)
+  if (pthread_create(&sig_thread, NULL, signal_main, NULL) == 0)
     pthread_detach(sig_thread);
   else
     say(MN_LOG_WARN, "cannot start the signal thread; SIGTERM will kill "

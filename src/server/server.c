@@ -175,8 +175,33 @@ static int refuse(mn_server *s, struct lws *wsi, unsigned status,
   MN__LOGW("server", "refused a WebSocket from %s: %s", peer, why);
   if (s->metrics)
     mn_metrics_connection_refused(s->metrics);
-  lws_return_http_status(wsi, status, why);
-  return 1; /* headers sent; lws ends the transaction */
+  /* Written by hand: at this point lws would answer "HTTP/1.0", which
+   * some WebSocket clients (Python websockets) reject as malformed
+   * instead of reporting the status. */
+  const char *text = status == HTTP_STATUS_UNAUTHORIZED ? "Unauthorized"
+                     : status == HTTP_STATUS_FORBIDDEN  ? "Forbidden"
+                                                        : "Service Unavailable";
+  unsigned char buf[LWS_PRE + 1024];
+  char *p = (char *)buf + LWS_PRE;
+  int n = snprintf(p, sizeof buf - LWS_PRE,
+                   "HTTP/1.1 %u %s\r\n"
+                   "Server: mnemod\r\n"
+                   "Content-Type: text/plain; charset=utf-8\r\n"
+                   "Content-Length: %zu\r\n"
+                   "%s"
+                   "Connection: close\r\n"
+                   "\r\n"
+                   "%s\n",
+                   status, text, strlen(why) + 1,
+                   status == HTTP_STATUS_UNAUTHORIZED
+                       ? "WWW-Authenticate: Bearer\r\n"
+                       : "",
+                   why);
+  if (n < 0 || (size_t)n >= sizeof buf - LWS_PRE)
+    return -1;
+  if (lws_write(wsi, (unsigned char *)p, (size_t)n, LWS_WRITE_HTTP) < 0)
+    return -1;
+  return 1; /* answered; lws ends the transaction */
 }
 
 /* Compare without leaking where the first difference is. */

@@ -157,10 +157,17 @@ static void run_job(mn__pool *p, mn__job *j, mn_rpc_reply *reply) {
     int64_t wait_ms = mn__conn_rate_take(j->conn, n, per_min);
     if (wait_ms > 0) {
       char msg[256], data[128];
-      snprintf(msg, sizeof msg,
-               "rate limit exceeded: at most %lld requests per minute per "
-               "connection (server.rate_limit); retry in %lld ms",
-               (long long)per_min, (long long)wait_ms);
+      if (n > per_min)
+        snprintf(msg, sizeof msg,
+                 "rate limit exceeded: this batch holds %lld requests but "
+                 "server.rate_limit allows %lld per minute per connection; "
+                 "send smaller batches",
+                 (long long)n, (long long)per_min);
+      else
+        snprintf(msg, sizeof msg,
+                 "rate limit exceeded: at most %lld requests per minute per "
+                 "connection (server.rate_limit); retry in %lld ms",
+                 (long long)per_min, (long long)wait_ms);
       snprintf(data, sizeof data,
                "{\"retry_after_ms\":%lld,\"limit_per_minute\":%lld,"
                "\"requests\":%lld}",
