@@ -19,6 +19,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <malloc.h>
 #include <lws_config.h>
 #include <pthread.h>
 #include <signal.h>
@@ -300,6 +301,12 @@ int main(int argc, char **argv) {
   mn_log_set_level(level);
 
   signal(SIGPIPE, SIG_IGN);
+  /* Messages and replies are buffers of 100 KB to 100 MB allocated on one
+   * thread and freed on another. glibc's defaults hand such blocks back to
+   * the kernel on free and fault them in again on the next request; keep
+   * them instead (the per-connection limits bound how much is held). */
+  mallopt(M_MMAP_THRESHOLD, 256 * 1024 * 1024);
+  mallopt(M_TRIM_THRESHOLD, 512 * 1024 * 1024);
   if (pipe2(sig_pipe, O_CLOEXEC) != 0) {
     say(MN_LOG_ERROR, "cannot create the signal pipe: %s", strerror(errno));
     return 1;
