@@ -110,9 +110,12 @@ static int http_respond(struct lws *wsi, pss *ps, unsigned status,
 static int http_route(mn_server *s, struct lws *wsi, pss *ps,
                       const char *uri) {
   if (lws_hdr_total_length(wsi, WSI_TOKEN_GET_URI) <= 0) {
-    static const char msg[] = "only GET is served here\n";
-    return http_respond(wsi, ps, HTTP_STATUS_METHOD_NOT_ALLOWED,
-                        "text/plain; charset=utf-8", msg, sizeof msg - 1);
+    /* Answered at once, headers and body in one write: a request with a
+     * body would otherwise hold back the writeable callback. */
+    if (lws_return_http_status(wsi, HTTP_STATUS_METHOD_NOT_ALLOWED,
+                               "only GET is served here"))
+      return -1;
+    return lws_http_transaction_completed(wsi) ? -1 : 0;
   }
   if (!strcmp(uri, "/health")) {
     char *doc = mn_rpc_health_json(s->rpc);

@@ -94,7 +94,7 @@ class Server:
         except urllib.error.HTTPError as e:
             return e.code, e.headers, e.read()
 
-    def signal(self, sig=signal.SIGTERM):
+    def send_signal(self, sig=signal.SIGTERM):
         self.proc.send_signal(sig)
 
     def stop(self, sig=signal.SIGTERM, timeout=20):

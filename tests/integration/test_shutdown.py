@@ -44,7 +44,7 @@ def test_sigterm_drains_requests_in_flight(start_server):
             while bytes_received(srv) - base < total:
                 assert time.time() - t0 < 20, "requests never arrived"
                 await asyncio.sleep(0.01)
-            srv.signal(signal.SIGTERM)
+            srv.send_signal(signal.SIGTERM)
             await asyncio.sleep(0.05)
             ready = srv.http("/ready")
             refused = None
@@ -80,5 +80,5 @@ def test_sigterm_drains_requests_in_flight(start_server):
 
 def test_sigint_on_an_idle_server_exits_0(start_server):
     srv = start_server({})
-    srv.signal(signal.SIGINT)
+    srv.send_signal(signal.SIGINT)
     assert srv.proc.wait(10) == 0
