@@ -99,8 +99,9 @@ async def main():
     ap.add_argument("--port", type=int, default=3101)
     a = ap.parse_args()
     async with websockets.serve(serve, a.host, a.port, subprotocols=["mcp"],
-                                max_size=None, compression=None):
-        print(f"py_server listening on ws://{a.host}:{a.port}", flush=True)
+                                max_size=None, compression=None) as srv:
+        port = srv.sockets[0].getsockname()[1]  # a.port may be 0
+        print(f"py_server listening on ws://{a.host}:{port}", flush=True)
         await asyncio.Future()
 
 
