@@ -189,7 +189,7 @@ typedef struct jparser {
   int depth, max_depth;
   mn__jerr *err;
   int failed;
-  jstack items, mems, nums;
+  jstack items, mems, nums, divs; /* divs: pending 10^n per number */
 } jparser;
 
 static void *stack_push(jparser *P, jstack *st) {
@@ -271,8 +271,31 @@ static double strtod_c(const char *s) {
   return c_loc ? strtod_l(s, NULL, c_loc) : strtod(s, NULL);
 }
 
-/* Parse a JSON number at P->p. Returns 0 and advances on success. */
-static int parse_number(jparser *P, double *out, int *is_int) {
+/* Eight ASCII digits at p as a number (SWAR), or -1 when they are not all
+ * digits. */
+static inline int64_t parse8(const char *p) {
+  uint64_t v;
+  memcpy(&v, p, 8);
+  uint64_t lo = v - 0x3030303030303030ull;
+  uint64_t hi = v + 0x4646464646464646ull; /* > '9' sets the top bit */
+  if ((lo | hi) & 0x8080808080808080ull)
+    return -1;
+  lo = lo * 10 + (lo >> 8);
+  lo = (((lo & 0x000000ff000000ffull) * (100 + (1000000ull << 32))) +
+        (((lo >> 16) & 0x000000ff000000ffull) * (1 + (10000ull << 32)))) >>
+       32;
+  return (int64_t)lo;
+}
+
+/* Parse a JSON number at P->p. Returns 0 and advances on success. With
+ * `defer` set, a value that needs a division by 10^n (n in 1..22) comes
+ * back undivided with *defer = n: the caller divides a whole array in one
+ * tight loop, where the divisions overlap instead of stalling the
+ * parser. */
+static int parse_number(jparser *P, double *out, int *is_int,
+                        int8_t *defer) {
+  if (defer)
+    *defer = 0;
   const char *p = P->p, *start = p, *end = P->end;
   int neg = 0;
   if (p < end && *p == '-') {
@@ -284,8 +307,10 @@ static int parse_number(jparser *P, double *out, int *is_int) {
     set_err(P, p, "expected a digit after '-', found %s", found(P, p, b, 24));
     return -1;
   }
+  /* Up to 19 digits go into m (leading zeros of a fraction count: that
+   * only sends more numbers to the slow path). */
   uint64_t m = 0;
-  int digits = 0, dropped = 0, exp10 = 0;
+  int nd = 0, dropped = 0, inexact = 0, exp10 = 0;
   if (*p == '0') {
     p++;
     if (p < end && (unsigned)(*p - '0') <= 9) {
@@ -293,10 +318,18 @@ static int parse_number(jparser *P, double *out, int *is_int) {
       return -1;
     }
   } else {
+    while (nd <= 11 && end - p >= 8) {
+      int64_t v8 = parse8(p);
+      if (v8 < 0)
+        break;
+      m = m * 100000000u + (uint64_t)v8;
+      nd += 8;
+      p += 8;
+    }
     while (p < end && (unsigned)(*p - '0') <= 9) {
-      if (digits < 19) {
+      if (nd < 19) {
         m = m * 10 + (uint64_t)(*p - '0');
-        digits += (m != 0);
+        nd++;
       } else {
         dropped++;
       }
@@ -314,13 +347,24 @@ static int parse_number(jparser *P, double *out, int *is_int) {
               found(P, p, b, 24));
       return -1;
     }
+    if (dropped)
+      inexact = 1;
+    while (nd <= 11 && end - p >= 8) {
+      int64_t v8 = parse8(p);
+      if (v8 < 0)
+        break;
+      m = m * 100000000u + (uint64_t)v8;
+      nd += 8;
+      frac += 8;
+      p += 8;
+    }
     while (p < end && (unsigned)(*p - '0') <= 9) {
-      if (digits < 19) {
+      if (nd < 19) {
         m = m * 10 + (uint64_t)(*p - '0');
-        digits += (m != 0);
+        nd++;
         frac++;
       } else if (*p != '0') {
-        dropped = -1000000; /* inexact: take the slow path */
+        inexact = 1;
       }
       p++;
     }
@@ -346,21 +390,25 @@ static int parse_number(jparser *P, double *out, int *is_int) {
     }
     exp10 = eneg ? -e : e;
   }
+  int dropped_fast = inexact ? -1 : dropped;
   P->p = p;
-  int e = exp10 - frac + (dropped > 0 ? dropped : 0);
-  if (dropped >= 0 && m <= (1ull << 53)) {
+  int e = exp10 - frac + dropped;
+  if (dropped_fast == 0 && m <= (1ull << 53)) {
     double d = (double)m;
     if (m == 0) {
       *out = neg ? -0.0 : 0.0;
       return 0;
     }
-    if (e >= 0 && e <= 22 && dropped == 0) {
+    if (e >= 0 && e <= 22) {
       d *= pow10_exact[e];
       *out = neg ? -d : d;
       return 0;
     }
     if (e < 0 && e >= -22) {
-      d /= pow10_exact[-e];
+      if (defer)
+        *defer = (int8_t)-e;
+      else
+        d /= pow10_exact[-e];
       *out = neg ? -d : d;
       return 0;
     }
@@ -661,6 +709,16 @@ static int parse_string(jparser *P, const char **out, uint32_t *out_len,
 
 static int parse_value(jparser *P, mn__jv *v);
 
+/* Apply the divisions parse_number deferred, for nums[from..]. */
+static void finish_divs(jparser *P, size_t from) {
+  double *d = (double *)P->nums.p;
+  const int8_t *q = (const int8_t *)P->divs.p;
+  for (size_t i = from; i < P->nums.len; i++)
+    if (q[i])
+      d[i] /= pow10_exact[q[i]];
+  memset((int8_t *)P->divs.p + from, 0, P->divs.len - from);
+}
+
 static int expect_lit(jparser *P, const char *lit, size_t n) {
   if ((size_t)(P->end - P->p) < n || memcmp(P->p, lit, n) != 0) {
     char b[24];
@@ -692,18 +750,22 @@ static int parse_array(jparser *P, mn__jv *v) {
     if (packed && vs < P->end && (*vs == '-' || (unsigned)(*vs - '0') <= 9)) {
       double d;
       int is_int;
-      if (parse_number(P, &d, &is_int))
+      int8_t dv;
+      if (parse_number(P, &d, &is_int, &dv))
         return -1;
       double *slot = stack_push(P, &P->nums);
-      if (!slot) {
+      int8_t *ds = stack_push(P, &P->divs);
+      if (!slot || !ds) {
         oom(P);
         return -1;
       }
       *slot = d;
+      *ds = dv;
     } else {
       if (packed) {
         /* Unpack the numbers read so far into items. */
         packed = 0;
+        finish_divs(P, base_nums);
         for (size_t i = base_nums; i < P->nums.len; i++) {
           mn__jv *it = stack_push(P, &P->items);
           if (!it) {
@@ -719,6 +781,7 @@ static int parse_array(jparser *P, mn__jv *v) {
                           : 0;
         }
         P->nums.len = base_nums;
+        P->divs.len = base_nums;
       }
       mn__jv item;
       if (parse_value(P, &item))
@@ -753,6 +816,7 @@ static int parse_array(jparser *P, mn__jv *v) {
   v->type = MN__J_ARR;
   v->n = count;
   if (packed) {
+    finish_divs(P, base_nums);
     v->flags = MN__JF_PACKED;
     size_t bytes = (size_t)count * sizeof(double);
     v->u.nums = mn__arena_alloc(P->a, bytes);
@@ -762,6 +826,7 @@ static int parse_array(jparser *P, mn__jv *v) {
     }
     memcpy(v->u.nums, (double *)P->nums.p + base_nums, bytes);
     P->nums.len = base_nums;
+    P->divs.len = base_nums;
   } else {
     v->flags = 0;
     size_t bytes = (size_t)count * sizeof(mn__jv);
@@ -895,7 +960,7 @@ static int parse_value(jparser *P, mn__jv *v) {
     if (*start == '-' || (unsigned)(*start - '0') <= 9) {
       int is_int;
       v->type = MN__J_NUM;
-      rc = parse_number(P, &v->u.num, &is_int);
+      rc = parse_number(P, &v->u.num, &is_int, NULL);
       if (is_int)
         v->flags = MN__JF_INT;
     } else {
@@ -917,6 +982,7 @@ mn__jv *mn__json_parse(mn__arena *a, const char *text, size_t len,
   P.items.elem = sizeof(mn__jv);
   P.mems.elem = sizeof(mn__jmember);
   P.nums.elem = sizeof(double);
+  P.divs.elem = 1;
   mn__jv *root = mn__arena_alloc(a, sizeof *root);
   if (!root) {
     snprintf(err->msg, sizeof err->msg, "out of memory");
@@ -940,6 +1006,7 @@ mn__jv *mn__json_parse(mn__arena *a, const char *text, size_t len,
   free(P.items.p);
   free(P.mems.p);
   free(P.nums.p);
+  free(P.divs.p);
   return rc ? NULL : root;
 }
 
@@ -1094,6 +1161,28 @@ static void p10_init(void) {
 
 static inline double p10(int k) { return p10_tab[k + 60]; }
 
+static const uint64_t pow10_u64[20] = {
+    1ull,
+    10ull,
+    100ull,
+    1000ull,
+    10000ull,
+    100000ull,
+    1000000ull,
+    10000000ull,
+    100000000ull,
+    1000000000ull,
+    10000000000ull,
+    100000000000ull,
+    1000000000000ull,
+    10000000000000ull,
+    100000000000000ull,
+    1000000000000000ull,
+    10000000000000000ull,
+    100000000000000000ull,
+    1000000000000000000ull,
+    10000000000000000000ull};
+
 static const char digits2[] = "00010203040506070809"
                               "10111213141516171819"
                               "20212223242526272829"
@@ -1105,29 +1194,32 @@ static const char digits2[] = "00010203040506070809"
                               "80818283848586878889"
                               "90919293949596979899";
 
-/* Decimal digits of m (m > 0) into o; returns the count. */
+/* Decimal digits of m (m > 0) into o; returns the count. The count is
+ * found first, so the digits go straight to their places, two at a time. */
 static int utoa_digits(uint64_t m, char *o) {
-  char t[24];
-  int n = 0;
+  int n = 1;
+  while (n < 20 && m >= pow10_u64[n])
+    n++;
+  char *e = o + n;
   while (m >= 100) {
     unsigned r = (unsigned)(m % 100);
     m /= 100;
-    t[n++] = digits2[2 * r + 1];
-    t[n++] = digits2[2 * r];
+    e -= 2;
+    memcpy(e, digits2 + 2 * r, 2);
   }
   if (m >= 10) {
-    t[n++] = digits2[2 * m + 1];
-    t[n++] = digits2[2 * m];
+    e -= 2;
+    memcpy(e, digits2 + 2 * m, 2);
   } else {
-    t[n++] = (char)('0' + m);
+    *--e = (char)('0' + m);
   }
-  for (int i = 0; i < n; i++)
-    o[i] = t[n - 1 - i];
   return n;
 }
 
-/* Write m * 10^q (m > 0) the way JavaScript prints numbers: plain for
- * decimal exponents in [-6, 21), otherwise d.ddde+-x. At most 22 bytes. */
+/* Write m * 10^q (m > 0) much as JavaScript prints numbers: plain for
+ * decimal exponents in [-6, 16), otherwise d.ddde+-x, so that a big
+ * integral value never looks like an integer too large for int64
+ * parsers. At most 22 bytes. */
 static size_t fmt_decimal(char *o, int neg, uint64_t m, int q) {
   while (m % 10 == 0) {
     m /= 10;
@@ -1139,7 +1231,7 @@ static size_t fmt_decimal(char *o, int neg, uint64_t m, int q) {
   size_t k = 0;
   if (neg)
     o[k++] = '-';
-  if (x >= -6 && x < 21) {
+  if (x >= -6 && x < 16) {
     if (q >= 0) {
       memcpy(o + k, d, (size_t)n);
       k += (size_t)n;
@@ -1179,21 +1271,33 @@ static size_t fmt_decimal(char *o, int neg, uint64_t m, int q) {
   return k;
 }
 
-/* Does m * 10^q lie strictly inside (lo, hi), with a margin that covers
- * the rounding of the double arithmetic? */
-static inline int inside(uint64_t m, int q, double lo, double hi) {
-  double y = q >= 0 ? (double)m * p10(q) : (double)m / p10(-q);
-  double eps = y * 0x1p-49;
-  return y > lo + eps && y < hi - eps;
-}
 
+/*
+ * Shortest round-trip decimal of a float32, in integers.
+ *
+ * Scale the value and the interval of reals that round to it (halfway to
+ * each neighbour) by 10^k so the value has 9 digits before the point: 9
+ * significant digits always identify a float32, and the interval is then at
+ * least 6 units wide. The double arithmetic is exact to about 1e-7 units,
+ * so the interval is shrunk by 1e-5 units and every integer left inside is
+ * a decimal that reads back as the float. The most trailing zeros any of
+ * them has gives the shortest form (if no multiple of 10^j fits, no
+ * multiple of 10^(j+1) does); among those, the one nearest the value.
+ * The interval is taken open, so a decimal lying exactly halfway to a
+ * neighbour (which would read back by ties-to-even) is not used: then the
+ * result is longer than the shortest (rare: large integers and exact
+ * binary fractions).
+ */
 size_t mn__fmt_f32(char *out, float f) {
-  if (!isfinite(f)) {
+  uint32_t bits;
+  memcpy(&bits, &f, 4);
+  uint32_t mag = bits & 0x7fffffffu;
+  if (mag >= 0x7f800000u) {
     memcpy(out, "null", 4);
     return 4;
   }
-  if (f == 0.0f) {
-    if (signbit(f)) {
+  if (mag == 0) {
+    if (bits >> 31) {
       memcpy(out, "-0.0", 4);
       return 4;
     }
@@ -1201,52 +1305,66 @@ size_t mn__fmt_f32(char *out, float f) {
     return 1;
   }
   pthread_once(&p10_once, p10_init);
-  int neg = f < 0;
-  float a = neg ? -f : f;
+  int neg = (int)(bits >> 31);
+  float a, up, dn;
+  uint32_t ub = mag + 1, db = mag - 1;
+  memcpy(&a, &mag, 4);
+  memcpy(&up, &ub, 4);
+  memcpy(&dn, &db, 4);
   double v = a;
-  /* The interval of decimals that read back as a. */
-  float up = nextafterf(a, INFINITY), dn = nextafterf(a, 0.0f);
-  double hi = isfinite(up) ? ((double)a + (double)up) * 0.5
-                           : v + ((double)a - (double)dn) * 0.5;
+  double hi = ub < 0x7f800000u ? ((double)a + (double)up) * 0.5
+                               : v + (v - (double)dn) * 0.5;
   double lo = ((double)a + (double)dn) * 0.5;
-  int e2;
-  frexp(v, &e2);
-  int e10 = (int)floor((e2 - 1) * 0.30102999566398120);
+  /* Decimal exponent: estimate from the binary one (78913 / 2^18 is
+   * log10(2)), then correct. */
+  int e2 = (int)(mag >> 23) - 127;
+  if ((mag >> 23) == 0) /* subnormal */
+    e2 = -127 - __builtin_clz(mag) + 9;
+  int e10 = (e2 * 78913) >> 18;
   if (v >= p10(e10 + 1))
     e10++;
-  /* 9 significant digits always suffice for float32; find the fewest.
-   * A d-digit grid is a subset of the (d+1)-digit grid, so once no point
-   * of a grid falls inside the interval, no coarser grid's will. */
-  uint64_t best_m = 0;
-  int best_q = 0;
-  for (int d = 9; d >= 1; d--) {
-    int q = e10 - d + 1;
-    double s = q >= 0 ? v / p10(q) : v * p10(-q);
-    uint64_t m = (uint64_t)nearbyint(s);
-    int ok = 0;
-    if (inside(m, q, lo, hi)) {
-      ok = 1;
-    } else if (m > 0 && inside(m - 1, q, lo, hi)) {
-      m = m - 1;
-      ok = 1;
-    } else if (inside(m + 1, q, lo, hi)) {
-      m = m + 1;
-      ok = 1;
-    }
-    if (!ok) {
-      if (d == 9) {
-        /* Never expected; fall back to exact printf. */
-        char b[32];
-        int n = snprintf(b, sizeof b, "%.9g", (double)f);
-        memcpy(out, b, (size_t)n);
-        return (size_t)n;
-      }
-      break;
-    }
-    best_m = m;
-    best_q = q;
+  else if (v < p10(e10))
+    e10--;
+  int k = 8 - e10;
+  double sc = p10(k);
+  double vs = v * sc;
+  double los = lo * sc + 1e-5, his = hi * sc - 1e-5;
+  /* Integers strictly inside; all below 2^32 (vs < 10^9). */
+  uint32_t L = (uint32_t)los + 1;
+  uint32_t H = (uint32_t)his;
+  if ((double)H == his)
+    H--;
+  if (L > H) {
+    /* Not expected; printf is exact. */
+    char b[32];
+    int n = snprintf(b, sizeof b, "%.9g", (double)f);
+    memcpy(out, b, (size_t)n);
+    return (size_t)n;
   }
-  return fmt_decimal(out, neg, best_m, best_q);
+  /* Constant divisors, so each step is a multiplication. */
+  int j = 0;
+#define MN__STEP(P)                                                            \
+  if ((L + (P)-1) / (P) * (P) > H)                                             \
+    goto found;                                                                \
+  j++;
+  MN__STEP(10u)
+  MN__STEP(100u)
+  MN__STEP(1000u)
+  MN__STEP(10000u)
+  MN__STEP(100000u)
+  MN__STEP(1000000u)
+  MN__STEP(10000000u)
+  MN__STEP(100000000u)
+  MN__STEP(1000000000u)
+#undef MN__STEP
+found:;
+  uint64_t p = pow10_u64[j];
+  uint64_t r = (uint64_t)(vs * p10(-j) + 0.5) * p;
+  if (r < L)
+    r = ((uint64_t)L + p - 1) / p * p;
+  if (r > H)
+    r = H / p * p;
+  return fmt_decimal(out, neg, r / p, j - k);
 }
 
 size_t mn__fmt_f64(char *out, double d) {

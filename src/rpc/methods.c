@@ -28,6 +28,10 @@
 #define MNEMO_VERSION_STRING "0.0.0"
 #endif
 
+/* J(...) expands the schema macros below, then turns the tokens into a
+ * string. true and false must reach it as words, not stdbool's 1 and 0. */
+#undef true
+#undef false
 #define J(...) J_(__VA_ARGS__)
 #define J_(...) #__VA_ARGS__
 
@@ -709,15 +713,14 @@ static int h_metrics(mn__call *c, const mn__jv *p, mn__jw *w) {
     const mn__jv *v2 = mj ? mn__json_parse(c->a, mj, strlen(mj), 64, &e)
                           : NULL;
     if (v2 && v2->type == MN__J_OBJ) {
-      static const char *const taken[] = {"memory", "hpc", "pca_models",
-                                          "uptime_s"};
       for (uint32_t i = 0; i < v2->n; i++) {
-        int clash = 0;
-        for (size_t t = 0; t < sizeof taken / sizeof taken[0]; t++)
-          clash |= strcmp(v2->u.mem[i].key, taken[t]) == 0;
-        if (clash)
+        const char *k = v2->u.mem[i].key;
+        /* The registry's per-tier figures would collide with the seed's
+         * "memory"; they come as "tiers". Its uptime is ours. */
+        if (strcmp(k, "uptime_s") == 0 || strcmp(k, "hpc") == 0 ||
+            strcmp(k, "pca_models") == 0 || strcmp(k, "tiers") == 0)
           continue;
-        mn__jw_key(w, v2->u.mem[i].key);
+        mn__jw_key(w, strcmp(k, "memory") == 0 ? "tiers" : k);
         mn__jw_value(w, &v2->u.mem[i].val);
       }
     } else if (mj) {

@@ -286,8 +286,13 @@ static int check(sctx *x, const mn__jv *s, const mn__jv *v, int quiet,
     if (req && req->type == MN__J_ARR) {
       for (uint32_t i = 0; i < req->n; i++) {
         const mn__jv *k = &req->u.items[i];
-        if (k->type == MN__J_STR && !mn__jobj_get(v, k->u.str)) {
-          size_t old = path_push_key(x, k->u.str);
+        char key[128];
+        if (k->type != MN__J_STR || k->n >= sizeof key)
+          continue;
+        memcpy(key, k->u.str, k->n);
+        key[k->n] = '\0';
+        if (!mn__jobj_get(v, key)) {
+          size_t old = path_push_key(x, key);
           int rc = fail(x, quiet, "is required but missing");
           path_pop(x, old);
           return rc;
