@@ -72,13 +72,10 @@ test-asan:
 bench: deps-bench build
 	/usr/bin/python3 bench/run_bench.py --build $(BUILD)
 
+# Foreground, port $(PORT), data in $(DATA_DIR); Ctrl-C drains and stops.
 run: build
 	@mkdir -p $(DATA_DIR)
-	@if [ -x $(BUILD)/bin/mnemod ]; then \
-	  exec $(BUILD)/bin/mnemod --port $(PORT) --data-dir $(DATA_DIR); \
-	else \
-	  echo "libmnemo is built; the mnemod server arrives with issue 3."; \
-	fi
+	exec $(BUILD)/bin/mnemod --port $(PORT) --data-dir $(DATA_DIR)
 
 format:
 	clang-format -i $$(git ls-files '*.c' '*.h' '*.cu' '*.cuh')
