@@ -13,7 +13,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-static void md(mn__jw *w, const char *s) { mn__jw_bytes(w, s, strlen(s)); }
+static void md(mn__jw *w, const char *s) {
+  mn__jw_bytes(w, s, strlen(s));
+}
 
 static void mdf(mn__jw *w, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));

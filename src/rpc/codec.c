@@ -41,22 +41,24 @@ static const char b64_chars[] =
 /* Value of each byte in base64, 255 = not in the alphabet. '-' and '_'
  * (base64url) are accepted as well. */
 static const uint8_t b64_val[256] = {
-    255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255,
-    255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255,
-    255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255,  62, 255,  62, 255,  63,
-     52,  53,  54,  55,  56,  57,  58,  59,  60,  61, 255, 255, 255, 255, 255, 255,
-    255,   0,   1,   2,   3,   4,   5,   6,   7,   8,   9,  10,  11,  12,  13,  14,
-     15,  16,  17,  18,  19,  20,  21,  22,  23,  24,  25, 255, 255, 255, 255,  63,
-    255,  26,  27,  28,  29,  30,  31,  32,  33,  34,  35,  36,  37,  38,  39,  40,
-     41,  42,  43,  44,  45,  46,  47,  48,  49,  50,  51, 255, 255, 255, 255, 255,
-    255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255,
-    255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255,
-    255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255,
-    255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255,
-    255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255,
-    255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255,
-    255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255,
-    255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255,
+    255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255,
+    255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255,
+    255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 62,  255,
+    62,  255, 63,  52,  53,  54,  55,  56,  57,  58,  59,  60,  61,  255, 255,
+    255, 255, 255, 255, 255, 0,   1,   2,   3,   4,   5,   6,   7,   8,   9,
+    10,  11,  12,  13,  14,  15,  16,  17,  18,  19,  20,  21,  22,  23,  24,
+    25,  255, 255, 255, 255, 63,  255, 26,  27,  28,  29,  30,  31,  32,  33,
+    34,  35,  36,  37,  38,  39,  40,  41,  42,  43,  44,  45,  46,  47,  48,
+    49,  50,  51,  255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255,
+    255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255,
+    255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255,
+    255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255,
+    255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255,
+    255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255,
+    255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255,
+    255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255,
+    255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255,
+    255,
 };
 
 size_t mn__b64_encode(const uint8_t *in, size_t n, char *out) {
@@ -222,8 +224,7 @@ static int f32obj_row(mn__call *c, const mn__jv *o, float *dst,
   for (uint32_t i = 0; i < n; i++) {
     const mn__jmember *m = &o->u.mem[i];
     uint64_t idx = 0;
-    int ok = m->klen > 0 && m->klen <= 10 &&
-             (m->klen == 1 || m->key[0] != '0');
+    int ok = m->klen > 0 && m->klen <= 10 && (m->klen == 1 || m->key[0] != '0');
     for (uint32_t k = 0; ok && k < m->klen; k++) {
       unsigned d = (unsigned)(m->key[k] - '0');
       if (d > 9)
@@ -249,15 +250,15 @@ static int f32obj_row(mn__call *c, const mn__jv *o, float *dst,
     }
     if (seen) {
       if (seen[idx])
-        return mn__fail(c, MN_RPC_INVALID_PARAMS,
-                        "%s has the key \"%s\" twice", where, m->key);
+        return mn__fail(c, MN_RPC_INVALID_PARAMS, "%s has the key \"%s\" twice",
+                        where, m->key);
       seen[idx] = 1;
     }
     if (m->val.type != MN__J_NUM) {
       char b[96];
       return mn__fail(c, MN_RPC_INVALID_PARAMS,
-                      "%s[\"%s\"] is %s; every element must be a number",
-                      where, m->key, mn__jv_brief(&m->val, b, sizeof b));
+                      "%s[\"%s\"] is %s; every element must be a number", where,
+                      m->key, mn__jv_brief(&m->val, b, sizeof b));
     }
     float f = (float)m->val.u.num;
     if (!isfinite(f)) {
@@ -328,8 +329,7 @@ static int decode_json(mn__call *c, const mn__jv *v, const char *path,
                         path, (long long)r, row->n, (long long)cols);
       if (!(row->flags & MN__JF_PACKED))
         return not_numbers(c, row, path, r, 0);
-      int rc = row_from_doubles(c, row->u.nums, d + r * cols, cols, path, r,
-                                0);
+      int rc = row_from_doubles(c, row->u.nums, d + r * cols, cols, path, r, 0);
       if (rc)
         return rc;
     }
@@ -378,12 +378,11 @@ static int parse_in_dtype(const mn__jv *v, in_dtype *dt, int *esize) {
     const char *name;
     in_dtype dt;
     int size;
-  } names[] = {{"float32", IN_F32, 4},  {"f32", IN_F32, 4},
-               {"fp32", IN_F32, 4},     {"float16", IN_F16, 2},
-               {"f16", IN_F16, 2},      {"fp16", IN_F16, 2},
-               {"bfloat16", IN_BF16, 2}, {"bf16", IN_BF16, 2},
-               {"float64", IN_F64, 8},  {"f64", IN_F64, 8},
-               {"fp64", IN_F64, 8}};
+  } names[] = {
+      {"float32", IN_F32, 4},   {"f32", IN_F32, 4},   {"fp32", IN_F32, 4},
+      {"float16", IN_F16, 2},   {"f16", IN_F16, 2},   {"fp16", IN_F16, 2},
+      {"bfloat16", IN_BF16, 2}, {"bf16", IN_BF16, 2}, {"float64", IN_F64, 8},
+      {"f64", IN_F64, 8},       {"fp64", IN_F64, 8}};
   for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
     if (mn__jstr_eq(v, names[i].name)) {
       *dt = names[i].dt;
@@ -441,16 +440,16 @@ static int decode_typed(mn__call *c, const mn__jv *v, const char *path,
     double d = shape->u.nums[i];
     if (!(d >= 1 && d <= 1e12 && d == floor(d)))
       return mn__fail(c, MN_RPC_INVALID_PARAMS,
-                      "%s.shape[%u] must be a positive integer; got %g",
-                      path, i, d);
+                      "%s.shape[%u] must be a positive integer; got %g", path,
+                      i, d);
     dims[i] = (int64_t)d;
   }
   int64_t rows = shape->n == 2 ? dims[0] : 1;
   int64_t cols = shape->n == 2 ? dims[1] : dims[0];
   if (rows > MN__MAX_ELEMS / cols)
     return mn__fail(c, MN_RPC_INVALID_PARAMS,
-                    "%s.shape [%lld, %lld] is too large", path,
-                    (long long)rows, (long long)cols);
+                    "%s.shape [%lld, %lld] is too large", path, (long long)rows,
+                    (long long)cols);
   size_t need = (size_t)(rows * cols) * (size_t)esize;
   const uint8_t *src = NULL;
   uint8_t *decoded = NULL;
@@ -495,10 +494,9 @@ static int decode_typed(mn__call *c, const mn__jv *v, const char *path,
                       path);
     const mn__jv *off = mn__jobj_get(buffer, "offset");
     const mn__jv *len = mn__jobj_get(buffer, "length");
-    if (buffer->type != MN__J_OBJ || !off || !len ||
-        off->type != MN__J_NUM || len->type != MN__J_NUM ||
-        off->u.num < 0 || len->u.num < 0 || off->u.num != floor(off->u.num) ||
-        len->u.num != floor(len->u.num))
+    if (buffer->type != MN__J_OBJ || !off || !len || off->type != MN__J_NUM ||
+        len->type != MN__J_NUM || off->u.num < 0 || len->u.num < 0 ||
+        off->u.num != floor(off->u.num) || len->u.num != floor(len->u.num))
       return mn__fail(c, MN_RPC_INVALID_PARAMS,
                       "%s.buffer must be {\"offset\": <bytes from the start "
                       "of the payload>, \"length\": <bytes>} with "
@@ -527,8 +525,8 @@ static int decode_typed(mn__call *c, const mn__jv *v, const char *path,
   float *d = mn__arena_alloc(c->a, (size_t)(rows * cols) * sizeof(float));
   if (!d)
     return mn__fail(c, MN_RPC_RESOURCE_ERROR,
-                    "out of memory for %lld x %lld embeddings",
-                    (long long)rows, (long long)cols);
+                    "out of memory for %lld x %lld embeddings", (long long)rows,
+                    (long long)cols);
   size_t n = (size_t)(rows * cols);
   switch (dt) {
   case IN_F32:
@@ -601,8 +599,7 @@ int mn__tensor_decode(mn__call *c, const mn__jv *v, const char *path,
     }
     if (v->n == 0)
       return mn__fail(c, MN_RPC_INVALID_PARAMS,
-                      "%s is an empty object: send at least one vector",
-                      path);
+                      "%s is an empty object: send at least one vector", path);
   }
   return mn__fail(c, MN_RPC_INVALID_PARAMS, "%s must be %s; got %s", path,
                   accepted_forms, mn__jv_brief(v, b, sizeof b));
@@ -611,7 +608,9 @@ int mn__tensor_decode(mn__call *c, const mn__jv *v, const char *path,
 /* ------------------------------------------------------------------------
  * Encoding
  * ---------------------------------------------------------------------- */
-static const char *dtype_wire_name(mn_dtype dt) { return mn_dtype_name(dt); }
+static const char *dtype_wire_name(mn_dtype dt) {
+  return mn_dtype_name(dt);
+}
 
 /* One row as a JSON array written straight into the buffer. */
 static void json_row(mn__jw *w, const mn_tensor *t, int64_t r) {

@@ -237,8 +237,7 @@ static void oom(jparser *P) {
 
 static inline void skip_ws(jparser *P) {
   const char *p = P->p;
-  while (p < P->end &&
-         (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t'))
+  while (p < P->end && (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t'))
     p++;
   P->p = p;
 }
@@ -262,7 +261,9 @@ static const double pow10_exact[23] = {
 static locale_t c_loc;
 static pthread_once_t c_loc_once = PTHREAD_ONCE_INIT;
 
-static void c_loc_init(void) { c_loc = newlocale(LC_ALL_MASK, "C", 0); }
+static void c_loc_init(void) {
+  c_loc = newlocale(LC_ALL_MASK, "C", 0);
+}
 
 /* strtod that always reads '.' as the decimal point, whatever the
  * application's locale. */
@@ -292,8 +293,7 @@ static inline int64_t parse8(const char *p) {
  * back undivided with *defer = n: the caller divides a whole array in one
  * tight loop, where the divisions overlap instead of stalling the
  * parser. */
-static int parse_number(jparser *P, double *out, int *is_int,
-                        int8_t *defer) {
+static int parse_number(jparser *P, double *out, int *is_int, int8_t *defer) {
   if (defer)
     *defer = 0;
   const char *p = P->p, *start = p, *end = P->end;
@@ -343,8 +343,7 @@ static int parse_number(jparser *P, double *out, int *is_int,
     *is_int = 0;
     if (p >= end || (unsigned)(*p - '0') > 9) {
       char b[24];
-      set_err(P, p, "expected a digit after '.', found %s",
-              found(P, p, b, 24));
+      set_err(P, p, "expected a digit after '.', found %s", found(P, p, b, 24));
       return -1;
     }
     if (dropped)
@@ -500,9 +499,9 @@ static const char *scan_plain(const char *p, const char *end) {
     __m128i v = _mm_loadu_si128((const __m128i *)p);
     /* Signed compare: bytes >= 0x80 are negative, so one test catches
      * control characters and non-ASCII together. */
-    __m128i m = _mm_or_si128(
-        _mm_or_si128(_mm_cmpeq_epi8(v, q), _mm_cmpeq_epi8(v, bs)),
-        _mm_cmplt_epi8(v, sp));
+    __m128i m =
+        _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(v, q), _mm_cmpeq_epi8(v, bs)),
+                     _mm_cmplt_epi8(v, sp));
     int mask = _mm_movemask_epi8(m);
     if (mask)
       return p + __builtin_ctz((unsigned)mask);
@@ -554,8 +553,9 @@ static int parse_string(jparser *P, const char **out, uint32_t *out_len,
     if (ch >= 0x80) {
       int k = utf8_seq((const unsigned char *)p, (const unsigned char *)end);
       if (!k) {
-        set_err(P, p, "invalid UTF-8 byte 0x%02x in a string: text must be "
-                      "UTF-8",
+        set_err(P, p,
+                "invalid UTF-8 byte 0x%02x in a string: text must be "
+                "UTF-8",
                 ch);
         return -1;
       }
@@ -681,8 +681,9 @@ static int parse_string(jparser *P, const char **out, uint32_t *out_len,
     if (ch >= 0x80) {
       int k = utf8_seq((const unsigned char *)p, (const unsigned char *)end);
       if (!k) {
-        set_err(P, p, "invalid UTF-8 byte 0x%02x in a string: text must be "
-                      "UTF-8",
+        set_err(P, p,
+                "invalid UTF-8 byte 0x%02x in a string: text must be "
+                "UTF-8",
                 ch);
         return -1;
       }
@@ -692,8 +693,9 @@ static int parse_string(jparser *P, const char **out, uint32_t *out_len,
       continue;
     }
     if (ch < 0x20) {
-      set_err(P, p, "control character 0x%02x inside a string must be "
-                    "escaped",
+      set_err(P, p,
+              "control character 0x%02x inside a string must be "
+              "escaped",
               ch);
       return -1;
     }
@@ -977,8 +979,12 @@ static int parse_value(jparser *P, mn__jv *v) {
 mn__jv *mn__json_parse(mn__arena *a, const char *text, size_t len,
                        int max_depth, mn__jerr *err) {
   memset(err, 0, sizeof *err);
-  jparser P = {.s = text, .p = text, .end = text + len, .a = a,
-               .max_depth = max_depth > 0 ? max_depth : 1, .err = err};
+  jparser P = {.s = text,
+               .p = text,
+               .end = text + len,
+               .a = a,
+               .max_depth = max_depth > 0 ? max_depth : 1,
+               .err = err};
   P.items.elem = sizeof(mn__jv);
   P.mems.elem = sizeof(mn__jmember);
   P.nums.elem = sizeof(double);
@@ -1027,8 +1033,7 @@ char *mn__json_join_literals(mn__arena *a, const char *text) {
       }
       if (ch == '"') {
         size_t j = i + 1;
-        while (j < n && (text[j] == ' ' || text[j] == '\n' ||
-                         text[j] == '\t'))
+        while (j < n && (text[j] == ' ' || text[j] == '\n' || text[j] == '\t'))
           j++;
         if (j < n && text[j] == '"') {
           i = j; /* "ab" "cd" -> "abcd": stay inside the string */
@@ -1159,29 +1164,30 @@ static void p10_init(void) {
   }
 }
 
-static inline double p10(int k) { return p10_tab[k + 60]; }
+static inline double p10(int k) {
+  return p10_tab[k + 60];
+}
 
-static const uint64_t pow10_u64[20] = {
-    1ull,
-    10ull,
-    100ull,
-    1000ull,
-    10000ull,
-    100000ull,
-    1000000ull,
-    10000000ull,
-    100000000ull,
-    1000000000ull,
-    10000000000ull,
-    100000000000ull,
-    1000000000000ull,
-    10000000000000ull,
-    100000000000000ull,
-    1000000000000000ull,
-    10000000000000000ull,
-    100000000000000000ull,
-    1000000000000000000ull,
-    10000000000000000000ull};
+static const uint64_t pow10_u64[20] = {1ull,
+                                       10ull,
+                                       100ull,
+                                       1000ull,
+                                       10000ull,
+                                       100000ull,
+                                       1000000ull,
+                                       10000000ull,
+                                       100000000ull,
+                                       1000000000ull,
+                                       10000000000ull,
+                                       100000000000ull,
+                                       1000000000000ull,
+                                       10000000000000ull,
+                                       100000000000000ull,
+                                       1000000000000000ull,
+                                       10000000000000000ull,
+                                       100000000000000000ull,
+                                       1000000000000000000ull,
+                                       10000000000000000000ull};
 
 static const char digits2[] = "00010203040506070809"
                               "10111213141516171819"
@@ -1270,7 +1276,6 @@ static size_t fmt_decimal(char *o, int neg, uint64_t m, int q) {
   }
   return k;
 }
-
 
 /*
  * Shortest round-trip decimal of a float32, in integers.
@@ -1463,7 +1468,9 @@ static inline void sep(mn__jw *w) {
   w->first[w->depth] = 0;
 }
 
-void mn__jw_value_begin(mn__jw *w) { sep(w); }
+void mn__jw_value_begin(mn__jw *w) {
+  sep(w);
+}
 
 static void open_level(mn__jw *w, char c, int obj) {
   sep(w);
@@ -1477,8 +1484,12 @@ static void open_level(mn__jw *w, char c, int obj) {
   }
 }
 
-void mn__jw_obj(mn__jw *w) { open_level(w, '{', 1); }
-void mn__jw_arr(mn__jw *w) { open_level(w, '[', 0); }
+void mn__jw_obj(mn__jw *w) {
+  open_level(w, '{', 1);
+}
+void mn__jw_arr(mn__jw *w) {
+  open_level(w, '[', 0);
+}
 
 void mn__jw_obj_end(mn__jw *w) {
   put_c(w, '}');
@@ -1497,8 +1508,8 @@ static const char hexd[] = "0123456789abcdef";
 void mn__jw_escape(mn__jw *w, const char *s, size_t n) {
   const unsigned char *p = (const unsigned char *)s, *end = p + n;
   while (p < end) {
-    const unsigned char *q = (const unsigned char *)scan_plain((const char *)p,
-                                                               (const char *)end);
+    const unsigned char *q =
+        (const unsigned char *)scan_plain((const char *)p, (const char *)end);
     if (q > p)
       mn__jw_bytes(w, p, (size_t)(q - p));
     p = q;
@@ -1560,7 +1571,9 @@ void mn__jw_strn(mn__jw *w, const char *s, size_t n) {
   put_c(w, '"');
 }
 
-void mn__jw_str(mn__jw *w, const char *s) { mn__jw_strn(w, s, strlen(s)); }
+void mn__jw_str(mn__jw *w, const char *s) {
+  mn__jw_strn(w, s, strlen(s));
+}
 
 void mn__jw_strf(mn__jw *w, const char *fmt, ...) {
   char b[1024];

@@ -49,67 +49,72 @@
                     "\"shape\", \"buffer\": {\"offset\", \"length\"}} "        \
                     "naming bytes of the payload. dtype is float32, float16, " \
                     "bfloat16 or float64. Values must be finite.",             \
-    "anyOf" : [                                                                \
-      {"type" : "array", "items" : {"type" : "number"}, "minItems" : 1},       \
-      {                                                                        \
-        "type" : "array",                                                      \
-        "items" : {"type" : [ "array", "object" ]},                            \
-        "minItems" : 1                                                         \
-      },                                                                       \
-      {                                                                        \
-        "type" : "object",                                                     \
-        "properties" : {                                                       \
-          "dtype" : {"enum" : [ "float32", "float16", "bfloat16", "float64" ]},\
-          "shape" : {                                                          \
+                    "anyOf"                                                    \
+        : [                                                                    \
+          {"type" : "array", "items" : {"type" : "number"}, "minItems" : 1}, { \
             "type" : "array",                                                  \
-            "items" : {"type" : "integer", "minimum" : 1},                     \
-            "minItems" : 1,                                                    \
-            "maxItems" : 2                                                     \
+            "items" : {"type" : [ "array", "object" ]},                        \
+            "minItems" : 1                                                     \
           },                                                                   \
-          "data" : {"type" : "string"},                                        \
-          "buffer" : {                                                         \
+          {                                                                    \
             "type" : "object",                                                 \
             "properties" : {                                                   \
-              "offset" : {"type" : "integer", "minimum" : 0},                  \
-              "length" : {"type" : "integer", "minimum" : 0}                   \
+              "dtype" :                                                        \
+                  {"enum" : [ "float32", "float16", "bfloat16", "float64" ]},  \
+              "shape" : {                                                      \
+                "type" : "array",                                              \
+                "items" : {"type" : "integer", "minimum" : 1},                 \
+                "minItems" : 1,                                                \
+                "maxItems" : 2                                                 \
+              },                                                               \
+              "data" : {"type" : "string"},                                    \
+              "buffer" : {                                                     \
+                "type" : "object",                                             \
+                "properties" : {                                               \
+                  "offset" : {"type" : "integer", "minimum" : 0},              \
+                  "length" : {"type" : "integer", "minimum" : 0}               \
+                },                                                             \
+                "required" : [ "offset", "length" ]                            \
+              }                                                                \
             },                                                                 \
-            "required" : [ "offset", "length" ]                                \
-          }                                                                    \
-        },                                                                     \
-        "required" : [ "dtype", "shape" ]                                      \
-      },                                                                       \
-      {"type" : "object", "additionalProperties" : {"type" : "number"}}        \
-    ]                                                                          \
+            "required" : [ "dtype", "shape" ]                                  \
+          },                                                                   \
+          {"type" : "object", "additionalProperties" : {"type" : "number"}}    \
+        ]                                                                      \
   }
 
 #define TENSOR_OUT                                                             \
   {                                                                            \
-    "description" : "The result in the request's encoding (or "               \
+    "description" : "The result in the request's encoding (or "                \
                     "options.encoding): nested arrays of numbers, or "         \
                     "{dtype, shape, data} (base64), or {dtype, shape, "        \
                     "buffer} (binary frame).",                                 \
-    "anyOf" : [                                                                \
-      {"type" : "array"}, {                                                    \
-        "type" : "object",                                                     \
-        "properties" : {                                                       \
-          "dtype" : {"type" : "string"},                                       \
-          "shape" : {"type" : "array", "items" : {"type" : "integer"}},        \
-          "data" : {"type" : "string"},                                        \
-          "buffer" : {"type" : "object"}                                       \
-        },                                                                     \
-        "required" : [ "dtype", "shape" ]                                      \
-      }                                                                        \
-    ]                                                                          \
+                    "anyOf"                                                    \
+        : [                                                                    \
+          {"type" : "array"}, {                                                \
+            "type" : "object",                                                 \
+            "properties" : {                                                   \
+              "dtype" : {"type" : "string"},                                   \
+              "shape" : {"type" : "array", "items" : {"type" : "integer"}},    \
+              "data" : {"type" : "string"},                                    \
+              "buffer" : {"type" : "object"}                                   \
+            },                                                                 \
+            "required" : [ "dtype", "shape" ]                                  \
+          }                                                                    \
+        ]                                                                      \
   }
 
 #define NAME_SCHEMA(desc)                                                      \
   {                                                                            \
-    "type" : "string", "minLength" : 1, "maxLength" : 64,                      \
-    "pattern" : "^[A-Za-z0-9_.-]{1,64}$", "description" : desc                 \
+    "type" : "string",                                                         \
+             "minLength" : 1,                                                  \
+             "maxLength" : 64,                                                 \
+             "pattern" : "^[A-Za-z0-9_.-]{1,64}$",                             \
+                         "description" : desc                                  \
   }
 
 #define NO_PARAMS                                                              \
-  {"type" : "object", "properties" : {}, "additionalProperties" : false}
+  { "type" : "object", "properties" : {}, "additionalProperties" : false }
 
 /* ------------------------------------------------------------------------
  * Small helpers
@@ -174,9 +179,9 @@ static int check_budget(mn__call *c, int64_t need, const char *what) {
  * ---------------------------------------------------------------------- */
 typedef struct pe_plan {
   int normalize;
-  int64_t k;              /* components, 0 = no PCA */
+  int64_t k;                 /* components, 0 = no PCA */
   const mn_pca_model *model; /* borrowed from the store, or NULL */
-  mn_pca_model view;      /* the model cut to k components */
+  mn_pca_model view;         /* the model cut to k components */
   char model_name[65];
   int whiten;
   mn_quant_kind quant;
@@ -304,8 +309,8 @@ static int plan_reduction(mn__call *c, const mn__jv *o, const mn__tin *in,
                     "this batch of %lld rows can have at most %lld "
                     "components: send more rows, or fit a model with fitPCA "
                     "and pass %s.options.pca_model",
-                    R, (long long)k, (long long)in->rows,
-                    (long long)in->rows, R);
+                    R, (long long)k, (long long)in->rows, (long long)in->rows,
+                    R);
   pl->k = k;
   pl->whiten = get_bool(wh, 0);
   return 0;
@@ -336,15 +341,15 @@ static int plan_quant(mn__call *c, const mn__jv *o, pe_plan *pl) {
   }
   if (bits) {
     int b = (int)bits->u.num;
-    mn_quant_kind from_bits = b == 8    ? MN_QUANT_INT8
-                              : b == 4  ? MN_QUANT_INT4
-                              : b == 1  ? MN_QUANT_BINARY
-                                        : MN_QUANT_FP16;
+    mn_quant_kind from_bits = b == 8   ? MN_QUANT_INT8
+                              : b == 4 ? MN_QUANT_INT4
+                              : b == 1 ? MN_QUANT_BINARY
+                                       : MN_QUANT_FP16;
     if (q && q->type == MN__J_STR) {
       int kb = kind == MN_QUANT_INT8 || kind == MN_QUANT_INT8_AFFINE ? 8
-               : kind == MN_QUANT_INT4                                ? 4
-               : kind == MN_QUANT_BINARY                              ? 1
-                                                                      : 16;
+               : kind == MN_QUANT_INT4                               ? 4
+               : kind == MN_QUANT_BINARY                             ? 1
+                                                                     : 16;
       if (kb != b)
         return mn__fail(c, MN_RPC_INVALID_PARAMS,
                         "%s.options.quantization_bits is %d but %s.options."
@@ -452,8 +457,8 @@ static int h_process(mn__call *c, const mn__jv *p, mn__jw *w) {
     mn__jw_obj(w);
     mn__jw_kdouble(w, "processing_time", res.processing_ms);
     mn__jw_kint(w, "dimensions", res.out.cols);
-    mn__jw_kstr(w, "device", res.device[0] ? res.device
-                                           : mn_backend_device(c->r->backend));
+    mn__jw_kstr(w, "device",
+                res.device[0] ? res.device : mn_backend_device(c->r->backend));
     mn__jw_kint(w, "count", res.out.rows);
     mn__jw_kstr(w, "dtype", mn_dtype_name(res.out.dtype));
     mn__jw_kint(w, "zero_rows", res.zero_rows);
@@ -710,8 +715,7 @@ static int h_metrics(mn__call *c, const mn__jv *p, mn__jw *w) {
   if (r->metrics) {
     char *mj = mn_metrics_json(r->metrics);
     mn__jerr e;
-    const mn__jv *v2 = mj ? mn__json_parse(c->a, mj, strlen(mj), 64, &e)
-                          : NULL;
+    const mn__jv *v2 = mj ? mn__json_parse(c->a, mj, strlen(mj), 64, &e) : NULL;
     if (v2 && v2->type == MN__J_OBJ) {
       for (uint32_t i = 0; i < v2->n; i++) {
         const char *k = v2->u.mem[i].key;
@@ -819,8 +823,8 @@ const mn__method mn__methods[] = {
                 },
                 "quantization" : {
                   "enum" : [
-                    true, false, "int8", "int8_affine", "int4", "fp16",
-                    "bf16", "binary"
+                    true, false, "int8", "int8_affine", "int4", "fp16", "bf16",
+                    "binary"
                   ],
                   "description" : "true = int8. int8 and int4: symmetric "
                                   "codes with one scale per row (in "
@@ -912,8 +916,9 @@ const mn__method mn__methods[] = {
                 "total_explained_variance" : {"type" : "number"},
                 "chatId" : {"type" : "string"}
               },
-              "required" :
-                  [ "processing_time", "dimensions", "device", "count", "dtype" ]
+              "required" : [
+                "processing_time", "dimensions", "device", "count", "dtype"
+              ]
             }
           },
           "required" : [ "processed", "metadata" ]
@@ -934,7 +939,7 @@ const mn__method mn__methods[] = {
           "id" : 1,
           "result" : {
             "processed" : [ [ 95, 127, 0, 0 ], [ 0, 0, 95, 127 ] ],
-            "scales" : [ 0.006299213, 0.006299213 ],
+            "scales" : [ 0.0062992126, 0.0062992126 ],
             "metadata" : {
               "processing_time" : 0.012,
               "dimensions" : 4,
@@ -1028,7 +1033,7 @@ const mn__method mn__methods[] = {
             "n_samples" : 4,
             "whiten" : false,
             "explained_variance_ratio" : [ 0.5714286, 0.2857143 ],
-            "total_explained_variance" : 0.8571428656578064,
+            "total_explained_variance" : 0.8571428954601288,
             "replaced" : false
           }
         }),
@@ -1076,7 +1081,7 @@ const mn__method mn__methods[] = {
               "n_components" : 2,
               "n_samples" : 4,
               "whiten" : false,
-              "total_explained_variance" : 0.8571428656578064,
+              "total_explained_variance" : 0.8571428954601288,
               "created" : 1767225600.123
             } ],
             "count" : 1
@@ -1344,8 +1349,13 @@ const mn__method mn__methods[] = {
           "result" : {
             "protocolVersion" : "2025-06-18",
             "capabilities" : {"tools" : {"listChanged" : false}},
-            "serverInfo" : {"name" : "mnemo", "version" : "0.1.0"},
-            "instructions" : "mnemo processes embedding vectors."
+            "serverInfo" : {
+              "name" : "mnemo",
+              "title" : "mnemo memory server",
+              "version" : "0.1.0"
+            },
+            "instructions" :
+                "mnemo processes embedding vectors for AI memory. ..."
           }
         }),
     },
@@ -1358,10 +1368,8 @@ const mn__method mn__methods[] = {
                        "notification: nothing is sent back.",
         .input_schema = J({"type" : "object"}),
         .output_schema = J({"type" : "object"}),
-        .example_request = J({
-          "jsonrpc" : "2.0",
-          "method" : "notifications/initialized"
-        }),
+        .example_request =
+            J({"jsonrpc" : "2.0", "method" : "notifications/initialized"}),
         .example_reply = NULL,
     },
     {
@@ -1442,10 +1450,8 @@ const mn__method mn__methods[] = {
             "error -32602.",
         .input_schema = J({
           "type" : "object",
-          "properties" : {
-            "name" : {"type" : "string"},
-            "arguments" : {"type" : "object"}
-          },
+          "properties" :
+              {"name" : {"type" : "string"}, "arguments" : {"type" : "object"}},
           "required" : ["name"]
         }),
         .output_schema = J({
@@ -1473,10 +1479,8 @@ const mn__method mn__methods[] = {
           "method" : "tools/call",
           "params" : {
             "name" : "processEmbeddings",
-            "arguments" : {
-              "embeddings" : [ [ 3, 4 ] ],
-              "options" : {"normalize" : true}
-            }
+            "arguments" :
+                {"embeddings" : [[ 3, 4 ]], "options" : {"normalize" : true}}
           }
         }),
         .example_reply = J({
@@ -1488,7 +1492,7 @@ const mn__method mn__methods[] = {
               "text" : "{\"processed\":[[0.6,0.8]],\"metadata\":{...}}"
             } ],
             "structuredContent" : {
-              "processed" : [ [ 0.6, 0.8 ] ],
+              "processed" : [[ 0.6, 0.8 ]],
               "metadata" : {
                 "processing_time" : 0.004,
                 "dimensions" : 2,
@@ -1517,4 +1521,6 @@ const mn__method *mn__method_find(const char *name, size_t n) {
   return NULL;
 }
 
-ptrdiff_t mn__method_index(const mn__method *m) { return m - mn__methods; }
+ptrdiff_t mn__method_index(const mn__method *m) {
+  return m - mn__methods;
+}

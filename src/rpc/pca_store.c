@@ -44,8 +44,8 @@ struct mn__pca_store {
 bool mn__pca_name_ok(const char *name, size_t n) {
   if (n < 1 || n > 64)
     return false;
-  if ((n == 1 && name[0] == '.') || (n == 2 && name[0] == '.' &&
-                                     name[1] == '.'))
+  if ((n == 1 && name[0] == '.') ||
+      (n == 2 && name[0] == '.' && name[1] == '.'))
     return false;
   for (size_t i = 0; i < n; i++) {
     char ch = name[i];
@@ -63,13 +63,13 @@ static void entry_free(entry *e) {
   free(e);
 }
 
-static void path_of(const mn__pca_store *ps, const char *name,
-                    const char *ext, char *out, size_t n) {
+static void path_of(const mn__pca_store *ps, const char *name, const char *ext,
+                    char *out, size_t n) {
   snprintf(out, n, "%s/%s%s", ps->dir, name, ext);
 }
 
-static void read_sidecar(const mn__pca_store *ps, const char *name,
-                         int *whiten, double *created) {
+static void read_sidecar(const mn__pca_store *ps, const char *name, int *whiten,
+                         double *created) {
   char p[1200];
   path_of(ps, name, ".json", p, sizeof p);
   *whiten = 0;
@@ -304,8 +304,7 @@ mn_status mn__pca_store_delete(mn__pca_store *ps, const char *name,
   mn_status s = MN_OK;
   if (pp) {
     if (unlink(p) != 0 && errno != ENOENT) {
-      s = mn__set_error(MN_ERR_IO, "cannot delete %s: %s", p,
-                        strerror(errno));
+      s = mn__set_error(MN_ERR_IO, "cannot delete %s: %s", p, strerror(errno));
     } else {
       unlink(j);
       retire(ps, pp);

@@ -48,8 +48,8 @@ int mn__fail(mn__call *c, int code, const char *fmt, ...) {
   return code;
 }
 
-int mn__fail_data(mn__call *c, int code, const char *data_json,
-                  const char *fmt, ...) {
+int mn__fail_data(mn__call *c, int code, const char *data_json, const char *fmt,
+                  ...) {
   va_list ap;
   va_start(ap, fmt);
   vfail(c, code, data_json, fmt, ap);
@@ -93,8 +93,7 @@ int mn__fail_status(mn__call *c, mn_status s, const char *prefix) {
       if (mn_backend_memory_info(c->r->backend, &fr, &tot) == MN_OK)
         avail = (int64_t)fr;
     } else {
-      avail = (int64_t)c->r->config->cache_size -
-              mn_account_get(MN_TIER_HOST);
+      avail = (int64_t)c->r->config->cache_size - mn_account_get(MN_TIER_HOST);
       if (avail < 0)
         avail = 0;
     }
@@ -128,8 +127,9 @@ static mn_status mkdir_p(const char *path) {
   char buf[1100];
   size_t n = strlen(path);
   if (n == 0 || n >= sizeof buf)
-    return mn__set_error(MN_ERR_IO, "data directory '%s' is not usable: "
-                                    "empty or too long (storage.data_dir)",
+    return mn__set_error(MN_ERR_IO,
+                         "data directory '%s' is not usable: "
+                         "empty or too long (storage.data_dir)",
                          path);
   memcpy(buf, path, n + 1);
   for (size_t i = 1; i <= n; i++) {
@@ -177,10 +177,9 @@ mn_status mn__table_load(mn__arena *a, mn__table *t) {
       const mn__jv *v =
           txt ? mn__json_parse(a, txt, strlen(txt), 64, &e) : NULL;
       if (!v || v->type != MN__J_OBJ)
-        return mn__set_error(MN_ERR_INTERNAL,
-                             "the %s of %s is broken at byte %zu: %s",
-                             what[k], m->name, txt ? e.offset : 0,
-                             txt ? e.msg : "out of memory");
+        return mn__set_error(
+            MN_ERR_INTERNAL, "the %s of %s is broken at byte %zu: %s", what[k],
+            m->name, txt ? e.offset : 0, txt ? e.msg : "out of memory");
       *dst[k] = v;
     }
   }
@@ -208,8 +207,9 @@ mn_status mn_rpc_create(const mn_rpc_opts *opts, mn_rpc **out) {
   r->metrics = opts->metrics;
   r->started_ns = mn_time_ns();
   int64_t d = opts->config->max_json_depth;
-  r->max_depth = d <= 0 ? 64 : d > MN__HARD_MAX_DEPTH ? MN__HARD_MAX_DEPTH
-                                                       : (int)d;
+  r->max_depth = d <= 0                   ? 64
+                 : d > MN__HARD_MAX_DEPTH ? MN__HARD_MAX_DEPTH
+                                          : (int)d;
   mn_status s = mkdir_p(opts->config->data_dir);
   if (s == MN_OK)
     s = mn__table_load(&r->table_arena, &r->table);
@@ -241,7 +241,9 @@ mn_rpc_session *mn_rpc_session_new(mn_rpc *r, const char *peer) {
   return s;
 }
 
-void mn_rpc_session_free(mn_rpc_session *s) { free(s); }
+void mn_rpc_session_free(mn_rpc_session *s) {
+  free(s);
+}
 
 void mn_rpc_reply_free(mn_rpc_reply *r) {
   if (!r)
@@ -265,8 +267,8 @@ static void reply_begin(mn__jw *w, const mn__jv *id) {
     mn__jw_null(w);
 }
 
-static void write_error(mn__jw *w, const mn__jv *id, int code,
-                        const char *msg, const char *data) {
+static void write_error(mn__jw *w, const mn__jv *id, int code, const char *msg,
+                        const char *data) {
   reply_begin(w, id);
   mn__jw_key(w, "error");
   mn__jw_obj(w);
@@ -300,8 +302,7 @@ static void record(msg_ctx *m, const char *method, int code, uint64_t t0) {
                        (double)(mn_time_ns() - t0) * 1e-6);
 }
 
-static const mn__jv empty_obj = {.type = MN__J_OBJ, .src = "{}",
-                                 .src_len = 2};
+static const mn__jv empty_obj = {.type = MN__J_OBJ, .src = "{}", .src_len = 2};
 
 int mn__invoke(mn__call *c, const mn__method *m, const mn__jv *params,
                mn__jw *w) {
@@ -315,8 +316,8 @@ int mn__invoke(mn__call *c, const mn__method *m, const mn__jv *params,
   if (params->type != MN__J_OBJ) {
     char b[80];
     return mn__fail(c, MN_RPC_INVALID_PARAMS,
-                    "%s must be an object of named parameters; got %s",
-                    c->root, mn__jv_brief(params, b, sizeof b));
+                    "%s must be an object of named parameters; got %s", c->root,
+                    mn__jv_brief(params, b, sizeof b));
   }
   ptrdiff_t idx = mn__method_index(m);
   int rc = mn__schema_check(c, c->r->table.in[idx], params, c->root,
@@ -334,8 +335,9 @@ static void handle_request(msg_ctx *mc, const mn__jv *req, mn__jw *w,
   char msg[512];
   if (req->type != MN__J_OBJ) {
     if (req->type == MN__J_ARR)
-      snprintf(msg, sizeof msg, "a batch must not contain arrays: each "
-                                "member must be a request object");
+      snprintf(msg, sizeof msg,
+               "a batch must not contain arrays: each "
+               "member must be a request object");
     else
       snprintf(msg, sizeof msg, "a request must be a JSON object; got %s",
                mn__jv_brief(req, b, sizeof b));
@@ -377,8 +379,7 @@ static void handle_request(msg_ctx *mc, const mn__jv *req, mn__jw *w,
     snprintf(msg, sizeof msg, "\"method\" must be a string; got %s",
              mn__jv_brief(meth, b, sizeof b));
     bad = 1;
-  } else if (params && params->type != MN__J_OBJ &&
-             params->type != MN__J_ARR) {
+  } else if (params && params->type != MN__J_OBJ && params->type != MN__J_ARR) {
     snprintf(msg, sizeof msg,
              "\"params\" must be an object (parameters by name) when "
              "present; got %s",
@@ -508,8 +509,12 @@ void mn_rpc_handle(mn_rpc *r, mn_rpc_session *s, const void *msg, size_t len,
                    int binary, uint64_t deadline_ns, mn_rpc_reply *out) {
   memset(out, 0, sizeof *out);
   mn__arena arena = {0};
-  msg_ctx mc = {.r = r, .s = s, .a = &arena, .binary_in = binary != 0,
-                .deadline_ns = deadline_ns, .t0 = mn_time_ns()};
+  msg_ctx mc = {.r = r,
+                .s = s,
+                .a = &arena,
+                .binary_in = binary != 0,
+                .deadline_ns = deadline_ns,
+                .t0 = mn_time_ns()};
   mn__jw w;
   size_t guess = len + 512;
   mn__jw_init(&w, guess > ((size_t)64 << 20) ? (size_t)64 << 20 : guess);
@@ -526,8 +531,8 @@ void mn_rpc_handle(mn_rpc *r, mn_rpc_session *s, const void *msg, size_t len,
                len);
       goto parse_error;
     }
-    uint32_t n = (uint32_t)b[0] | (uint32_t)b[1] << 8 |
-                 (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24;
+    uint32_t n = (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 |
+                 (uint32_t)b[3] << 24;
     if ((size_t)n > len - 4) {
       snprintf(m, sizeof m,
                "the binary frame's header says its JSON part is %u bytes, "
@@ -709,8 +714,8 @@ char *mn_rpc_peek_id(const void *msg, size_t len, int binary) {
     if (len < 4)
       return NULL;
     const uint8_t *b = msg;
-    uint32_t n = (uint32_t)b[0] | (uint32_t)b[1] << 8 |
-                 (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24;
+    uint32_t n = (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 |
+                 (uint32_t)b[3] << 24;
     if ((size_t)n > len - 4)
       return NULL;
     p += 4;

@@ -64,15 +64,15 @@ typedef struct mn__jmember mn__jmember;
 struct mn__jv {
   uint8_t type;
   uint8_t flags;
-  uint32_t n;        /* string bytes, array items, object members */
-  const char *src;   /* the value's text in the message (NULL: synthesised) */
+  uint32_t n;      /* string bytes, array items, object members */
+  const char *src; /* the value's text in the message (NULL: synthesised) */
   size_t src_len;
   union {
     double num;
     int b;
     const char *str; /* not NUL-terminated in general: use n */
     mn__jv *items;
-    double *nums;    /* MN__JF_PACKED arrays */
+    double *nums; /* MN__JF_PACKED arrays */
     mn__jmember *mem;
   } u;
 };
@@ -205,7 +205,7 @@ struct mn_rpc {
   mn__pca_store *pca;
   uint64_t started_ns;
   int max_depth;
-  int active; /* requests being handled now (atomic) */
+  int active;            /* requests being handled now (atomic) */
   mn__arena table_arena; /* parsed schemas and examples of the table */
   mn__table table;
 };
@@ -213,8 +213,8 @@ struct mn_rpc {
 struct mn_rpc_session {
   mn_rpc *r;
   char peer[64];
-  int initialized;      /* notifications/initialized seen */
-  char protocol[16];    /* negotiated MCP version, "" before initialize */
+  int initialized;   /* notifications/initialized seen */
+  char protocol[16]; /* negotiated MCP version, "" before initialize */
   char client_name[64];
   char client_version[32];
 };
@@ -244,7 +244,7 @@ typedef struct mn__call {
   /* The error being reported, when a handler fails. */
   int err_code;
   char err_msg[1024];
-  char err_data[256]; /* JSON object text or "" */
+  char err_data[256];      /* JSON object text or "" */
   int64_t requested_bytes; /* the handler's estimate, for -32000 data */
 } mn__call;
 
@@ -280,8 +280,8 @@ ptrdiff_t mn__method_index(const mn__method *m);
 int mn__fail(mn__call *c, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 /** As mn__fail, with data (a JSON object text). */
-int mn__fail_data(mn__call *c, int code, const char *data_json,
-                  const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+int mn__fail_data(mn__call *c, int code, const char *data_json, const char *fmt,
+                  ...) __attribute__((format(printf, 4, 5)));
 /**
  * The one mapping from mn_status to a JSON-RPC error: MN_ERR_INVALID and
  * MN_ERR_RANGE -32602; NOMEM, DEVICE_OOM, RESOURCE -32000 with requested /
@@ -314,9 +314,9 @@ int mn__invoke(mn__call *c, const mn__method *m, const mn__jv *params,
 typedef struct mn__tin {
   float *data; /* arena memory, rows * cols, dense */
   int64_t rows, cols;
-  mn__enc enc;    /* how it came */
-  int one_d;      /* sent as one vector (1-D array, Float32Array object,
-                     shape [n]) */
+  mn__enc enc; /* how it came */
+  int one_d;   /* sent as one vector (1-D array, Float32Array object,
+                  shape [n]) */
 } mn__tin;
 
 /** Decode a tensor parameter into float32; -32602 naming `path` and the
@@ -324,8 +324,8 @@ typedef struct mn__tin {
 int mn__tensor_decode(mn__call *c, const mn__jv *v, const char *path,
                       mn__tin *out);
 /** Write tensor t (host) as a JSON value in the given encoding. */
-int mn__tensor_encode(mn__call *c, mn__jw *w, const mn_tensor *t,
-                      mn__enc enc, int one_d);
+int mn__tensor_encode(mn__call *c, mn__jw *w, const mn_tensor *t, mn__enc enc,
+                      int one_d);
 /** Base64 (standard alphabet, padded). */
 size_t mn__b64_encode(const uint8_t *in, size_t n, char *out);
 /** Returns the decoded length, or -1 (and *bad = offset) on bad input. */

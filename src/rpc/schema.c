@@ -262,11 +262,11 @@ static int check(sctx *x, const mn__jv *s, const mn__jv *v, int quiet,
     const mn__jv *mn = mn__jobj_get(s, "minItems");
     const mn__jv *mx = mn__jobj_get(s, "maxItems");
     if (mn && mn->type == MN__J_NUM && (double)v->n < mn->u.num)
-      return fail(x, quiet, "must have at least %.0f item%s; got %u",
-                  mn->u.num, mn->u.num == 1 ? "" : "s", v->n);
+      return fail(x, quiet, "must have at least %.0f item%s; got %u", mn->u.num,
+                  mn->u.num == 1 ? "" : "s", v->n);
     if (mx && mx->type == MN__J_NUM && (double)v->n > mx->u.num)
-      return fail(x, quiet, "must have at most %.0f items; got %u",
-                  mx->u.num, v->n);
+      return fail(x, quiet, "must have at most %.0f items; got %u", mx->u.num,
+                  v->n);
     const mn__jv *items = mn__jobj_get(s, "items");
     if (items && items->type == MN__J_OBJ) {
       mn__jv tmp;
@@ -312,13 +312,11 @@ static int check(sctx *x, const mn__jv *s, const mn__jv *v, int quiet,
       } else if (addl && addl->type == MN__J_BOOL && !addl->u.b) {
         char names[500] = "";
         size_t k = 0;
-        for (uint32_t j = 0; props && j < props->n && k < sizeof names;
-             j++)
+        for (uint32_t j = 0; props && j < props->n && k < sizeof names; j++)
           k += (size_t)snprintf(names + k, sizeof names - k, "%s%s",
                                 j ? ", " : "", props->u.mem[j].key);
         rc = fail(x, quiet, "is not a known parameter; expected %s%s",
-                  props && props->n ? "one of: " : "none",
-                  names);
+                  props && props->n ? "one of: " : "none", names);
       } else if (addl && addl->type == MN__J_OBJ) {
         rc = check(x, addl, &m->val, quiet, 0);
       }

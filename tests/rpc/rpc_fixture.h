@@ -31,13 +31,13 @@ typedef struct fx {
   mn_rpc_session *s;
 } fx;
 
-static void fx_rm_rf(const char *dir) {
+static inline void fx_rm_rf(const char *dir) {
   char cmd[600];
   snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
   assert_int_equal(system(cmd), 0);
 }
 
-static void fx_open_engine(fx *f) {
+static inline void fx_open_engine(fx *f) {
   mn_rpc_opts o = {.config = &f->cfg, .backend = f->b, .metrics = f->m};
   mn_status s = mn_rpc_create(&o, &f->r);
   if (s != MN_OK)
@@ -46,14 +46,14 @@ static void fx_open_engine(fx *f) {
   assert_non_null(f->s);
 }
 
-static void fx_close_engine(fx *f) {
+static inline void fx_close_engine(fx *f) {
   mn_rpc_session_free(f->s);
   mn_rpc_destroy(f->r);
   f->s = NULL;
   f->r = NULL;
 }
 
-static fx *fx_new_with(void (*tweak)(mn_config *)) {
+static inline fx *fx_new_with(void (*tweak)(mn_config *)) {
   fx *f = calloc(1, sizeof *f);
   assert_non_null(f);
   snprintf(f->dir, sizeof f->dir, "/tmp/mnemo-rpc-test-XXXXXX");
@@ -71,9 +71,11 @@ static fx *fx_new_with(void (*tweak)(mn_config *)) {
   return f;
 }
 
-static fx *fx_new(void) { return fx_new_with(NULL); }
+static inline fx *fx_new(void) {
+  return fx_new_with(NULL);
+}
 
-static void fx_free(fx *f) {
+static inline void fx_free(fx *f) {
   if (!f)
     return;
   fx_close_engine(f);
@@ -85,7 +87,8 @@ static void fx_free(fx *f) {
 
 /* Send a text message; the reply text (NUL-terminated, caller frees) or
  * NULL when nothing was sent back. */
-static char *fx_call_n(fx *f, const char *msg, size_t len, uint64_t deadline) {
+static inline char *fx_call_n(fx *f, const char *msg, size_t len,
+                              uint64_t deadline) {
   mn_rpc_reply rep;
   mn_rpc_handle(f->r, f->s, msg, len, 0, deadline, &rep);
   if (!rep.data)
@@ -99,11 +102,11 @@ static char *fx_call_n(fx *f, const char *msg, size_t len, uint64_t deadline) {
   return t;
 }
 
-static char *fx_call(fx *f, const char *msg) {
+static inline char *fx_call(fx *f, const char *msg) {
   return fx_call_n(f, msg, strlen(msg), 0);
 }
 
-static json_t *jparse(const char *text) {
+static inline json_t *jparse(const char *text) {
   json_error_t e;
   json_t *j = json_loads(text, JSON_DECODE_ANY, &e);
   if (!j)
@@ -112,7 +115,7 @@ static json_t *jparse(const char *text) {
 }
 
 /* A reply object holds exactly jsonrpc, id and one of result / error. */
-static void check_envelope(json_t *rep) {
+static inline void check_envelope(json_t *rep) {
   assert_true(json_is_object(rep));
   assert_string_equal(json_string_value(json_object_get(rep, "jsonrpc")),
                       "2.0");
@@ -133,7 +136,7 @@ static void check_envelope(json_t *rep) {
 }
 
 /* Call and expect one reply: the parsed reply (caller decrefs). */
-static json_t *fx_rpc(fx *f, const char *msg) {
+static inline json_t *fx_rpc(fx *f, const char *msg) {
   char *t = fx_call(f, msg);
   if (!t)
     fail_msg("no reply to %.200s", msg);
@@ -145,7 +148,7 @@ static json_t *fx_rpc(fx *f, const char *msg) {
 }
 
 /* The result of a call that must succeed (borrowed from *rep). */
-static json_t *fx_ok(fx *f, const char *msg, json_t **rep) {
+static inline json_t *fx_ok(fx *f, const char *msg, json_t **rep) {
   *rep = fx_rpc(f, msg);
   json_t *res = json_object_get(*rep, "result");
   if (!res) {
@@ -156,7 +159,8 @@ static json_t *fx_ok(fx *f, const char *msg, json_t **rep) {
 }
 
 /* A call that must fail with `code` and a message containing `needle`. */
-static void fx_err(fx *f, const char *msg, int code, const char *needle) {
+static inline void fx_err(fx *f, const char *msg, int code,
+                          const char *needle) {
   json_t *rep = fx_rpc(f, msg);
   json_t *e = json_object_get(rep, "error");
   if (!e) {
@@ -177,10 +181,10 @@ typedef struct sbuf {
   size_t len, cap;
 } sbuf;
 
-static void sb_add(sbuf *b, const char *fmt, ...)
+static inline void sb_add(sbuf *b, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
-static void sb_add(sbuf *b, const char *fmt, ...) {
+static inline void sb_add(sbuf *b, const char *fmt, ...) {
   va_list ap;
   for (;;) {
     va_start(ap, fmt);
@@ -202,7 +206,8 @@ static void sb_add(sbuf *b, const char *fmt, ...) {
 }
 
 /* Append rows x cols floats as nested JSON arrays (%.9g: exact float32). */
-static void sb_matrix(sbuf *b, const float *x, int64_t rows, int64_t cols) {
+static inline void sb_matrix(sbuf *b, const float *x, int64_t rows,
+                             int64_t cols) {
   sb_add(b, "[");
   for (int64_t r = 0; r < rows; r++) {
     sb_add(b, r ? ",[" : "[");
@@ -215,14 +220,14 @@ static void sb_matrix(sbuf *b, const float *x, int64_t rows, int64_t cols) {
 
 /* Deterministic random floats in [-1, 1). */
 static uint64_t fx_rng = 0x9e3779b97f4a7c15ull;
-static float frand(void) {
+static inline float frand(void) {
   fx_rng ^= fx_rng << 13;
   fx_rng ^= fx_rng >> 7;
   fx_rng ^= fx_rng << 17;
   return (float)((double)(fx_rng >> 11) * 0x1p-53 * 2.0 - 1.0);
 }
 
-static float *rand_matrix(int64_t rows, int64_t cols) {
+static inline float *rand_matrix(int64_t rows, int64_t cols) {
   float *x = malloc((size_t)(rows * cols) * sizeof(float));
   assert_non_null(x);
   for (int64_t i = 0; i < rows * cols; i++)
@@ -254,7 +259,7 @@ static inline int64_t read_matrix(json_t *a, double *out, int64_t cols) {
 
 /* Double-precision reference of L2 normalisation. */
 static inline void ref_normalize(const float *x, double *y, int64_t rows,
-                          int64_t cols) {
+                                 int64_t cols) {
   for (int64_t r = 0; r < rows; r++) {
     double s = 0;
     for (int64_t c = 0; c < cols; c++)

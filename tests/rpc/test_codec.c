@@ -41,8 +41,8 @@ static int sig_digits(const char *s, size_t n) {
   }
   /* Trailing zeros of an integer written out in full are not
    * significant. */
-  for (size_t i = n; i-- > 0 && s[i] == '0' && !memchr(s, '.', n) &&
-                     !memchr(s, 'e', n);)
+  for (size_t i = n;
+       i-- > 0 && s[i] == '0' && !memchr(s, '.', n) && !memchr(s, 'e', n);)
     d--;
   return d;
 }
@@ -68,8 +68,8 @@ static void check_f32(float f) {
     double up = ((double)af + (double)nextafterf(af, INFINITY)) / 2;
     double dn = ((double)af + (double)nextafterf(af, 0.0f)) / 2;
     if (d != up && d != dn)
-      fail_msg("%.9g printed as %s (%d digits); %d digits suffice",
-               (double)f, o, mine, ref);
+      fail_msg("%.9g printed as %s (%d digits); %d digits suffice", (double)f,
+               o, mine, ref);
   }
   /* A JSON number: jansson reads it. */
   json_error_t e;
@@ -80,11 +80,11 @@ static void check_f32(float f) {
 }
 
 static void test_fmt_f32(void **state) {
-  const float fixed[] = {0.0f,    1.0f,     -1.0f,   0.1f,    0.5f,
-                         1e-7f,   1e-6f,    1.5e-6f, 1e20f,   1e21f,
-                         9.99e20f, 123456789.0f, 3.0e-45f, 1.4e-45f,
-                         FLT_MIN, FLT_MAX, -FLT_MAX, 16777216.0f, 0.3f,
-                         2.0f / 3, 1.0f / 3, 8388608.5f, 1e10f, 33554432.0f};
+  const float fixed[] = {
+      0.0f,     1.0f,     -1.0f,    0.1f,       0.5f,     1e-7f,
+      1e-6f,    1.5e-6f,  1e20f,    1e21f,      9.99e20f, 123456789.0f,
+      3.0e-45f, 1.4e-45f, FLT_MIN,  FLT_MAX,    -FLT_MAX, 16777216.0f,
+      0.3f,     2.0f / 3, 1.0f / 3, 8388608.5f, 1e10f,    33554432.0f};
   for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++)
     check_f32(fixed[i]);
   /* Powers of two: the interval below is half the one above. */
@@ -182,14 +182,33 @@ static void check_array(char **nums, int n) {
 }
 
 static void test_parse_numbers(void **state) {
-  const char *fixed[] = {
-      "0", "-0", "1", "-1", "0.5", "1e3", "1E+3", "1e-3", "-12.5e3",
-      "123456789012345678", "9007199254740993", "18446744073709551616",
-      "123456789012345678901234567890", "0.1000000000000000055511151231257827",
-      "1e22", "1e23", "1e-22", "1e-23", "4.9406564584124654e-324",
-      "1.7976931348623157e308", "2.2250738585072014e-308", "1e400",
-      "0.00000000000000000000001234", "12345678.12345678", "0.12345678",
-      "99999999999999999999e-20", "3.141592653589793238462643383279"};
+  const char *fixed[] = {"0",
+                         "-0",
+                         "1",
+                         "-1",
+                         "0.5",
+                         "1e3",
+                         "1E+3",
+                         "1e-3",
+                         "-12.5e3",
+                         "123456789012345678",
+                         "9007199254740993",
+                         "18446744073709551616",
+                         "123456789012345678901234567890",
+                         "0.1000000000000000055511151231257827",
+                         "1e22",
+                         "1e23",
+                         "1e-22",
+                         "1e-23",
+                         "4.9406564584124654e-324",
+                         "1.7976931348623157e308",
+                         "2.2250738585072014e-308",
+                         "1e400",
+                         "0.00000000000000000000001234",
+                         "12345678.12345678",
+                         "0.12345678",
+                         "99999999999999999999e-20",
+                         "3.141592653589793238462643383279"};
   for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++) {
     double want = strtod(fixed[i], NULL);
     double got = read_num(fixed[i]);
@@ -228,8 +247,8 @@ static void test_parse_numbers(void **state) {
   for (int i = 0; i < N; i++)
     free(nums[i]);
   /* Not numbers. */
-  const char *bad[] = {"-", "1.", ".5", "1e", "+1", "01", "1.e3", "0x10",
-                       "NaN", "Infinity", "--1"};
+  const char *bad[] = {"-",    "1.",   ".5",  "1e",       "+1", "01",
+                       "1.e3", "0x10", "NaN", "Infinity", "--1"};
   for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
     mn__arena a = {0};
     mn__jerr e;
@@ -313,8 +332,9 @@ static float bf16_val(uint16_t h) {
 
 static json_t *pe(fx *f, const char *emb, const char *opts, json_t **rep) {
   sbuf b = {0};
-  sb_add(&b, "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"processEmbeddings\","
-             "\"params\":{\"embeddings\":%s%s%s}}",
+  sb_add(&b,
+         "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"processEmbeddings\","
+         "\"params\":{\"embeddings\":%s%s%s}}",
          emb, opts ? ",\"options\":" : "", opts ? opts : "");
   json_t *res = fx_ok(f, b.p, rep);
   free(b.p);
@@ -366,16 +386,15 @@ static void test_identity_typed(void **state) {
   /* float32 base64: the same bytes come back. */
   char *enc = b64_of(x, sizeof(float) * R * C);
   sbuf b = {0};
-  sb_add(&b, "{\"dtype\":\"float32\",\"shape\":[%d,%d],\"data\":\"%s\"}", R,
-         C, enc);
+  sb_add(&b, "{\"dtype\":\"float32\",\"shape\":[%d,%d],\"data\":\"%s\"}", R, C,
+         enc);
   json_t *rep;
   json_t *res = pe(f, b.p, NULL, &rep);
   json_t *p = json_object_get(res, "processed");
   assert_string_equal(json_string_value(json_object_get(p, "dtype")),
                       "float32");
-  assert_int_equal(json_integer_value(json_array_get(
-                       json_object_get(p, "shape"), 0)),
-                   R);
+  assert_int_equal(
+      json_integer_value(json_array_get(json_object_get(p, "shape"), 0)), R);
   assert_string_equal(json_string_value(json_object_get(p, "data")), enc);
   json_decref(rep);
   free(b.p);
@@ -386,8 +405,8 @@ static void test_identity_typed(void **state) {
     h[i] = (_Float16)x[i];
   enc = b64_of(h, sizeof h);
   memset(&b, 0, sizeof b);
-  sb_add(&b, "{\"dtype\":\"float16\",\"shape\":[%d,%d],\"data\":\"%s\"}", R,
-         C, enc);
+  sb_add(&b, "{\"dtype\":\"float16\",\"shape\":[%d,%d],\"data\":\"%s\"}", R, C,
+         enc);
   res = pe(f, b.p, "{\"encoding\":\"json\"}", &rep);
   double y[R * C];
   read_matrix(json_object_get(res, "processed"), y, C);
@@ -402,8 +421,8 @@ static void test_identity_typed(void **state) {
     bf[i] = ref_bf16(x[i]);
   enc = b64_of(bf, sizeof bf);
   memset(&b, 0, sizeof b);
-  sb_add(&b, "{\"dtype\":\"bfloat16\",\"shape\":[%d,%d],\"data\":\"%s\"}", R,
-         C, enc);
+  sb_add(&b, "{\"dtype\":\"bfloat16\",\"shape\":[%d,%d],\"data\":\"%s\"}", R, C,
+         enc);
   res = pe(f, b.p, "{\"encoding\":\"json\"}", &rep);
   read_matrix(json_object_get(res, "processed"), y, C);
   for (int i = 0; i < R * C; i++)
@@ -418,8 +437,7 @@ static void test_identity_typed(void **state) {
     d[i] = (double)x[i] + 1e-12;
   enc = b64_of(d, sizeof d);
   memset(&b, 0, sizeof b);
-  sb_add(&b, "{\"dtype\":\"float64\",\"shape\":[%d],\"data\":\"%s\"}", C,
-         enc);
+  sb_add(&b, "{\"dtype\":\"float64\",\"shape\":[%d],\"data\":\"%s\"}", C, enc);
   res = pe(f, b.p, NULL, &rep);
   p = json_object_get(res, "processed");
   assert_int_equal(json_array_size(json_object_get(p, "shape")), 1);
@@ -527,9 +545,8 @@ static void test_binary_frames(void **state) {
   len = (size_t)json_integer_value(
       json_object_get(json_object_get(p, "buffer"), "length"));
   assert_int_equal(len, R * ((C + 1) / 2));
-  json_t *scales =
-      json_object_get(json_object_get(json_array_get(j, 0), "result"),
-                      "scales");
+  json_t *scales = json_object_get(
+      json_object_get(json_array_get(j, 0), "result"), "scales");
   for (int r = 0; r < R; r++) {
     double s = json_number_value(json_array_get(scales, (size_t)r));
     for (int c = 0; c < C; c++) {
@@ -557,10 +574,10 @@ static void test_quantized_outputs(void **state) {
   ref_normalize(x, ref, R, C);
   sbuf b = {0};
   sb_matrix(&b, x, R, C);
-  const char *kinds[] = {"int8", "int4", "binary", "fp16", "bf16",
-                         "int8_affine"};
-  const char *dtypes[] = {"int8", "int4", "binary", "float16", "bfloat16",
-                          "uint8"};
+  const char *kinds[] = {"int8", "int4", "binary",
+                         "fp16", "bf16", "int8_affine"};
+  const char *dtypes[] = {"int8",    "int4",     "binary",
+                          "float16", "bfloat16", "uint8"};
   for (int k = 0; k < 6; k++) {
     char o1[120], o2[160];
     snprintf(o1, sizeof o1, "{\"normalize\":true,\"quantization\":\"%s\"}",
@@ -572,10 +589,9 @@ static void test_quantized_outputs(void **state) {
     json_t *rj, *rb;
     json_t *resj = pe(f, b.p, o1, &rj);
     json_t *resb = pe(f, b.p, o2, &rb);
-    assert_string_equal(
-        json_string_value(json_object_get(json_object_get(resj, "metadata"),
-                                          "dtype")),
-        dtypes[k]);
+    assert_string_equal(json_string_value(json_object_get(
+                            json_object_get(resj, "metadata"), "dtype")),
+                        dtypes[k]);
     json_t *pb = json_object_get(resb, "processed");
     assert_string_equal(json_string_value(json_object_get(pb, "dtype")),
                         dtypes[k]);
@@ -599,9 +615,10 @@ static void test_quantized_outputs(void **state) {
         if (k == 0 || k == 1 || k == 5) {
           assert_true(json_is_integer(v));
           long code = (long)json_integer_value(v);
-          long packed = k == 0   ? (int8_t)rr[c]
-                        : k == 5 ? rr[c]
-                                 : (((rr[c / 2] >> (4 * (c & 1))) & 15) ^ 8) - 8;
+          long packed = k == 0 ? (int8_t)rr[c]
+                        : k == 5
+                            ? rr[c]
+                            : (((rr[c / 2] >> (4 * (c & 1))) & 15) ^ 8) - 8;
           assert_int_equal(code, packed);
           double deq, step;
           if (k == 5) {
@@ -655,8 +672,8 @@ static void test_quantized_outputs(void **state) {
                           json_object_get(res, "metadata"), "dtype")),
                       "binary");
   json_decref(rep);
-  res = pe(f, b.p, "{\"precision\":\"bfloat16\",\"encoding\":\"base64\"}",
-           &rep);
+  res =
+      pe(f, b.p, "{\"precision\":\"bfloat16\",\"encoding\":\"base64\"}", &rep);
   assert_string_equal(json_string_value(json_object_get(
                           json_object_get(res, "processed"), "dtype")),
                       "bfloat16");
@@ -697,16 +714,17 @@ static void test_pca_output(void **state) {
   enum { R = 30, C = 6 };
   float *x = rand_matrix(R, C);
   sbuf b = {0};
-  sb_add(&b, "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"fitPCA\",\"params\":"
-             "{\"name\":\"full\",\"n_components\":%d,\"embeddings\":",
+  sb_add(&b,
+         "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"fitPCA\",\"params\":"
+         "{\"name\":\"full\",\"n_components\":%d,\"embeddings\":",
          C);
   sb_matrix(&b, x, R, C);
   sb_add(&b, "}}");
   json_t *rep;
   json_t *res = fx_ok(f, b.p, &rep);
-  assert_true(fabs(json_number_value(
-                       json_object_get(res, "total_explained_variance")) -
-                   1.0) < 1e-4);
+  assert_true(
+      fabs(json_number_value(json_object_get(res, "total_explained_variance")) -
+           1.0) < 1e-4);
   json_decref(rep);
   free(b.p);
   memset(&b, 0, sizeof b);
@@ -733,9 +751,8 @@ static void test_pca_output(void **state) {
     assert_true(fabs(m / R) < 1e-5);
   }
   json_t *md = json_object_get(res, "metadata");
-  assert_int_equal(json_array_size(json_object_get(
-                       md, "explained_variance_ratio")),
-                   C);
+  assert_int_equal(
+      json_array_size(json_object_get(md, "explained_variance_ratio")), C);
   json_decref(rep);
   /* Fewer components: the first k of the model, same values. */
   res = pe(f, b.p, "{\"pca_model\":\"full\",\"reduce_dimensions\":2}", &rep);

@@ -73,10 +73,9 @@ static void test_invalid_json(void **state) {
   rep = fx_rpc(f, "[{\"jsonrpc\":\"2.0\",\"method\":\"health\",\"id\":\"1\"},"
                   "{\"jsonrpc\":\"2.0\",\"method\"]");
   assert_true(json_is_object(rep));
-  assert_int_equal(
-      json_integer_value(json_object_get(json_object_get(rep, "error"),
-                                         "code")),
-      MN_RPC_PARSE_ERROR);
+  assert_int_equal(json_integer_value(
+                       json_object_get(json_object_get(rep, "error"), "code")),
+                   MN_RPC_PARSE_ERROR);
   json_decref(rep);
   fx_err(f, "", MN_RPC_PARSE_ERROR, "expected a value");
   fx_err(f, "{\"a\":1} {\"b\":2}", MN_RPC_PARSE_ERROR, "one value");
@@ -103,8 +102,9 @@ static void test_invalid_request_objects(void **state) {
          "no \"method\"");
   fx_err(f, "{\"jsonrpc\":\"2.0\",\"method\":\"health\",\"id\":{}}",
          MN_RPC_INVALID_REQUEST, "\"id\" must be a string, a number or null");
-  fx_err(f, "{\"jsonrpc\":\"2.0\",\"method\":\"health\",\"id\":1,"
-            "\"params\":7}",
+  fx_err(f,
+         "{\"jsonrpc\":\"2.0\",\"method\":\"health\",\"id\":1,"
+         "\"params\":7}",
          MN_RPC_INVALID_REQUEST, "\"params\" must be an object");
   fx_err(f, "42", MN_RPC_INVALID_REQUEST, "must be a JSON object");
   /* The id of an invalid request is echoed when it is valid itself. */
@@ -119,10 +119,9 @@ static void test_empty_and_invalid_batches(void **state) {
   json_t *rep = fx_rpc(f, "[]");
   assert_true(json_is_object(rep));
   check_envelope(rep);
-  assert_int_equal(
-      json_integer_value(json_object_get(json_object_get(rep, "error"),
-                                         "code")),
-      MN_RPC_INVALID_REQUEST);
+  assert_int_equal(json_integer_value(
+                       json_object_get(json_object_get(rep, "error"), "code")),
+                   MN_RPC_INVALID_REQUEST);
   assert_true(json_is_null(json_object_get(rep, "id")));
   json_decref(rep);
   rep = fx_rpc(f, "[1]");
@@ -136,10 +135,9 @@ static void test_empty_and_invalid_batches(void **state) {
     json_t *x = json_array_get(rep, i);
     check_envelope(x);
     assert_true(json_is_null(json_object_get(x, "id")));
-    assert_int_equal(
-        json_integer_value(json_object_get(json_object_get(x, "error"),
-                                           "code")),
-        MN_RPC_INVALID_REQUEST);
+    assert_int_equal(json_integer_value(
+                         json_object_get(json_object_get(x, "error"), "code")),
+                     MN_RPC_INVALID_REQUEST);
   }
   json_decref(rep);
   fx_free(f);
@@ -178,10 +176,9 @@ static void test_mixed_batch(void **state) {
       assert_null(e);
   }
   double y[3] = {0};
-  read_matrix(
-      json_object_get(json_object_get(json_array_get(rep, 1), "result"),
-                      "processed"),
-      y, 3);
+  read_matrix(json_object_get(json_object_get(json_array_get(rep, 1), "result"),
+                              "processed"),
+              y, 3);
   assert_true(fabs(y[0] - 1.0 / 3) < 1e-7 && fabs(y[2] - 2.0 / 3) < 1e-7);
   json_decref(rep);
   fx_free(f);
@@ -225,8 +222,9 @@ static void test_ids(void **state) {
 
 static void test_positional_params(void **state) {
   fx *f = fx_new();
-  fx_err(f, "{\"jsonrpc\":\"2.0\",\"method\":\"processEmbeddings\","
-            "\"params\":[[[1,2]]],\"id\":1}",
+  fx_err(f,
+         "{\"jsonrpc\":\"2.0\",\"method\":\"processEmbeddings\","
+         "\"params\":[[[1,2]]],\"id\":1}",
          MN_RPC_INVALID_PARAMS, "params is an array");
   /* Omitted params are fine for a method without required ones, and
    * reported by name for one with. */
@@ -289,31 +287,39 @@ static void test_param_messages(void **state) {
     snprintf(msg, sizeof msg, "%s%s}}", pre, cases[i].opts);
     fx_err(f, msg, MN_RPC_INVALID_PARAMS, cases[i].needle);
   }
-  fx_err(f, "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"processEmbeddings\","
-            "\"params\":{\"embeddings\":[[1]],\"extra\":1}}",
+  fx_err(f,
+         "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"processEmbeddings\","
+         "\"params\":{\"embeddings\":[[1]],\"extra\":1}}",
          MN_RPC_INVALID_PARAMS, "params.extra is not a known parameter");
-  fx_err(f, "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"processEmbeddings\","
-            "\"params\":{\"embeddings\":[[1]],\"chatId\":5}}",
+  fx_err(f,
+         "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"processEmbeddings\","
+         "\"params\":{\"embeddings\":[[1]],\"chatId\":5}}",
          MN_RPC_INVALID_PARAMS, "params.chatId must be a string; got 5");
-  fx_err(f, "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"fitPCA\",\"params\":"
-            "{\"name\":\"a/b\",\"n_components\":1,\"embeddings\":[[1,2],[3,"
-            "4]]}}",
+  fx_err(f,
+         "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"fitPCA\",\"params\":"
+         "{\"name\":\"a/b\",\"n_components\":1,\"embeddings\":[[1,2],[3,"
+         "4]]}}",
          MN_RPC_INVALID_PARAMS, "params.name must be 1 to 64 characters");
-  fx_err(f, "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"fitPCA\",\"params\":"
-            "{\"name\":\"x\",\"n_components\":1,\"collection\":\"c\"}}",
+  fx_err(f,
+         "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"fitPCA\",\"params\":"
+         "{\"name\":\"x\",\"n_components\":1,\"collection\":\"c\"}}",
          MN_RPC_INVALID_PARAMS, "not available yet");
-  fx_err(f, "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"fitPCA\",\"params\":"
-            "{\"name\":\"x\",\"n_components\":3,\"embeddings\":[[1,2],[3,"
-            "4]]}}",
-         MN_RPC_INVALID_PARAMS, "params.n_components is 3 but the embeddings "
-                                "are 2 wide");
-  fx_err(f, "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"deletePCAModel\","
-            "\"params\":{}}",
+  fx_err(f,
+         "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"fitPCA\",\"params\":"
+         "{\"name\":\"x\",\"n_components\":3,\"embeddings\":[[1,2],[3,"
+         "4]]}}",
+         MN_RPC_INVALID_PARAMS,
+         "params.n_components is 3 but the embeddings "
+         "are 2 wide");
+  fx_err(f,
+         "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"deletePCAModel\","
+         "\"params\":{}}",
          MN_RPC_INVALID_PARAMS, "params.name is required");
   /* _meta (MCP) is accepted on any method. */
   json_t *rep;
-  fx_ok(f, "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"health\",\"params\":"
-           "{\"_meta\":{\"progressToken\":1}}}",
+  fx_ok(f,
+        "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"health\",\"params\":"
+        "{\"_meta\":{\"progressToken\":1}}}",
         &rep);
   json_decref(rep);
   fx_free(f);
@@ -424,8 +430,8 @@ static json_t *binary_call(fx *f, const uint8_t *msg, size_t len,
   return j;
 }
 
-static void expect_binary_error(fx *f, const uint8_t *msg, size_t len,
-                                int code, const char *needle) {
+static void expect_binary_error(fx *f, const uint8_t *msg, size_t len, int code,
+                                const char *needle) {
   json_t *j = binary_call(f, msg, len, NULL, NULL);
   json_t *e = json_object_get(j, "error");
   assert_non_null(e);
@@ -471,16 +477,19 @@ static void test_binary_malformed(void **state) {
   expect_binary_error(f, m, len, MN_RPC_PARSE_ERROR, "invalid JSON");
   free(m);
   /* A buffer reference in a text frame. */
-  fx_err(f, "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"processEmbeddings\","
-            "\"params\":{\"embeddings\":{\"dtype\":\"float32\",\"shape\":[1,"
-            "4],\"buffer\":{\"offset\":0,\"length\":16}}}}",
+  fx_err(f,
+         "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"processEmbeddings\","
+         "\"params\":{\"embeddings\":{\"dtype\":\"float32\",\"shape\":[1,"
+         "4],\"buffer\":{\"offset\":0,\"length\":16}}}}",
          MN_RPC_INVALID_PARAMS, "came as a text frame");
   fx_free(f);
 }
 
 /* --- error codes ------------------------------------------------------- */
 
-static void tiny_cache(mn_config *c) { c->cache_size = 4096; }
+static void tiny_cache(mn_config *c) {
+  c->cache_size = 4096;
+}
 
 static void test_resource_error(void **state) {
   fx *f = fx_new_with(tiny_cache);
@@ -541,9 +550,10 @@ static void test_internal_error(void **state) {
   FILE *fp = fopen(p, "w");
   assert_non_null(fp);
   fclose(fp);
-  fx_err(f, "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"fitPCA\",\"params\":"
-            "{\"name\":\"m\",\"n_components\":1,\"embeddings\":[[1,2],[3,5],"
-            "[0,1]]}}",
+  fx_err(f,
+         "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"fitPCA\",\"params\":"
+         "{\"name\":\"m\",\"n_components\":1,\"embeddings\":[[1,2],[3,5],"
+         "[0,1]]}}",
          MN_RPC_INTERNAL_ERROR, "the model could not be saved");
   fx_free(f);
 }
@@ -553,11 +563,11 @@ static void test_status_mapping(void **state) {
   struct {
     mn_status s;
     int code;
-  } m[] = {{MN_ERR_INVALID, -32602},    {MN_ERR_RANGE, -32602},
-           {MN_ERR_NOMEM, -32000},      {MN_ERR_DEVICE_OOM, -32000},
-           {MN_ERR_RESOURCE, -32000},   {MN_ERR_TIMEOUT, -32002},
-           {MN_ERR_NUMERIC, -32001},    {MN_ERR_DEVICE, -32001},
-           {MN_ERR_IO, -32603},         {MN_ERR_INTERNAL, -32603},
+  } m[] = {{MN_ERR_INVALID, -32602},     {MN_ERR_RANGE, -32602},
+           {MN_ERR_NOMEM, -32000},       {MN_ERR_DEVICE_OOM, -32000},
+           {MN_ERR_RESOURCE, -32000},    {MN_ERR_TIMEOUT, -32002},
+           {MN_ERR_NUMERIC, -32001},     {MN_ERR_DEVICE, -32001},
+           {MN_ERR_IO, -32603},          {MN_ERR_INTERNAL, -32603},
            {MN_ERR_UNSUPPORTED, -32603}, {MN_ERR_NOT_FOUND, -32603}};
   for (size_t i = 0; i < sizeof m / sizeof m[0]; i++)
     assert_int_equal(mn__status_code(m[i].s), m[i].code);
@@ -606,9 +616,9 @@ static void test_error_reply_helper(void **state) {
   check_envelope(j);
   assert_true(json_is_null(json_object_get(j, "id")));
   assert_null(json_object_get(json_object_get(j, "error"), "data"));
-  assert_int_equal(json_integer_value(json_object_get(
-                       json_object_get(j, "error"), "code")),
-                   -32004);
+  assert_int_equal(
+      json_integer_value(json_object_get(json_object_get(j, "error"), "code")),
+      -32004);
   json_decref(j);
 }
 
@@ -656,9 +666,8 @@ static void test_metrics_recorded(void **state) {
   fx_err(f, "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"nope\"}",
          MN_RPC_METHOD_NOT_FOUND, "nope");
   assert_false(isnan(mn_metrics_percentile(f->m, "health", 50)));
-  json_t *res =
-      fx_ok(f, "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"getMetrics\"}",
-            &rep);
+  json_t *res = fx_ok(
+      f, "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"getMetrics\"}", &rep);
   json_t *mem = json_object_get(res, "memory");
   assert_true(json_is_integer(json_object_get(mem, "chunks")));
   assert_int_equal(json_integer_value(json_object_get(mem, "usage")),
@@ -666,13 +675,11 @@ static void test_metrics_recorded(void **state) {
   json_t *hpc = json_object_get(res, "hpc");
   assert_true(json_integer_value(json_object_get(hpc, "active_processes")) >=
               1);
-  assert_true(json_integer_value(json_object_get(hpc, "cpu_memory_total")) >
-              0);
+  assert_true(json_integer_value(json_object_get(hpc, "cpu_memory_total")) > 0);
   json_t *by = json_object_get(json_object_get(res, "requests"), "by_method");
-  assert_int_equal(
-      json_integer_value(json_object_get(json_object_get(by, "health"),
-                                         "count")),
-      3);
+  assert_int_equal(json_integer_value(
+                       json_object_get(json_object_get(by, "health"), "count")),
+                   3);
   assert_non_null(json_object_get(by, "unknown"));
   json_decref(rep);
   fx_free(f);
@@ -684,8 +691,7 @@ static void test_health(void **state) {
   json_t *j = jparse(h);
   free(h);
   assert_string_equal(json_string_value(json_object_get(j, "status")), "ok");
-  assert_string_equal(json_string_value(json_object_get(j, "backend")),
-                      "cpu");
+  assert_string_equal(json_string_value(json_object_get(j, "backend")), "cpu");
   const char *st = json_string_value(json_object_get(j, "state"));
   double ratio = (double)mn_account_get(MN_TIER_HOST) / f->cfg.cache_size;
   assert_string_equal(st, ratio < 0.6 ? "normal" : "high_load");
@@ -721,12 +727,12 @@ static void test_cleanup(void **state) {
   size_t pooled = mn__arena_pool_bytes();
   assert_true(pooled > 0);
   json_t *rep;
-  json_t *res = fx_ok(f, "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":"
-                         "\"cleanup\"}",
+  json_t *res = fx_ok(f,
+                      "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":"
+                      "\"cleanup\"}",
                       &rep);
   /* The cleanup request itself took one block from the pool first. */
-  json_int_t rel =
-      json_integer_value(json_object_get(res, "scratch_released"));
+  json_int_t rel = json_integer_value(json_object_get(res, "scratch_released"));
   assert_true(rel > 0 && rel <= (json_int_t)pooled &&
               rel >= (json_int_t)pooled - (128 << 10));
   int64_t rb = json_integer_value(json_object_get(res, "rss_before"));
@@ -778,13 +784,13 @@ static void test_pca_persistence(void **state) {
   /* Restart: the model is read back from the data directory. */
   fx_close_engine(f);
   fx_open_engine(f);
-  res = fx_ok(f, "{\"jsonrpc\":\"2.0\",\"id\":3,\"method\":"
-                 "\"listPCAModels\"}",
+  res = fx_ok(f,
+              "{\"jsonrpc\":\"2.0\",\"id\":3,\"method\":"
+              "\"listPCAModels\"}",
               &rep);
   assert_int_equal(json_integer_value(json_object_get(res, "count")), 1);
   json_t *m0 = json_array_get(json_object_get(res, "models"), 0);
-  assert_string_equal(json_string_value(json_object_get(m0, "name")),
-                      "m1.v-2");
+  assert_string_equal(json_string_value(json_object_get(m0, "name")), "m1.v-2");
   assert_int_equal(json_integer_value(json_object_get(m0, "n_samples")), 40);
   assert_true(json_is_true(json_object_get(m0, "whiten")));
   json_decref(rep);
@@ -793,20 +799,23 @@ static void test_pca_persistence(void **state) {
   read_matrix(json_object_get(res, "processed"), second, 1);
   assert_true(first[0] == second[0] && first[1] == second[1]);
   json_decref(rep);
-  res = fx_ok(f, "{\"jsonrpc\":\"2.0\",\"id\":4,\"method\":"
-                 "\"deletePCAModel\",\"params\":{\"name\":\"m1.v-2\"}}",
+  res = fx_ok(f,
+              "{\"jsonrpc\":\"2.0\",\"id\":4,\"method\":"
+              "\"deletePCAModel\",\"params\":{\"name\":\"m1.v-2\"}}",
               &rep);
   assert_true(json_is_true(json_object_get(res, "deleted")));
   json_decref(rep);
-  res = fx_ok(f, "{\"jsonrpc\":\"2.0\",\"id\":5,\"method\":"
-                 "\"deletePCAModel\",\"params\":{\"name\":\"m1.v-2\"}}",
+  res = fx_ok(f,
+              "{\"jsonrpc\":\"2.0\",\"id\":5,\"method\":"
+              "\"deletePCAModel\",\"params\":{\"name\":\"m1.v-2\"}}",
               &rep);
   assert_true(json_is_false(json_object_get(res, "deleted")));
   json_decref(rep);
   fx_close_engine(f);
   fx_open_engine(f);
-  res = fx_ok(f, "{\"jsonrpc\":\"2.0\",\"id\":3,\"method\":"
-                 "\"listPCAModels\"}",
+  res = fx_ok(f,
+              "{\"jsonrpc\":\"2.0\",\"id\":3,\"method\":"
+              "\"listPCAModels\"}",
               &rep);
   assert_int_equal(json_integer_value(json_object_get(res, "count")), 0);
   json_decref(rep);
@@ -909,8 +918,8 @@ static void test_documented_examples(void **state) {
     same_shape(doc, got, m->name);
     /* The result also satisfies the published output schema. */
     mn__jerr e;
-    const mn__jv *res = mn__jobj_get(mn__json_parse(&a, t, strlen(t), 64, &e),
-                                     "result");
+    const mn__jv *res =
+        mn__jobj_get(mn__json_parse(&a, t, strlen(t), 64, &e), "result");
     mn__call c;
     memset(&c, 0, sizeof c);
     c.r = f->r;
