@@ -649,6 +649,14 @@ static double pct(const double *v, size_t n, double p) {
   return v[lo] * (1 - f) + v[hi] * f;
 }
 
+/* A number for JSON: null when there is none (NaN). */
+static void jnum(char *out, double v) {
+  if (isfinite(v))
+    snprintf(out, 32, "%.3f", v);
+  else
+    snprintf(out, 32, "null");
+}
+
 static const char *enc_name(encoding e) {
   return e == ENC_JSON     ? "json"
          : e == ENC_BASE64 ? "base64"
@@ -826,20 +834,24 @@ int main(int argc, char **argv) {
   }
   qsort(R.lat, R.nlat, sizeof *R.lat, cmp_double);
   double secs = o.duration;
+  char p50[32], p90[32], p99[32], p999[32], pmax[32];
+  jnum(p50, pct(R.lat, R.nlat, 50));
+  jnum(p90, pct(R.lat, R.nlat, 90));
+  jnum(p99, pct(R.lat, R.nlat, 99));
+  jnum(p999, pct(R.lat, R.nlat, 99.9));
+  jnum(pmax, R.nlat ? R.lat[R.nlat - 1] : NAN);
   printf("{\"label\":\"%s\",\"mode\":\"%s\",\"encoding\":\"%s\","
          "\"conns\":%d,\"depth\":%d,\"rate\":%.0f,\"rows\":%d,\"width\":%d,"
          "\"duration_s\":%.1f,\"requests\":%llu,\"errors\":%llu,"
-         "\"dropped\":%llu,\"unanswered\":%llu,\"rps\":%.1f,\"p50_ms\":%.3f,\"p90_ms\":%.3f,"
-         "\"p99_ms\":%.3f,\"p999_ms\":%.3f,\"max_ms\":%.3f,"
-         "\"request_bytes\":%zu,\"mb_out\":%.1f,\"mb_in\":%.1f}\n",
+         "\"dropped\":%llu,\"unanswered\":%llu,\"rps\":%.1f,"
+         "\"p50_ms\":%s,\"p90_ms\":%s,\"p99_ms\":%s,\"p999_ms\":%s,"
+         "\"max_ms\":%s,\"request_bytes\":%zu,\"mb_out\":%.1f,"
+         "\"mb_in\":%.1f}\n",
          o.label, o.rate > 0 ? "open" : "closed", enc_name(o.enc), o.conns,
          o.depth, o.rate, o.rows, o.width, secs,
          (unsigned long long)R.done, (unsigned long long)R.errors,
          (unsigned long long)R.dropped, (unsigned long long)R.unanswered,
-         (double)R.done / secs,
-         pct(R.lat, R.nlat, 50), pct(R.lat, R.nlat, 90),
-         pct(R.lat, R.nlat, 99), pct(R.lat, R.nlat, 99.9),
-         R.nlat ? R.lat[R.nlat - 1] : NAN, R.t.body.len,
+         (double)R.done / secs, p50, p90, p99, p999, pmax, R.t.body.len,
          (double)R.bytes_out / 1e6, (double)R.bytes_in / 1e6);
   if (R.errors && R.first_error[0])
     fprintf(stderr, "load: first error: %s\n", R.first_error);

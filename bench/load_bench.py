@@ -185,7 +185,7 @@ def main():
         ok = [m.get("rps", 0) >= t.get("rps", 0)]
         if "p99_ms" in t:
             want.append(f"p99 < {t['p99_ms']:g} ms")
-            ok.append(o.get("p99_ms", 1e9) < t["p99_ms"] and
+            ok.append((o.get("p99_ms") or 1e9) < t["p99_ms"] and
                       o.get("errors", 1) == 0 and
                       o.get("unanswered", 1) == 0)
         if "vs_peer" in t:

@@ -13,6 +13,7 @@
  */
 #include "server/server_internal.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -22,6 +23,7 @@ mn__conn *mn__conn_new(mn_server *s, struct lws *wsi, const char *peer) {
     return NULL;
   atomic_init(&c->refs, 1);
   atomic_init(&c->closed, 0);
+  atomic_init(&c->failed, 0);
   c->srv = s;
   c->wsi = wsi;
   c->id = ++s->next_conn_id;
@@ -132,6 +134,27 @@ void mn__conn_complete(mn__conn *c, mn_rpc_reply *reply, int job_done) {
   pthread_mutex_unlock(&c->lock);
   if (m || job_done)
     mn__conn_mark_ready(c);
+}
+
+void mn__conn_fail(mn__conn *c, int code, const char *reason) {
+  if (atomic_exchange(&c->failed, 1))
+    return;
+  mn__outmsg *m = calloc(1, sizeof *m);
+  if (m) {
+    m->close_code = code;
+    snprintf(m->close_reason, sizeof m->close_reason, "%s", reason);
+  }
+  pthread_mutex_lock(&c->lock);
+  if (m) {
+    if (c->out_tail)
+      c->out_tail->next = m;
+    else
+      c->out_head = m;
+    c->out_tail = m;
+    c->out_count++;
+  }
+  pthread_mutex_unlock(&c->lock);
+  mn__conn_mark_ready(c);
 }
 
 int64_t mn__conn_rate_take(mn__conn *c, int64_t n, int64_t per_minute) {

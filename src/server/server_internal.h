@@ -53,11 +53,14 @@ typedef struct mn__outmsg {
   size_t off;             /* bytes already written */
   int binary;
   int headroom;           /* LWS_PRE writable bytes before payload */
+  int close_code;         /* nonzero: not a reply; close with this code */
+  char close_reason[72];
 } mn__outmsg;
 
 struct mn__conn {
   atomic_int refs;
   atomic_int closed;      /* set when the wsi went away */
+  atomic_int failed;      /* a worker found it broken: drop what follows */
   mn_server *srv;
   mn_rpc_session *session;
   uint64_t id;
@@ -150,6 +153,10 @@ void mn__conn_unref(mn__conn *c);
 /* A worker or the watchdog finished something for c: push the reply
  * (may be empty) and wake the loop. Takes ownership of reply->data. */
 void mn__conn_complete(mn__conn *c, mn_rpc_reply *reply, int job_done);
+/* A worker found the connection broken (invalid UTF-8): queue a close
+ * with `code` after the replies already waiting; later messages are
+ * dropped. */
+void mn__conn_fail(mn__conn *c, int code, const char *reason);
 /* Put c on the ready list and wake the loop (any thread). */
 void mn__conn_mark_ready(mn__conn *c);
 /* Token bucket: take n tokens; 0 when allowed, else milliseconds until
@@ -176,5 +183,8 @@ void mn__pool_free(mn__pool *p);
  * A byte scan of the JSON text, no parse. */
 int64_t mn__count_requests(const unsigned char *msg, size_t len, int binary);
 void mn__job_free(mn__job *j);
+
+/* utf8.c: 1 when p[0..n) is well-formed UTF-8 (RFC 3629). */
+int mn__utf8_valid(const unsigned char *p, size_t n);
 
 #endif /* MNEMO_SERVER_INTERNAL_H */

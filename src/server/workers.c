@@ -144,6 +144,18 @@ static void error_for_job(const mn__job *j, int code, const char *message,
 static void run_job(mn__pool *p, mn__job *j, mn_rpc_reply *reply) {
   mn_server *s = p->srv;
   memset(reply, 0, sizeof *reply);
+  if (atomic_load(&j->conn->failed))
+    return; /* the connection is being closed; nothing more is answered */
+  /* RFC 6455: a text message that is not UTF-8 fails the connection. */
+  if (!j->binary && !mn__utf8_valid(j->msg, j->len)) {
+    MN__LOGW("server", "%s: closing with 1007: a text message is not "
+             "valid UTF-8", j->conn->peer);
+    if (s->metrics)
+      mn_metrics_count(s->metrics, "invalid_utf8", 1);
+    mn__conn_fail(j->conn, LWS_CLOSE_STATUS_INVALID_PAYLOAD,
+                  "text message is not valid UTF-8");
+    return;
+  }
   if (j->reject) {
     error_for_job(j, MN_RPC_OVERLOADED,
                   "server is shutting down; this request was not processed, "

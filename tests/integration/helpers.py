@@ -194,10 +194,12 @@ def b64_tensor(x, dtype="float32"):
 
 
 def decode_tensor(obj, payload=None):
-    """A result tensor in any encoding -> numpy array (float64 for floats,
-    the integer codes for quantized results)."""
+    """A result tensor in any encoding -> numpy array: float32 for JSON
+    numbers (the server writes the shortest text that reads back as the
+    same float32, so this is exact; integer codes are exact too), the
+    element type for base64 and binary buffers."""
     if isinstance(obj, list):
-        return np.asarray(obj, dtype=np.float64)
+        return np.asarray(obj, dtype=np.float32)
     dtype = obj["dtype"]
     shape = obj["shape"]
     if "data" in obj:
