@@ -21,8 +21,14 @@ def start_server():
         return s
 
     yield make
+    problems = []
     for s in started:
         s.cleanup()
+        problems += s.sanitizer_reports()
+    # Under `make test-asan` the servers run instrumented: any report fails
+    # the module that started them.
+    assert not problems, "sanitizer reports from mnemod:\n" + "".join(
+        problems[:40])
 
 
 @pytest.fixture(scope="module")

@@ -53,7 +53,7 @@ class Server:
                self.data_dir, "--device", "cpu"] + self.args
         env = dict(os.environ)
         env.update(self.env or {})
-        self.log = []
+        self.port = None
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE, text=True,
@@ -118,6 +118,12 @@ class Server:
     def cleanup(self):
         self.stop()
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def sanitizer_reports(self):
+        """Lines of AddressSanitizer / UBSan / LeakSanitizer reports."""
+        keys = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer",
+                "runtime error:", "SUMMARY: ")
+        return [line for line in self.log if any(k in line for k in keys)]
 
     def log_json(self):
         out = []
