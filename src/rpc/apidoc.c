@@ -186,8 +186,8 @@ static const char intro[] =
     "-32600 error.\n"
     "- `\"jsonrpc\": \"2.0\"` is required; `id` is a string, a number or "
     "null (0 is an id like any other); `params` is an object of named "
-    "parameters and may be left out when a method needs none. Positional "
-    "params (an array) are refused with -32602.\n"
+    "parameters and may be left out (or null) when a method needs none. "
+    "Positional params (an array) are refused with -32602.\n"
     "- A reply holds exactly `jsonrpc`, `id` and one of `result` or "
     "`error` (`{\"code\", \"message\", \"data\"?}`).\n"
     "- Messages must be valid UTF-8 and nest at most "
@@ -292,11 +292,10 @@ char *mn_rpc_api_markdown(mn_rpc *r) {
   mn__jw w;
   mn__jw_init(&w, 65536);
   md(&w, intro);
-  md(&w, "## Methods\n\n");
   for (int pass = 0; pass < 2; pass++) {
-    if (pass == 1)
-      md(&w, "\n## MCP\n\nThe Model Context Protocol methods. Tools are the "
-             "methods above.\n\n");
+    md(&w, pass ? "## MCP\n\nThe Model Context Protocol methods. The tools "
+                  "are the methods above.\n\n"
+                : "## Methods\n\n");
     for (size_t i = 0; i < mn__n_methods; i++) {
       const mn__method *m = &mn__methods[i];
       if (((m->flags & MN__M_PROTOCOL) != 0) != pass)
@@ -309,9 +308,7 @@ char *mn_rpc_api_markdown(mn_rpc *r) {
       anchor[k] = '\0';
       mdf(&w, "- [`%s`](#%s): %s\n", m->name, anchor, m->title);
     }
-  }
-  md(&w, "\n");
-  for (int pass = 0; pass < 2; pass++) {
+    md(&w, "\n");
     for (size_t i = 0; i < mn__n_methods; i++) {
       const mn__method *m = &mn__methods[i];
       if (((m->flags & MN__M_PROTOCOL) != 0) != pass)

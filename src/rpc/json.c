@@ -718,7 +718,8 @@ static void finish_divs(jparser *P, size_t from) {
   for (size_t i = from; i < P->nums.len; i++)
     if (q[i])
       d[i] /= pow10_exact[q[i]];
-  memset((int8_t *)P->divs.p + from, 0, P->divs.len - from);
+  if (P->divs.len > from)
+    memset((int8_t *)P->divs.p + from, 0, P->divs.len - from);
 }
 
 static int expect_lit(jparser *P, const char *lit, size_t n) {
@@ -1442,6 +1443,8 @@ char *mn__jw_reserve(mn__jw *w, size_t n) {
 }
 
 void mn__jw_bytes(mn__jw *w, const void *p, size_t n) {
+  if (n == 0)
+    return;
   char *d = mn__jw_reserve(w, n);
   if (d) {
     memcpy(d, p, n);

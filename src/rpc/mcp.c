@@ -28,7 +28,8 @@ static const char instructions[] =
     "normalizes, reduces (PCA) and quantizes a batch of vectors (each row an "
     "array of numbers). fitPCA fits a reusable PCA model under a name; "
     "processEmbeddings uses it with options.pca_model, and the model named "
-    "\"default\" with options.dimension_reduction: true. listPCAModels and "
+    "\"default\" whenever reduction is asked for without a model name. "
+    "listPCAModels and "
     "deletePCAModel manage models. health and getMetrics report on the "
     "server; cleanup releases cached memory.";
 

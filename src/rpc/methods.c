@@ -230,17 +230,15 @@ static int plan_reduction(mn__call *c, const mn__jv *o, const mn__tin *in,
                       R);
     return 0;
   }
-  /* dimension_reduction: true alone uses the model named "default" when
-   * one fits, so that single vectors can be reduced and every batch is
-   * projected the same way. */
-  if (!pm && !k) {
+  /* Without a named model, the model named "default" is used when it fits
+   * (same width, enough components): single vectors can then be reduced,
+   * and every batch is projected the same way. */
+  if (!pm) {
     const mn_pca_model *m = mn__pca_store_get(c->r->pca, "default", NULL);
-    if (m && m->input_dim == in->cols) {
-      mn__pca_store_put(c->r->pca, m);
+    if (m && m->input_dim == in->cols && k <= m->n_components)
       implicit = 1;
-    } else if (m) {
+    if (m)
       mn__pca_store_put(c->r->pca, m);
-    }
   }
   if (pm || implicit) {
     char name[65];
@@ -289,6 +287,7 @@ static int plan_reduction(mn__call *c, const mn__jv *o, const mn__tin *in,
   /* Fitted on this batch. */
   if (!k)
     k = MN__MIN(MN__MIN((int64_t)256, in->cols), in->rows);
+  /* (No fitting model named "default" exists here.) */
   if (k > in->cols)
     return mn__fail(c, MN_RPC_INVALID_PARAMS,
                     "%s.options.reduce_dimensions is %lld but the embeddings "
@@ -299,9 +298,9 @@ static int plan_reduction(mn__call *c, const mn__jv *o, const mn__tin *in,
     return mn__fail(c, MN_RPC_INVALID_PARAMS,
                     "dimension reduction without a PCA model fits one on the "
                     "batch, which needs at least 2 rows; this request has "
-                    "%lld. Fit a model once with fitPCA (name \"default\" is "
-                    "used by dimension_reduction: true) and pass %s.options."
-                    "pca_model",
+                    "%lld. Fit a model once with fitPCA and pass %s.options."
+                    "pca_model, or name it \"default\" to have it used "
+                    "whenever no model is named",
                     (long long)in->rows, R);
   if (k > in->rows)
     return mn__fail(c, MN_RPC_INVALID_PARAMS,
@@ -771,14 +770,14 @@ const mn__method mn__methods[] = {
             "Normalize, reduce (PCA) and quantize a batch of embedding "
             "vectors, in that order, each step as the options ask. "
             "Dimension reduction uses a named model (options.pca_model, "
-            "fitted once with fitPCA) or, with dimension_reduction: true "
-            "and no size, the model named \"default\" when it exists; "
-            "otherwise a PCA is fitted on this batch with min(256, width, "
-            "rows) components (at least 2 rows needed; results of "
-            "different batches are then not comparable, so fitting a "
-            "model first is the better way). The result comes back in the "
-            "request's tensor encoding unless options.encoding says "
-            "otherwise.",
+            "fitted once with fitPCA); without one, the model named "
+            "\"default\" when it exists with the right width and enough "
+            "components; otherwise a PCA fitted on this batch, with "
+            "reduce_dimensions components or min(256, width, rows) (at "
+            "least 2 rows needed; results of different batches are then "
+            "not comparable, so fitting a model first is the better way). "
+            "The result comes back in the request's tensor encoding unless "
+            "options.encoding says otherwise.",
         .input_schema = J({
           "type" : "object",
           "properties" : {
@@ -801,9 +800,10 @@ const mn__method mn__methods[] = {
                     {"type" : "integer", "minimum" : 1, "maximum" : 65536}
                   ],
                   "description" : "true: reduce with PCA (size from "
-                                  "reduce_dimensions, the model, or "
-                                  "min(256, width, rows)); an integer: "
-                                  "reduce to that many components."
+                                  "reduce_dimensions, else the model's, "
+                                  "else min(256, width, rows)); an "
+                                  "integer: reduce to that many "
+                                  "components."
                 },
                 "reduce_dimensions" : {
                   "type" : "integer",
@@ -963,9 +963,9 @@ const mn__method mn__methods[] = {
             "Fit a PCA model on a set of vectors and keep it under a name in "
             "the data directory (it survives restarts; fitting an existing "
             "name replaces it). processEmbeddings uses it through "
-            "options.pca_model; the model named \"default\" is used by "
-            "dimension_reduction: true. Needs at least 2 rows and at least "
-            "n_components rows.",
+            "options.pca_model; the model named \"default\" is used "
+            "whenever reduction is asked for without a model name. Needs at "
+            "least 2 rows and at least n_components rows.",
         .input_schema = J({
           "type" : "object",
           "properties" : {

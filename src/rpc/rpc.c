@@ -379,7 +379,8 @@ static void handle_request(msg_ctx *mc, const mn__jv *req, mn__jw *w,
     snprintf(msg, sizeof msg, "\"method\" must be a string; got %s",
              mn__jv_brief(meth, b, sizeof b));
     bad = 1;
-  } else if (params && params->type != MN__J_OBJ && params->type != MN__J_ARR) {
+  } else if (params && params->type != MN__J_OBJ && params->type != MN__J_ARR &&
+             params->type != MN__J_NULL) {
     snprintf(msg, sizeof msg,
              "\"params\" must be an object (parameters by name) when "
              "present; got %s",

@@ -7,6 +7,7 @@
  */
 #include "rpc_fixture.h"
 
+#include <pthread.h>
 #include <sys/stat.h>
 
 /* --- JSON-RPC 2.0 spec, section 7, with real methods -------------------- */
@@ -230,6 +231,10 @@ static void test_positional_params(void **state) {
    * reported by name for one with. */
   json_t *rep;
   fx_ok(f, "{\"jsonrpc\":\"2.0\",\"method\":\"health\",\"id\":1}", &rep);
+  json_decref(rep);
+  fx_ok(f,
+        "{\"jsonrpc\":\"2.0\",\"method\":\"health\",\"id\":1,\"params\":null}",
+        &rep);
   json_decref(rep);
   fx_err(f, "{\"jsonrpc\":\"2.0\",\"method\":\"processEmbeddings\",\"id\":1}",
          MN_RPC_INVALID_PARAMS, "params.embeddings is required");
@@ -836,7 +841,7 @@ static void test_seed_example(void **state) {
   }
   sb_add(&one, "},\"options\":{\"dimension_reduction\":true,"
                "\"quantization\":true}}}");
-  fx_err(f, one.p, MN_RPC_INVALID_PARAMS, "name \"default\"");
+  fx_err(f, one.p, MN_RPC_INVALID_PARAMS, "name it \"default\"");
   sbuf b = {0};
   sb_add(&b, "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"fitPCA\",\"params\":"
              "{\"name\":\"default\",\"n_components\":8,\"embeddings\":");
@@ -857,9 +862,129 @@ static void test_seed_example(void **state) {
                       "default");
   assert_int_equal(json_array_size(json_object_get(res, "scales")), 1);
   json_decref(rep);
+  /* Any reduction without a model name uses "default" when it fits ... */
+  sbuf two = {0};
+  sb_add(&two, "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":"
+               "\"processEmbeddings\",\"params\":{\"embeddings\":");
+  sb_matrix(&two, x, 3, 16);
+  sb_add(&two, ",\"options\":{\"reduce_dimensions\":4}}}");
+  res = fx_ok(f, two.p, &rep);
+  md = json_object_get(res, "metadata");
+  assert_string_equal(json_string_value(json_object_get(md, "pca_model")),
+                      "default");
+  assert_int_equal(json_integer_value(json_object_get(md, "dimensions")), 4);
+  json_decref(rep);
+  free(two.p);
+  /* ... and a batch fit when it has too few components. */
+  memset(&two, 0, sizeof two);
+  sb_add(&two, "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":"
+               "\"processEmbeddings\",\"params\":{\"embeddings\":");
+  sb_matrix(&two, x, 12, 16);
+  sb_add(&two, ",\"options\":{\"reduce_dimensions\":10}}}");
+  res = fx_ok(f, two.p, &rep);
+  md = json_object_get(res, "metadata");
+  assert_string_equal(json_string_value(json_object_get(md, "pca_model")),
+                      "(fitted on this batch)");
+  assert_int_equal(json_integer_value(json_object_get(md, "dimensions")), 10);
+  json_decref(rep);
+  free(two.p);
   free(one.p);
   free(b.p);
   free(x);
+  fx_free(f);
+}
+
+/* --- threads -------------------------------------------------------------- */
+
+typedef struct worker {
+  fx *f;
+  int id;
+  int ok, missing, bad;
+} worker;
+
+static void *use_model(void *arg) {
+  worker *w = arg;
+  mn_rpc_session *s = mn_rpc_session_new(w->f->r, "thread");
+  const char *m = "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":"
+                  "\"processEmbeddings\",\"params\":{\"embeddings\":[[1,2,3,4],"
+                  "[0,1,0,1]],\"options\":{\"pca_model\":\"m\"}}}";
+  for (int i = 0; i < 150; i++) {
+    mn_rpc_reply rep;
+    mn_rpc_handle(w->f->r, s, m, strlen(m), 0, 0, &rep);
+    char *t = strndup(rep.data, rep.len);
+    mn_rpc_reply_free(&rep);
+    if (strstr(t, "\"dimensions\":2"))
+      w->ok++;
+    else if (strstr(t, "-32602") && strstr(t, "does not exist"))
+      w->missing++;
+    else
+      w->bad++;
+    free(t);
+  }
+  mn_rpc_session_free(s);
+  return NULL;
+}
+
+static void *churn_model(void *arg) {
+  worker *w = arg;
+  const char *fit =
+      "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"fitPCA\","
+      "\"params\":{\"name\":\"m\",\"n_components\":2,"
+      "\"embeddings\":[[1,2,3,4],[2,1,0,1],[0,0,1,5],[3,1,2,2]]}}";
+  const char *del = "{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":"
+                    "\"deletePCAModel\",\"params\":{\"name\":\"m\"}}";
+  for (int i = 0; i < 40; i++) {
+    const char *m = i % 3 == 2 ? del : fit;
+    mn_rpc_reply rep;
+    mn_rpc_handle(w->f->r, NULL, m, strlen(m), 0, 0, &rep);
+    if (!strstr(rep.data, "\"result\""))
+      w->bad++;
+    else
+      w->ok++;
+    mn_rpc_reply_free(&rep);
+  }
+  return NULL;
+}
+
+/* Requests from several threads while another replaces and deletes the
+ * model they use: every reply is a result or a clear -32602. */
+static void test_threads(void **state) {
+  fx *f = fx_new();
+  worker w[4];
+  pthread_t th[4];
+  for (int i = 0; i < 4; i++) {
+    memset(&w[i], 0, sizeof w[i]);
+    w[i].f = f;
+    w[i].id = i;
+    assert_int_equal(
+        pthread_create(&th[i], NULL, i == 3 ? churn_model : use_model, &w[i]),
+        0);
+  }
+  for (int i = 0; i < 4; i++)
+    pthread_join(th[i], NULL);
+  for (int i = 0; i < 4; i++) {
+    if (w[i].bad)
+      fail_msg("thread %d: %d replies were neither a result nor the "
+               "expected error",
+               i, w[i].bad);
+  }
+  assert_int_equal(w[3].ok, 40);
+  int ok = 0, missing = 0;
+  for (int i = 0; i < 3; i++) {
+    ok += w[i].ok;
+    missing += w[i].missing;
+  }
+  assert_int_equal(ok + missing, 3 * 150);
+  /* The churner's last step was a fit: the model is there and works. */
+  json_t *rep;
+  json_t *res = fx_ok(f,
+                      "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":"
+                      "\"processEmbeddings\",\"params\":{\"embeddings\":"
+                      "[[1,2,3,4]],\"options\":{\"pca_model\":\"m\"}}}",
+                      &rep);
+  assert_int_equal(
+      json_array_size(json_array_get(json_object_get(res, "processed"), 0)), 2);
+  json_decref(rep);
   fx_free(f);
 }
 
@@ -961,6 +1086,7 @@ int main(void) {
       cmocka_unit_test(test_cleanup),
       cmocka_unit_test(test_pca_persistence),
       cmocka_unit_test(test_seed_example),
+      cmocka_unit_test(test_threads),
       cmocka_unit_test(test_documented_examples),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
