@@ -10,8 +10,7 @@
  * back through the ready list (conn.c), which wakes the loop with
  * lws_cancel_service() and arrives here as LWS_CALLBACK_EVENT_WAIT_CANCELLED.
  * The loop then asks for a writeable callback on each connection with
- * replies waiting, and each writeable callback writes frames (several
- * while the socket takes them, at most a few, so that others get a turn).
+ * replies waiting, and each writeable callback writes one frame.
  *
  * Shutdown is a small state machine driven by the wake-ups and a 100 ms
  * timer: SERVING -> DRAINING (new sessions refused, /ready says 503,
@@ -457,18 +456,19 @@ static int on_receive(mn_server *s, struct lws *wsi, mn__conn *c,
   return 0;
 }
 
+/* One frame per writeable callback (the lws rule: a second write could
+ * find the socket full while lws still holds the first). A reply larger
+ * than MN__TX_FRAGMENT goes out as several frames of one message, one per
+ * callback, so that other connections get their turn in between. */
 static int on_writeable(mn_server *s, struct lws *wsi, mn__conn *c) {
-  uint64_t now = mn_time_ns();
-  for (int frames = 0; frames < 8; frames++) {
-    mn__outmsg *m = mn__conn_out_peek(c);
-    if (!m)
-      break;
-    if (m->close_code) {
-      lws_close_reason(wsi, (enum lws_close_status)m->close_code,
-                       (unsigned char *)m->close_reason,
-                       strlen(m->close_reason));
-      return -1;
-    }
+  mn__outmsg *m = mn__conn_out_peek(c);
+  if (m && m->close_code) {
+    lws_close_reason(wsi, (enum lws_close_status)m->close_code,
+                     (unsigned char *)m->close_reason,
+                     strlen(m->close_reason));
+    return -1;
+  }
+  if (m) {
     size_t n = m->len - m->off;
     if (n > MN__TX_FRAGMENT)
       n = MN__TX_FRAGMENT;
@@ -487,14 +487,12 @@ static int on_writeable(mn_server *s, struct lws *wsi, mn__conn *c) {
       return -1;
     }
     m->off += n;
-    c->last_activity_ns = now;
+    c->last_activity_ns = mn_time_ns();
     if (m->off == m->len) {
       if (s->metrics)
         mn_metrics_bytes(s->metrics, 0, m->len);
       mn__conn_out_pop_done(c);
     }
-    if (lws_send_pipe_choked(wsi))
-      break;
   }
   size_t count, bytes;
   int inflight;
