@@ -88,6 +88,12 @@ typedef struct conn {
   unsigned char key[4];
   long tpl_off;
   buf out;              /* bytes to send after the template frame */
+  /* Requests due but not yet written (their seq numbers): the socket is
+   * busy with an earlier frame. Only one frame per connection exists in
+   * memory at a time; a request's latency still counts from when it was
+   * due. */
+  uint32_t backlog[MAX_OUT];
+  int bl_head, bl_len;
   buf in;               /* bytes received, not yet parsed */
   buf msg;              /* a fragmented message being reassembled */
   int msg_active;
@@ -351,30 +357,31 @@ static void build_conn_frame(conn *c, const templ *t) {
   c->tpl_off = -1;
 }
 
-/* Patch the (masked) id of the next request into the frame and queue it:
- * zero-copy when the socket has nothing else queued, else a copy. */
-static void queue_request(conn *c, const templ *t, uint32_t seq) {
-  (void)t;
+/* Patch the (masked) id of a request into the connection's frame and
+ * start sending it. Only called when nothing else is being sent. */
+static void start_request(conn *c, const templ *t, uint32_t seq) {
   char id[ID_LEN];
   uint64_t idv = (uint64_t)(c->index % 10000) * SEQ_MOD + seq % SEQ_MOD;
   for (int i = ID_LEN - 1; i >= 0; i--, idv /= 10)
     id[i] = (char)('0' + idv % 10);
   size_t body_off = c->tpl_id_off - (c->tpl_len - t->body.len);
-  if (c->tpl_off < 0 && c->out.head == c->out.len) {
-    for (int i = 0; i < ID_LEN; i++)
-      c->tpl[c->tpl_id_off + (size_t)i] =
-          (unsigned char)id[i] ^ c->key[(body_off + (size_t)i) & 3];
-    c->tpl_off = 0;
+  for (int i = 0; i < ID_LEN; i++)
+    c->tpl[c->tpl_id_off + (size_t)i] =
+        (unsigned char)id[i] ^ c->key[(body_off + (size_t)i) & 3];
+  c->tpl_off = 0;
+}
+
+static int conn_busy(const conn *c) {
+  return c->tpl_off >= 0 || c->out.head < c->out.len;
+}
+
+static void queue_request(conn *c, const templ *t, uint32_t seq) {
+  if (!conn_busy(c) && c->bl_len == 0) {
+    start_request(c, t, seq);
     return;
   }
-  /* The template is on its way out: queue a copy with the new id. */
-  buf_reserve(&c->out, c->tpl_len);
-  unsigned char *dst = c->out.p + c->out.len;
-  memcpy(dst, c->tpl, c->tpl_len);
-  for (int i = 0; i < ID_LEN; i++)
-    dst[c->tpl_id_off + (size_t)i] =
-        (unsigned char)id[i] ^ c->key[(body_off + (size_t)i) & 3];
-  c->out.len += c->tpl_len;
+  c->backlog[(c->bl_head + c->bl_len) % MAX_OUT] = seq;
+  c->bl_len++;
 }
 
 static void queue_control(conn *c, int opcode, const unsigned char *payload,
@@ -465,6 +472,7 @@ static int send_some(run *R, conn *c, const unsigned char *p, size_t n,
 }
 
 static int flush_out(run *R, conn *c) {
+again:
   if (c->tpl_off >= 0) {
     size_t done = (size_t)c->tpl_off;
     int rc = send_some(R, c, c->tpl, c->tpl_len, &done);
@@ -489,6 +497,13 @@ static int flush_out(run *R, conn *c) {
     }
   }
   c->out.head = c->out.len = 0;
+  if (c->bl_len && !R->closing) {
+    uint32_t seq = c->backlog[c->bl_head];
+    c->bl_head = (c->bl_head + 1) % MAX_OUT;
+    c->bl_len--;
+    start_request(c, &R->t, seq);
+    goto again;
+  }
   want_write(R, c, 0);
   return 0;
 }
@@ -814,8 +829,7 @@ int main(int argc, char **argv) {
           continue;
         }
       }
-      if ((c->tpl_off >= 0 || c->out.len > c->out.head) &&
-          flush_out(&R, c) < 0)
+      if ((conn_busy(c) || c->bl_len) && flush_out(&R, c) < 0)
         die("send failed on connection %d", c->index);
     }
     if (o.rate > 0 && n == 0 && !R.closing) {
@@ -861,6 +875,7 @@ int main(int argc, char **argv) {
     unsigned char code[2] = {0x03, 0xe8};
     c->out.head = c->out.len = 0;
     c->tpl_off = -1;
+    c->bl_len = 0;
     queue_control(c, 0x8, code, 2);
     fcntl(c->fd, F_SETFL, fcntl(c->fd, F_GETFL) & ~O_NONBLOCK);
     ssize_t w = send(c->fd, c->out.p, c->out.len, MSG_NOSIGNAL);
