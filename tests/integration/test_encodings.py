@@ -204,3 +204,30 @@ def test_ragged_rows_are_refused(server):
     err = error_of(run(send_text(server, {
         "embeddings": [[1.0, 2.0], [3.0]]})), -32602)
     assert "embeddings" in err["message"]
+
+
+def test_large_replies_arrive_whole(server):
+    # Replies over 4 MiB are sent from the engine's buffer in 1 MiB frames
+    # of one message; over 1 MiB in several frames. Both must arrive whole.
+    rng = np.random.default_rng(11)
+    big = rng.standard_normal((6000, 256)).astype(np.float32)   # 6.1 MB
+    mid = rng.standard_normal((1500, 256)).astype(np.float32)   # 1.5 MB
+
+    async def go():
+        async with connect(server.url) as ws:
+            out = []
+            for i, x in enumerate((big, mid)):
+                header = {"jsonrpc": "2.0", "id": i,
+                          "method": "processEmbeddings",
+                          "params": {"embeddings": {
+                              "dtype": "float32", "shape": list(x.shape),
+                              "buffer": {"offset": 0, "length": x.nbytes}},
+                              "options": {"normalize": True}}}
+                await ws.send(binary_frame(header, x.tobytes()))
+                out.append(await ws.recv())
+            return out
+
+    for x, frame in zip((big, mid), asyncio.run(go())):
+        head, payload = split_binary(frame)
+        y = decode_tensor(head["result"]["processed"], payload)
+        assert rel_err(y, normalize_ref(x)) < 1e-6
