@@ -182,7 +182,9 @@ static int refuse(mn_server *s, struct lws *wsi, unsigned status,
    * instead of reporting the status. */
   const char *text = status == HTTP_STATUS_UNAUTHORIZED ? "Unauthorized"
                      : status == HTTP_STATUS_FORBIDDEN  ? "Forbidden"
-                                                        : "Service Unavailable";
+                     : status == HTTP_STATUS_BAD_REQUEST
+                         ? "Bad Request"
+                         : "Service Unavailable";
   unsigned char buf[LWS_PRE + 1024];
   char *p = (char *)buf + LWS_PRE;
   int n = snprintf(p, sizeof buf - LWS_PRE,
@@ -258,6 +260,20 @@ static int check_origin(const mn_config *cfg, struct lws *wsi) {
   return 0;
 }
 
+/* The client asked for subprotocols and none of them is ours: lws would
+ * drop the connection without a word, so say why instead. */
+static int wants_other_subprotocol(struct lws *wsi) {
+  char list[256];
+  int n = lws_hdr_copy(wsi, list, sizeof list, WSI_TOKEN_PROTOCOL);
+  if (n <= 0)
+    return 0;
+  for (char *save = NULL, *t = strtok_r(list, ", \t", &save); t;
+       t = strtok_r(NULL, ", \t", &save))
+    if (!strcmp(t, "mcp") || !strcmp(t, "mnemo"))
+      return 0;
+  return 1;
+}
+
 static int confirm_upgrade(mn_server *s, struct lws *wsi, const char *up) {
   if (!up || strcasecmp(up, "websocket"))
     return 0;
@@ -273,6 +289,9 @@ static int confirm_upgrade(mn_server *s, struct lws *wsi, const char *up) {
              (long long)cfg->max_connections);
     return refuse(s, wsi, HTTP_STATUS_SERVICE_UNAVAILABLE, why);
   }
+  if (wants_other_subprotocol(wsi))
+    return refuse(s, wsi, HTTP_STATUS_BAD_REQUEST,
+                  "unsupported WebSocket subprotocol: use 'mcp' or none");
   if (cfg->n_allowed_origins > 0 && !check_origin(cfg, wsi))
     return refuse(s, wsi, HTTP_STATUS_FORBIDDEN,
                   "this Origin is not in server.allowed_origins");

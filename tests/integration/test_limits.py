@@ -282,6 +282,22 @@ def test_connection_limit_refuses_cleanly_and_counts(start_server):
     assert any("server.max_connections" in line for line in srv.log)
 
 
+def test_subprotocols(server):
+    async def go():
+        async with connect(server.url, subprotocols=["mcp"]) as ws:
+            assert ws.subprotocol == "mcp"
+        async with connect(server.url, subprotocols=["other", "mcp"]) as ws:
+            assert ws.subprotocol == "mcp"
+        async with connect(server.url, subprotocols=None) as ws:
+            assert ws.subprotocol is None
+            result_of(await call(ws, "health"))
+        with pytest.raises(websockets.InvalidStatusCode) as info:
+            await connect(server.url, subprotocols=["graphql-ws"])
+        assert info.value.status_code == 400
+
+    asyncio.run(go())
+
+
 @pytest.fixture(scope="module")
 def guarded(start_server):
     return start_server({"server": {
