@@ -50,7 +50,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define ID_LEN 10    /* "CCCCSSSSSS" */
+#define ID_LEN 10 /* "CCCCSSSSSS" */
 #define SEQ_MOD 1000000
 #define MAX_OUT 4096 /* outstanding requests per connection */
 
@@ -87,15 +87,15 @@ typedef struct conn {
   size_t tpl_len, tpl_id_off;
   unsigned char key[4];
   long tpl_off;
-  buf out;              /* bytes to send after the template frame */
+  buf out; /* bytes to send after the template frame */
   /* Requests due but not yet written (their seq numbers): the socket is
    * busy with an earlier frame. Only one frame per connection exists in
    * memory at a time; a request's latency still counts from when it was
    * due. */
   uint32_t backlog[MAX_OUT];
   int bl_head, bl_len;
-  buf in;               /* bytes received, not yet parsed */
-  buf msg;              /* a fragmented message being reassembled */
+  buf in;  /* bytes received, not yet parsed */
+  buf msg; /* a fragmented message being reassembled */
   int msg_active;
   uint32_t seq;
   int outstanding;
@@ -169,8 +169,8 @@ static void b64_append(buf *b, const unsigned char *src, size_t n) {
   char *o = (char *)b->p + b->len;
   size_t i = 0, k = 0;
   for (; i + 2 < n; i += 3) {
-    uint32_t v = (uint32_t)src[i] << 16 | (uint32_t)src[i + 1] << 8 |
-                 src[i + 2];
+    uint32_t v =
+        (uint32_t)src[i] << 16 | (uint32_t)src[i + 1] << 8 | src[i + 2];
     o[k++] = b64chars[v >> 18];
     o[k++] = b64chars[(v >> 12) & 63];
     o[k++] = b64chars[(v >> 6) & 63];
@@ -202,8 +202,8 @@ static void appendf(buf *b, const char *fmt, ...) {
 }
 
 typedef struct templ {
-  buf body;       /* the message as sent (binary: u32 + JSON + payload) */
-  size_t id_off;  /* where the 10 id digits go */
+  buf body;      /* the message as sent (binary: u32 + JSON + payload) */
+  size_t id_off; /* where the 10 id digits go */
   int binary;
 } templ;
 
@@ -225,8 +225,7 @@ static void build_template(const opts *o, templ *t) {
     for (int r = 0; r < o->rows; r++) {
       buf_append(&js, r ? ",[" : "[", r ? 2 : 1);
       for (int c = 0; c < o->width; c++)
-        appendf(&js, c ? ",%.9g" : "%.9g",
-                (double)x[(size_t)r * o->width + c]);
+        appendf(&js, c ? ",%.9g" : "%.9g", (double)x[(size_t)r * o->width + c]);
       buf_append(&js, "]", 1);
     }
     buf_append(&js, "]", 1);
@@ -540,8 +539,8 @@ static void on_message(run *R, conn *c, const unsigned char *p, size_t n,
   const unsigned char *js = p;
   size_t jn = n;
   if (binary && n >= 4) {
-    uint32_t l = (uint32_t)p[0] | (uint32_t)p[1] << 8 |
-                 (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+    uint32_t l = (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
+                 (uint32_t)p[3] << 24;
     js = p + 4;
     jn = l <= n - 4 ? l : n - 4;
   }
@@ -680,23 +679,22 @@ static const char *enc_name(encoding e) {
 }
 
 static void usage(void) {
-  printf(
-      "usage: load [options]\n"
-      "  --host H          server host (127.0.0.1)\n"
-      "  --port N          server port (3001)\n"
-      "  --conns N         connections (64)\n"
-      "  --duration S      measured seconds (10)\n"
-      "  --warmup S        seconds before measuring (1)\n"
-      "  --rate R          open loop at R requests/s in total; 0 = closed "
-      "loop (0)\n"
-      "  --depth D         closed loop: requests outstanding per "
-      "connection (1)\n"
-      "  --encoding E      json | base64 | binary | f32obj (binary)\n"
-      "  --rows R --width W  embeddings shape (32 x 768)\n"
-      "  --method M        JSON-RPC method (processEmbeddings)\n"
-      "  --options JSON    params.options ({\"normalize\":true})\n"
-      "  --subprotocol P   WebSocket subprotocol, '' for none (mcp)\n"
-      "  --label L         a name copied into the JSON output\n");
+  printf("usage: load [options]\n"
+         "  --host H          server host (127.0.0.1)\n"
+         "  --port N          server port (3001)\n"
+         "  --conns N         connections (64)\n"
+         "  --duration S      measured seconds (10)\n"
+         "  --warmup S        seconds before measuring (1)\n"
+         "  --rate R          open loop at R requests/s in total; 0 = closed "
+         "loop (0)\n"
+         "  --depth D         closed loop: requests outstanding per "
+         "connection (1)\n"
+         "  --encoding E      json | base64 | binary | f32obj (binary)\n"
+         "  --rows R --width W  embeddings shape (32 x 768)\n"
+         "  --method M        JSON-RPC method (processEmbeddings)\n"
+         "  --options JSON    params.options ({\"normalize\":true})\n"
+         "  --subprotocol P   WebSocket subprotocol, '' for none (mcp)\n"
+         "  --label L         a name copied into the JSON output\n");
 }
 
 int main(int argc, char **argv) {
@@ -715,37 +713,67 @@ int main(int argc, char **argv) {
             .subprotocol = "mcp",
             .label = ""};
   static const struct option lo[] = {
-      {"host", 1, 0, 'h'},     {"port", 1, 0, 'p'},
-      {"conns", 1, 0, 'c'},    {"duration", 1, 0, 'd'},
-      {"warmup", 1, 0, 'w'},   {"rate", 1, 0, 'r'},
-      {"depth", 1, 0, 'D'},    {"encoding", 1, 0, 'e'},
-      {"rows", 1, 0, 'R'},     {"width", 1, 0, 'W'},
-      {"method", 1, 0, 'm'},   {"options", 1, 0, 'o'},
+      {"host", 1, 0, 'h'},        {"port", 1, 0, 'p'},
+      {"conns", 1, 0, 'c'},       {"duration", 1, 0, 'd'},
+      {"warmup", 1, 0, 'w'},      {"rate", 1, 0, 'r'},
+      {"depth", 1, 0, 'D'},       {"encoding", 1, 0, 'e'},
+      {"rows", 1, 0, 'R'},        {"width", 1, 0, 'W'},
+      {"method", 1, 0, 'm'},      {"options", 1, 0, 'o'},
       {"subprotocol", 1, 0, 's'}, {"label", 1, 0, 'l'},
-      {"help", 0, 0, '?'},     {0, 0, 0, 0}};
+      {"help", 0, 0, '?'},        {0, 0, 0, 0}};
   int ch;
   while ((ch = getopt_long(argc, argv, "", lo, NULL)) != -1) {
     switch (ch) {
-    case 'h': o.host = optarg; break;
-    case 'p': o.port = atoi(optarg); break;
-    case 'c': o.conns = atoi(optarg); break;
-    case 'd': o.duration = atof(optarg); break;
-    case 'w': o.warmup = atof(optarg); break;
-    case 'r': o.rate = atof(optarg); break;
-    case 'D': o.depth = atoi(optarg); break;
-    case 'R': o.rows = atoi(optarg); break;
-    case 'W': o.width = atoi(optarg); break;
-    case 'm': o.method = optarg; break;
-    case 'o': o.options_json = optarg; break;
-    case 's': o.subprotocol = *optarg ? optarg : NULL; break;
-    case 'l': o.label = optarg; break;
+    case 'h':
+      o.host = optarg;
+      break;
+    case 'p':
+      o.port = atoi(optarg);
+      break;
+    case 'c':
+      o.conns = atoi(optarg);
+      break;
+    case 'd':
+      o.duration = atof(optarg);
+      break;
+    case 'w':
+      o.warmup = atof(optarg);
+      break;
+    case 'r':
+      o.rate = atof(optarg);
+      break;
+    case 'D':
+      o.depth = atoi(optarg);
+      break;
+    case 'R':
+      o.rows = atoi(optarg);
+      break;
+    case 'W':
+      o.width = atoi(optarg);
+      break;
+    case 'm':
+      o.method = optarg;
+      break;
+    case 'o':
+      o.options_json = optarg;
+      break;
+    case 's':
+      o.subprotocol = *optarg ? optarg : NULL;
+      break;
+    case 'l':
+      o.label = optarg;
+      break;
     case 'e':
-      if (!strcmp(optarg, "json")) o.enc = ENC_JSON;
-      else if (!strcmp(optarg, "base64")) o.enc = ENC_BASE64;
-      else if (!strcmp(optarg, "binary")) o.enc = ENC_BINARY;
-      else if (!strcmp(optarg, "f32obj")) o.enc = ENC_F32OBJ;
-      else die("--encoding: '%s' is not json, base64, binary or f32obj",
-               optarg);
+      if (!strcmp(optarg, "json"))
+        o.enc = ENC_JSON;
+      else if (!strcmp(optarg, "base64"))
+        o.enc = ENC_BASE64;
+      else if (!strcmp(optarg, "binary"))
+        o.enc = ENC_BINARY;
+      else if (!strcmp(optarg, "f32obj"))
+        o.enc = ENC_F32OBJ;
+      else
+        die("--encoding: '%s' is not json, base64, binary or f32obj", optarg);
       break;
     default:
       usage();
@@ -755,7 +783,8 @@ int main(int argc, char **argv) {
   if (o.conns < 1 || o.conns > 9999 || o.depth < 1 || o.depth > MAX_OUT / 2 ||
       o.rows < 1 || o.width < 1 || o.duration <= 0)
     die("bad options (conns 1..9999, depth 1..%d, rows, width, duration > "
-        "0)", MAX_OUT / 2);
+        "0)",
+        MAX_OUT / 2);
 
   run R = {0};
   R.o = &o;
@@ -802,8 +831,7 @@ int main(int argc, char **argv) {
     int timeout_ms = 1;
     if (o.rate > 0 && !R.closing) {
       /* Issue every request that is due by now. */
-      uint64_t due =
-          (uint64_t)((double)(now - R.t0) / 1e9 * o.rate);
+      uint64_t due = (uint64_t)((double)(now - R.t0) / 1e9 * o.rate);
       while (R.open_issued < due) {
         uint64_t intended =
             R.t0 + (uint64_t)((double)R.open_issued / o.rate * 1e9);
@@ -842,8 +870,7 @@ int main(int argc, char **argv) {
   for (int i = 0; i < o.conns; i++) {
     conn *c = &R.conns[i];
     for (int k = 0; k < MAX_OUT; k++)
-      if (c->used[k] && c->sent_ns[k] >= R.t_measure &&
-          c->sent_ns[k] < R.t_end)
+      if (c->used[k] && c->sent_ns[k] >= R.t_measure && c->sent_ns[k] < R.t_end)
         R.unanswered++;
   }
   qsort(R.lat, R.nlat, sizeof *R.lat, cmp_double);
@@ -862,11 +889,11 @@ int main(int argc, char **argv) {
          "\"max_ms\":%s,\"request_bytes\":%zu,\"mb_out\":%.1f,"
          "\"mb_in\":%.1f}\n",
          o.label, o.rate > 0 ? "open" : "closed", enc_name(o.enc), o.conns,
-         o.depth, o.rate, o.rows, o.width, secs,
-         (unsigned long long)R.done, (unsigned long long)R.errors,
-         (unsigned long long)R.dropped, (unsigned long long)R.unanswered,
-         (double)R.done / secs, p50, p90, p99, p999, pmax, R.t.body.len,
-         (double)R.bytes_out / 1e6, (double)R.bytes_in / 1e6);
+         o.depth, o.rate, o.rows, o.width, secs, (unsigned long long)R.done,
+         (unsigned long long)R.errors, (unsigned long long)R.dropped,
+         (unsigned long long)R.unanswered, (double)R.done / secs, p50, p90, p99,
+         p999, pmax, R.t.body.len, (double)R.bytes_out / 1e6,
+         (double)R.bytes_in / 1e6);
   if (R.errors && R.first_error[0])
     fprintf(stderr, "load: first error: %s\n", R.first_error);
   /* Close politely (1000), so that servers do not log dropped peers. */

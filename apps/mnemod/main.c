@@ -223,8 +223,8 @@ int main(int argc, char **argv) {
   int nflags = 0;
   int opt;
   opterr = 0;
-  while ((opt = getopt_long(argc, argv, "c:H:p:d:D:l:w:hV", longopts,
-                            NULL)) != -1) {
+  while ((opt = getopt_long(argc, argv, "c:H:p:d:D:l:w:hV", longopts, NULL)) !=
+         -1) {
     const char *key = NULL;
     switch (opt) {
     case 'c':
@@ -321,8 +321,10 @@ int main(int argc, char **argv) {
   raise_fd_limit();
 
   if (make_dirs(cfg.data_dir) != 0) {
-    say(MN_LOG_ERROR, "cannot create the data directory '%s' "
-        "(storage.data_dir): %s", cfg.data_dir, strerror(errno));
+    say(MN_LOG_ERROR,
+        "cannot create the data directory '%s' "
+        "(storage.data_dir): %s",
+        cfg.data_dir, strerror(errno));
     return 1;
   }
 
@@ -377,7 +379,7 @@ int main(int argc, char **argv) {
     pthread_detach(sig_thread);
   else
     say(MN_LOG_WARN, "cannot start the signal thread; SIGTERM will kill "
-        "mnemod without a drain");
+                     "mnemod without a drain");
 
   mn_status st = mn_server_run(srv);
   pthread_mutex_lock(&srv_lock);

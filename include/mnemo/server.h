@@ -31,9 +31,9 @@ typedef struct mn_server_opts {
    * server.rate_limit, server.idle_timeout, server.auth_tokens,
    * server.allowed_origins, processing.workers, processing.timeout. */
   const mn_config *config;
-  mn_rpc *rpc;          /* borrowed */
-  mn_metrics *metrics;  /* borrowed; may be NULL */
-  int64_t drain_ms;     /* graceful shutdown deadline, 0 = 10000 */
+  mn_rpc *rpc;         /* borrowed */
+  mn_metrics *metrics; /* borrowed; may be NULL */
+  int64_t drain_ms;    /* graceful shutdown deadline, 0 = 10000 */
 } mn_server_opts;
 
 /**
@@ -45,8 +45,7 @@ typedef struct mn_server_opts {
  *         message names host and port); MN_ERR_NOMEM; MN_ERR_INVALID for
  *         options that make no sense.
  */
-MN_API mn_status mn_server_create(const mn_server_opts *opts,
-                                  mn_server **out);
+MN_API mn_status mn_server_create(const mn_server_opts *opts, mn_server **out);
 
 /** The TCP port actually listened on (useful when server.port is 0). */
 MN_API int mn_server_port(const mn_server *s);

@@ -27,8 +27,7 @@ mn__conn *mn__conn_new(mn_server *s, struct lws *wsi, const char *peer) {
   c->srv = s;
   c->wsi = wsi;
   c->id = ++s->next_conn_id;
-  snprintf(c->peer, sizeof c->peer, "%s#%llu", peer,
-           (unsigned long long)c->id);
+  snprintf(c->peer, sizeof c->peer, "%s#%llu", peer, (unsigned long long)c->id);
   pthread_mutex_init(&c->lock, NULL);
   c->tokens = (double)s->cfg->rate_limit;
   c->tokens_ns = mn_time_ns();
@@ -114,8 +113,8 @@ void mn__conn_complete(mn__conn *c, mn_rpc_reply *reply, int job_done) {
   if (reply && reply->data && !atomic_load(&c->closed)) {
     m = outmsg_from_reply(reply);
     if (!m)
-      MN__LOGE("server", "%s: out of memory queueing a %zu-byte reply",
-               c->peer, reply->len);
+      MN__LOGE("server", "%s: out of memory queueing a %zu-byte reply", c->peer,
+               reply->len);
   }
   if (reply)
     mn_rpc_reply_free(reply);

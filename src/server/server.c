@@ -33,8 +33,8 @@
 
 /* Per-wsi storage, for both HTTP transactions and WebSocket sessions. */
 typedef struct pss {
-  mn__conn *conn;       /* WebSocket: the connection state */
-  unsigned char *body;  /* HTTP: LWS_PRE + body waiting to be written */
+  mn__conn *conn;      /* WebSocket: the connection state */
+  unsigned char *body; /* HTTP: LWS_PRE + body waiting to be written */
   size_t body_len;
 } pss;
 
@@ -106,8 +106,7 @@ static int http_respond(struct lws *wsi, pss *ps, unsigned status,
   return 0;
 }
 
-static int http_route(mn_server *s, struct lws *wsi, pss *ps,
-                      const char *uri) {
+static int http_route(mn_server *s, struct lws *wsi, pss *ps, const char *uri) {
   if (lws_hdr_total_length(wsi, WSI_TOKEN_GET_URI) <= 0) {
     /* Answered at once, headers and body in one write: a request with a
      * body would otherwise hold back the writeable callback. */
@@ -129,10 +128,9 @@ static int http_route(mn_server *s, struct lws *wsi, pss *ps,
     int ready = s->state == MN__SRV_SERVING;
     const char *doc = ready ? "{\"ready\":true,\"state\":\"serving\"}"
                             : "{\"ready\":false,\"state\":\"draining\"}";
-    return http_respond(wsi, ps,
-                        ready ? HTTP_STATUS_OK
-                              : HTTP_STATUS_SERVICE_UNAVAILABLE,
-                        "application/json", doc, strlen(doc));
+    return http_respond(
+        wsi, ps, ready ? HTTP_STATUS_OK : HTTP_STATUS_SERVICE_UNAVAILABLE,
+        "application/json", doc, strlen(doc));
   }
   if (!strcmp(uri, "/metrics")) {
     char *doc = s->metrics ? mn_metrics_prometheus(s->metrics) : NULL;
@@ -158,8 +156,8 @@ static int http_route(mn_server *s, struct lws *wsi, pss *ps,
 static int http_write(struct lws *wsi, pss *ps) {
   if (!ps->body)
     return 0;
-  int n = lws_write(wsi, ps->body + LWS_PRE, ps->body_len,
-                    LWS_WRITE_HTTP_FINAL);
+  int n =
+      lws_write(wsi, ps->body + LWS_PRE, ps->body_len, LWS_WRITE_HTTP_FINAL);
   free(ps->body);
   ps->body = NULL;
   if (n < 0)
@@ -187,20 +185,19 @@ static int refuse(mn_server *s, struct lws *wsi, unsigned status,
                          : "Service Unavailable";
   unsigned char buf[LWS_PRE + 1024];
   char *p = (char *)buf + LWS_PRE;
-  int n = snprintf(p, sizeof buf - LWS_PRE,
-                   "HTTP/1.1 %u %s\r\n"
-                   "Server: mnemod\r\n"
-                   "Content-Type: text/plain; charset=utf-8\r\n"
-                   "Content-Length: %zu\r\n"
-                   "%s"
-                   "Connection: close\r\n"
-                   "\r\n"
-                   "%s\n",
-                   status, text, strlen(why) + 1,
-                   status == HTTP_STATUS_UNAUTHORIZED
-                       ? "WWW-Authenticate: Bearer\r\n"
-                       : "",
-                   why);
+  int n = snprintf(
+      p, sizeof buf - LWS_PRE,
+      "HTTP/1.1 %u %s\r\n"
+      "Server: mnemod\r\n"
+      "Content-Type: text/plain; charset=utf-8\r\n"
+      "Content-Length: %zu\r\n"
+      "%s"
+      "Connection: close\r\n"
+      "\r\n"
+      "%s\n",
+      status, text, strlen(why) + 1,
+      status == HTTP_STATUS_UNAUTHORIZED ? "WWW-Authenticate: Bearer\r\n" : "",
+      why);
   if (n < 0 || (size_t)n >= sizeof buf - LWS_PRE)
     return -1;
   if (lws_write(wsi, (unsigned char *)p, (size_t)n, LWS_WRITE_HTTP) < 0)
@@ -235,8 +232,7 @@ static int check_auth(const mn_config *cfg, struct lws *wsi) {
       return 1;
   }
   for (int i = 0; i < 32; i++) {
-    n = lws_hdr_copy_fragment(wsi, buf, sizeof buf, WSI_TOKEN_HTTP_URI_ARGS,
-                              i);
+    n = lws_hdr_copy_fragment(wsi, buf, sizeof buf, WSI_TOKEN_HTTP_URI_ARGS, i);
     if (n <= 0)
       break;
     if (!strncmp(buf, "token=", 6) && token_allowed(cfg, buf + 6))
@@ -356,8 +352,7 @@ static int on_established(mn_server *s, struct lws *wsi, pss *ps) {
   /* Normally refused at the upgrade already; this catches any path that
    * skipped it. */
   if (s->state != MN__SRV_SERVING ||
-      (s->cfg->max_connections > 0 &&
-       s->n_conns >= s->cfg->max_connections)) {
+      (s->cfg->max_connections > 0 && s->n_conns >= s->cfg->max_connections)) {
     if (s->metrics)
       mn_metrics_connection_refused(s->metrics);
     return -1;
@@ -386,7 +381,8 @@ static int close_too_big(mn_server *s, struct lws *wsi, mn__conn *c,
   int n = snprintf(why, sizeof why,
                    "message larger than %llu bytes (server.max_message_size)",
                    (unsigned long long)s->cfg->max_message_size);
-  MN__LOGW("server", "%s: closing with 1009: message of at least %zu bytes "
+  MN__LOGW("server",
+           "%s: closing with 1009: message of at least %zu bytes "
            "is over server.max_message_size",
            c->peer, size);
   if (s->metrics)
@@ -415,9 +411,9 @@ static void submit_message(mn_server *s, mn__conn *c) {
   j->len = c->rx_len;
   j->binary = c->rx_binary;
   j->enq_ns = now;
-  j->deadline_ns =
-      s->cfg->timeout_ms > 0 ? now + (uint64_t)s->cfg->timeout_ms * 1000000u
-                             : 0;
+  j->deadline_ns = s->cfg->timeout_ms > 0
+                       ? now + (uint64_t)s->cfg->timeout_ms * 1000000u
+                       : 0;
   j->reject = s->state != MN__SRV_SERVING;
   if (s->metrics)
     mn_metrics_bytes(s->metrics, j->len, 0);
@@ -483,8 +479,7 @@ static int on_writeable(mn_server *s, struct lws *wsi, mn__conn *c) {
   mn__outmsg *m = mn__conn_out_peek(c);
   if (m && m->close_code) {
     lws_close_reason(wsi, (enum lws_close_status)m->close_code,
-                     (unsigned char *)m->close_reason,
-                     strlen(m->close_reason));
+                     (unsigned char *)m->close_reason, strlen(m->close_reason));
     return -1;
   }
   if (m) {
@@ -498,9 +493,9 @@ static int on_writeable(mn_server *s, struct lws *wsi, mn__conn *c) {
       memcpy(s->scratch + LWS_PRE, p, n);
       p = s->scratch + LWS_PRE;
     }
-    int flags = lws_write_ws_flags(m->binary ? LWS_WRITE_BINARY
-                                             : LWS_WRITE_TEXT,
-                                   m->off == 0, m->off + n == m->len);
+    int flags =
+        lws_write_ws_flags(m->binary ? LWS_WRITE_BINARY : LWS_WRITE_TEXT,
+                           m->off == 0, m->off + n == m->len);
     if (lws_write(wsi, p, n, (enum lws_write_protocol)flags) < 0) {
       MN__LOGI("server", "%s: write failed; closing", c->peer);
       return -1;
@@ -561,7 +556,8 @@ static void advance_state(mn_server *s) {
   if (s->state == MN__SRV_SERVING && req) {
     s->state = MN__SRV_DRAINING;
     s->drain_deadline_ns = now + (uint64_t)s->drain_ms * 1000000u;
-    MN__LOGI("server", "stopping: refusing new sessions, finishing %lld "
+    MN__LOGI("server",
+             "stopping: refusing new sessions, finishing %lld "
              "request(s) in flight (up to %lld ms)",
              (long long)mn__pool_inflight(s->pool), (long long)s->drain_ms);
   }
@@ -571,7 +567,8 @@ static void advance_state(mn_server *s) {
     if (idle || late || req >= 2) {
       if (!idle) {
         s->drain_timed_out = 1;
-        MN__LOGW("server", "drain deadline passed with %lld request(s) "
+        MN__LOGW("server",
+                 "drain deadline passed with %lld request(s) "
                  "still in flight; closing anyway",
                  (long long)mn__pool_inflight(s->pool));
       }
@@ -705,8 +702,8 @@ mn_status mn_server_create(const mn_server_opts *opts, mn_server **out) {
                          "mn_server_create needs a config and an rpc engine");
   const mn_config *cfg = opts->config;
   if (cfg->port < 0 || cfg->port > 65535)
-    return mn__set_error(MN_ERR_INVALID,
-                         "server.port %d is not in 0..65535", cfg->port);
+    return mn__set_error(MN_ERR_INVALID, "server.port %d is not in 0..65535",
+                         cfg->port);
   if (cfg->tls_cert[0] || cfg->tls_key[0])
     return mn__set_error(MN_ERR_UNSUPPORTED,
                          "server.tls_cert / server.tls_key: TLS is not "
@@ -736,8 +733,8 @@ mn_status mn_server_create(const mn_server_opts *opts, mn_server **out) {
   memset(&info, 0, sizeof info);
   /* Text messages are checked for UTF-8 by the workers (utf8.c), much
    * faster than lws's byte-by-byte check on the I/O thread. */
-  info.options = LWS_SERVER_OPTION_EXPLICIT_VHOSTS |
-                 LWS_SERVER_OPTION_DISABLE_OS_CA_CERTS;
+  info.options =
+      LWS_SERVER_OPTION_EXPLICIT_VHOSTS | LWS_SERVER_OPTION_DISABLE_OS_CA_CERTS;
   info.user = s;
   info.pt_serv_buf_size = 256 * 1024;
   info.max_http_header_data = 8192;
@@ -792,14 +789,17 @@ mn_status mn_server_create(const mn_server_opts *opts, mn_server **out) {
     mn_server_destroy(s);
     return st;
   }
-  MN__LOGI("server", "listening on ws://%s:%d (subprotocol mcp or none; "
+  MN__LOGI("server",
+           "listening on ws://%s:%d (subprotocol mcp or none; "
            "HTTP /health /ready /metrics), %d worker(s)",
            cfg->host[0] ? cfg->host : "*", s->port, nworkers);
   *out = s;
   return MN_OK;
 }
 
-int mn_server_port(const mn_server *s) { return s ? s->port : -1; }
+int mn_server_port(const mn_server *s) {
+  return s ? s->port : -1;
+}
 
 mn_status mn_server_run(mn_server *s) {
   if (!s || !s->ctx)
@@ -863,7 +863,7 @@ void mn_server_destroy(mn_server *s) {
     if (mn__pool_stop(s->pool, 2000) != MN_OK) {
       /* Threads still inside a request reference the server: leave it. */
       MN__LOGW("server", "leaving the server's memory to threads that "
-               "never returned");
+                         "never returned");
       return;
     }
     mn__pool_free(s->pool);

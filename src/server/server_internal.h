@@ -50,17 +50,17 @@ typedef struct mn__outmsg {
   unsigned char *alloc;   /* what to free */
   unsigned char *payload; /* first payload byte */
   size_t len;
-  size_t off;             /* bytes already written */
+  size_t off; /* bytes already written */
   int binary;
-  int headroom;           /* LWS_PRE writable bytes before payload */
-  int close_code;         /* nonzero: not a reply; close with this code */
+  int headroom;   /* LWS_PRE writable bytes before payload */
+  int close_code; /* nonzero: not a reply; close with this code */
   char close_reason[72];
 } mn__outmsg;
 
 struct mn__conn {
   atomic_int refs;
-  atomic_int closed;      /* set when the wsi went away */
-  atomic_int failed;      /* a worker found it broken: drop what follows */
+  atomic_int closed; /* set when the wsi went away */
+  atomic_int failed; /* a worker found it broken: drop what follows */
   mn_server *srv;
   mn_rpc_session *session;
   uint64_t id;
@@ -68,12 +68,12 @@ struct mn__conn {
 
   /* I/O thread only. */
   struct lws *wsi;
-  mn__conn *prev, *next;  /* all open connections */
-  unsigned char *rx;      /* message being reassembled */
+  mn__conn *prev, *next; /* all open connections */
+  unsigned char *rx;     /* message being reassembled */
   size_t rx_len, rx_cap;
   int rx_active, rx_binary;
   int rx_paused;
-  int closing;            /* close once the queue is written */
+  int closing; /* close once the queue is written */
   int close_code;
   const char *close_reason;
   uint64_t last_activity_ns;
@@ -82,27 +82,27 @@ struct mn__conn {
   pthread_mutex_t lock;
   mn__outmsg *out_head, *out_tail;
   size_t out_count, out_bytes;
-  int inflight;           /* jobs queued or running */
-  double tokens;          /* rate limit bucket */
+  int inflight;  /* jobs queued or running */
+  double tokens; /* rate limit bucket */
   uint64_t tokens_ns;
 
   /* Under srv->ready_lock. */
   int on_ready;
   mn__conn *ready_next;
-  mn__conn *io_next;      /* I/O thread: the ready list being processed */
+  mn__conn *io_next; /* I/O thread: the ready list being processed */
 };
 
 /* One complete message handed to the workers. */
 typedef struct mn__job {
   struct mn__job *next;
-  mn__conn *conn;         /* holds a reference */
+  mn__conn *conn; /* holds a reference */
   unsigned char *msg;
   size_t len;
   int binary;
-  int reject;             /* answer "shutting down" without running it */
+  int reject; /* answer "shutting down" without running it */
   uint64_t enq_ns;
   uint64_t deadline_ns;
-  int answered;           /* the watchdog replied already (pool lock) */
+  int answered; /* the watchdog replied already (pool lock) */
 } mn__job;
 
 typedef struct mn__pool mn__pool;
@@ -126,7 +126,7 @@ struct mn_server {
   lws_sorted_usec_list_t tick;
 
   /* I/O thread only. */
-  mn__conn *conns;        /* all open WebSocket connections */
+  mn__conn *conns; /* all open WebSocket connections */
   int64_t n_conns;
   uint64_t next_conn_id;
   mn__srv_state state;

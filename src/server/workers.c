@@ -34,7 +34,7 @@ struct mn__pool {
   pthread_cond_t wd_cond; /* watchdog sleep */
   mn__job *head, *tail;
   int64_t depth;
-  int64_t inflight;       /* queued + running */
+  int64_t inflight; /* queued + running */
   int stop;
   int nworkers;
   pthread_t *threads;
@@ -42,7 +42,7 @@ struct mn__pool {
   slot *slots;
   pthread_t watchdog;
   int watchdog_started;
-  int leaked;             /* a thread could not be joined */
+  int leaked; /* a thread could not be joined */
 };
 
 typedef struct worker_arg {
@@ -59,14 +59,13 @@ void mn__job_free(mn__job *j) {
 }
 
 /* First byte of the JSON text: '[' marks a batch. */
-static int message_is_batch(const unsigned char *msg, size_t len,
-                            int binary) {
+static int message_is_batch(const unsigned char *msg, size_t len, int binary) {
   const unsigned char *p = msg, *end = msg + len;
   if (binary) {
     if (len < 4)
       return 0;
-    uint32_t n = (uint32_t)p[0] | (uint32_t)p[1] << 8 |
-                 (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+    uint32_t n = (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
+                 (uint32_t)p[3] << 24;
     p += 4;
     if (n < (size_t)(end - p))
       end = p + n;
@@ -76,14 +75,13 @@ static int message_is_batch(const unsigned char *msg, size_t len,
   return p < end && *p == '[';
 }
 
-int64_t mn__count_requests(const unsigned char *msg, size_t len,
-                           int binary) {
+int64_t mn__count_requests(const unsigned char *msg, size_t len, int binary) {
   if (!message_is_batch(msg, len, binary))
     return 1;
   const unsigned char *p = msg, *end = msg + len;
   if (binary) {
-    uint32_t n = (uint32_t)p[0] | (uint32_t)p[1] << 8 |
-                 (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+    uint32_t n = (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
+                 (uint32_t)p[3] << 24;
     p += 4;
     if (n < (size_t)(end - p))
       end = p + n;
@@ -148,8 +146,10 @@ static void run_job(mn__pool *p, mn__job *j, mn_rpc_reply *reply) {
     return; /* the connection is being closed; nothing more is answered */
   /* RFC 6455: a text message that is not UTF-8 fails the connection. */
   if (!j->binary && !mn__utf8_valid(j->msg, j->len)) {
-    MN__LOGW("server", "%s: closing with 1007: a text message is not "
-             "valid UTF-8", j->conn->peer);
+    MN__LOGW("server",
+             "%s: closing with 1007: a text message is not "
+             "valid UTF-8",
+             j->conn->peer);
     if (s->metrics)
       mn_metrics_count(s->metrics, "invalid_utf8", 1);
     mn__conn_fail(j->conn, LWS_CLOSE_STATUS_INVALID_PAYLOAD,
@@ -229,7 +229,8 @@ static void *worker_main(void *arg) {
     pthread_mutex_unlock(&p->lock);
 
     if (late) {
-      MN__LOGW("server", "%s: a request finished after the watchdog "
+      MN__LOGW("server",
+               "%s: a request finished after the watchdog "
                "answered it with a timeout; its result is dropped",
                j->conn->peer);
       mn_rpc_reply_free(&reply);
@@ -314,8 +315,10 @@ static void *watchdog_main(void *arg) {
     }
     pthread_mutex_unlock(&p->lock);
     for (size_t k = 0; k < n; k++) {
-      MN__LOGW("server", "%s: a request ran past its deadline; answered "
-               "-32002 by the watchdog", found[k].conn->peer);
+      MN__LOGW("server",
+               "%s: a request ran past its deadline; answered "
+               "-32002 by the watchdog",
+               found[k].conn->peer);
       if (s->metrics)
         mn_metrics_count(s->metrics, "watchdog_timeouts", 1);
       mn__conn_complete(found[k].conn, &found[k].reply, 0);
@@ -358,16 +361,15 @@ mn_status mn__pool_start(mn_server *s, int nworkers, mn__pool **out) {
       p->nworkers = i;
       mn__pool_stop(p, 0);
       mn__pool_free(p);
-      return mn__set_error(MN_ERR_NOMEM,
-                           "server: cannot start worker %d: %s", i,
-                           strerror(rc));
+      return mn__set_error(MN_ERR_NOMEM, "server: cannot start worker %d: %s",
+                           i, strerror(rc));
     }
   }
   if (pthread_create(&p->watchdog, NULL, watchdog_main, p) == 0)
     p->watchdog_started = 1;
   else
     MN__LOGW("server", "cannot start the watchdog thread; stuck requests "
-             "will not be timed out");
+                       "will not be timed out");
   *out = p;
   return MN_OK;
 }
@@ -453,7 +455,7 @@ mn_status mn__pool_stop(mn__pool *p, int64_t wait_ms) {
   }
   if (st != MN_OK)
     MN__LOGW("server", "some requests were still running at shutdown; "
-             "their threads are abandoned");
+                       "their threads are abandoned");
   return st;
 }
 

@@ -58,19 +58,20 @@ static void test_hand_made_cases(void **state) {
   assert_true(valid(""));
   assert_true(valid("{\"jsonrpc\":\"2.0\",\"method\":\"health\"}"));
   assert_true(valid("caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80"));
-  assert_true(valid("\xed\x9f\xbf"));          /* U+D7FF */
-  assert_true(valid("\xee\x80\x80"));          /* U+E000 */
-  assert_true(valid("\xf4\x8f\xbf\xbf"));      /* U+10FFFF */
+  assert_true(valid("\xed\x9f\xbf"));     /* U+D7FF */
+  assert_true(valid("\xee\x80\x80"));     /* U+E000 */
+  assert_true(valid("\xf4\x8f\xbf\xbf")); /* U+10FFFF */
   assert_false(valid("\xff\xfe"));
-  assert_false(valid("\xc0\xaf"));             /* overlong '/' */
-  assert_false(valid("\xe0\x80\xaf"));         /* overlong '/' */
-  assert_false(valid("\xf0\x80\x80\xaf"));     /* overlong '/' */
-  assert_false(valid("\xed\xa0\x80"));         /* U+D800 */
-  assert_false(valid("\xed\xbf\xbf"));         /* U+DFFF */
-  assert_false(valid("\xf4\x90\x80\x80"));     /* U+110000 */
-  assert_false(valid("\x80"));                 /* lone continuation */
-  assert_false(valid("abc\xe2\x82"));          /* truncated at the end */
-  assert_false(valid("\xe2\x82" "abc"));       /* truncated inside */
+  assert_false(valid("\xc0\xaf"));         /* overlong '/' */
+  assert_false(valid("\xe0\x80\xaf"));     /* overlong '/' */
+  assert_false(valid("\xf0\x80\x80\xaf")); /* overlong '/' */
+  assert_false(valid("\xed\xa0\x80"));     /* U+D800 */
+  assert_false(valid("\xed\xbf\xbf"));     /* U+DFFF */
+  assert_false(valid("\xf4\x90\x80\x80")); /* U+110000 */
+  assert_false(valid("\x80"));             /* lone continuation */
+  assert_false(valid("abc\xe2\x82"));      /* truncated at the end */
+  assert_false(valid("\xe2\x82"
+                     "abc")); /* truncated inside */
   /* A bad byte after a long ASCII run (the fast path must stop on it). */
   char buf[200];
   memset(buf, 'a', sizeof buf);
@@ -120,9 +121,9 @@ static void test_four_byte_and_mixed_strings(void **state) {
     assert_int_equal(mn__utf8_valid(b, 4), ref_valid(b, 4));
   }
   /* Long strings: mostly ASCII with valid sequences, some corrupted. */
-  static const char *const pieces[] = {"\xc3\xa9", "\xe2\x82\xac",
+  static const char *const pieces[] = {"\xc3\xa9",         "\xe2\x82\xac",
                                        "\xf0\x9f\x98\x80", "0.12345,",
-                                       "[1,2,3]", "\"abc\""};
+                                       "[1,2,3]",          "\"abc\""};
   unsigned char s[4096];
   for (int t = 0; t < 3000; t++) {
     size_t n = 0;

@@ -65,14 +65,12 @@ static void test_binary_frames_count_only_the_json_part(void **state) {
   (void)state;
   const char *json = "[{\"id\":1},{\"id\":2}]";
   /* The payload after the JSON is raw bytes, commas included. */
-  assert_int_equal(count_binary(json, ",,,,[[,]]", (uint32_t)strlen(json)),
-                   2);
+  assert_int_equal(count_binary(json, ",,,,[[,]]", (uint32_t)strlen(json)), 2);
   assert_int_equal(count_binary("{\"id\":1}", "[,,,]", 8), 1);
   /* A declared length beyond the frame is clamped to it. */
   assert_int_equal(count_binary(json, "", 1000), 2);
   /* Too short for the length prefix. */
-  assert_int_equal(mn__count_requests((const unsigned char *)"ab", 2, 1),
-                   1);
+  assert_int_equal(mn__count_requests((const unsigned char *)"ab", 2, 1), 1);
 }
 
 static mn__conn *bucket_conn(double tokens) {
