@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from helpers import MNEMOD, Server, call, connect, result_of
+from helpers import MNEMOD, Server, call, connect
 
 
 def run(args, env=None, timeout=20):

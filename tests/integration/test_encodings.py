@@ -3,7 +3,6 @@ the object JSON.stringify makes of a Float32Array, typed base64 and binary
 frames; the reply follows the request's encoding unless options.encoding
 says otherwise."""
 import asyncio
-import base64
 import json
 
 import numpy as np
