@@ -13,5 +13,6 @@
 #include "mnemo/metrics.h"
 #include "mnemo/store.h"
 #include "mnemo/rpc.h"
+#include "mnemo/server.h"
 
 #endif /* MNEMO_H */
