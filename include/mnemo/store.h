@@ -427,13 +427,17 @@ typedef struct mn_chunk_info {
 
 /**
  * Allocate a working chunk of `size` bytes for a chat.
- * @return MN_OK; MN_ERR_INVALID (size 0 or above 2^40, bad chat id);
- *         MN_ERR_RESOURCE (does not fit in L2 even after moving memory
- *         chunks to disk; mn_store_last_resource() has the figures);
- *         MN_ERR_NOMEM.
+ * @param[in] chunk_id  NULL: the store assigns "chunk_<16 hex>"; else the
+ *                      caller's id, 1-32 bytes of [A-Za-z0-9_.-]
+ * @return MN_OK; MN_ERR_INVALID (size 0 or above 2^40, bad chat or chunk
+ *         id); MN_ERR_EXISTS (that chunk id is taken); MN_ERR_RESOURCE (does
+ *         not fit in L2 even after moving memory chunks to disk;
+ *         mn_store_last_resource() has the figures); MN_ERR_NOMEM.
  */
 MN_API mn_status mn_store_chunk_alloc(mn_store *s, uint64_t size,
-                                      const char *chat_id, mn_chunk_info *info);
+                                      const char *chat_id,
+                                      const char *chunk_id,
+                                      mn_chunk_info *info);
 
 /**
  * Append `rows` float32 rows of `width` to a chunk.

@@ -58,6 +58,8 @@ mn_status mn_store_chunk_alloc(mn_store *s, uint64_t size, const char *chat_id,
   if (strlen(chat_id) > MN_CHAT_ID_MAX)
     return mn__set_error(MN_ERR_INVALID, "chatId is longer than %d bytes",
                          MN_CHAT_ID_MAX);
+  if (chunk_id)
+    MN__TRY(check_chunk_id(chunk_id));
   MN__TRY(mn__st_host_reserve(s, size));
   st_work *w = calloc(1, sizeof *w);
   float *data = w ? mn_malloc((size_t)size) : NULL;
@@ -73,8 +75,21 @@ mn_status mn_store_chunk_alloc(mn_store *s, uint64_t size, const char *chat_id,
   snprintf(w->chat, sizeof w->chat, "%s", chat_id);
   w->created = w->last_accessed = mn__st_now(s);
   pthread_mutex_lock(&s->work_mu);
-  snprintf(w->id, sizeof w->id, "chunk_%016llx",
-           (unsigned long long)++s->work_counter);
+  if (chunk_id && find(s, chunk_id)) {
+    pthread_mutex_unlock(&s->work_mu);
+    mn_free(data);
+    free(w);
+    mn__st_host_release(s, size);
+    return mn__set_error(MN_ERR_EXISTS, "chunk '%s' already exists",
+                         chunk_id);
+  }
+  if (chunk_id)
+    snprintf(w->id, sizeof w->id, "%s", chunk_id);
+  else
+    do
+      snprintf(w->id, sizeof w->id, "chunk_%016llx",
+               (unsigned long long)++s->work_counter);
+    while (find(s, w->id)); /* a client may have taken it */
   st_work **pp = &s->work;
   while (*pp)
     pp = &(*pp)->next;

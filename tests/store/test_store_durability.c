@@ -292,7 +292,7 @@ static void *mix_admin(void *p) {
       a->st = mn_store_add(a->s, "tmp", &m, 1, NULL);
     mn_chunk_info ci;
     if (a->st == MN_OK &&
-        mn_store_chunk_alloc(a->s, 4096, "admin", &ci) == MN_OK)
+        mn_store_chunk_alloc(a->s, 4096, "admin", NULL, &ci) == MN_OK)
       mn_store_chunk_free(a->s, ci.id);
     mn_store_maintain(a->s);
     if (a->st == MN_OK)

@@ -63,14 +63,14 @@ static void test_pressure_states(void **state) {
   ST_OK(mn_store_open(&o, &s));
   assert_int_equal(mn_store_pressure(s), MN_PRESSURE_NORMAL);
   mn_chunk_info a, b, c;
-  ST_OK(mn_store_chunk_alloc(s, 50000, "chat-1", &a));
+  ST_OK(mn_store_chunk_alloc(s, 50000, "chat-1", NULL, &a));
   assert_int_equal(mn_store_pressure(s), MN_PRESSURE_NORMAL);
   clk.now += 10;
-  ST_OK(mn_store_chunk_alloc(s, 15000, "chat-1", &b));
+  ST_OK(mn_store_chunk_alloc(s, 15000, "chat-1", NULL, &b));
   assert_int_equal(mn_store_pressure(s), MN_PRESSURE_HIGH_LOAD);
   assert_string_equal(mn_pressure_name(mn_store_pressure(s)), "high_load");
   clk.now += 10;
-  ST_OK(mn_store_chunk_alloc(s, 20000, "chat-2", &c));
+  ST_OK(mn_store_chunk_alloc(s, 20000, "chat-2", NULL, &c));
   /* 85 %: recovery. Cleanup ran but nothing was idle long enough. */
   assert_int_equal(mn_store_pressure(s), MN_PRESSURE_RECOVERY);
   mn_store_stats st;
@@ -79,7 +79,7 @@ static void test_pressure_states(void **state) {
   assert_int_equal(st.working_chunks, 3);
   /* A new allocation that cannot fit: requested and available reported. */
   mn_chunk_info d;
-  assert_int_equal(mn_store_chunk_alloc(s, 20000, "chat-2", &d),
+  assert_int_equal(mn_store_chunk_alloc(s, 20000, "chat-2", NULL, &d),
                    MN_ERR_RESOURCE);
   uint64_t req, avail;
   mn_store_last_resource(&req, &avail);
@@ -101,7 +101,7 @@ static void test_pressure_states(void **state) {
   free(list);
   assert_int_equal(mn_store_pressure(s), MN_PRESSURE_NORMAL);
   /* Now it fits. */
-  ST_OK(mn_store_chunk_alloc(s, 20000, "chat-2", &d));
+  ST_OK(mn_store_chunk_alloc(s, 20000, "chat-2", NULL, &d));
   mn_store_get_stats(s, &st);
   assert_int_equal(st.used[MN_TIER_HOST], 35000);
   mn_store_close(s);
@@ -121,12 +121,12 @@ static void test_working_chunks(void **state) {
   mn_store *s;
   ST_OK(mn_store_open(&o, &s));
   mn_chunk_info a, b, info;
-  ST_OK(mn_store_chunk_alloc(s, 10 * 8 * 4, "alice", &a));
+  ST_OK(mn_store_chunk_alloc(s, 10 * 8 * 4, "alice", NULL, &a));
   assert_int_equal(a.size, 320);
   assert_int_equal(a.used, 0);
   assert_true(a.created == 5000.0 && a.last_accessed == 5000.0);
   assert_int_equal(strncmp(a.id, "chunk_", 6), 0);
-  ST_OK(mn_store_chunk_alloc(s, 64, "bob", &b));
+  ST_OK(mn_store_chunk_alloc(s, 64, "bob", NULL, &b));
   assert_string_not_equal(a.id, b.id);
   float rows[10 * 8];
   rng r = {3};
@@ -162,7 +162,16 @@ static void test_working_chunks(void **state) {
                    MN_ERR_INVALID);
   assert_int_equal(mn_store_chunk_write(s, "chunk_nope", rows, 1, 8, NULL),
                    MN_ERR_NOT_FOUND);
-  assert_int_equal(mn_store_chunk_alloc(s, 0, "x", NULL), MN_ERR_INVALID);
+  assert_int_equal(mn_store_chunk_alloc(s, 0, "x", NULL, NULL), MN_ERR_INVALID);
+  /* The caller may name a chunk; names are unique. */
+  mn_chunk_info named;
+  ST_OK(mn_store_chunk_alloc(s, 16, "x", "my-chunk.1", &named));
+  assert_string_equal(named.id, "my-chunk.1");
+  assert_int_equal(mn_store_chunk_alloc(s, 16, "x", "my-chunk.1", NULL),
+                   MN_ERR_EXISTS);
+  assert_int_equal(mn_store_chunk_alloc(s, 16, "x", "bad id", NULL),
+                   MN_ERR_INVALID);
+  ST_OK(mn_store_chunk_free(s, "my-chunk.1"));
   /* Read back exactly what was written. */
   float *out;
   ST_OK(mn_store_chunk_read(s, a.id, &out, &info));
@@ -196,8 +205,8 @@ static void test_working_chunks(void **state) {
   assert_null(list);
   assert_int_equal(mn_store_chunk_read(s, a.id, &out, NULL), MN_ERR_NOT_FOUND);
   /* An explicit cleanup of everything, and free. */
-  ST_OK(mn_store_chunk_alloc(s, 100, "c", &a));
-  ST_OK(mn_store_chunk_alloc(s, 200, "c", &b));
+  ST_OK(mn_store_chunk_alloc(s, 100, "c", NULL, &a));
+  ST_OK(mn_store_chunk_alloc(s, 200, "c", NULL, &b));
   ST_OK(mn_store_chunk_free(s, a.id));
   assert_int_equal(mn_store_chunk_free(s, a.id), MN_ERR_NOT_FOUND);
   ST_OK(mn_store_cleanup(s, 1, &rep));
@@ -223,7 +232,7 @@ static void test_ttl_thread(void **state) {
   mn_store *s;
   ST_OK(mn_store_open(&o, &s));
   mn_chunk_info a;
-  ST_OK(mn_store_chunk_alloc(s, 1000, "t", &a));
+  ST_OK(mn_store_chunk_alloc(s, 1000, "t", NULL, &a));
   int64_t n = 1;
   for (int i = 0; i < 200 && n; i++) {
     usleep(10000);
@@ -298,7 +307,7 @@ static void test_memory_chunks_budget(void **state) {
 
   /* Working chunks push memory chunks to disk. */
   mn_chunk_info w;
-  ST_OK(mn_store_chunk_alloc(s, 7 * chunk_bytes, "w", &w));
+  ST_OK(mn_store_chunk_alloc(s, 7 * chunk_bytes, "w", NULL, &w));
   mn_store_get_stats(s, &st);
   assert_true(st.chunks[MN_TIER_HOST] <= 3);
   assert_true(st.used[MN_TIER_HOST] <= o.l2_budget);
@@ -330,7 +339,7 @@ static void test_memory_chunks_budget(void **state) {
   mn_search_result_free(res1);
   mn_search_result_free(res0);
   /* A working chunk larger than the whole budget is refused. */
-  assert_int_equal(mn_store_chunk_alloc(s, 11 * chunk_bytes, "w", &w),
+  assert_int_equal(mn_store_chunk_alloc(s, 11 * chunk_bytes, "w", NULL, &w),
                    MN_ERR_RESOURCE);
   uint64_t req, avail;
   mn_store_last_resource(&req, &avail);
