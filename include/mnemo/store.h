@@ -435,8 +435,7 @@ typedef struct mn_chunk_info {
  *         mn_store_last_resource() has the figures); MN_ERR_NOMEM.
  */
 MN_API mn_status mn_store_chunk_alloc(mn_store *s, uint64_t size,
-                                      const char *chat_id,
-                                      const char *chunk_id,
+                                      const char *chat_id, const char *chunk_id,
                                       mn_chunk_info *info);
 
 /**

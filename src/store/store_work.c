@@ -44,8 +44,26 @@ static void work_destroy(mn_store *s, st_work *w) {
   free(w);
 }
 
+static mn_status check_chunk_id(const char *id) {
+  size_t n = strlen(id);
+  if (n < 1 || n > MN_CHUNK_ID_MAX)
+    return mn__set_error(MN_ERR_INVALID,
+                         "chunk id must be 1 to %d characters, got %zu",
+                         MN_CHUNK_ID_MAX, n);
+  for (size_t i = 0; i < n; i++) {
+    char ch = id[i];
+    if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+          (ch >= '0' && ch <= '9') || ch == '_' || ch == '.' || ch == '-'))
+      return mn__set_error(MN_ERR_INVALID,
+                           "chunk id '%.32s' has a character other than "
+                           "letters, digits, '_', '.' and '-' at %zu",
+                           id, i);
+  }
+  return MN_OK;
+}
+
 mn_status mn_store_chunk_alloc(mn_store *s, uint64_t size, const char *chat_id,
-                               mn_chunk_info *info) {
+                               const char *chunk_id, mn_chunk_info *info) {
   if (!s)
     return mn__set_error(MN_ERR_INVALID, "store is NULL");
   mn__st_resource_clear();
@@ -80,8 +98,7 @@ mn_status mn_store_chunk_alloc(mn_store *s, uint64_t size, const char *chat_id,
     mn_free(data);
     free(w);
     mn__st_host_release(s, size);
-    return mn__set_error(MN_ERR_EXISTS, "chunk '%s' already exists",
-                         chunk_id);
+    return mn__set_error(MN_ERR_EXISTS, "chunk '%s' already exists", chunk_id);
   }
   if (chunk_id)
     snprintf(w->id, sizeof w->id, "%s", chunk_id);
