@@ -640,6 +640,10 @@ void mn__write_health(mn_rpc *r, mn__jw *w) {
   mn__jw_kint(w, "cache_size", (int64_t)r->config->cache_size);
   mn__jw_kdouble(w, "usage_ratio", floor(ratio * 1e6) / 1e6);
   mn__jw_obj_end(w);
+  if (r->store) {
+    mn__jw_key(w, "store");
+    mn__write_store_status(r, w);
+  }
   mn__jw_obj_end(w);
 }
 
@@ -682,7 +686,7 @@ static int h_metrics(mn__call *c, const mn__jv *p, mn__jw *w) {
   mn__jw_obj(w);
   mn__jw_key(w, "memory");
   mn__jw_obj(w);
-  mn__jw_kint(w, "chunks", 0);
+  mn__jw_kint(w, "chunks", r->store ? mn__store_chunk_count(r) : 0);
   mn__jw_kint(w, "usage", host);
   mn__jw_kint(w, "available", r->config->cache_size ? host_available(r) : 0);
   mn__jw_kint(w, "cache_size", (int64_t)r->config->cache_size);
@@ -707,6 +711,10 @@ static int h_metrics(mn__call *c, const mn__jv *p, mn__jw *w) {
   size_t n = mn__pca_store_list(r->pca, &v);
   free(v);
   mn__jw_kint(w, "pca_models", (int64_t)n);
+  if (r->store) {
+    mn__jw_key(w, "store");
+    mn__write_store_status(r, w);
+  }
   mn__jw_kdouble(w, "uptime_s",
                  floor((double)(mn_time_ns() - r->started_ns) * 1e-6) / 1e3);
   /* Everything the metrics registry has: request counts, errors, latency
@@ -721,7 +729,8 @@ static int h_metrics(mn__call *c, const mn__jv *p, mn__jw *w) {
         /* The registry's per-tier figures would collide with the seed's
          * "memory"; they come as "tiers". Its uptime is ours. */
         if (strcmp(k, "uptime_s") == 0 || strcmp(k, "hpc") == 0 ||
-            strcmp(k, "pca_models") == 0 || strcmp(k, "tiers") == 0)
+            strcmp(k, "pca_models") == 0 || strcmp(k, "tiers") == 0 ||
+            strcmp(k, "store") == 0)
           continue;
         mn__jw_key(w, strcmp(k, "memory") == 0 ? "tiers" : k);
         mn__jw_value(w, &v2->u.mem[i].val);
@@ -736,6 +745,12 @@ static int h_metrics(mn__call *c, const mn__jv *p, mn__jw *w) {
 }
 
 static int h_cleanup(mn__call *c, const mn__jv *p, mn__jw *w) {
+  /* Working chunks idle past storage.chunk_ttl go now, not at the next
+   * maintenance pass; in recovery, memory chunks move to disk. */
+  mn_cleanup_report rep;
+  memset(&rep, 0, sizeof rep);
+  if (c->r->store)
+    mn_store_cleanup(c->r->store, 0, &rep);
   int64_t rss_before = rss_bytes();
   struct mallinfo2 before = mallinfo2();
   size_t scratch = mn__arena_pool_drain();
@@ -751,7 +766,9 @@ static int h_cleanup(mn__call *c, const mn__jv *p, mn__jw *w) {
   mn__jw_kint(w, "heap_free_before", (int64_t)before.fordblks);
   mn__jw_kint(w, "heap_free_after", (int64_t)after.fordblks);
   mn__jw_kbool(w, "trimmed", trimmed != 0);
-  mn__jw_kint(w, "chunks_freed", 0);
+  mn__jw_kint(w, "chunks_freed", rep.chunks_freed);
+  mn__jw_kint(w, "chunk_bytes_freed", (int64_t)rep.bytes_freed);
+  mn__jw_kint(w, "chunks_moved_to_disk", rep.chunks_demoted);
   mn__jw_kstr(w, "state", mn__pressure_state(c->r, NULL));
   mn__jw_obj_end(w);
   return 0;
@@ -1290,6 +1307,8 @@ const mn__method mn__methods[] = {
           }
         }),
     },
+/* The memory store's methods (methods_store.c). */
+#include "rpc/methods_store.inc"
     /* MCP protocol methods (mcp.c). */
     {
         .name = "initialize",
