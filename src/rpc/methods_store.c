@@ -31,8 +31,7 @@
  * ---------------------------------------------------------------------- */
 
 /* A copy of a named model for a new collection (the store owns it). */
-static mn_status resolve_pca(void *user, const char *name,
-                             mn_pca_model **out) {
+static mn_status resolve_pca(void *user, const char *name, mn_pca_model **out) {
   mn_rpc *r = user;
   const mn_pca_model *m = mn__pca_store_get(r->pca, name, NULL);
   if (!m)
@@ -116,7 +115,9 @@ static const char *jtext(mn__call *c, const mn__jv *v) {
   return t;
 }
 
-static const char *metric_name(mn_metric m) { return mn_metric_name(m); }
+static const char *metric_name(mn_metric m) {
+  return mn_metric_name(m);
+}
 
 static int parse_include(mn__call *c, const mn__jv *v, unsigned *out) {
   *out = MN_INCLUDE_DEFAULT;
@@ -205,8 +206,8 @@ static int coll_param(mn__call *c, const mn__jv *p, const char *key,
   const mn__jv *v = mn__jobj_get(p, key);
   *out = cstr(c, v);
   if (!*out)
-    return mn__fail(c, MN_RPC_INVALID_PARAMS, "%s.%s must be a string",
-                    c->root, key);
+    return mn__fail(c, MN_RPC_INVALID_PARAMS, "%s.%s must be a string", c->root,
+                    key);
   return 0;
 }
 
@@ -221,8 +222,8 @@ static int id_list(mn__call *c, const mn__jv *v, const char ***out,
     mn__jv tmp;
     (*out)[i] = cstr(c, mn__jarr_at(v, (uint32_t)i, &tmp));
     if (!(*out)[i])
-      return mn__fail(c, MN_RPC_INVALID_PARAMS,
-                      "%s.ids[%lld] must be a string", c->root, (long long)i);
+      return mn__fail(c, MN_RPC_INVALID_PARAMS, "%s.ids[%lld] must be a string",
+                      c->root, (long long)i);
   }
   return 0;
 }
@@ -348,8 +349,8 @@ static int memory_embedding(mn__call *c, const mn__jv *v, const char *path,
     return rc;
   if (t.rows != 1)
     return mn__fail(c, MN_RPC_INVALID_PARAMS,
-                    "%s holds %lld vectors: give one vector per memory",
-                    path, (long long)t.rows);
+                    "%s holds %lld vectors: give one vector per memory", path,
+                    (long long)t.rows);
   if (t.cols != dim)
     return mn__fail(c, MN_RPC_INVALID_PARAMS,
                     "%s has %lld values but collection '%s' takes %lld", path,
@@ -408,8 +409,10 @@ int mn__h_add_memories(mn__call *c, const mn__jv *p, mn__jw *w) {
   mn_memory_id *ids = malloc(sizeof *ids * (size_t)n);
   if (!m || !ids) {
     free(ids);
-    return mn__fail(c, MN_RPC_RESOURCE_ERROR, "out of memory for %lld "
-                    "memories", (long long)n);
+    return mn__fail(c, MN_RPC_RESOURCE_ERROR,
+                    "out of memory for %lld "
+                    "memories",
+                    (long long)n);
   }
   for (int64_t i = 0; i < n && !rc; i++) {
     mn__jv tmp;
@@ -458,8 +461,8 @@ int mn__h_store_memory(mn__call *c, const mn__jv *p, mn__jw *w) {
   snprintf(path, sizeof path, "%s.embedding", c->root);
   rc = memory_fields(c, p, c->root, &m);
   if (!rc)
-    rc = memory_embedding(c, mn__jobj_get(p, "embedding"), path, info.dim,
-                          coll, &m);
+    rc = memory_embedding(c, mn__jobj_get(p, "embedding"), path, info.dim, coll,
+                          &m);
   if (rc)
     return rc;
   mn_memory_id id;
