@@ -229,6 +229,19 @@ MN_API mn_status mn_store_collection_list(mn_store *s, mn_collection_info **out,
  */
 MN_API mn_status mn_store_collection_drop(mn_store *s, const char *name);
 
+/**
+ * The stored vectors of a collection, decoded to float32 (after the
+ * collection's normalize / PCA, as its dtype keeps them), oldest first; at
+ * most max_rows of them, evenly spaced, when max_rows > 0. For fitting a
+ * PCA model on what a collection holds.
+ * @param[out] out    malloc'd rows x width floats (NULL when empty), freed
+ *                    by the caller with free()
+ * @return MN_OK; MN_ERR_NOT_FOUND; MN_ERR_INVALID; MN_ERR_NOMEM; MN_ERR_IO.
+ */
+MN_API mn_status mn_store_collection_vectors(mn_store *s, const char *name,
+                                             int64_t max_rows, float **out,
+                                             int64_t *rows, int64_t *width);
+
 /* ------------------------------------------------------------------------
  * Memories.
  * ---------------------------------------------------------------------- */

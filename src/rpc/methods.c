@@ -493,6 +493,8 @@ static int h_process(mn__call *c, const mn__jv *p, mn__jw *w) {
 /* ------------------------------------------------------------------------
  * PCA models
  * ---------------------------------------------------------------------- */
+/* Rows a fit on a stored collection reads, at most (evenly spaced). */
+#define MN__FIT_MAX_ROWS 200000
 static int h_fit_pca(mn__call *c, const mn__jv *p, mn__jw *w) {
   const char *R = c->root;
   char name[65];
@@ -501,21 +503,49 @@ static int h_fit_pca(mn__call *c, const mn__jv *p, mn__jw *w) {
     return rc;
   const mn__jv *emb = mn__jobj_get(p, "embeddings");
   const mn__jv *coll = mn__jobj_get(p, "collection");
-  if (coll && !emb)
-    return mn__fail(c, MN_RPC_INVALID_PARAMS,
-                    "%s.collection: fitting on a stored collection is not "
-                    "available yet, because this build has no memory store; "
-                    "send the vectors as %s.embeddings",
-                    R, R);
-  if (coll)
+  if (coll && emb)
     return mn__fail(c, MN_RPC_INVALID_PARAMS,
                     "give %s.embeddings or %s.collection, not both", R, R);
+  if (!coll && !emb)
+    return mn__fail(c, MN_RPC_INVALID_PARAMS,
+                    "give the vectors as %s.embeddings, or name a stored "
+                    "%s.collection",
+                    R, R);
   char path[80];
   snprintf(path, sizeof path, "%s.embeddings", R);
   mn__tin in;
-  rc = mn__tensor_decode(c, emb, path, &in);
-  if (rc)
-    return rc;
+  memset(&in, 0, sizeof in);
+  if (coll) {
+    /* The collection's stored vectors (at most MN__FIT_MAX_ROWS, evenly
+     * spaced), copied into the request's arena. */
+    char cname[65];
+    snprintf(cname, sizeof cname, "%.*s", (int)MN__MIN(coll->n, 64u),
+             coll->u.str);
+    float *v = NULL;
+    int64_t rows = 0, cols = 0;
+    mn_status cs = mn_store_collection_vectors(c->r->store, cname,
+                                               MN__FIT_MAX_ROWS, &v, &rows,
+                                               &cols);
+    if (cs != MN_OK)
+      return mn__fail(c, MN_RPC_INVALID_PARAMS, "%s.collection: %s", R,
+                      mn_errmsg());
+    in.data = rows ? mn__arena_alloc(c->a, sizeof(float) *
+                                               (size_t)(rows * cols))
+                   : NULL;
+    if (rows && !in.data) {
+      free(v);
+      return mn__fail(c, MN_RPC_RESOURCE_ERROR, "out of memory");
+    }
+    if (rows)
+      memcpy(in.data, v, sizeof(float) * (size_t)(rows * cols));
+    free(v);
+    in.rows = rows;
+    in.cols = cols;
+  } else {
+    rc = mn__tensor_decode(c, emb, path, &in);
+    if (rc)
+      return rc;
+  }
   int64_t k = (int64_t)mn__jobj_get(p, "n_components")->u.num;
   int whiten = get_bool(mn__jobj_get(p, "whiten"), 0);
   if (k > in.cols)
@@ -990,9 +1020,9 @@ const mn__method mn__methods[] = {
             "embeddings" : TENSOR_IN,
             "collection" : {
               "type" : "string",
-              "description" : "Fit on a stored collection instead. Not "
-                              "available until the memory store exists: "
-                              "send embeddings."
+              "description" : "Fit on the vectors a collection holds "
+                              "instead (as stored: after its normalize / "
+                              "PCA; at most 200000 of them, evenly spaced)."
             },
             "n_components" : {
               "type" : "integer",

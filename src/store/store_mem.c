@@ -562,3 +562,70 @@ mn_status mn_store_delete(mn_store *s, const char *coll, const char *const *ids,
   mn__st_coll_unref(c);
   return st;
 }
+
+/* ------------------------------------------------------------------------
+ * Export of a collection's vectors.
+ * ---------------------------------------------------------------------- */
+mn_status mn_store_collection_vectors(mn_store *s, const char *name,
+                                      int64_t max_rows, float **out,
+                                      int64_t *rows, int64_t *width) {
+  if (!s || !out || !rows || !width)
+    return mn__set_error(MN_ERR_INVALID, "NULL argument");
+  *out = NULL;
+  *rows = *width = 0;
+  st_coll *c = NULL;
+  MN__TRY(mn__st_coll_ref(s, name, &c));
+  /* Deletes are excluded while the live rows are listed. */
+  pthread_rwlock_rdlock(&c->lock);
+  int64_t live = __atomic_load_n(&c->count, __ATOMIC_RELAXED);
+  int64_t take = max_rows > 0 && max_rows < live ? max_rows : live;
+  uint64_t *seqs = malloc(sizeof(uint64_t) * (size_t)(take ? take : 1));
+  float *v = take ? malloc(sizeof(float) * (size_t)(take * c->width)) : NULL;
+  mn_status st = MN_OK;
+  if (!seqs || (take && !v))
+    st = mn__set_error(MN_ERR_NOMEM, "out of memory for %lld vectors",
+                       (long long)take);
+  int64_t got = 0, seen = 0;
+  int64_t nch = st_nchunks(c);
+  for (int64_t k = 0; k < nch && st == MN_OK && got < take; k++) {
+    const st_chunk *ch = st_chunk_at(c, k);
+    int32_t n = st_chunk_n(ch);
+    for (int32_t r = 0; r < n && got < take; r++) {
+      if (!st_row_live(ch, r))
+        continue;
+      /* Row `seen` of `live` is taken when it starts a new stride. */
+      if ((seen * take) / live == got)
+        seqs[got++] = ch->seq[r];
+      seen++;
+    }
+  }
+  pthread_rwlock_unlock(&c->lock);
+  MDB_txn *txn = NULL;
+  if (st == MN_OK && got)
+    st = mn__st_read_begin(s, &txn);
+  int64_t n = 0;
+  for (int64_t i = 0; i < got && st == MN_OK; i++) {
+    st_vec_hdr h;
+    mn_status r = mn__st_read_row(s, txn, c, seqs[i], 1, &h);
+    if (r == MN_ERR_NOT_FOUND)
+      continue; /* deleted since */
+    if (r != MN_OK) {
+      st = r;
+      break;
+    }
+    mn__st_decode_row(c, h.codes, h.scale, v + n * c->width);
+    n++;
+  }
+  if (txn)
+    mn__st_read_end(s, txn);
+  free(seqs);
+  if (st != MN_OK) {
+    free(v);
+  } else {
+    *out = n ? v : (free(v), NULL);
+    *rows = n;
+    *width = c->width;
+  }
+  mn__st_coll_unref(c);
+  return st;
+}

@@ -327,6 +327,44 @@ static void test_memories_and_search(void **state) {
   res = fx_ok(f, S(&b), &rep);
   assert_int_equal(json_array_size(json_object_get(res, "results")), 2);
   json_decref(rep);
+  /* fitPCA on the collection equals fitPCA on the same vectors sent. */
+  sb_reset(&b);
+  sb_add(&b, "{\"jsonrpc\":\"2.0\",\"id\":7,\"method\":\"fitPCA\","
+             "\"params\":{\"name\":\"sent\",\"n_components\":4,"
+             "\"embeddings\":[");
+  int first = 1;
+  for (int i = 0; i < N; i++) {
+    if (r.deleted[i])
+      continue;
+    sb_add(&b, first ? "[" : ",[");
+    first = 0;
+    for (int d = 0; d < D; d++)
+      sb_add(&b, d ? ",%.9g" : "%.9g", (double)r.v[i][d]);
+    sb_add(&b, "]");
+  }
+  sb_add(&b, "]}}");
+  json_t *rs, *sent = fx_ok(f, S(&b), &rs);
+  json_t *rc2, *fromc = fx_ok(f,
+                              "{\"jsonrpc\":\"2.0\",\"id\":8,\"method\":"
+                              "\"fitPCA\",\"params\":{\"name\":\"coll\","
+                              "\"n_components\":4,\"collection\":\"mem\"}}",
+                              &rc2);
+  assert_int_equal(json_integer_value(json_object_get(fromc, "n_samples")),
+                   N - 2);
+  for (int j = 0; j < 4; j++) {
+    double a = json_number_value(
+        json_array_get(json_object_get(sent, "explained_variance_ratio"), j));
+    double bb = json_number_value(
+        json_array_get(json_object_get(fromc, "explained_variance_ratio"), j));
+    assert_true(fabs(a - bb) < 1e-5);
+  }
+  json_decref(rs);
+  json_decref(rc2);
+  fx_err(f,
+         "{\"jsonrpc\":\"2.0\",\"id\":9,\"method\":\"fitPCA\","
+         "\"params\":{\"name\":\"x\",\"n_components\":2,"
+         "\"collection\":\"nope\"}}",
+         MN_RPC_INVALID_PARAMS, "does not exist");
   /* A restart keeps every memory and field. */
   fx_close_engine(f);
   fx_open_engine(f);

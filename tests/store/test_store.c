@@ -226,6 +226,22 @@ static void test_memories_roundtrip(void **state) {
     }
   }
 
+  /* The stored vectors, all of them and an even sample. */
+  float *vv = NULL;
+  int64_t vr = 0, vw = 0;
+  ST_OK(mn_store_collection_vectors(f->s, "mem", 0, &vv, &vr, &vw));
+  assert_int_equal(vr, N);
+  assert_int_equal(vw, DIM);
+  assert_memory_equal(vv, vecs, sizeof(float) * N * DIM);
+  free(vv);
+  ST_OK(mn_store_collection_vectors(f->s, "mem", 7, &vv, &vr, &vw));
+  assert_int_equal(vr, 7);
+  for (int j = 0; j < 7; j++) /* rows ceil(j * N / 7): 0, 86, 172, ... */
+    assert_memory_equal(vv + j * DIM, vecs + ((j * N + 6) / 7) * DIM,
+                        sizeof(float) * DIM);
+  free(vv);
+  assert_int_equal(mn_store_collection_vectors(f->s, "nope", 0, &vv, &vr, &vw),
+                   MN_ERR_NOT_FOUND);
   /* Update: content, metadata, significance. */
   mn_memory_update u = {.content = "new content",
                         .metadata = "{\"k\":1}",
