@@ -52,9 +52,6 @@ deps-bench: deps
 	    --no-install-recommends $$missing >/dev/null || exit 1; \
 	fi
 
-$(BUILD)/CMakeCache.txt:
-	cmake -S . -B $(BUILD) $(CMAKE_ARGS)
-
 configure: deps
 	@cmake -S . -B $(BUILD) $(CMAKE_ARGS) >/dev/null
 
