@@ -384,7 +384,7 @@ __global__ void __launch_bounds__(MNC_THREADS) dequant_kernel(ElemArgs a) {
           int nib = (c & 1) ? (cr[c >> 1] >> 4) : (cr[c >> 1] & 0xF);
           o = __fmul_rn((float)((nib ^ 8) - 8), s);
         } else if (KIND == MN_QUANT_INT8_AFFINE) {
-          o = __fadd_rn(a.vmin[c], __fmul_rn((float)cr[c], a.vsc[c]));
+          o = fmaf((float)cr[c], a.vsc[c], a.vmin[c]); /* as the CPU */
         } else if (KIND == MN_QUANT_FP16) {
           o = __half2float(__ushort_as_half(((const uint16_t *)cr)[c]));
         } else if (KIND == MN_QUANT_BF16) {
@@ -443,7 +443,8 @@ __global__ void col_minmax_final(const float *pmin, const float *pmax,
     mx = fmaxf(mx, pmax[(int64_t)s * cols + c]);
   }
   vmin[c] = mn;
-  vsc[c] = (mx - mn) / 255.0f;
+  /* in double, as the CPU: max - min may exceed FLT_MAX */
+  vsc[c] = (float)(((double)mx - (double)mn) / 255.0);
 }
 
 /* Copy n floats from the device to `dst`, which may be host or device. */

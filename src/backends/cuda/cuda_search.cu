@@ -291,9 +291,8 @@ __device__ __forceinline__ void decode_word(uint32_t w, int e0, const Db &db,
 #pragma unroll
     for (int b = 0; b < 4; b++) {
       int e = e0 + b;
-      x[b] = e < db.d ? __fadd_rn(__ldg(db.vmin + e),
-                                  __fmul_rn((float)((w >> (8 * b)) & 0xFFu),
-                                            __ldg(db.vsc + e)))
+      x[b] = e < db.d ? fmaf((float)((w >> (8 * b)) & 0xFFu),
+                             __ldg(db.vsc + e), __ldg(db.vmin + e))
                       : 0.f;
     }
   } else if constexpr (DT == MN_DTYPE_I4) {
@@ -495,7 +494,7 @@ __global__ void __launch_bounds__(256) scan_kernel(ScanArgs a) {
           rs = a.db.scales[row];
         x2 *= rs * rs;
         if (live && a.db.norms) {
-          xn = a.db.norms[row];
+          xn = fabsf(a.db.norms[row]);
           x2 = xn * xn;
         } else {
           xn = sqrtf(x2);
@@ -621,7 +620,7 @@ __global__ void __launch_bounds__(256) select_kernel(SelArgs a) {
         float dot = a.S[(int64_t)j * a.ldS + c] * qmul;
         if (a.epi.rscale)
           dot *= a.epi.rscale[c];
-        float xn = a.epi.xn ? a.epi.xn[c] : 0.f;
+        float xn = a.epi.xn ? fabsf(a.epi.xn[c]) : 0.f;
         key = to_key(a.epi.metric,
                      metric_value(a.epi.metric, dot, qn, xn, xn * xn));
         id = a.id0 + (int)c;
@@ -834,7 +833,7 @@ __global__ void epilogue_kernel(float *out, int64_t ldo, int nq, int64_t len,
     float dot = *p * (e.qmul ? e.qmul[j] : 1.f);
     if (e.rscale)
       dot *= e.rscale[c];
-    float xn = e.xn ? e.xn[c] : 0.f;
+    float xn = e.xn ? fabsf(e.xn[c]) : 0.f;
     *p = metric_value(e.metric, dot, e.qn[j], xn, xn * xn);
   }
 }
@@ -1032,7 +1031,7 @@ mn_status scan_config(const Ctx &c, bool topk, int k, int qb, int nq,
                    k, cfg->smem, c.cb->smem_optin);
   int per_sm = 0;
   MNC_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-      &per_sm, fn, cfg->nw * 32, cfg->smem));
+      &per_sm, (const void *)fn, cfg->nw * 32, cfg->smem));
   if (per_sm < 1)
     per_sm = 1;
   int64_t need = (c.N + (int64_t)cfg->nw * rps - 1) / ((int64_t)cfg->nw * rps);
@@ -1360,20 +1359,20 @@ mn_status mn__cuda_search_setup(mnc_backend *cb) {
   const int dts[] = {MN_DTYPE_F32, MN_DTYPE_F16, MN_DTYPE_BF16, MN_DTYPE_I8,
                      MN_DTYPE_U8,  MN_DTYPE_I4,  MN_DTYPE_BIN};
   for (int dt : dts) {
-    MNC_TRY(cudaFuncSetAttribute(scan_kernel_for<true>(dt, 1),
+    MNC_TRY(cudaFuncSetAttribute((const void *)scan_kernel_for<true>(dt, 1),
                                  cudaFuncAttributeMaxDynamicSharedMemorySize,
                                  optin));
-    MNC_TRY(cudaFuncSetAttribute(scan_kernel_for<true>(dt, QB_MAX),
+    MNC_TRY(cudaFuncSetAttribute((const void *)scan_kernel_for<true>(dt, QB_MAX),
                                  cudaFuncAttributeMaxDynamicSharedMemorySize,
                                  optin));
-    MNC_TRY(cudaFuncSetAttribute(scan_kernel_for<false>(dt, QB_MAX),
+    MNC_TRY(cudaFuncSetAttribute((const void *)scan_kernel_for<false>(dt, QB_MAX),
                                  cudaFuncAttributeMaxDynamicSharedMemorySize,
                                  optin));
   }
-  MNC_TRY(cudaFuncSetAttribute(select_kernel<true>,
+  MNC_TRY(cudaFuncSetAttribute((const void *)select_kernel<true>,
                                cudaFuncAttributeMaxDynamicSharedMemorySize,
                                optin));
-  MNC_TRY(cudaFuncSetAttribute(select_kernel<false>,
+  MNC_TRY(cudaFuncSetAttribute((const void *)select_kernel<false>,
                                cudaFuncAttributeMaxDynamicSharedMemorySize,
                                optin));
   return MN_OK;
