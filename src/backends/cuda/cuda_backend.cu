@@ -129,9 +129,11 @@ static void pool_trim(mnc_backend *cb, uint64_t need) {
 mn_status mn__cuda_pool_alloc(mnc_backend *cb, size_t bytes, void **out) {
   int cls;
   size_t sz = class_size(bytes, &cls);
+  if (cb->pool_exact) /* blocks of the asked size, never reused */
+    sz = bytes ? bytes : 1, cls = -1;
   *out = nullptr;
   pthread_mutex_lock(&cb->pool_mu);
-  mnc_block *blk = cb->free_lists[cls];
+  mnc_block *blk = cls >= 0 ? cb->free_lists[cls] : nullptr;
   if (blk) {
     cb->free_lists[cls] = blk->fnext;
     blk->in_use = 1;
@@ -201,12 +203,25 @@ void mn__cuda_pool_free(mnc_backend *cb, void *p) {
     MNC_LOGW("free of %p, which is not a live CUDA pool block; ignored", p);
     return;
   }
+  blk->in_use = 0;
+  cb->in_use -= blk->size;
+  if (cb->pool_exact) {
+    mnc_block **pp = &cb->buckets[bucket_of(p)];
+    while (*pp != blk)
+      pp = &(*pp)->hnext;
+    *pp = blk->hnext;
+    cb->reserved -= blk->size;
+    pthread_mutex_unlock(&cb->pool_mu);
+    cudaFree(p);
+    cudaGetLastError();
+    mn__cuda_host->account_add(MN_TIER_DEVICE, -(int64_t)blk->size);
+    free(blk);
+    return;
+  }
   int cls;
   class_size(blk->size, &cls);
-  blk->in_use = 0;
   blk->fnext = cb->free_lists[cls];
   cb->free_lists[cls] = blk;
-  cb->in_use -= blk->size;
   pthread_mutex_unlock(&cb->pool_mu);
 }
 
@@ -571,6 +586,10 @@ static mn_status init_backend(mnc_backend *cb, const mn_backend_opts *opts) {
   const char *env = getenv("MNEMO_CUDA_CHUNK_ROWS");
   if (env && atoll(env) >= 1024)
     cb->chunk_rows = atoll(env);
+  /* debug aid for compute-sanitizer: every buffer exactly as large as
+   * asked, so a read past a tensor's end is past its allocation */
+  env = getenv("MNEMO_CUDA_POOL_EXACT");
+  cb->pool_exact = env && env[0] == '1';
   MNC_TRY(cudaSetDevice(cb->device));
   MNC_TRY(cudaFree(nullptr)); /* create the context now, not on a request */
   MNC_CHECK(mn__cuda_search_setup(cb));

@@ -110,6 +110,7 @@ typedef struct mnc_backend {
   uint64_t limit;    /* gpu.memory_limit, 0 = none */
   int allow_f16;     /* TF32 / float16 products allowed */
   int64_t chunk_rows; /* rows per GEMM chunk in search (tuning) */
+  int pool_exact;     /* debug: exact sizes, no caching (memcheck) */
 
   pthread_mutex_t pool_mu;
   mnc_block *buckets[MNC_POOL_BUCKETS];

@@ -173,11 +173,15 @@ static void test_device_and_memory(void **state) {
     CHECK_OK(mn_backend_download(gpu, dst, d, n));
     assert_memory_equal(src, dst, n);
     mn_backend_free(gpu, d);
-    /* the pool hands the same class back without a new device block */
-    int64_t held = mn_account_get(MN_TIER_DEVICE);
-    CHECK_OK(mn_backend_alloc(gpu, n, &d));
-    assert_int_equal(mn_account_get(MN_TIER_DEVICE), held);
-    mn_backend_free(gpu, d);
+    /* the pool hands the same class back without a new device block
+     * (not in the exact-size debug mode the memcheck run uses) */
+    const char *exact = getenv("MNEMO_CUDA_POOL_EXACT");
+    if (!exact || exact[0] != '1') {
+      int64_t held = mn_account_get(MN_TIER_DEVICE);
+      CHECK_OK(mn_backend_alloc(gpu, n, &d));
+      assert_int_equal(mn_account_get(MN_TIER_DEVICE), held);
+      mn_backend_free(gpu, d);
+    }
     free(src);
     free(dst);
   }
@@ -460,7 +464,10 @@ static void test_quantize(void **state) {
 /* ---------------------------------------------------------------------------
  * PCA
  * ------------------------------------------------------------------------- */
-/* Rows with a planted spectrum: z * diag(sigma) * B' + mu, B orthonormal. */
+/* Rows with a planted spectrum: z * diag(sigma) * B' + mu, B orthonormal,
+ * sigma_i = 10 * 0.95^i: variances ~10 % apart, spanning a few decades
+ * over the components the tests keep (steeper spectra test the CPU
+ * reference's own float32 covariance more than the GPU). */
 static float *pca_data(int64_t n, int64_t d) {
   double *B = malloc((size_t)(d * d) * sizeof(double));
   assert_non_null(B);
@@ -487,7 +494,7 @@ static float *pca_data(int64_t n, int64_t d) {
   assert_non_null(z);
   for (int64_t r = 0; r < n; r++) {
     for (int64_t i = 0; i < d; i++)
-      z[i] = gauss() * 10.0 * pow(0.85, (double)i);
+      z[i] = gauss() * 10.0 * pow(0.95, (double)i);
     for (int64_t t = 0; t < d; t++) {
       double v = 0.5 + 0.01 * t;
       for (int64_t i = 0; i < d; i++)
@@ -537,8 +544,8 @@ static void check_pca(int64_t n, int64_t d, int64_t k) {
     }
     assert_true(fabs(na - 1.0) < 1e-5);
     assert_true(a[arg] > 0.f); /* the sign rule */
-    /* the spectrum is planted with 15 % gaps: components are well defined
-     * and carry the same sign on both backends */
+    /* the planted gaps make components well defined: both backends must
+     * find the same vectors with the same sign */
     if (!(dot > 1.0 - 1e-4))
       fail_msg("PCA component %lld: cosine with the cpu's is %.8f",
                (long long)t, dot);
@@ -756,7 +763,7 @@ static void test_similarity(void **state) {
   for (int dt = 0; dt < MN_DTYPE_COUNT; dt++) {
     check_similarity((mn_dtype)dt, 2500, 96, 3, 0);  /* scan */
     check_similarity((mn_dtype)dt, 2500, 96, 20, 0); /* GEMM where it fits */
-    check_similarity((mn_dtype)dt, 700, 37, 5, 3);   /* odd width, stride */
+    check_similarity((mn_dtype)dt, 700, 37, 5, 4);   /* odd width, stride */
   }
 }
 
@@ -867,13 +874,19 @@ static void test_search(void **state) {
                           (c + metric) % 4);
     free_stored(&s);
     /* fewer rows than k, odd width, padded rows */
-    stored t = make_stored((mn_dtype)dt, 7, 37, 5, 0);
+    stored t = make_stored((mn_dtype)dt, 7, 37, 8, 0);
     for (int metric = 0; metric <= MN_METRIC_L2; metric++) {
       check_search_case(&t, 3, 10, metric, metric);
       check_search_case(&t, 1, 10, metric, 3);
     }
     free_stored(&t);
   }
+  /* GEMM chunks large enough that each query's chunk is selected by
+   * several blocks (on a many-SM device) and merged */
+  stored w = make_stored(MN_DTYPE_F16, 9000, 64, 0, 0);
+  check_search_case(&w, 16, 10, MN_METRIC_IP, 0);
+  check_search_case(&w, 16, 100, MN_METRIC_L2, 3);
+  free_stored(&w);
   /* exact ties in float: 40 distinct rows repeated; lower ids first */
   stored u = make_stored(MN_DTYPE_F16, 3000, 64, 0, 40);
   check_search_case(&u, 4, 50, MN_METRIC_IP, 0);

@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
-"""cu2cpp.py IN.cu OUT.cpp - rewrite a plugin source for the host emulator
-(cuda_emu.h): each kernel launch `K<<<grid, block[, smem[, stream]]>>>(args);`
-becomes `mnc_emu::launch(dim3(grid), dim3(block), smem, stream,
-[&]() { K(args); });` and the dynamic shared memory declaration becomes a
-pointer to the emulated block's buffer. A launch must start its own line."""
+"""cu2cpp.py IN.cu OUT.cpp - rewrite a plugin source (or .cuh header) for
+the host emulator (cuda_emu.h): each kernel launch
+`K<<<grid, block[, smem[, stream]]>>>(args);` becomes
+`mnc_emu::launch(dim3(grid), dim3(block), smem, stream, [&]() { K(args); });`,
+the dynamic shared memory declaration becomes a pointer to the emulated
+block's buffer and __noinline__ the GNU attribute. A launch must start its
+own line."""
 import re
 import sys
 
@@ -27,6 +29,7 @@ def split_top(s):
 
 
 def convert(src):
+    src = src.replace("__noinline__", "__attribute__((noinline))")
     src = re.sub(r"extern\s+__shared__\s+__align__\(\d+\)\s+unsigned char\s+"
                  r"(\w+)\[\];",
                  r"unsigned char *\1 = mnc_emu::dyn_smem();", src)

@@ -96,6 +96,7 @@ inline float __fdiv_rn(float a, float b) { return a / b; }
 inline float __fmul_rn(float a, float b) { return a * b; }
 inline float __fadd_rn(float a, float b) { return a + b; }
 inline float __uint_as_float(unsigned u) { return mnc_emu::from_bits<float>(u); }
+inline double cospi(double x) { return cos(3.141592653589793 * x); }
 
 /* Vector loads must be aligned on the device: check it here. */
 void mnc_emu_check_align(const void *p, size_t a, const char *what);
