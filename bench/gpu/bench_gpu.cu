@@ -496,6 +496,27 @@ int main(int argc, char **argv) {
         emit(name, ms, 2.0 * N * D, nq > 1 ? 2.0 * N * D * nq : 0, extra);
       }
     }
+    /* the GEMM chunk size (MNEMO_CUDA_CHUNK_ROWS, read when a backend
+     * opens): a few values around the default, for tuning */
+    if (!tiny) {
+      mn_tensor tq = dtensor(q, MN_DTYPE_F32, 256, D, 4);
+      for (const char *rows : {"8192", "32768", "65536"}) {
+        setenv("MNEMO_CUDA_CHUNK_ROWS", rows, 1);
+        mn_backend *bc = nullptr;
+        MN(init(&o16, &g_host, &bc));
+        double ms = median_ms(1, 5, [&] {
+          MN(I->search(bc, &tq, &vb, MN_METRIC_IP, k, 0, sc.data(),
+                       id.data()));
+        });
+        verify(256, true);
+        char name[96];
+        snprintf(name, sizeof name, "search fp16 N=%lld Q=256 k=10 chunk=%s",
+                 (long long)N, rows);
+        emit(name, ms, 2.0 * N * D, 2.0 * N * D * 256, "\"query\": \"float16\"");
+        I->destroy(bc);
+      }
+      unsetenv("MNEMO_CUDA_CHUNK_ROWS");
+    }
     CU(cudaFree(db16));
 
     int8_t *db8 = (int8_t *)dev((size_t)N * D);

@@ -16,12 +16,12 @@
 #      with whatever time is left
 #   6. one table of ratios, printed last
 # A deadline (DEADLINE seconds, default 330) caps every step: the whole
-# script ends inside 6 minutes. Logs and JSON land in $OUT (./gpu-out when
+# script ends inside 6 minutes. Logs and JSON land in $OUT (build-gpu/out when
 # OUT is unset). QUICK=1 selects smaller benchmark sizes.
 set -u
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
-OUT=${OUT:-$ROOT/gpu-out}
+OUT=${OUT:-$ROOT/build-gpu/out}
 mkdir -p "$OUT"
 JOBS=$(nproc 2>/dev/null || echo 8)
 QFLAG=""

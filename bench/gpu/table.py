@@ -42,11 +42,11 @@ def fmt(v, unit=""):
 dev = get(ours, "device") or get(peer, "device") or {}
 copy_o, copy_p = get(ours, "d2d copy"), get(peer, "d2d copy")
 print("device: %s" % dev.get("device", "?"))
-print("%-44s %10s %10s %9s  %s" % ("target", "ours", "pytorch", "ratio", "goal"))
+print("%-48s %10s %10s %9s  %s" % ("target", "ours", "pytorch", "ratio", "goal"))
 
 
 def line(name, o, p, ratio, goal):
-    print("%-44s %10s %10s %9s  %s" % (name, o, p, "-" if ratio is None else "%.2f" % ratio, goal))
+    print("%-48s %10s %10s %9s  %s" % (name, o, p, "-" if ratio is None else "%.2f" % ratio, goal))
 
 
 def bw_share(r, copy):
@@ -64,6 +64,9 @@ o = get(ours, "search fp16", lambda r: "Q=256" in r["op"] and "peer" in r.get("q
 p = get(peer, "search fp16", lambda r: "Q=256" in r["op"])
 line("search fp16 N=10M Q=256 k=10 (ms)", fmt(ms(o)), fmt(ms(p)), ms(p) / ms(o) if o and p else None,
      ">= 3x faster")
+chunks = [(r["op"].split("chunk=")[1], r["ms"]) for op, rs in ours.items() if "chunk=" in op for r in rs]
+if chunks:
+    print("  (GEMM chunk rows tried: %s; default 16384)" % ", ".join("%s: %.3f ms" % c for c in chunks))
 o32 = get(ours, "search fp16", lambda r: "Q=256" in r["op"] and "split" in r.get("query", ""))
 line("  same, float32 query (exact, ms)", fmt(ms(o32)), fmt(ms(p)), ms(p) / ms(o32) if o32 and p else None,
      "(information)")
