@@ -270,7 +270,7 @@ static void test_pca_fit(void **state) {
           e_vec_small = fmax(e_vec_small, 1 - fabs(dot));
         }
       }
-      char w2[96];
+      char w2[160];
       snprintf(w2, sizeof w2, "%s mean", what);
       report(t, w2, e_mean, 1e-5);
       snprintf(w2, sizeof w2, "%s variance", what);
