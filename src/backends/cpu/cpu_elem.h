@@ -20,26 +20,51 @@
 
 #include <math.h>
 #include <stdint.h>
+#include <string.h>
 
 /* A float32 sum of squares inside [LO, HI] has lost nothing to underflow or
- * overflow; outside it (zero rows included) the row is redone in double. */
+ * overflow; outside it (zero rows, NaN and Inf included) the row is redone
+ * in double. */
 #define MN__NORM_LO 0x1p-100f
 #define MN__NORM_HI 0x1p+100f
 
+/*
+ * Non-finite input. The backend sets MN_BACKEND_CAP_CHECKS_FINITE, so the
+ * kernels that read float32 input find NaN and Inf themselves, in the pass
+ * they make anyway, and return MN__ELEM_BAD for such a row; the driver then
+ * names the first bad element. The tests they use cost next to nothing:
+ * normalize's float32 sum of squares is NaN or Inf (the double fallback
+ * then tells a finite overflow from a bad element); the symmetric kinds
+ * take the row maximum of |x| on the bit patterns, as unsigned integers
+ * (ordered as the floats, NaN above Inf), where a float max would drop a
+ * NaN; the other kinds keep the same integer maximum beside their work.
+ * |x| bits of at least MN__ELEM_INF_BITS are Inf or NaN.
+ */
+#define MN__ELEM_BAD (-1)
+#define MN__ELEM_INF_BITS 0x7f800000u
+
 typedef struct mn__elem_kernels {
-  /* y = x / ||x||. Returns 1 for a zero row (y all zeros), else 0. x may be
-   * y. */
+  /* y = x / ||x||. Returns 1 for a zero row (y all zeros), MN__ELEM_BAD
+   * with y untouched (so an in-place caller can still find the element),
+   * else 0. x may be y. */
   int (*normalize)(const float *x, float *y, int64_t n, int nt);
-  /* scale = max|x| / 127; c = rint(x / scale) in [-127, 127]; scale 0 gives
-   * zero codes. Returns the scale. */
-  float (*quant_i8)(const float *x, int8_t *c, int64_t n, int nt);
+  /* *scale = max|x| / 127; c = rint(x / scale) in [-127, 127]; scale 0
+   * gives zero codes. Returns 0, or MN__ELEM_BAD with c and *scale
+   * untouched. */
+  int (*quant_i8)(const float *x, int8_t *c, int64_t n, int nt, float *scale);
   /* As quant_i8 with 7 and [-7, 7], two codes a byte, low nibble first. */
-  float (*quant_i4)(const float *x, uint8_t *c, int64_t n);
-  /* c = clamp(rint((x - vmin) / scale), 0, 255), 0 where scale is 0. */
-  void (*quant_u8)(const float *x, uint8_t *c, const float *vmin,
-                   const float *scale, int64_t n, int nt);
+  int (*quant_i4)(const float *x, uint8_t *c, int64_t n, float *scale);
+  /* c = clamp(rint((x - vmin) / scale), 0, 255), 0 where scale is 0. The
+   * kernels below return 0, or MN__ELEM_BAD with the row's output
+   * unspecified. */
+  int (*quant_u8)(const float *x, uint8_t *c, const float *vmin,
+                  const float *scale, int64_t n, int nt);
   /* bit j%8 of byte j/8 set when x[j] > 0; pad bits 0. */
-  void (*quant_bin)(const float *x, uint8_t *c, int64_t n);
+  int (*quant_bin)(const float *x, uint8_t *c, int64_t n);
+  /* The bits of mn_f32_to_f16 / mn_f32_to_bf16 (half.c), element by
+   * element. */
+  int (*quant_f16)(const float *x, uint16_t *c, int64_t n, int nt);
+  int (*quant_bf16)(const float *x, uint16_t *c, int64_t n, int nt);
   void (*deq_i8)(const int8_t *c, float *y, float scale, int64_t n, int nt);
   void (*deq_i4)(const uint8_t *c, float *y, float scale, int64_t n, int nt);
   /* y = fmaf(c, scale, vmin): one rounding, and no overflow of c * scale
@@ -47,8 +72,9 @@ typedef struct mn__elem_kernels {
   void (*deq_u8)(const uint8_t *c, float *y, const float *vmin,
                  const float *scale, int64_t n, int nt);
   void (*deq_bin)(const uint8_t *c, float *y, int64_t n, int nt);
-  /* vmin = min(vmin, x), vmax = max(vmax, x) elementwise. */
-  void (*minmax)(const float *x, float *vmin, float *vmax, int64_t n);
+  /* vmin = min(vmin, x), vmax = max(vmax, x) elementwise. Returns 0, or
+   * MN__ELEM_BAD with vmin / vmax unspecified. */
+  int (*minmax)(const float *x, float *vmin, float *vmax, int64_t n);
 } mn__elem_kernels;
 
 extern const mn__elem_kernels mn__elem_scalar;
@@ -61,8 +87,22 @@ extern const mn__elem_kernels mn__elem_avx512;
 int64_t mn__cpu_elem_stream_threshold(int64_t bytes);
 
 /* Normalise one row with a double-precision sum of squares, immune to
- * overflow and underflow. Returns 1 for a zero row. (cpu_elementwise.c) */
+ * overflow and underflow. Returns 1 for a zero row, MN__ELEM_BAD (y
+ * untouched) when the row holds NaN or Inf. (cpu_elementwise.c) */
 int mn__elem_normalize_wide(const float *x, float *y, int64_t n);
+
+/* |f| as its bit pattern, and back. */
+static inline uint32_t mn__elem_abs_bits(float f) {
+  uint32_t u;
+  memcpy(&u, &f, sizeof u);
+  return u & 0x7fffffffu;
+}
+
+static inline float mn__elem_bits_f32(uint32_t u) {
+  float f;
+  memcpy(&f, &u, sizeof f);
+  return f;
+}
 
 /* One symmetric code: rint(v / scale) clamped to [-lim, lim]. The SIMD
  * kernels compute exactly this, lane by lane. */

@@ -22,11 +22,29 @@ static inline float hsum8(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-static inline float hmax8(__m256 v) {
-  __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_max_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_max_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
+static inline uint32_t hmax8_u32(__m256i v) {
+  __m128i s =
+      _mm_max_epu32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  s = _mm_max_epu32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 0, 3, 2)));
+  s = _mm_max_epu32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(2, 3, 0, 1)));
+  return (uint32_t)_mm_cvtsi128_si32(s);
+}
+
+/* m = max(m, |v| as bits), lane by lane (cpu_elem.h: non-finite input). */
+static inline __m256i max_abs_bits(__m256i m, __m256 v) {
+  return _mm256_max_epu32(m, _mm256_and_si256(_mm256_castps_si256(v),
+                                              _mm256_set1_epi32(0x7fffffff)));
+}
+
+/* The largest |x| of a row's tail, as bits, merged with the vector part. */
+static inline uint32_t tail_abs_bits(__m256i m, const float *x, int64_t i,
+                                     int64_t n) {
+  uint32_t r = hmax8_u32(m);
+  for (; i < n; i++) {
+    uint32_t a = mn__elem_abs_bits(x[i]);
+    r = a > r ? a : r;
+  }
+  return r;
 }
 
 /* Elements of size `esize` before p reaches a 32-byte boundary (at most n),
@@ -94,24 +112,20 @@ static int normalize_avx2(const float *x, float *y, int64_t n, int nt) {
 /* ---------------------------------------------------------------------------
  * Symmetric int8 / int4
  * ------------------------------------------------------------------------- */
-static float absmax_avx2(const float *x, int64_t n) {
-  const __m256 sign = _mm256_set1_ps(-0.0f);
-  __m256 m0 = _mm256_setzero_ps(), m1 = m0, m2 = m0, m3 = m0;
+/* max|x| as bits: an integer max, where a float max would drop a NaN. */
+static uint32_t absmax_avx2(const float *x, int64_t n) {
+  __m256i m0 = _mm256_setzero_si256(), m1 = m0, m2 = m0, m3 = m0;
   int64_t i = 0;
   for (; i + 32 <= n; i += 32) {
-    m0 = _mm256_max_ps(m0, _mm256_andnot_ps(sign, _mm256_loadu_ps(x + i)));
-    m1 = _mm256_max_ps(m1, _mm256_andnot_ps(sign, _mm256_loadu_ps(x + i + 8)));
-    m2 = _mm256_max_ps(m2, _mm256_andnot_ps(sign, _mm256_loadu_ps(x + i + 16)));
-    m3 = _mm256_max_ps(m3, _mm256_andnot_ps(sign, _mm256_loadu_ps(x + i + 24)));
+    m0 = max_abs_bits(m0, _mm256_loadu_ps(x + i));
+    m1 = max_abs_bits(m1, _mm256_loadu_ps(x + i + 8));
+    m2 = max_abs_bits(m2, _mm256_loadu_ps(x + i + 16));
+    m3 = max_abs_bits(m3, _mm256_loadu_ps(x + i + 24));
   }
   for (; i + 8 <= n; i += 8)
-    m0 = _mm256_max_ps(m0, _mm256_andnot_ps(sign, _mm256_loadu_ps(x + i)));
-  float m = hmax8(_mm256_max_ps(_mm256_max_ps(m0, m1), _mm256_max_ps(m2, m3)));
-  for (; i < n; i++) {
-    float a = fabsf(x[i]);
-    m = a > m ? a : m;
-  }
-  return m;
+    m0 = max_abs_bits(m0, _mm256_loadu_ps(x + i));
+  m0 = _mm256_max_epu32(_mm256_max_epu32(m0, m1), _mm256_max_epu32(m2, m3));
+  return tail_abs_bits(m0, x, i, n);
 }
 
 /* rint(v / scale) as int32, rounding stated rather than taken from MXCSR. */
@@ -128,11 +142,16 @@ static inline __m256i pack32_i8(__m256i a, __m256i b, __m256i c, __m256i d) {
                                      _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
 }
 
-static float quant_i8_avx2(const float *x, int8_t *c, int64_t n, int nt) {
-  float scale = absmax_avx2(x, n) / 127.0f;
+static int quant_i8_avx2(const float *x, int8_t *c, int64_t n, int nt,
+                         float *scale_out) {
+  uint32_t mb = absmax_avx2(x, n);
+  if (mb >= MN__ELEM_INF_BITS)
+    return MN__ELEM_BAD;
+  float scale = mn__elem_bits_f32(mb) / 127.0f;
+  *scale_out = scale;
   if (scale == 0.0f) {
     memset(c, 0, (size_t)n);
-    return 0.0f;
+    return 0;
   }
   const __m256 vs = _mm256_set1_ps(scale);
   const __m256i lo = _mm256_set1_epi8(-127);
@@ -153,7 +172,7 @@ static float quant_i8_avx2(const float *x, int8_t *c, int64_t n, int nt) {
   }
   for (; i < n; i++)
     c[i] = (int8_t)mn__elem_sym_code(x[i], scale, 127.0f);
-  return scale;
+  return 0;
 }
 
 /* 16 floats to 8 bytes of int4 codes. */
@@ -175,11 +194,16 @@ static inline void i4_block16(const float *x, uint8_t *c, __m256 vs) {
   memcpy(c + 4, &hi32, 4);
 }
 
-static float quant_i4_avx2(const float *x, uint8_t *c, int64_t n) {
-  float scale = absmax_avx2(x, n) / 7.0f;
+static int quant_i4_avx2(const float *x, uint8_t *c, int64_t n,
+                         float *scale_out) {
+  uint32_t mb = absmax_avx2(x, n);
+  if (mb >= MN__ELEM_INF_BITS)
+    return MN__ELEM_BAD;
+  float scale = mn__elem_bits_f32(mb) / 7.0f;
+  *scale_out = scale;
   if (scale == 0.0f) {
     memset(c, 0, (size_t)(n + 1) / 2);
-    return 0.0f;
+    return 0;
   }
   const __m256 vs = _mm256_set1_ps(scale);
   int64_t i = 0;
@@ -193,36 +217,44 @@ static float quant_i4_avx2(const float *x, uint8_t *c, int64_t n) {
     i4_block16(buf, out, vs);
     memcpy(c + i / 2, out, (size_t)(n - i + 1) / 2);
   }
-  return scale;
+  return 0;
 }
 
 /* ---------------------------------------------------------------------------
  * Affine uint8
  * ------------------------------------------------------------------------- */
-static inline __m256i u8_codes(const float *x, const float *vmin,
+static inline __m256i u8_codes(__m256 v, const float *vmin,
                                const float *scale) {
   const __m256 zero = _mm256_setzero_ps();
   __m256 s = _mm256_loadu_ps(scale);
   __m256 nz = _mm256_cmp_ps(s, zero, _CMP_NEQ_OQ);
-  __m256 q = _mm256_div_ps(
-      _mm256_sub_ps(_mm256_loadu_ps(x), _mm256_loadu_ps(vmin)), s);
+  __m256 q = _mm256_div_ps(_mm256_sub_ps(v, _mm256_loadu_ps(vmin)), s);
   q = _mm256_and_ps(q, nz); /* scale 0: code 0 (drops the NaN / Inf too) */
   q = _mm256_min_ps(_mm256_max_ps(q, zero), _mm256_set1_ps(255.0f));
   return _mm256_cvttps_epi32(_mm256_round_ps(q, RNE));
 }
 
-static void quant_u8_avx2(const float *x, uint8_t *c, const float *vmin,
-                          const float *scale, int64_t n, int nt) {
+static int quant_u8_avx2(const float *x, uint8_t *c, const float *vmin,
+                         const float *scale, int64_t n, int nt) {
   int64_t i = 0;
   int64_t h = nt ? head_to_32(c, 1, n) : -1;
-  for (; i < h; i++)
+  uint32_t mh = 0; /* the head's max |x| bits */
+  for (; i < h; i++) {
+    uint32_t a = mn__elem_abs_bits(x[i]);
+    mh = a > mh ? a : mh;
     c[i] = mn__elem_aff_code(x[i], vmin[i], scale[i]);
+  }
   const __m256i perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  __m256i m = _mm256_set1_epi32((int)mh);
   for (; i + 32 <= n; i += 32) {
-    __m256i a = u8_codes(x + i, vmin + i, scale + i);
-    __m256i b = u8_codes(x + i + 8, vmin + i + 8, scale + i + 8);
-    __m256i d = u8_codes(x + i + 16, vmin + i + 16, scale + i + 16);
-    __m256i e = u8_codes(x + i + 24, vmin + i + 24, scale + i + 24);
+    __m256 v0 = _mm256_loadu_ps(x + i), v1 = _mm256_loadu_ps(x + i + 8);
+    __m256 v2 = _mm256_loadu_ps(x + i + 16), v3 = _mm256_loadu_ps(x + i + 24);
+    m = max_abs_bits(max_abs_bits(m, v0), v1);
+    m = max_abs_bits(max_abs_bits(m, v2), v3);
+    __m256i a = u8_codes(v0, vmin + i, scale + i);
+    __m256i b = u8_codes(v1, vmin + i + 8, scale + i + 8);
+    __m256i d = u8_codes(v2, vmin + i + 16, scale + i + 16);
+    __m256i e = u8_codes(v3, vmin + i + 24, scale + i + 24);
     __m256i p = _mm256_packus_epi16(_mm256_packus_epi32(a, b),
                                     _mm256_packus_epi32(d, e));
     p = _mm256_permutevar8x32_epi32(p, perm);
@@ -231,25 +263,100 @@ static void quant_u8_avx2(const float *x, uint8_t *c, const float *vmin,
     else
       _mm256_storeu_si256((__m256i *)(c + i), p);
   }
-  for (; i < n; i++)
-    c[i] = mn__elem_aff_code(x[i], vmin[i], scale[i]);
+  for (int64_t j = i; j < n; j++)
+    c[j] = mn__elem_aff_code(x[j], vmin[j], scale[j]);
+  return tail_abs_bits(m, x, i, n) >= MN__ELEM_INF_BITS ? MN__ELEM_BAD : 0;
 }
 
 /* ---------------------------------------------------------------------------
  * Sign bits
  * ------------------------------------------------------------------------- */
-static void quant_bin_avx2(const float *x, uint8_t *c, int64_t n) {
+static int quant_bin_avx2(const float *x, uint8_t *c, int64_t n) {
   const __m256 zero = _mm256_setzero_ps();
+  __m256i m = _mm256_setzero_si256();
   int64_t i = 0;
-  for (; i + 8 <= n; i += 8)
-    c[i / 8] = (uint8_t)_mm256_movemask_ps(
-        _mm256_cmp_ps(_mm256_loadu_ps(x + i), zero, _CMP_GT_OQ));
+  for (; i + 8 <= n; i += 8) {
+    __m256 v = _mm256_loadu_ps(x + i);
+    m = max_abs_bits(m, v);
+    c[i / 8] = (uint8_t)_mm256_movemask_ps(_mm256_cmp_ps(v, zero, _CMP_GT_OQ));
+  }
   if (i < n) {
     unsigned byte = 0;
     for (int k = 0; i + k < n; k++)
       byte |= (unsigned)(x[i + k] > 0.0f) << k;
     c[i / 8] = (uint8_t)byte;
   }
+  return tail_abs_bits(m, x, i, n) >= MN__ELEM_INF_BITS ? MN__ELEM_BAD : 0;
+}
+
+/* ---------------------------------------------------------------------------
+ * float16 / bfloat16
+ * ------------------------------------------------------------------------- */
+/* Eight floats to eight bfloat16 in the low half of each 32-bit lane: the
+ * integer rounding of mn_f32_to_bf16 (half.c), NaN kept quiet. */
+static inline __m256i bf16_round8(__m256i u) {
+  const __m256i one = _mm256_set1_epi32(1);
+  __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), one);
+  __m256i r =
+      _mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7fff)), lsb);
+  r = _mm256_srli_epi32(r, 16);
+  __m256i ax = _mm256_and_si256(u, _mm256_set1_epi32(0x7fffffff));
+  __m256i nan = _mm256_cmpgt_epi32(ax, _mm256_set1_epi32(0x7f800000));
+  __m256i q =
+      _mm256_or_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(0x40));
+  return _mm256_blendv_epi8(r, q, nan);
+}
+
+/* 16 floats to 16 halves (32 bytes, in order). */
+static inline __m256i f16_block16(const float *x, __m256i *m) {
+  __m256 a = _mm256_loadu_ps(x), b = _mm256_loadu_ps(x + 8);
+  *m = max_abs_bits(max_abs_bits(*m, a), b);
+  return _mm256_set_m128i(_mm256_cvtps_ph(b, _MM_FROUND_TO_NEAREST_INT),
+                          _mm256_cvtps_ph(a, _MM_FROUND_TO_NEAREST_INT));
+}
+
+static inline __m256i bf16_block16(const float *x, __m256i *m) {
+  __m256 a = _mm256_loadu_ps(x), b = _mm256_loadu_ps(x + 8);
+  *m = max_abs_bits(max_abs_bits(*m, a), b);
+  __m256i p = _mm256_packus_epi32(bf16_round8(_mm256_castps_si256(a)),
+                                  bf16_round8(_mm256_castps_si256(b)));
+  /* packus interleaves the 128-bit lanes; the permutation puts them back. */
+  return _mm256_permute4x64_epi64(p, 0xd8);
+}
+
+/* Shared by both kinds: scalar head (when streaming) and tail through the
+ * scalar conversion `one`, blocks of 16 through `block`. */
+static inline int half_row(const float *x, uint16_t *c, int64_t n, int nt,
+                           __m256i (*block)(const float *, __m256i *),
+                           uint16_t (*one)(float)) {
+  __m256i m = _mm256_setzero_si256();
+  uint32_t mh = 0;
+  int64_t i = 0;
+  int64_t h = nt ? head_to_32(c, 2, n) : -1;
+  for (; i < h; i++) {
+    uint32_t a = mn__elem_abs_bits(x[i]);
+    mh = a > mh ? a : mh;
+    c[i] = one(x[i]);
+  }
+  for (; i + 16 <= n; i += 16) {
+    __m256i v = block(x + i, &m);
+    if (h >= 0)
+      _mm256_stream_si256((__m256i *)(c + i), v);
+    else
+      _mm256_storeu_si256((__m256i *)(c + i), v);
+  }
+  for (int64_t j = i; j < n; j++)
+    c[j] = one(x[j]);
+  uint32_t mb = tail_abs_bits(m, x, i, n);
+  return (mb > mh ? mb : mh) >= MN__ELEM_INF_BITS ? MN__ELEM_BAD : 0;
+}
+
+static int quant_f16_avx2(const float *x, uint16_t *c, int64_t n, int nt) {
+  return half_row(x, c, n, nt, f16_block16, mn_f32_to_f16);
+}
+
+static int quant_bf16_avx2(const float *x, uint16_t *c, int64_t n, int nt) {
+  return half_row(x, c, n, nt, bf16_block16, mn_f32_to_bf16);
 }
 
 /* ---------------------------------------------------------------------------
@@ -346,17 +453,20 @@ static void deq_bin_avx2(const uint8_t *c, float *y, int64_t n, int nt) {
 /* ---------------------------------------------------------------------------
  * Affine training
  * ------------------------------------------------------------------------- */
-static void minmax_avx2(const float *x, float *vmin, float *vmax, int64_t n) {
+static int minmax_avx2(const float *x, float *vmin, float *vmax, int64_t n) {
+  __m256i m = _mm256_setzero_si256();
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) {
     __m256 v = _mm256_loadu_ps(x + i);
+    m = max_abs_bits(m, v);
     _mm256_storeu_ps(vmin + i, _mm256_min_ps(_mm256_loadu_ps(vmin + i), v));
     _mm256_storeu_ps(vmax + i, _mm256_max_ps(_mm256_loadu_ps(vmax + i), v));
   }
-  for (; i < n; i++) {
-    vmin[i] = x[i] < vmin[i] ? x[i] : vmin[i];
-    vmax[i] = x[i] > vmax[i] ? x[i] : vmax[i];
+  for (int64_t j = i; j < n; j++) {
+    vmin[j] = x[j] < vmin[j] ? x[j] : vmin[j];
+    vmax[j] = x[j] > vmax[j] ? x[j] : vmax[j];
   }
+  return tail_abs_bits(m, x, i, n) >= MN__ELEM_INF_BITS ? MN__ELEM_BAD : 0;
 }
 
 const mn__elem_kernels mn__elem_avx2 = {
@@ -365,6 +475,8 @@ const mn__elem_kernels mn__elem_avx2 = {
     .quant_i4 = quant_i4_avx2,
     .quant_u8 = quant_u8_avx2,
     .quant_bin = quant_bin_avx2,
+    .quant_f16 = quant_f16_avx2,
+    .quant_bf16 = quant_bf16_avx2,
     .deq_i8 = deq_i8_avx2,
     .deq_i4 = deq_i4_avx2,
     .deq_u8 = deq_u8_avx2,

@@ -29,6 +29,16 @@ static inline int64_t head_to_line(const void *p, size_t esize, int64_t n) {
   return h < n ? h : n;
 }
 
+/* m = max(m, |v| as bits), lane by lane (cpu_elem.h: non-finite input).
+ * Masked-off lanes load 0 and change nothing. */
+static inline __m512i max_abs_bits(__m512i m, __m512 v) {
+  return _mm512_max_epu32(m, _mm512_castps_si512(_mm512_abs_ps(v)));
+}
+
+static inline int bad_bits(__m512i m) {
+  return _mm512_reduce_max_epu32(m) >= MN__ELEM_INF_BITS ? MN__ELEM_BAD : 0;
+}
+
 /* ---------------------------------------------------------------------------
  * normalize
  * ------------------------------------------------------------------------- */
@@ -89,20 +99,20 @@ static int normalize_512(const float *x, float *y, int64_t n, int nt) {
 /* ---------------------------------------------------------------------------
  * Symmetric int8 / int4
  * ------------------------------------------------------------------------- */
-static float absmax_512(const float *x, int64_t n) {
-  __m512 m0 = _mm512_setzero_ps(), m1 = m0, m2 = m0, m3 = m0;
+/* max|x| as bits: an integer max, where a float max would drop a NaN. */
+static uint32_t absmax_512(const float *x, int64_t n) {
+  __m512i m0 = _mm512_setzero_si512(), m1 = m0, m2 = m0, m3 = m0;
   int64_t i = 0;
   for (; i + 64 <= n; i += 64) {
-    m0 = _mm512_max_ps(m0, _mm512_abs_ps(_mm512_loadu_ps(x + i)));
-    m1 = _mm512_max_ps(m1, _mm512_abs_ps(_mm512_loadu_ps(x + i + 16)));
-    m2 = _mm512_max_ps(m2, _mm512_abs_ps(_mm512_loadu_ps(x + i + 32)));
-    m3 = _mm512_max_ps(m3, _mm512_abs_ps(_mm512_loadu_ps(x + i + 48)));
+    m0 = max_abs_bits(m0, _mm512_loadu_ps(x + i));
+    m1 = max_abs_bits(m1, _mm512_loadu_ps(x + i + 16));
+    m2 = max_abs_bits(m2, _mm512_loadu_ps(x + i + 32));
+    m3 = max_abs_bits(m3, _mm512_loadu_ps(x + i + 48));
   }
   for (; i < n; i += 16)
-    m0 = _mm512_max_ps(m0,
-                       _mm512_abs_ps(_mm512_maskz_loadu_ps(m16(n - i), x + i)));
-  return _mm512_reduce_max_ps(
-      _mm512_max_ps(_mm512_max_ps(m0, m1), _mm512_max_ps(m2, m3)));
+    m0 = max_abs_bits(m0, _mm512_maskz_loadu_ps(m16(n - i), x + i));
+  return _mm512_reduce_max_epu32(
+      _mm512_max_epu32(_mm512_max_epu32(m0, m1), _mm512_max_epu32(m2, m3)));
 }
 
 /* rint(v / scale) as int32; |v| <= max|x| keeps it within [-127, 127]. */
@@ -115,11 +125,16 @@ static inline __m128i i8_chunk(__m512 v, __m512 vs) {
                       _mm_set1_epi8(-127));
 }
 
-static float quant_i8_512(const float *x, int8_t *c, int64_t n, int nt) {
-  float scale = absmax_512(x, n) / 127.0f;
+static int quant_i8_512(const float *x, int8_t *c, int64_t n, int nt,
+                        float *scale_out) {
+  uint32_t mb = absmax_512(x, n);
+  if (mb >= MN__ELEM_INF_BITS)
+    return MN__ELEM_BAD;
+  float scale = mn__elem_bits_f32(mb) / 127.0f;
+  *scale_out = scale;
   if (scale == 0.0f) {
     memset(c, 0, (size_t)n);
-    return 0.0f;
+    return 0;
   }
   const __m512 vs = _mm512_set1_ps(scale);
   int64_t i = 0;
@@ -154,14 +169,19 @@ static float quant_i8_512(const float *x, int8_t *c, int64_t n, int nt) {
     _mm_mask_storeu_epi8(c + i, m,
                          i8_chunk(_mm512_maskz_loadu_ps(m, x + i), vs));
   }
-  return scale;
+  return 0;
 }
 
-static float quant_i4_512(const float *x, uint8_t *c, int64_t n) {
-  float scale = absmax_512(x, n) / 7.0f;
+static int quant_i4_512(const float *x, uint8_t *c, int64_t n,
+                        float *scale_out) {
+  uint32_t mb = absmax_512(x, n);
+  if (mb >= MN__ELEM_INF_BITS)
+    return MN__ELEM_BAD;
+  float scale = mn__elem_bits_f32(mb) / 7.0f;
+  *scale_out = scale;
   if (scale == 0.0f) {
     memset(c, 0, (size_t)(n + 1) / 2);
-    return 0.0f;
+    return 0;
   }
   const __m512 vs = _mm512_set1_ps(scale);
   const __m512i seven = _mm512_set1_epi32(7), mseven = _mm512_set1_epi32(-7);
@@ -185,7 +205,7 @@ static float quant_i4_512(const float *x, uint8_t *c, int64_t n) {
     int64_t nb = rem >= 32 ? 16 : (rem + 1) / 2;
     _mm_mask_storeu_epi8(c + i / 2, m16(nb), bytes);
   }
-  return scale;
+  return 0;
 }
 
 /* ---------------------------------------------------------------------------
@@ -200,29 +220,34 @@ static inline __m512i u8_codes(__m512 v, __m512 lo, __m512 s) {
 }
 
 static inline __m128i u8_chunk(const float *x, const float *vmin,
-                               const float *scale, __mmask16 m) {
-  return _mm512_cvtusepi32_epi8(u8_codes(_mm512_maskz_loadu_ps(m, x),
-                                         _mm512_maskz_loadu_ps(m, vmin),
+                               const float *scale, __mmask16 m, __m512i *mb) {
+  __m512 v = _mm512_maskz_loadu_ps(m, x);
+  *mb = max_abs_bits(*mb, v);
+  return _mm512_cvtusepi32_epi8(u8_codes(v, _mm512_maskz_loadu_ps(m, vmin),
                                          _mm512_maskz_loadu_ps(m, scale)));
 }
 
-static void quant_u8_512(const float *x, uint8_t *c, const float *vmin,
-                         const float *scale, int64_t n, int nt) {
+static int quant_u8_512(const float *x, uint8_t *c, const float *vmin,
+                        const float *scale, int64_t n, int nt) {
+  __m512i mb = _mm512_setzero_si512();
   int64_t i = 0;
   int64_t h = nt ? head_to_line(c, 1, n) : -1;
   while (i < h) {
     __mmask16 m = m16(h - i);
-    _mm_mask_storeu_epi8(c + i, m, u8_chunk(x + i, vmin + i, scale + i, m));
+    _mm_mask_storeu_epi8(c + i, m,
+                         u8_chunk(x + i, vmin + i, scale + i, m, &mb));
     i += h - i < 16 ? h - i : 16;
   }
   const __m512i perm =
       _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
   for (; i + 64 <= n; i += 64) {
     __m512i q[4];
-    for (int k = 0; k < 4; k++)
-      q[k] = u8_codes(_mm512_loadu_ps(x + i + 16 * k),
-                      _mm512_loadu_ps(vmin + i + 16 * k),
+    for (int k = 0; k < 4; k++) {
+      __m512 v = _mm512_loadu_ps(x + i + 16 * k);
+      mb = max_abs_bits(mb, v);
+      q[k] = u8_codes(v, _mm512_loadu_ps(vmin + i + 16 * k),
                       _mm512_loadu_ps(scale + i + 16 * k));
+    }
     __m512i p = _mm512_packus_epi16(_mm512_packus_epi32(q[0], q[1]),
                                     _mm512_packus_epi32(q[2], q[3]));
     p = _mm512_permutexvar_epi32(perm, p);
@@ -233,24 +258,91 @@ static void quant_u8_512(const float *x, uint8_t *c, const float *vmin,
   }
   for (; i < n; i += 16) {
     __mmask16 m = m16(n - i);
-    _mm_mask_storeu_epi8(c + i, m, u8_chunk(x + i, vmin + i, scale + i, m));
+    _mm_mask_storeu_epi8(c + i, m,
+                         u8_chunk(x + i, vmin + i, scale + i, m, &mb));
   }
+  return bad_bits(mb);
 }
 
 /* ---------------------------------------------------------------------------
  * Sign bits
  * ------------------------------------------------------------------------- */
-static void quant_bin_512(const float *x, uint8_t *c, int64_t n) {
+static int quant_bin_512(const float *x, uint8_t *c, int64_t n) {
   const __m512 zero = _mm512_setzero_ps();
+  __m512i mb = _mm512_setzero_si512();
   for (int64_t i = 0; i < n; i += 16) {
     int64_t rem = n - i;
     /* Lanes past the end load 0, which is not > 0: pad bits are 0. */
-    __mmask16 bits = _mm512_cmp_ps_mask(_mm512_maskz_loadu_ps(m16(rem), x + i),
-                                        zero, _CMP_GT_OQ);
+    __m512 v = _mm512_maskz_loadu_ps(m16(rem), x + i);
+    mb = max_abs_bits(mb, v);
+    __mmask16 bits = _mm512_cmp_ps_mask(v, zero, _CMP_GT_OQ);
     c[i / 8] = (uint8_t)bits;
     if (rem > 8)
       c[i / 8 + 1] = (uint8_t)(bits >> 8);
   }
+  return bad_bits(mb);
+}
+
+/* ---------------------------------------------------------------------------
+ * float16 / bfloat16
+ * ------------------------------------------------------------------------- */
+static inline __m256i f16_16(__m512 v) {
+  return _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT);
+}
+
+/* 16 floats to 16 bfloat16: the integer rounding of mn_f32_to_bf16
+ * (half.c), NaN kept quiet. */
+static inline __m256i bf16_16(__m512 v) {
+  __m512i u = _mm512_castps_si512(v);
+  __m512i lsb =
+      _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+  __m512i r = _mm512_srli_epi32(
+      _mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)), lsb),
+      16);
+  __mmask16 nan = _mm512_cmpgt_epi32_mask(
+      _mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)),
+      _mm512_set1_epi32(0x7f800000));
+  r = _mm512_mask_or_epi32(r, nan, _mm512_srli_epi32(u, 16),
+                           _mm512_set1_epi32(0x40));
+  return _mm512_cvtepi32_epi16(r);
+}
+
+/* Shared by both kinds; `cvt` turns 16 floats into 16 halves. */
+static inline int half_row(const float *x, uint16_t *c, int64_t n, int nt,
+                           __m256i (*cvt)(__m512)) {
+  __m512i mb = _mm512_setzero_si512();
+  int64_t i = 0;
+  int64_t h = nt ? head_to_line(c, 2, n) : -1;
+  while (i < h) {
+    __mmask16 m = m16(h - i);
+    __m512 v = _mm512_maskz_loadu_ps(m, x + i);
+    mb = max_abs_bits(mb, v);
+    _mm256_mask_storeu_epi16(c + i, m, cvt(v));
+    i += h - i < 16 ? h - i : 16;
+  }
+  for (; i + 16 <= n; i += 16) {
+    __m512 v = _mm512_loadu_ps(x + i);
+    mb = max_abs_bits(mb, v);
+    if (h >= 0)
+      _mm256_stream_si256((__m256i *)(c + i), cvt(v));
+    else
+      _mm256_storeu_si256((__m256i *)(c + i), cvt(v));
+  }
+  if (i < n) {
+    __mmask16 m = m16(n - i);
+    __m512 v = _mm512_maskz_loadu_ps(m, x + i);
+    mb = max_abs_bits(mb, v);
+    _mm256_mask_storeu_epi16(c + i, m, cvt(v));
+  }
+  return bad_bits(mb);
+}
+
+static int quant_f16_512(const float *x, uint16_t *c, int64_t n, int nt) {
+  return half_row(x, c, n, nt, f16_16);
+}
+
+static int quant_bf16_512(const float *x, uint16_t *c, int64_t n, int nt) {
+  return half_row(x, c, n, nt, bf16_16);
 }
 
 /* ---------------------------------------------------------------------------
@@ -372,15 +464,18 @@ static void deq_bin_512(const uint8_t *c, float *y, int64_t n, int nt) {
 /* ---------------------------------------------------------------------------
  * Affine training
  * ------------------------------------------------------------------------- */
-static void minmax_512(const float *x, float *vmin, float *vmax, int64_t n) {
+static int minmax_512(const float *x, float *vmin, float *vmax, int64_t n) {
+  __m512i mb = _mm512_setzero_si512();
   for (int64_t i = 0; i < n; i += 16) {
     __mmask16 m = m16(n - i);
     __m512 v = _mm512_maskz_loadu_ps(m, x + i);
+    mb = max_abs_bits(mb, v);
     _mm512_mask_storeu_ps(vmin + i, m,
                           _mm512_min_ps(_mm512_maskz_loadu_ps(m, vmin + i), v));
     _mm512_mask_storeu_ps(vmax + i, m,
                           _mm512_max_ps(_mm512_maskz_loadu_ps(m, vmax + i), v));
   }
+  return bad_bits(mb);
 }
 
 const mn__elem_kernels mn__elem_avx512 = {
@@ -389,6 +484,8 @@ const mn__elem_kernels mn__elem_avx512 = {
     .quant_i4 = quant_i4_512,
     .quant_u8 = quant_u8_512,
     .quant_bin = quant_bin_512,
+    .quant_f16 = quant_f16_512,
+    .quant_bf16 = quant_bf16_512,
     .deq_i8 = deq_i8_512,
     .deq_i4 = deq_i4_512,
     .deq_u8 = deq_u8_512,

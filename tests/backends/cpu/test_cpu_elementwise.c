@@ -26,6 +26,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -712,34 +713,250 @@ static void test_quant_binary(void **state) {
 }
 
 /* ---------------------------------------------------------------------------
- * Refused input
+ * Refused input: NaN and Inf, found by the kernels in their own pass (the
+ * CPU backend sets MN_BACKEND_CAP_CHECKS_FINITE, so the wrappers do not
+ * scan). Every op, at every level and mode, must fail with MN_ERR_INVALID
+ * and the detail mn_tensor_check_finite would give: the first bad element
+ * in row-major order, its row, column and kind.
  * ------------------------------------------------------------------------- */
+typedef enum nf_op {
+  NF_NORMALIZE,
+  NF_NORMALIZE_IN_PLACE,
+  NF_AFFINE_TRAIN,
+  NF_INT8,
+  NF_INT4,
+  NF_INT8_AFFINE,
+  NF_FP16,
+  NF_BF16,
+  NF_BINARY,
+  NF_NOPS
+} nf_op;
+
+static const char *const nf_names[NF_NOPS] = {
+    "normalize", "normalize in place", "affine_train", "int8",
+    "int4",      "int8_affine",        "fp16",         "bf16",
+    "binary"};
+
+static const mn_quant_kind nf_kinds[NF_NOPS] = {
+    MN_QUANT_NONE, MN_QUANT_NONE, MN_QUANT_NONE,
+    MN_QUANT_INT8, MN_QUANT_INT4, MN_QUANT_INT8_AFFINE,
+    MN_QUANT_FP16, MN_QUANT_BF16, MN_QUANT_BINARY};
+
+/* Outputs for every op, laid out with the shape's padding and offset,
+ * allocated once per shape. */
+typedef struct nf_bufs {
+  const shape *sh;
+  tbuf y, in_place, q[NF_NOPS];
+  float *scales;
+  mn_affine_params ap;
+} nf_bufs;
+
+static void nf_alloc(nf_bufs *o, const shape *sh) {
+  o->sh = sh;
+  o->y = tb_new(MN_DTYPE_F32, sh->rows, sh->cols, sh->out_pad * 4, sh->offset);
+  o->in_place =
+      tb_new(MN_DTYPE_F32, sh->rows, sh->cols, sh->in_pad * 4, sh->offset);
+  for (int op = NF_INT8; op < NF_NOPS; op++) {
+    mn_dtype dt = mn_quant_dtype(nf_kinds[op]);
+    /* Pad by whole elements: halves stay 2-byte aligned. */
+    int64_t esize = dt == MN_DTYPE_F16 || dt == MN_DTYPE_BF16 ? 2 : 1;
+    o->q[op] = tb_new(dt, sh->rows, sh->cols, sh->out_pad * esize, sh->offset);
+  }
+  o->scales = malloc(sizeof(float) * (size_t)sh->rows);
+  o->ap.dim = sh->cols;
+  o->ap.vmin = malloc(4 * (size_t)sh->cols);
+  o->ap.scale = malloc(4 * (size_t)sh->cols);
+}
+
+static void nf_free(nf_bufs *o) {
+  tb_free(&o->y);
+  tb_free(&o->in_place);
+  for (int op = NF_INT8; op < NF_NOPS; op++)
+    tb_free(&o->q[op]);
+  free(o->scales);
+  free(o->ap.vmin);
+  free(o->ap.scale);
+}
+
+/* Run one op on x; int8_affine quantises with `trained`. */
+static mn_status nf_run(mn_backend *be, nf_op op, const tbuf *x, nf_bufs *o,
+                        const mn_affine_params *trained) {
+  int64_t zeros = -1;
+  switch (op) {
+  case NF_NORMALIZE:
+    return mn_backend_normalize(be, &x->t, &o->y.t, &zeros);
+  case NF_NORMALIZE_IN_PLACE:
+    memcpy(o->in_place.mem, x->mem, x->bytes);
+    return mn_backend_normalize(be, &o->in_place.t, &o->in_place.t, &zeros);
+  case NF_AFFINE_TRAIN:
+    return mn_backend_affine_train(be, &x->t, &o->ap);
+  default:
+    return mn_backend_quantize(be, &x->t, nf_kinds[op], trained, &o->q[op].t,
+                               o->scales);
+  }
+}
+
+/* The detail expected for x: its first non-finite element, found here. */
+static void nf_expected(const tbuf *x, char *want, size_t size) {
+  for (int64_t r = 0; r < x->t.rows; r++)
+    for (int64_t c = 0; c < x->t.cols; c++) {
+      float v = frow(x, r)[c];
+      if (isnan(v) || isinf(v)) {
+        snprintf(want, size,
+                 "row %lld, column %lld is %s: embeddings must be finite "
+                 "numbers",
+                 (long long)r, (long long)c, isnan(v) ? "NaN" : "infinite");
+        return;
+      }
+    }
+  fail_msg("test input holds no NaN or Inf");
+}
+
+/* Every op at every level, streaming or not, with one thread and with
+ * two, refuses x with exactly `want`. */
+static void nf_check_all(const tbuf *x, nf_bufs *o,
+                         const mn_affine_params *trained, const char *want,
+                         const char *where) {
+  FOR_EACH_MODE(({
+    (void)be;
+    for (int t = 0; t < 2; t++) {
+      mn_backend *bt = t ? be2 : be1;
+      for (int op = 0; op < NF_NOPS; op++) {
+        mn_errmsg_clear();
+        mn_status st = nf_run(bt, (nf_op)op, x, o, trained);
+        if (st != MN_ERR_INVALID || strcmp(mn_errmsg(), want) != 0)
+          fail_msg("%s, %s, level %d stream %d threads %d: %s \"%s\", want "
+                   "MN_ERR_INVALID \"%s\"",
+                   nf_names[op], where, level, stream, t + 1,
+                   mn_status_name(st), mn_errmsg(), want);
+      }
+    }
+  }));
+}
+
+/* Shapes: just enough work for two threads (rows 0-16 and 17-33), rows
+ * with a tail of 11 past the last 16 (and 32, and 64) elements, padded so
+ * that row starts take every alignment and the streaming heads run; short
+ * rows, and rows that are all tail. */
+static const shape nf_shapes[] = {
+    {34, 1003, 3, 5, 4},
+    {6, 77, 3, 5, 12},
+    {3, 5, 0, 0, 0},
+};
+
 static void test_non_finite_refused(void **state) {
   (void)state;
-  const int64_t rows = 6, cols = 40;
-  float *v = calloc((size_t)(rows * cols), sizeof(float));
-  float y[6 * 40], scales[6], vmin[40], scl[40];
-  int8_t q[6 * 40];
-  for (int64_t i = 0; i < rows * cols; i++)
-    v[i] = (float)(i % 17) - 8.0f;
-  mn_tensor xt = mn_tensor_host(v, MN_DTYPE_F32, rows, cols);
-  mn_tensor yt = mn_tensor_host(y, MN_DTYPE_F32, rows, cols);
-  mn_tensor qt = mn_tensor_host(q, MN_DTYPE_I8, rows, cols);
-  mn_affine_params ap = {cols, vmin, scl};
-  const float bad[2] = {NAN, -INFINITY};
-  for (int k = 0; k < 2; k++) {
-    v[4 * cols + 29] = bad[k];
-    assert_int_equal(mn_backend_normalize(be2, &xt, &yt, NULL), MN_ERR_INVALID);
-    assert_non_null(strstr(mn_errmsg(), "row 4"));
-    assert_non_null(strstr(mn_errmsg(), "column 29"));
-    assert_int_equal(
-        mn_backend_quantize(be2, &xt, MN_QUANT_INT8, NULL, &qt, scales),
-        MN_ERR_INVALID);
-    assert_non_null(strstr(mn_errmsg(), "row 4"));
-    assert_int_equal(mn_backend_affine_train(be2, &xt, &ap), MN_ERR_INVALID);
-    assert_non_null(strstr(mn_errmsg(), "row 4"));
+  /* The wrappers leave the check to the kernels tested here. */
+  assert_true(be2->iface->caps & MN_BACKEND_CAP_CHECKS_FINITE);
+  /* NaN, +Inf and -Inf everywhere; NaN with the sign bit set and the NaN
+   * nearest Inf (bits 0x7f800001) at some places. */
+  const float bad[5] = {NAN, INFINITY, -INFINITY, -NAN,
+                        mn__elem_bits_f32(0x7f800001u)};
+  for (size_t si = 0; si < sizeof nf_shapes / sizeof nf_shapes[0]; si++) {
+    const shape *sh = &nf_shapes[si];
+    const int64_t R = sh->rows, C = sh->cols;
+    /* Row-major positions: first, last, a middle row, the first and last
+     * rows of the second thread's block (rows R/2 .. R-1 with two
+     * threads), the last of the first's, the tail past the vectors. */
+    const int64_t pos[][2] = {{0, 0},
+                              {R - 1, C - 1},
+                              {R / 2 - 1 > 0 ? R / 2 - 1 : 0, C / 2},
+                              {R / 2, 0},
+                              {R - 1, 3 % C},
+                              {R / 2 - 1, C - 1},
+                              {R / 4, C - 2},
+                              {(3 * R) / 4, C - 8 > 0 ? C - 8 : 0}};
+    tbuf x = make_input(R, C, sh->in_pad * 4, sh->offset);
+    nf_bufs o;
+    nf_alloc(&o, sh);
+    mn_affine_params trained = {C, malloc(4 * (size_t)C),
+                                malloc(4 * (size_t)C)};
+    assert_int_equal(mn_backend_affine_train(be1, &x.t, &trained), MN_OK);
+    char want[160], ref[160], where[96];
+    /* One bad element. */
+    for (size_t pi = 0; pi < sizeof pos / sizeof pos[0]; pi++) {
+      float *e = &frow(&x, pos[pi][0])[pos[pi][1]];
+      const float keep = *e;
+      for (int bi = 0; bi < (pi < 2 ? 5 : 3); bi++) {
+        *e = bad[bi];
+        nf_expected(&x, want, sizeof want);
+        /* The same words as the wrappers' own scan. */
+        assert_int_equal(mn_tensor_check_finite(&x.t), MN_ERR_INVALID);
+        snprintf(ref, sizeof ref, "%s", mn_errmsg());
+        assert_string_equal(ref, want);
+        snprintf(where, sizeof where, "%lldx%lld bad %d at (%lld, %lld)",
+                 (long long)R, (long long)C, bi, (long long)pos[pi][0],
+                 (long long)pos[pi][1]);
+        nf_check_all(&x, &o, &trained, want, where);
+      }
+      *e = keep;
+    }
+    /* Two bad elements: the first in row-major order is named, whichever
+     * thread met it and whatever its kind. */
+    const int64_t pairs[][4] = {
+        {R / 4, C - 1, (3 * R) / 4, 0}, /* both threads: the first's */
+        {R / 4, C - 1, R / 4, 2 % C},   /* one row: the lower column */
+        {R / 2, C / 3, R - 1, 0},       /* second thread only */
+        {R - 1, C - 1, R / 2 + 1 < R ? R / 2 + 1 : R - 1, C - 1},
+    };
+    for (size_t pi = 0; pi < sizeof pairs / sizeof pairs[0]; pi++) {
+      float *e1 = &frow(&x, pairs[pi][0])[pairs[pi][1]];
+      float *e2 = &frow(&x, pairs[pi][2])[pairs[pi][3]];
+      const float k1 = *e1, k2 = *e2;
+      for (int bi = 0; bi < 2; bi++) {
+        *e1 = bad[(pi + bi) % 5];
+        *e2 = bad[(pi + bi + 2) % 5];
+        nf_expected(&x, want, sizeof want);
+        snprintf(where, sizeof where,
+                 "%lldx%lld bad at (%lld, %lld) and (%lld, %lld)", (long long)R,
+                 (long long)C, (long long)pairs[pi][0], (long long)pairs[pi][1],
+                 (long long)pairs[pi][2], (long long)pairs[pi][3]);
+        nf_check_all(&x, &o, &trained, want, where);
+        *e2 = k2;
+        *e1 = k1;
+      }
+    }
+    /* Clean again: everything passes. */
+    FOR_EACH_MODE(({
+      for (int op = 0; op < NF_NOPS; op++)
+        assert_int_equal(nf_run(be, (nf_op)op, &x, &o, &trained), MN_OK);
+    }));
+    free(trained.vmin);
+    free(trained.scale);
+    nf_free(&o);
+    tb_free(&x);
   }
-  free(v);
+}
+
+/* Finite values at the edges of the range are not mistaken for NaN / Inf:
+ * FLT_MAX (the largest bit pattern below Inf's), sums of squares and
+ * float16 / bfloat16 conversions that overflow, subnormals, -0. */
+static void test_finite_extremes_accepted(void **state) {
+  (void)state;
+  const shape sh = {5, 37, 0, 0, 0};
+  tbuf x = tb_new(MN_DTYPE_F32, sh.rows, sh.cols, 0, 0);
+  for (int64_t c = 0; c < sh.cols; c++) {
+    frow(&x, 0)[c] = c & 1 ? -FLT_MAX : FLT_MAX;
+    frow(&x, 1)[c] = c == 36 ? FLT_MAX : (float)c * 0.5f;
+    frow(&x, 2)[c] = mn__elem_bits_f32(0x007fffffu - (uint32_t)c);
+    frow(&x, 3)[c] = c & 1 ? -0.0f : 0.0f;
+    frow(&x, 4)[c] = 65520.0f * (c & 2 ? -1.0f : 1.0f); /* fp16: Inf */
+  }
+  nf_bufs o;
+  nf_alloc(&o, &sh);
+  mn_affine_params trained = {sh.cols, malloc(4 * (size_t)sh.cols),
+                              malloc(4 * (size_t)sh.cols)};
+  FOR_EACH_MODE(({
+    assert_int_equal(mn_backend_affine_train(be, &x.t, &trained), MN_OK);
+    for (int op = 0; op < NF_NOPS; op++)
+      if (nf_run(be, (nf_op)op, &x, &o, &trained) != MN_OK)
+        fail_msg("%s level %d stream %d refused finite input: %s", nf_names[op],
+                 level, stream, mn_errmsg());
+  }));
+  free(trained.vmin);
+  free(trained.scale);
+  nf_free(&o);
+  tb_free(&x);
 }
 
 int main(void) {
@@ -754,6 +971,7 @@ int main(void) {
       cmocka_unit_test(test_quant_half),
       cmocka_unit_test(test_quant_binary),
       cmocka_unit_test(test_non_finite_refused),
+      cmocka_unit_test(test_finite_extremes_accepted),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }
