@@ -107,7 +107,7 @@ fi
 
 # --- 3. tests ----------------------------------------------------------------
 if [ -n "$TEST" ]; then
-  step test 90 bash -c "cd '$BUILD' && ctest --output-on-failure \
+  step test 90 bash -c "cd '$BUILD' && MNEMO_BACKEND_PATH='$BUILD/bin' ctest --output-on-failure \
       -R 'test_cuda_backend|test_backend_ops' --timeout 85"
 else
   SUMMARY+=("$(printf '%-22s %s' test 'NOT BUILT (no libmnemo dependencies)')")
