@@ -12,5 +12,6 @@
 #include "mnemo/compute.h"
 #include "mnemo/metrics.h"
 #include "mnemo/rpc.h"
+#include "mnemo/server.h"
 
 #endif /* MNEMO_H */
