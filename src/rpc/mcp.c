@@ -5,10 +5,17 @@
  * name; tools/call runs the method's own handler with `arguments` as its
  * params and wraps the result as MCP content.
  *
- * DESIGN: the session (one per connection, used by one thread at a time)
- * records the negotiated version and the client's name. Nothing here
- * requires initialize first: plain JSON-RPC clients call the methods
- * directly.
+ * DESIGN: the session (one per connection) records the negotiated version
+ * and the client's name. The server runs one connection's requests on
+ * several workers at once, so two initialize calls, or initialize and a
+ * reader, may overlap: the version is published as one atomic int (an
+ * index into mcp_versions, read without a lock), the flag of
+ * notifications/initialized likewise. The client's name and version, and
+ * the store of the version, happen together under the session's lock, so
+ * when initialize calls race the last one wins whole; each reply carries
+ * its own call's version.
+ * Nothing here requires initialize first: plain JSON-RPC clients call the
+ * methods directly.
  */
 #include "rpc/rpc_internal.h"
 
@@ -33,29 +40,64 @@ static const char instructions[] =
     "deletePCAModel manage models. health and getMetrics report on the "
     "server; cleanup releases cached memory.";
 
+#define N_VERSIONS (sizeof mcp_versions / sizeof mcp_versions[0])
+
+const char *mn__session_protocol(const mn_rpc_session *s) {
+  int v = s ? __atomic_load_n(&s->protocol, __ATOMIC_ACQUIRE) : 0;
+  return v > 0 && (size_t)v <= N_VERSIONS ? mcp_versions[v - 1] : "";
+}
+
+int mn__session_initialized(const mn_rpc_session *s) {
+  return s ? __atomic_load_n(&s->initialized, __ATOMIC_ACQUIRE) : 0;
+}
+
+void mn__session_client(mn_rpc_session *s, char *name, size_t name_len,
+                        char *version, size_t version_len) {
+  if (name_len)
+    name[0] = '\0';
+  if (version_len)
+    version[0] = '\0';
+  if (!s)
+    return;
+  pthread_mutex_lock(&s->lock);
+  if (name_len)
+    snprintf(name, name_len, "%s", s->client_name);
+  if (version_len)
+    snprintf(version, version_len, "%s", s->client_version);
+  pthread_mutex_unlock(&s->lock);
+}
+
 int mn__mcp_initialize(mn__call *c, const mn__jv *p, mn__jw *w) {
   const mn__jv *pv = mn__jobj_get(p, "protocolVersion");
-  const char *chosen = mcp_versions[0];
-  for (size_t i = 0; i < sizeof mcp_versions / sizeof mcp_versions[0]; i++)
+  size_t chosen = 0;
+  for (size_t i = 0; i < N_VERSIONS; i++)
     if (mn__jstr_eq(pv, mcp_versions[i]))
-      chosen = mcp_versions[i];
+      chosen = i;
   if (c->s) {
-    snprintf(c->s->protocol, sizeof c->s->protocol, "%s", chosen);
+    /* The client's details are prepared here and stored together, so a
+     * reader never pairs one client's name with another's version. */
+    char name[sizeof c->s->client_name] = "";
+    char version[sizeof c->s->client_version] = "";
     const mn__jv *ci = mn__jobj_get(p, "clientInfo");
     const mn__jv *cn = mn__jobj_get(ci, "name");
     const mn__jv *cv = mn__jobj_get(ci, "version");
     if (cn && cn->type == MN__J_STR)
-      snprintf(c->s->client_name, sizeof c->s->client_name, "%.*s",
-               (int)MN__MIN(cn->n, 63u), cn->u.str);
+      snprintf(name, sizeof name, "%.*s",
+               (int)MN__MIN(cn->n, (uint32_t)sizeof name - 1), cn->u.str);
     if (cv && cv->type == MN__J_STR)
-      snprintf(c->s->client_version, sizeof c->s->client_version, "%.*s",
-               (int)MN__MIN(cv->n, 31u), cv->u.str);
+      snprintf(version, sizeof version, "%.*s",
+               (int)MN__MIN(cv->n, (uint32_t)sizeof version - 1), cv->u.str);
+    pthread_mutex_lock(&c->s->lock);
+    memcpy(c->s->client_name, name, sizeof name);
+    memcpy(c->s->client_version, version, sizeof version);
+    __atomic_store_n(&c->s->protocol, (int)chosen + 1, __ATOMIC_RELEASE);
+    pthread_mutex_unlock(&c->s->lock);
     MN__LOGI("mcp", "%s: initialize from %s %s, protocol %s", c->s->peer,
-             c->s->client_name[0] ? c->s->client_name : "(unnamed client)",
-             c->s->client_version, chosen);
+             name[0] ? name : "(unnamed client)", version,
+             mcp_versions[chosen]);
   }
   mn__jw_obj(w);
-  mn__jw_kstr(w, "protocolVersion", chosen);
+  mn__jw_kstr(w, "protocolVersion", mcp_versions[chosen]);
   mn__jw_key(w, "capabilities");
   mn__jw_obj(w);
   mn__jw_key(w, "tools");
@@ -76,7 +118,7 @@ int mn__mcp_initialize(mn__call *c, const mn__jv *p, mn__jw *w) {
 
 int mn__mcp_initialized(mn__call *c, const mn__jv *p, mn__jw *w) {
   if (c->s)
-    c->s->initialized = 1;
+    __atomic_store_n(&c->s->initialized, 1, __ATOMIC_RELEASE);
   mn__jw_obj(w);
   mn__jw_obj_end(w);
   return 0;

@@ -13,7 +13,8 @@
  * The engine itself is read-only after mn_rpc_create except for the
  * active-request counter (atomic) and the PCA store (its own lock);
  * per-connection state lives in mn_rpc_session, which the server uses from
- * one thread at a time. All memory of one message comes from one arena,
+ * several workers at once (rpc_internal.h says how it is kept consistent).
+ * All memory of one message comes from one arena,
  * released before mn_rpc_handle returns; the reply bytes are malloc'd and
  * handed to the caller.
  */
@@ -241,10 +242,17 @@ mn_rpc_session *mn_rpc_session_new(mn_rpc *r, const char *peer) {
     return NULL;
   s->r = r;
   snprintf(s->peer, sizeof s->peer, "%s", peer ? peer : "");
+  if (pthread_mutex_init(&s->lock, NULL) != 0) {
+    free(s);
+    return NULL;
+  }
   return s;
 }
 
 void mn_rpc_session_free(mn_rpc_session *s) {
+  if (!s)
+    return;
+  pthread_mutex_destroy(&s->lock);
   free(s);
 }
 

@@ -20,6 +20,7 @@
 #include "mnemo/rpc.h"
 #include "mnemo/store.h"
 
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -212,14 +213,34 @@ struct mn_rpc {
   mn__table table;
 };
 
+/*
+ * One connection's MCP state. The server runs a connection's requests on
+ * several workers at once, so initialize, notifications/initialized and
+ * any reader may overlap. `r` and `peer` are fixed at creation. The flag
+ * and the negotiated version are single ints read and written atomically
+ * (the version as an index into a static table, so a reader never sees
+ * half of one string and half of another); the client's name and version
+ * belong together and change under `lock`. Methods that do not touch this
+ * state (processEmbeddings and the rest) take no lock.
+ */
 struct mn_rpc_session {
   mn_rpc *r;
   char peer[64];
-  int initialized;   /* notifications/initialized seen */
-  char protocol[16]; /* negotiated MCP version, "" before initialize */
-  char client_name[64];
+  int initialized; /* notifications/initialized seen (atomic) */
+  int protocol;    /* atomic: 1 + index of the negotiated MCP version in
+                      mcp.c's table; 0 before initialize */
+  pthread_mutex_t lock;
+  char client_name[64]; /* under lock */
   char client_version[32];
 };
+
+/** The negotiated MCP version ("" before initialize); a static string. */
+const char *mn__session_protocol(const mn_rpc_session *s);
+/** 1 once notifications/initialized was seen. */
+int mn__session_initialized(const mn_rpc_session *s);
+/** A consistent copy of the client's name and version ("" when unknown). */
+void mn__session_client(mn_rpc_session *s, char *name, size_t name_len,
+                        char *version, size_t version_len);
 
 typedef enum mn__enc {
   MN__ENC_JSON = 0,

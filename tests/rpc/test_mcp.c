@@ -23,7 +23,11 @@ static void test_initialize_versions(void **state) {
     assert_string_equal(
         json_string_value(json_object_get(res, "protocolVersion")),
         versions[i]);
-    assert_string_equal(f->s->protocol, versions[i]);
+    assert_string_equal(mn__session_protocol(f->s), versions[i]);
+    char cname[64], cver[32];
+    mn__session_client(f->s, cname, sizeof cname, cver, sizeof cver);
+    assert_string_equal(cname, "t");
+    assert_string_equal(cver, "1");
     json_t *si = json_object_get(res, "serverInfo");
     assert_string_equal(json_string_value(json_object_get(si, "name")),
                         "mnemo");
@@ -59,10 +63,10 @@ static void test_initialize_versions(void **state) {
 
 static void test_initialized_and_ping(void **state) {
   fx *f = fx_new();
-  assert_int_equal(f->s->initialized, 0);
+  assert_int_equal(mn__session_initialized(f->s), 0);
   assert_null(fx_call(f, "{\"jsonrpc\":\"2.0\",\"method\":"
                          "\"notifications/initialized\"}"));
-  assert_int_equal(f->s->initialized, 1);
+  assert_int_equal(mn__session_initialized(f->s), 1);
   json_t *rep;
   json_t *res =
       fx_ok(f, "{\"jsonrpc\":\"2.0\",\"id\":\"p\",\"method\":\"ping\"}", &rep);
