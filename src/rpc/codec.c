@@ -23,6 +23,7 @@
 #include "rpc/rpc_internal.h"
 
 #include <float.h>
+#include <pthread.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -61,7 +62,7 @@ static const uint8_t b64_val[256] = {
     255,
 };
 
-size_t mn__b64_encode(const uint8_t *in, size_t n, char *out) {
+size_t mn__b64_encode_scalar(const uint8_t *in, size_t n, char *out) {
   char *o = out;
   size_t i = 0;
   for (; i + 3 <= n; i += 3) {
@@ -96,7 +97,8 @@ size_t mn__b64_decoded_len(const char *in, size_t n) {
   return n / 4 * 3 + (n % 4 == 3 ? 2 : n % 4 == 2 ? 1 : 0);
 }
 
-int64_t mn__b64_decode(const char *in, size_t n, uint8_t *out, size_t *bad) {
+int64_t mn__b64_decode_scalar(const char *in, size_t n, uint8_t *out,
+                              size_t *bad) {
   size_t pad = 0;
   while (n > 0 && in[n - 1] == '=' && pad < 2) {
     n--;
@@ -106,6 +108,11 @@ int64_t mn__b64_decode(const char *in, size_t n, uint8_t *out, size_t *bad) {
     *bad = n;
     return -1;
   }
+  return mn__b64_decode_body(in, n, out, bad);
+}
+
+int64_t mn__b64_decode_body(const char *in, size_t n, uint8_t *out,
+                            size_t *bad) {
   const unsigned char *p = (const unsigned char *)in;
   uint8_t *o = out;
   size_t i = 0;
@@ -141,6 +148,38 @@ int64_t mn__b64_decode(const char *in, size_t n, uint8_t *out, size_t *bad) {
       *o++ = (uint8_t)(v >> 8);
   }
   return (int64_t)(o - out);
+}
+
+/* The AVX2 code where the CPU has it (b64_avx2.c), chosen once. */
+static size_t (*b64_enc)(const uint8_t *, size_t, char *);
+static int64_t (*b64_dec)(const char *, size_t, uint8_t *, size_t *);
+static pthread_once_t b64_once = PTHREAD_ONCE_INIT;
+
+static void b64_pick(void) {
+  b64_enc = mn__b64_encode_scalar;
+  b64_dec = mn__b64_decode_scalar;
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx2")) {
+    b64_enc = mn__b64_encode_avx2;
+    b64_dec = mn__b64_decode_avx2;
+  }
+#endif
+}
+
+size_t mn__b64_encode(const uint8_t *in, size_t n, char *out) {
+  pthread_once(&b64_once, b64_pick);
+  return b64_enc(in, n, out);
+}
+
+int64_t mn__b64_decode(const char *in, size_t n, uint8_t *out, size_t *bad) {
+  pthread_once(&b64_once, b64_pick);
+  return b64_dec(in, n, out, bad);
+}
+
+int mn__b64_have_avx2(void) {
+  pthread_once(&b64_once, b64_pick);
+  return b64_enc != mn__b64_encode_scalar;
 }
 
 /* ------------------------------------------------------------------------
@@ -522,15 +561,24 @@ static int decode_typed(mn__call *c, const mn__jv *v, const char *path,
                     "frame): say where the values are",
                     path);
   }
-  float *d = mn__arena_alloc(c->a, (size_t)(rows * cols) * sizeof(float));
-  if (!d)
-    return mn__fail(c, MN_RPC_RESOURCE_ERROR,
-                    "out of memory for %lld x %lld embeddings", (long long)rows,
-                    (long long)cols);
   size_t n = (size_t)(rows * cols);
+  float *d;
+  if (dt == IN_F32 && (decoded || (uintptr_t)src % sizeof(float) == 0)) {
+    /* float32 is used where it lies: the decoded base64 (arena memory),
+     * or the request's own payload, which outlives the call and which
+     * nothing writes to (every consumer of the input takes it const). */
+    d = (float *)(void *)(decoded ? decoded : (uint8_t *)(uintptr_t)src);
+  } else {
+    d = mn__arena_alloc(c->a, n * sizeof(float));
+    if (!d)
+      return mn__fail(c, MN_RPC_RESOURCE_ERROR,
+                      "out of memory for %lld x %lld embeddings",
+                      (long long)rows, (long long)cols);
+  }
   switch (dt) {
   case IN_F32:
-    memcpy(d, src, n * 4);
+    if ((const uint8_t *)d != src)
+      memcpy(d, src, n * 4);
     break;
   case IN_F16:
   case IN_BF16: {
@@ -613,15 +661,58 @@ static const char *dtype_wire_name(mn_dtype dt) {
 }
 
 /* One row as a JSON array written straight into the buffer. */
+/* One row of floats: the list formatter, float32 as it lies, half
+ * types widened a block at a time. */
+static void json_row_floats(mn__jw *w, const mn_tensor *t, int64_t r) {
+  const uint8_t *row = mn_tensor_row(t, r);
+  size_t n = (size_t)t->cols;
+  mn__jw_value_begin(w);
+  /* 24 bytes and a comma per number, and the list's 32 bytes of slack. */
+  char *o = mn__jw_reserve(w, n * 25 + 34);
+  if (!o)
+    return;
+  char *s = o;
+  *o++ = '[';
+  if (t->dtype == MN_DTYPE_F32 && (uintptr_t)row % sizeof(float) == 0) {
+    o += mn__fmt_f32_list(o, (const float *)(const void *)row, n);
+  } else {
+    float buf[256];
+    for (size_t i = 0; i < n; i += 256) {
+      size_t k = MN__MIN(n - i, (size_t)256);
+      for (size_t e = 0; e < k; e++) {
+        uint16_t h;
+        switch (t->dtype) {
+        case MN_DTYPE_F32:
+          memcpy(&buf[e], row + 4 * (i + e), 4);
+          break;
+        case MN_DTYPE_F16:
+          memcpy(&h, row + 2 * (i + e), 2);
+          buf[e] = mn_f16_to_f32(h);
+          break;
+        default:
+          memcpy(&h, row + 2 * (i + e), 2);
+          buf[e] = mn_bf16_to_f32(h);
+        }
+      }
+      if (i)
+        *o++ = ',';
+      o += mn__fmt_f32_list(o, buf, k);
+    }
+  }
+  *o++ = ']';
+  w->len += (size_t)(o - s);
+}
+
 static void json_row(mn__jw *w, const mn_tensor *t, int64_t r) {
+  if (t->dtype == MN_DTYPE_F32 || t->dtype == MN_DTYPE_F16 ||
+      t->dtype == MN_DTYPE_BF16) {
+    json_row_floats(w, t, r);
+    return;
+  }
   const uint8_t *row = mn_tensor_row(t, r);
   int64_t n = t->cols;
   mn__jw_value_begin(w);
-  size_t per = t->dtype == MN_DTYPE_F32 || t->dtype == MN_DTYPE_F16 ||
-                       t->dtype == MN_DTYPE_BF16
-                   ? 24
-                   : 5;
-  char *o = mn__jw_reserve(w, (size_t)n * per + 2);
+  char *o = mn__jw_reserve(w, (size_t)n * 5 + 2);
   if (!o)
     return;
   char *s = o;
@@ -630,20 +721,6 @@ static void json_row(mn__jw *w, const mn_tensor *t, int64_t r) {
     if (i)
       *o++ = ',';
     switch (t->dtype) {
-    case MN_DTYPE_F32: {
-      float f;
-      memcpy(&f, row + 4 * i, 4);
-      o += mn__fmt_f32(o, f);
-      break;
-    }
-    case MN_DTYPE_F16:
-    case MN_DTYPE_BF16: {
-      uint16_t h;
-      memcpy(&h, row + 2 * i, 2);
-      float f = t->dtype == MN_DTYPE_F16 ? mn_f16_to_f32(h) : mn_bf16_to_f32(h);
-      o += mn__fmt_f32(o, f);
-      break;
-    }
     case MN_DTYPE_I8:
     case MN_DTYPE_U8:
     case MN_DTYPE_I4: {
@@ -695,6 +772,14 @@ static int pack_dense(mn__call *c, const mn_tensor *t, const uint8_t **bytes,
   return 0;
 }
 
+void mn__bytes_free(mn__bytes *b) {
+  if (b->adopted)
+    mn_free(b->p);
+  else
+    free(b->p);
+  memset(b, 0, sizeof *b);
+}
+
 static int bytes_append(mn__call *c, const uint8_t *p, size_t n,
                         size_t *offset) {
   mn__bytes *b = c->payload_out;
@@ -704,7 +789,18 @@ static int bytes_append(mn__call *c, const uint8_t *p, size_t n,
     size_t nc = b->cap ? b->cap : 4096;
     while (nc < need)
       nc *= 2;
-    uint8_t *np = realloc(b->p, nc);
+    uint8_t *np;
+    if (b->adopted) {
+      /* An adopted tensor cannot be realloc'd (mn_malloc memory). */
+      np = malloc(nc);
+      if (np) {
+        memcpy(np, b->p, b->len);
+        mn_free(b->p);
+        b->adopted = 0;
+      }
+    } else {
+      np = realloc(b->p, nc);
+    }
     if (!np)
       return mn__fail(c, MN_RPC_RESOURCE_ERROR,
                       "out of memory for a %zu-byte binary reply", need);
@@ -719,8 +815,8 @@ static int bytes_append(mn__call *c, const uint8_t *p, size_t n,
   return 0;
 }
 
-int mn__tensor_encode(mn__call *c, mn__jw *w, const mn_tensor *t, mn__enc enc,
-                      int one_d) {
+static int encode(mn__call *c, mn__jw *w, mn_tensor *t, mn__enc enc, int one_d,
+                  int take) {
   int vec = one_d && t->rows == 1;
   if (enc == MN__ENC_JSON) {
     if (vec) {
@@ -758,9 +854,20 @@ int mn__tensor_encode(mn__call *c, mn__jw *w, const mn_tensor *t, mn__enc enc,
     }
   } else {
     size_t off = 0;
-    rc = bytes_append(c, bytes, n, &off);
-    if (rc)
-      return rc;
+    mn__bytes *b = c->payload_out;
+    if (take && bytes == t->data && b->len == 0 && !b->p && n > 0) {
+      /* The first binary tensor of the reply: its buffer becomes the
+       * payload as it is, where a copy would be made only to be copied
+       * again into the reply. */
+      b->p = t->data;
+      b->len = b->cap = n;
+      b->adopted = 1;
+      t->data = NULL;
+    } else {
+      rc = bytes_append(c, bytes, n, &off);
+      if (rc)
+        return rc;
+    }
     mn__jw_key(w, "buffer");
     mn__jw_obj(w);
     mn__jw_kint(w, "offset", (int64_t)off);
@@ -769,4 +876,15 @@ int mn__tensor_encode(mn__call *c, mn__jw *w, const mn_tensor *t, mn__enc enc,
   }
   mn__jw_obj_end(w);
   return 0;
+}
+
+int mn__tensor_encode(mn__call *c, mn__jw *w, const mn_tensor *t, mn__enc enc,
+                      int one_d) {
+  mn_tensor copy = *t;
+  return encode(c, w, &copy, enc, one_d, 0);
+}
+
+int mn__tensor_encode_take(mn__call *c, mn__jw *w, mn_tensor *t, mn__enc enc,
+                           int one_d) {
+  return encode(c, w, t, enc, one_d, 1);
 }

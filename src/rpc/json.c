@@ -288,6 +288,103 @@ static inline int64_t parse8(const char *p) {
   return (int64_t)lo;
 }
 
+/* The number of digits at p (0..8) and, through *val, their value:
+ * eight bytes at once (SWAR). The first byte that is not a digit is found
+ * exactly (the subtraction borrows only from bytes after it); the digits
+ * are moved to the top of the word, '0's shifted in below, and the eight
+ * are combined as parse8 does. */
+static inline int digits_swar(const char *p, uint64_t *val) {
+  uint64_t v;
+  memcpy(&v, p, 8);
+  uint64_t bad = ((v - 0x3030303030303030ull) | (v + 0x4646464646464646ull)) &
+                 0x8080808080808080ull;
+  int len = bad ? __builtin_ctzll(bad) >> 3 : 8;
+  if (len == 0) {
+    *val = 0;
+    return 0;
+  }
+  if (len < 8)
+    v = v << (8 * (8 - len)) | 0x3030303030303030ull >> (8 * len);
+  uint64_t lo = v - 0x3030303030303030ull;
+  lo = lo * 10 + (lo >> 8);
+  lo = (((lo & 0x000000ff000000ffull) * (100 + (1000000ull << 32))) +
+        (((lo >> 16) & 0x000000ff000000ffull) * (1 + (10000ull << 32)))) >>
+       32;
+  *val = lo;
+  return len;
+}
+
+/* A run of 1 to 16 digits at p: its length (0 when it is empty or longer
+ * than 16) and value. */
+static inline int digits16(const char *p, uint64_t *val) {
+  uint64_t a, b;
+  int n = digits_swar(p, &a);
+  if (n < 8) {
+    *val = a;
+    return n;
+  }
+  int n2 = digits_swar(p + 8, &b);
+  if (n2 == 8)
+    return 0;
+  static const uint64_t scale[8] = {1,     10,     100,     1000,
+                                    10000, 100000, 1000000, 10000000};
+  *val = a * scale[n2] + b;
+  return 8 + n2;
+}
+
+/* The usual shape of a number in an embedding, -?(0|[1-9]d*)(.d+)? with
+ * no exponent and at most 19 digits, read without a loop per digit. At
+ * least 48 bytes must follow p. Returns 0 (and reads nothing into *out)
+ * for anything else, which the general code then reads. */
+static inline int number_fast(const char *p, const char **next, int *neg,
+                              uint64_t *m, int *nd, int *frac, int *is_int) {
+  *neg = *p == '-';
+  p += *neg;
+  uint64_t ip = 0, fp = 0;
+  int ni = 0, nf = 0;
+  if (*p == '0') {
+    p++; /* a leading zero counts as no digit (and must stand alone) */
+    if ((unsigned)(*p - '0') <= 9)
+      return 0;
+  } else {
+    ni = digits16(p, &ip);
+    if (ni == 0)
+      return 0;
+    p += ni;
+  }
+  *is_int = *p != '.';
+  if (*p == '.') {
+    nf = digits16(p + 1, &fp);
+    if (nf == 0)
+      return 0;
+    p += 1 + nf;
+  }
+  if (*p == 'e' || *p == 'E' || ni + nf > 19)
+    return 0;
+  static const uint64_t scale[17] = {1ull,
+                                     10ull,
+                                     100ull,
+                                     1000ull,
+                                     10000ull,
+                                     100000ull,
+                                     1000000ull,
+                                     10000000ull,
+                                     100000000ull,
+                                     1000000000ull,
+                                     10000000000ull,
+                                     100000000000ull,
+                                     1000000000000ull,
+                                     10000000000000ull,
+                                     100000000000000ull,
+                                     1000000000000000ull,
+                                     10000000000000000ull};
+  *m = ip * scale[nf] + fp;
+  *nd = ni + nf;
+  *frac = nf;
+  *next = p;
+  return 1;
+}
+
 /* Parse a JSON number at P->p. Returns 0 and advances on success. With
  * `defer` set, a value that needs a division by 10^n (n in 1..22) comes
  * back undivided with *defer = n: the caller divides a whole array in one
@@ -298,6 +395,15 @@ static int parse_number(jparser *P, double *out, int *is_int, int8_t *defer) {
     *defer = 0;
   const char *p = P->p, *start = p, *end = P->end;
   int neg = 0;
+  /* Up to 19 digits go into m (leading zeros of a fraction count: that
+   * only sends more numbers to the slow path). */
+  uint64_t m = 0;
+  int nd = 0, dropped = 0, inexact = 0, exp10 = 0, frac = 0;
+  const char *next;
+  if (end - p >= 48 && number_fast(p, &next, &neg, &m, &nd, &frac, is_int)) {
+    p = next;
+    goto value;
+  }
   if (p < end && *p == '-') {
     neg = 1;
     p++;
@@ -307,10 +413,6 @@ static int parse_number(jparser *P, double *out, int *is_int, int8_t *defer) {
     set_err(P, p, "expected a digit after '-', found %s", found(P, p, b, 24));
     return -1;
   }
-  /* Up to 19 digits go into m (leading zeros of a fraction count: that
-   * only sends more numbers to the slow path). */
-  uint64_t m = 0;
-  int nd = 0, dropped = 0, inexact = 0, exp10 = 0;
   if (*p == '0') {
     p++;
     if (p < end && (unsigned)(*p - '0') <= 9) {
@@ -336,7 +438,6 @@ static int parse_number(jparser *P, double *out, int *is_int, int8_t *defer) {
       p++;
     }
   }
-  int frac = 0;
   *is_int = 1;
   if (p < end && *p == '.') {
     p++;
@@ -389,6 +490,7 @@ static int parse_number(jparser *P, double *out, int *is_int, int8_t *defer) {
     }
     exp10 = eneg ? -e : e;
   }
+value:;
   int dropped_fast = inexact ? -1 : dropped;
   P->p = p;
   int e = exp10 - frac + dropped;
@@ -722,6 +824,103 @@ static void finish_divs(jparser *P, size_t from) {
     memset((int8_t *)P->divs.p + from, 0, P->divs.len - from);
 }
 
+/* Make room for n more elements on a stack. */
+static int stack_reserve(jstack *st, size_t n) {
+  if (st->len + n <= st->cap)
+    return 0;
+  size_t nc = st->cap ? st->cap * 2 : 256;
+  while (nc < st->len + n)
+    nc *= 2;
+  void *np = realloc(st->p, nc * st->elem);
+  if (!np)
+    return -1;
+  st->p = np;
+  st->cap = nc;
+  return 0;
+}
+
+/* Bit i set when p[i] is ',' or ']', for 64 bytes (SSE2, part of the
+ * x86-64 baseline). */
+static inline uint64_t separators64(const char *p) {
+#if defined(__SSE2__)
+  const __m128i comma = _mm_set1_epi8(','), close = _mm_set1_epi8(']');
+  uint64_t m = 0;
+  for (int k = 0; k < 4; k++) {
+    __m128i v = _mm_loadu_si128((const __m128i *)(const void *)(p + 16 * k));
+    __m128i hit =
+        _mm_or_si128(_mm_cmpeq_epi8(v, comma), _mm_cmpeq_epi8(v, close));
+    m |= (uint64_t)(uint16_t)_mm_movemask_epi8(hit) << (16 * k);
+  }
+  return m;
+#else
+  uint64_t m = 0;
+  for (int i = 0; i < 64; i++)
+    m |= (uint64_t)(p[i] == ',' || p[i] == ']') << i;
+  return m;
+#endif
+}
+
+/*
+ * Numbers of an array written without spaces ("0.5,-1.25,3]"), many at a
+ * time. Read one by one, each number's start waits on the end of the one
+ * before, a chain of dependent loads and scans; here the separators of 64
+ * bytes are found at once, so every number's span is known in advance and
+ * the CPU works on several of them together. A span is taken only when
+ * number_fast reads exactly it and its value needs no strtod; at the first
+ * that is not, the run stops and the general code goes on from the
+ * separator before it. Appends to P->nums / P->divs as parse_array does;
+ * returns how many, with P->p on the separator after the last one (','
+ * or ']'), or 0 with P->p unchanged.
+ */
+static size_t number_run(jparser *P) {
+  const char *start = P->p, *end = P->end, *c = P->p;
+  size_t n = 0;
+  while (end - c >= 64 + 48) {
+    if (stack_reserve(&P->nums, 64) || stack_reserve(&P->divs, 64))
+      break; /* the general code reports the lack of memory */
+    double *nums = (double *)P->nums.p + P->nums.len;
+    int8_t *divs = (int8_t *)P->divs.p + P->divs.len;
+    size_t k = 0;
+    uint64_t sep = separators64(c);
+    for (; sep; sep &= sep - 1) {
+      const char *at = c + __builtin_ctzll(sep);
+      const char *next;
+      int neg, nd, frac, is_int;
+      uint64_t m;
+      if (!number_fast(start, &next, &neg, &m, &nd, &frac, &is_int) ||
+          next != at || m > (1ull << 53))
+        goto stop;
+      double d = (double)m;
+      nums[k] = neg ? -d : d;
+      divs[k] = (int8_t)(m ? frac : 0); /* 10^-frac, applied later */
+      k++;
+      if (*at == ']') {
+        P->nums.len += k;
+        P->divs.len += k;
+        P->p = at;
+        return n + k;
+      }
+      start = at + 1;
+    }
+    P->nums.len += k;
+    P->divs.len += k;
+    n += k;
+    c += 64;
+    /* No number of the fast form is this long: something else is here. */
+    if (c - start > 40)
+      break;
+    continue;
+  stop:
+    P->nums.len += k;
+    P->divs.len += k;
+    n += k;
+    break;
+  }
+  if (n)
+    P->p = start - 1;
+  return n;
+}
+
 static int expect_lit(jparser *P, const char *lit, size_t n) {
   if ((size_t)(P->end - P->p) < n || memcmp(P->p, lit, n) != 0) {
     char b[24];
@@ -751,6 +950,15 @@ static int parse_array(jparser *P, mn__jv *v) {
     skip_ws(P);
     const char *vs = P->p;
     if (packed && vs < P->end && (*vs == '-' || (unsigned)(*vs - '0') <= 9)) {
+      size_t run = number_run(P);
+      if (run) {
+        if (run >= UINT32_MAX - count) {
+          set_err(P, vs, "an array has too many items");
+          return -1;
+        }
+        count += (uint32_t)run;
+        goto separator;
+      }
       double d;
       int is_int;
       int8_t dv;
@@ -800,6 +1008,7 @@ static int parse_array(jparser *P, mn__jv *v) {
       set_err(P, vs, "an array has too many items");
       return -1;
     }
+  separator:
     skip_ws(P);
     if (P->p < P->end && *P->p == ',') {
       P->p++;
@@ -1152,21 +1361,23 @@ const char *mn__jv_brief(const mn__jv *v, char *buf, size_t len) {
  * Number formatting
  * ====================================================================== */
 
-/* 10^k as doubles for k in [-60, 60] (exact for 0..22, correctly rounded
- * elsewhere: built by strtod once). */
-static double p10_tab[121];
-static pthread_once_t p10_once = PTHREAD_ONCE_INIT;
-
-static void p10_init(void) {
-  for (int k = -60; k <= 60; k++) {
-    char b[16];
-    snprintf(b, sizeof b, "1e%d", k);
-    p10_tab[k + 60] = strtod_c(b);
-  }
-}
+/* 10^k as doubles for k in [-60, 60]: exact for 0..22, correctly rounded
+ * elsewhere (the compiler rounds each literal as strtod would). */
+const double mn__p10_tab[121] = {
+    1e-60, 1e-59, 1e-58, 1e-57, 1e-56, 1e-55, 1e-54, 1e-53, 1e-52, 1e-51, 1e-50,
+    1e-49, 1e-48, 1e-47, 1e-46, 1e-45, 1e-44, 1e-43, 1e-42, 1e-41, 1e-40, 1e-39,
+    1e-38, 1e-37, 1e-36, 1e-35, 1e-34, 1e-33, 1e-32, 1e-31, 1e-30, 1e-29, 1e-28,
+    1e-27, 1e-26, 1e-25, 1e-24, 1e-23, 1e-22, 1e-21, 1e-20, 1e-19, 1e-18, 1e-17,
+    1e-16, 1e-15, 1e-14, 1e-13, 1e-12, 1e-11, 1e-10, 1e-9,  1e-8,  1e-7,  1e-6,
+    1e-5,  1e-4,  1e-3,  1e-2,  1e-1,  1e0,   1e1,   1e2,   1e3,   1e4,   1e5,
+    1e6,   1e7,   1e8,   1e9,   1e10,  1e11,  1e12,  1e13,  1e14,  1e15,  1e16,
+    1e17,  1e18,  1e19,  1e20,  1e21,  1e22,  1e23,  1e24,  1e25,  1e26,  1e27,
+    1e28,  1e29,  1e30,  1e31,  1e32,  1e33,  1e34,  1e35,  1e36,  1e37,  1e38,
+    1e39,  1e40,  1e41,  1e42,  1e43,  1e44,  1e45,  1e46,  1e47,  1e48,  1e49,
+    1e50,  1e51,  1e52,  1e53,  1e54,  1e55,  1e56,  1e57,  1e58,  1e59,  1e60};
 
 static inline double p10(int k) {
-  return p10_tab[k + 60];
+  return mn__p10_tab[k + 60];
 }
 
 static const uint64_t pow10_u64[20] = {1ull,
@@ -1278,6 +1489,15 @@ static size_t fmt_decimal(char *o, int neg, uint64_t m, int q) {
   return k;
 }
 
+/* The value of x as it is: a product passed through here is rounded on
+ * its own, never fused with the addition that follows into one FMA (which
+ * GCC's default -ffp-contract=fast does where FMA is enabled, as with
+ * -march=native), so that every build rounds as fmt_avx512.c does. */
+static inline double fp_fence(double x) {
+  __asm__("" : "+x"(x));
+  return x;
+}
+
 /*
  * Shortest round-trip decimal of a float32, in integers.
  *
@@ -1293,6 +1513,10 @@ static size_t fmt_decimal(char *o, int neg, uint64_t m, int q) {
  * neighbour (which would read back by ties-to-even) is not used: then the
  * result is longer than the shortest (rare: large integers and exact
  * binary fractions).
+ *
+ * fmt_avx512.c computes the same decimal for 8 numbers at a time (the
+ * list of a JSON row); the two must stay in step, and test_fmt_f32
+ * compares them.
  */
 size_t mn__fmt_f32(char *out, float f) {
   uint32_t bits;
@@ -1310,7 +1534,6 @@ size_t mn__fmt_f32(char *out, float f) {
     out[0] = '0';
     return 1;
   }
-  pthread_once(&p10_once, p10_init);
   int neg = (int)(bits >> 31);
   float a, up, dn;
   uint32_t ub = mag + 1, db = mag - 1;
@@ -1334,7 +1557,7 @@ size_t mn__fmt_f32(char *out, float f) {
   int k = 8 - e10;
   double sc = p10(k);
   double vs = v * sc;
-  double los = lo * sc + 1e-5, his = hi * sc - 1e-5;
+  double los = fp_fence(lo * sc) + 1e-5, his = fp_fence(hi * sc) - 1e-5;
   /* Integers strictly inside; all below 2^32 (vs < 10^9). */
   uint32_t L = (uint32_t)los + 1;
   uint32_t H = (uint32_t)his;
@@ -1365,12 +1588,53 @@ size_t mn__fmt_f32(char *out, float f) {
 #undef MN__STEP
 found:;
   uint64_t p = pow10_u64[j];
-  uint64_t r = (uint64_t)(vs * p10(-j) + 0.5) * p;
+  uint64_t r = (uint64_t)(fp_fence(vs * p10(-j)) + 0.5) * p;
   if (r < L)
     r = ((uint64_t)L + p - 1) / p * p;
   if (r > H)
     r = H / p * p;
   return fmt_decimal(out, neg, r / p, j - k);
+}
+
+size_t mn__fmt_f32_list_scalar(char *out, const float *x, size_t n) {
+  char *o = out;
+  for (size_t i = 0; i < n; i++) {
+    if (i)
+      *o++ = ',';
+    o += mn__fmt_f32(o, x[i]);
+  }
+  return (size_t)(o - out);
+}
+
+/* The AVX-512 list where the CPU has every extension fmt_avx512.c is
+ * compiled for (the _avx512.c flags in CMakeLists.txt), chosen once. */
+static size_t (*fmt_list)(char *, const float *, size_t);
+static pthread_once_t fmt_once = PTHREAD_ONCE_INIT;
+
+static void fmt_pick(void) {
+  fmt_list = mn__fmt_f32_list_scalar;
+#if defined(__x86_64__)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512vl") &&
+      __builtin_cpu_supports("avx512dq") &&
+      __builtin_cpu_supports("avx512vnni") &&
+      __builtin_cpu_supports("avx512vpopcntdq") &&
+      __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+      __builtin_cpu_supports("f16c") && __builtin_cpu_supports("bmi2") &&
+      __builtin_cpu_supports("popcnt"))
+    fmt_list = mn__fmt_f32_list_avx512;
+#endif
+}
+
+size_t mn__fmt_f32_list(char *out, const float *x, size_t n) {
+  pthread_once(&fmt_once, fmt_pick);
+  return fmt_list(out, x, n);
+}
+
+int mn__fmt_have_avx512(void) {
+  pthread_once(&fmt_once, fmt_pick);
+  return fmt_list != mn__fmt_f32_list_scalar;
 }
 
 size_t mn__fmt_f64(char *out, double d) {

@@ -426,7 +426,12 @@ static int h_process(mn__call *c, const mn__jv *p, mn__jw *w) {
   }
   if (!rc)
     rc = mn__check_deadline(c);
-  if (!rc && res.out.dtype == MN_DTYPE_F32 &&
+  /* Only a PCA projection can turn finite input into something that is
+   * not (whitening by a zero variance, sums past the float32 range):
+   * normalisation maps finite rows to unit or zero rows, and without
+   * either stage the output is the input, which was checked on the way
+   * in. So the output is checked only after a reduction. */
+  if (!rc && pl.k && res.out.dtype == MN_DTYPE_F32 &&
       mn_tensor_check_finite(&res.out) != MN_OK)
     rc = mn__fail(c, MN_RPC_PROCESSING_ERROR,
                   "the result is not finite (%s); whitening a component "
@@ -436,7 +441,7 @@ static int h_process(mn__call *c, const mn__jv *p, mn__jw *w) {
   if (!rc) {
     mn__jw_obj(w);
     mn__jw_key(w, "processed");
-    rc = mn__tensor_encode(c, w, &res.out, pl.enc, in.one_d);
+    rc = mn__tensor_encode_take(c, w, &res.out, pl.enc, in.one_d);
   }
   if (!rc) {
     if (res.scales) {

@@ -249,6 +249,11 @@ mn_rpc_session *mn_rpc_session_new(mn_rpc *r, const char *peer) {
   return s;
 }
 
+void mn_rpc_session_set_headroom(mn_rpc_session *s, size_t bytes) {
+  if (s)
+    s->headroom = bytes > 4096 ? 4096 : bytes;
+}
+
 void mn_rpc_session_free(mn_rpc_session *s) {
   if (!s)
     return;
@@ -259,10 +264,12 @@ void mn_rpc_session_free(mn_rpc_session *s) {
 void mn_rpc_reply_free(mn_rpc_reply *r) {
   if (!r)
     return;
-  free(r->data);
+  if (r->data)
+    free((char *)r->data - r->headroom);
   r->data = NULL;
   r->len = 0;
   r->binary = 0;
+  r->headroom = 0;
 }
 
 /* ------------------------------------------------------------------------
@@ -304,6 +311,7 @@ typedef struct msg_ctx {
   mn__bytes payload_out;
   uint64_t deadline_ns;
   uint64_t t0;
+  size_t head; /* the session's headroom: bytes in front of the reply */
   int replies; /* replies written so far */
 } msg_ctx;
 
@@ -468,11 +476,32 @@ static void handle_request(msg_ctx *mc, const mn__jv *req, mn__jw *w,
   record(mc, m->name, rc, t0);
 }
 
+/* Make room for exactly n more bytes. Unlike mn__jw_reserve's realloc,
+ * which copies the whole old block, only the bytes written so far move
+ * (a binary reply's buffer is sized for the request, mostly unused when
+ * the payload is appended). */
+static void reserve_exact(mn__jw *w, size_t n) {
+  if (w->oom || w->len + n <= w->cap)
+    return;
+  char *nb = malloc(w->len + n);
+  if (!nb) {
+    w->oom = 1;
+    return;
+  }
+  memcpy(nb, w->buf, w->len);
+  free(w->buf);
+  w->buf = nb;
+  w->cap = w->len + n;
+}
+
 /* Turn the writer into the reply: text, or a binary frame (u32 length,
- * JSON padded with spaces so the payload starts 8-byte aligned, payload). */
+ * JSON padded with spaces so the payload starts 8-byte aligned, payload).
+ * The first mc->head bytes of the writer are the session's headroom; the
+ * reply starts after them. */
 static void finish(mn__jw *w, msg_ctx *mc, int reserved_header,
                    mn_rpc_reply *out) {
   int binary = mc->binary_in || mc->payload_out.len > 0;
+  size_t head = mc->head;
   if (w->oom) {
     mn__jw_free(w);
     memset(out, 0, sizeof *out);
@@ -484,36 +513,46 @@ static void finish(mn__jw *w, msg_ctx *mc, int reserved_header,
     return;
   }
   if (!binary) {
-    out->data = w->buf;
-    out->len = w->len;
+    out->data = w->buf + head;
+    out->len = w->len - head;
     out->binary = 0;
+    out->headroom = head;
     w->buf = NULL;
     return;
   }
+  size_t pay = mc->payload_out.len;
   if (!reserved_header) {
     /* A text request whose reply carries binary tensors. */
     mn__jw nw;
-    mn__jw_init(&nw, w->len + 16 + mc->payload_out.len);
+    mn__jw_init(&nw, w->len + 16 + pay);
+    char *z = mn__jw_reserve(&nw, head);
+    if (z) {
+      memset(z, 0, head);
+      nw.len = head;
+    }
     mn__jw_bytes(&nw, "\0\0\0\0", 4);
-    mn__jw_bytes(&nw, w->buf, w->len);
+    mn__jw_bytes(&nw, w->buf + head, w->len - head);
     mn__jw_free(w);
     *w = nw;
   }
-  while ((w->len & 7) != 0)
+  reserve_exact(w, 8 + pay);
+  while (!w->oom && ((w->len - head) & 7) != 0)
     mn__jw_bytes(w, " ", 1);
-  uint32_t n = (uint32_t)(w->len - 4);
-  mn__jw_bytes(w, mc->payload_out.p, mc->payload_out.len);
+  uint32_t n = (uint32_t)(w->len - head - 4);
+  mn__jw_bytes(w, mc->payload_out.p, pay);
   if (w->oom) {
     finish(w, &(msg_ctx){.binary_in = 0}, 0, out);
     return;
   }
-  w->buf[0] = (char)(n & 0xff);
-  w->buf[1] = (char)((n >> 8) & 0xff);
-  w->buf[2] = (char)((n >> 16) & 0xff);
-  w->buf[3] = (char)(n >> 24);
-  out->data = w->buf;
-  out->len = w->len;
+  unsigned char *h = (unsigned char *)w->buf + head;
+  h[0] = (unsigned char)(n & 0xff);
+  h[1] = (unsigned char)((n >> 8) & 0xff);
+  h[2] = (unsigned char)((n >> 16) & 0xff);
+  h[3] = (unsigned char)(n >> 24);
+  out->data = h;
+  out->len = w->len - head;
   out->binary = 1;
+  out->headroom = head;
   w->buf = NULL;
 }
 
@@ -526,10 +565,18 @@ void mn_rpc_handle(mn_rpc *r, mn_rpc_session *s, const void *msg, size_t len,
                 .a = &arena,
                 .binary_in = binary != 0,
                 .deadline_ns = deadline_ns,
-                .t0 = mn_time_ns()};
+                .t0 = mn_time_ns(),
+                .head = s ? s->headroom : 0};
   mn__jw w;
   size_t guess = len + 512;
-  mn__jw_init(&w, guess > ((size_t)64 << 20) ? (size_t)64 << 20 : guess);
+  mn__jw_init(&w, (guess > ((size_t)64 << 20) ? (size_t)64 << 20 : guess) +
+                      mc.head);
+  /* The headroom: written as zeros so that the whole block is defined. */
+  char *z = mn__jw_reserve(&w, mc.head);
+  if (z) {
+    memset(z, 0, mc.head);
+    w.len = mc.head;
+  }
   const char *json = msg;
   size_t jlen = len;
   char m[400];
@@ -591,7 +638,7 @@ void mn_rpc_handle(mn_rpc *r, mn_rpc_session *s, const void *msg, size_t len,
     if (mc.replies == 0) {
       /* Only notifications: nothing at all is sent. */
       mn__jw_free(&w);
-      free(mc.payload_out.p);
+      mn__bytes_free(&mc.payload_out);
       mn__arena_release(&arena);
       return;
     }
@@ -599,7 +646,7 @@ void mn_rpc_handle(mn_rpc *r, mn_rpc_session *s, const void *msg, size_t len,
     handle_request(&mc, root, &w, 0);
     if (mc.replies == 0) {
       mn__jw_free(&w);
-      free(mc.payload_out.p);
+      mn__bytes_free(&mc.payload_out);
       mn__arena_release(&arena);
       return;
     }
@@ -611,7 +658,7 @@ parse_error:
 done:
   finish(&w, &mc, binary, out);
   mn__jw_free(&w);
-  free(mc.payload_out.p);
+  mn__bytes_free(&mc.payload_out);
   mn__arena_release(&arena);
 }
 

@@ -179,6 +179,17 @@ void mn__jw_escape(mn__jw *w, const char *s, size_t n);
 /** Shortest decimal that reads back as exactly f; returns its length
  *  (at most 24 bytes, not NUL-terminated). Non-finite: "null". */
 size_t mn__fmt_f32(char *out, float f);
+/** x[0], ..., x[n - 1] as mn__fmt_f32 writes them, separated by ','.
+ *  Returns the length; up to 25 * n + 32 bytes at `out` may be written
+ *  (the vector code copies in fixed-size pieces). */
+size_t mn__fmt_f32_list(char *out, const float *x, size_t n);
+/* The implementations mn__fmt_f32_list chooses between: one number at a
+ * time, or 8 at a time with AVX-512 where the CPU has it (the same
+ * text). */
+size_t mn__fmt_f32_list_scalar(char *out, const float *x, size_t n);
+size_t mn__fmt_f32_list_avx512(char *out, const float *x, size_t n);
+/** 1 when mn__fmt_f32_list uses the AVX-512 code. */
+int mn__fmt_have_avx512(void);
 /** Shortest decimal that reads back as exactly d (at most 32 bytes). */
 size_t mn__fmt_f64(char *out, double d);
 
@@ -226,6 +237,7 @@ struct mn_rpc {
 struct mn_rpc_session {
   mn_rpc *r;
   char peer[64];
+  size_t headroom; /* bytes in front of each reply; set before first use */
   int initialized; /* notifications/initialized seen (atomic) */
   int protocol;    /* atomic: 1 + index of the negotiated MCP version in
                       mcp.c's table; 0 before initialize */
@@ -248,11 +260,15 @@ typedef enum mn__enc {
   MN__ENC_BINARY = 2
 } mn__enc;
 
-/* A growing byte buffer for a binary reply's payload. */
+/* A growing byte buffer for a binary reply's payload: malloc'd, or a
+ * tensor's mn_malloc'd buffer adopted as it is (mn__tensor_encode_take). */
 typedef struct mn__bytes {
   uint8_t *p;
   size_t len, cap;
+  int adopted; /* p is mn_malloc memory */
 } mn__bytes;
+
+void mn__bytes_free(mn__bytes *b);
 
 typedef struct mn__call {
   mn_rpc *r;
@@ -349,11 +365,32 @@ int mn__tensor_decode(mn__call *c, const mn__jv *v, const char *path,
 /** Write tensor t (host) as a JSON value in the given encoding. */
 int mn__tensor_encode(mn__call *c, mn__jw *w, const mn_tensor *t, mn__enc enc,
                       int one_d);
-/** Base64 (standard alphabet, padded). */
+/** As mn__tensor_encode, for a tensor whose data is mn_malloc memory the
+ *  caller gives up: the first binary buffer of a reply becomes the reply's
+ *  payload without a copy, and t->data is set to NULL when that happens
+ *  (the caller still frees whatever t->data is afterwards). */
+int mn__tensor_encode_take(mn__call *c, mn__jw *w, mn_tensor *t, mn__enc enc,
+                           int one_d);
+/** Base64 (standard alphabet, padded): writes 4 * ceil(n / 3) bytes. */
 size_t mn__b64_encode(const uint8_t *in, size_t n, char *out);
-/** Returns the decoded length, or -1 (and *bad = offset) on bad input. */
+/** Returns the decoded length, or -1 (and *bad = offset) on bad input.
+ *  Up to two '=' end the input; '-' and '_' (base64url) are accepted.
+ *  Writes exactly the decoded length. */
 int64_t mn__b64_decode(const char *in, size_t n, uint8_t *out, size_t *bad);
 size_t mn__b64_decoded_len(const char *in, size_t n);
+/* The implementations mn__b64_encode / _decode choose between (the AVX2
+ * ones only where the CPU has AVX2; the same output, byte for byte). */
+size_t mn__b64_encode_scalar(const uint8_t *in, size_t n, char *out);
+int64_t mn__b64_decode_scalar(const char *in, size_t n, uint8_t *out,
+                              size_t *bad);
+size_t mn__b64_encode_avx2(const uint8_t *in, size_t n, char *out);
+int64_t mn__b64_decode_avx2(const char *in, size_t n, uint8_t *out,
+                            size_t *bad);
+/** Decode characters with the padding already taken off (n % 4 != 1). */
+int64_t mn__b64_decode_body(const char *in, size_t n, uint8_t *out,
+                            size_t *bad);
+/** 1 when mn__b64_encode / _decode use the AVX2 code. */
+int mn__b64_have_avx2(void);
 
 /* ------------------------------------------------------------------------
  * Named PCA models (pca_store.c).

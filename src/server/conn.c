@@ -38,6 +38,9 @@ mn__conn *mn__conn_new(mn_server *s, struct lws *wsi, const char *peer) {
     free(c);
     return NULL;
   }
+  /* The engine builds replies behind room for the frame header, so that
+   * the loop writes them where they are. */
+  mn_rpc_session_set_headroom(c->session, LWS_PRE);
   return c;
 }
 
@@ -79,16 +82,22 @@ void mn__conn_mark_ready(mn__conn *c) {
   pthread_mutex_unlock(&s->ready_lock);
 }
 
-/* Wrap an engine reply for writing. Small and medium replies are copied
- * behind LWS_PRE bytes of headroom here, on the worker, so that the loop
- * writes them in place; large ones keep the engine's buffer. */
+/* Wrap an engine reply for writing. The engine's replies come with
+ * LWS_PRE bytes of headroom (mn_rpc_session_set_headroom) and are taken
+ * as they are. Others (errors built outside the engine) are copied behind
+ * headroom here, on the worker, when small or medium, so that the loop
+ * writes them in place; large ones keep their buffer. */
 static mn__outmsg *outmsg_from_reply(mn_rpc_reply *r) {
   mn__outmsg *m = calloc(1, sizeof *m);
   if (!m)
     return NULL;
   m->len = r->len;
   m->binary = r->binary;
-  if (r->len <= MN__TX_HEADROOM_MAX) {
+  if (r->headroom >= LWS_PRE) {
+    m->alloc = (unsigned char *)r->data - r->headroom;
+    m->payload = r->data;
+    m->headroom = 1;
+  } else if (r->len <= MN__TX_HEADROOM_MAX) {
     m->alloc = malloc(LWS_PRE + r->len + 1);
     if (!m->alloc) {
       free(m);
@@ -97,14 +106,15 @@ static mn__outmsg *outmsg_from_reply(mn_rpc_reply *r) {
     m->payload = m->alloc + LWS_PRE;
     memcpy(m->payload, r->data, r->len);
     m->headroom = 1;
-    free(r->data);
+    mn_rpc_reply_free(r);
   } else {
-    m->alloc = r->data;
+    m->alloc = (unsigned char *)r->data - r->headroom;
     m->payload = r->data;
     m->headroom = 0;
   }
   r->data = NULL;
   r->len = 0;
+  r->headroom = 0;
   return m;
 }
 

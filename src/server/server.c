@@ -408,7 +408,8 @@ static void submit_message(mn_server *s, mn__conn *c) {
   uint64_t now = mn_time_ns();
   mn__conn_ref(c);
   j->conn = c;
-  j->msg = c->rx;
+  j->alloc = c->rx;
+  j->msg = c->rx + c->rx_pad;
   j->len = c->rx_len;
   j->binary = c->rx_binary;
   j->enq_ns = now;
@@ -426,8 +427,21 @@ static void submit_message(mn_server *s, mn__conn *c) {
   update_flow(c, inflight, out_bytes);
 reset:
   c->rx = NULL;
-  c->rx_len = c->rx_cap = 0;
+  c->rx_len = c->rx_cap = c->rx_pad = 0;
   c->rx_active = 0;
+}
+
+/* Room in front of a binary message so that its payload (after the u32
+ * length and the JSON) starts 8-byte aligned in memory: the engine then
+ * reads float32 tensors where they lie instead of copying them out. Known
+ * once the length has arrived, which is in the first fragment in
+ * practice; otherwise the message goes without (and the engine copies). */
+static size_t binary_pad(const unsigned char *in, size_t len) {
+  if (len < 4)
+    return 0;
+  uint32_t n = (uint32_t)in[0] | (uint32_t)in[1] << 8 | (uint32_t)in[2] << 16 |
+               (uint32_t)in[3] << 24;
+  return (8 - (4 + (size_t)n % 8) % 8) % 8;
 }
 
 static int on_receive(mn_server *s, struct lws *wsi, mn__conn *c,
@@ -440,6 +454,10 @@ static int on_receive(mn_server *s, struct lws *wsi, mn__conn *c,
     c->rx_active = 1;
     c->rx_binary = lws_frame_is_binary(wsi);
     c->rx_len = 0;
+    /* rx is NULL here (handed to a job, or freed); malloc memory is
+     * 16-byte aligned, and the pad moves the payload onto 8 bytes. */
+    c->rx_cap = 0;
+    c->rx_pad = c->rx_binary ? binary_pad(in, len) : 0;
   }
   size_t remaining = lws_remaining_packet_payload(wsi);
   size_t need = c->rx_len + len + remaining;
@@ -453,7 +471,7 @@ static int on_receive(mn_server *s, struct lws *wsi, mn__conn *c,
       cap = need + 1;
     if (limit && cap > limit + 1)
       cap = limit + 1;
-    unsigned char *nb = realloc(c->rx, cap);
+    unsigned char *nb = realloc(c->rx, c->rx_pad + cap);
     if (!nb) {
       MN__LOGE("server", "%s: out of memory for a %zu-byte message", c->peer,
                need);
@@ -465,7 +483,7 @@ static int on_receive(mn_server *s, struct lws *wsi, mn__conn *c,
     c->rx_cap = cap;
   }
   if (len)
-    memcpy(c->rx + c->rx_len, in, len);
+    memcpy(c->rx + c->rx_pad + c->rx_len, in, len);
   c->rx_len += len;
   if (lws_is_final_fragment(wsi))
     submit_message(s, c);

@@ -34,9 +34,11 @@
 /* Replies are written in frames of at most this size so that one large
  * reply does not hold the loop while other connections wait. */
 #define MN__TX_FRAGMENT (1u << 20)
-/* Replies up to this size are copied by the worker behind LWS_PRE bytes of
- * headroom, so the loop writes them without copying. Larger ones are sent
- * from the engine's buffer, the first fragment through a scratch buffer. */
+/* The engine builds its replies behind LWS_PRE bytes of headroom, which
+ * the loop writes in place. Replies built elsewhere (errors answered by
+ * the workers or the watchdog) up to this size are copied by the worker
+ * behind headroom; larger ones are sent from their own buffer, the first
+ * fragment through a scratch buffer. */
 #define MN__TX_HEADROOM_MAX (4u << 20)
 /* A job still running this long past its deadline is answered by the
  * watchdog with -32002. */
@@ -69,8 +71,9 @@ struct mn__conn {
   /* I/O thread only. */
   struct lws *wsi;
   mn__conn *prev, *next; /* all open connections */
-  unsigned char *rx;     /* message being reassembled */
-  size_t rx_len, rx_cap;
+  unsigned char *rx;     /* allocation of the message being reassembled */
+  size_t rx_pad;         /* bytes in front of the message in rx */
+  size_t rx_len, rx_cap; /* message bytes; room for them after rx_pad */
   int rx_active, rx_binary;
   int rx_paused;
   int closing; /* close once the queue is written */
@@ -95,7 +98,8 @@ struct mn__conn {
 /* One complete message handed to the workers. */
 typedef struct mn__job {
   struct mn__job *next;
-  mn__conn *conn; /* holds a reference */
+  mn__conn *conn;       /* holds a reference */
+  unsigned char *alloc; /* what to free: msg, or a few bytes before it */
   unsigned char *msg;
   size_t len;
   int binary;

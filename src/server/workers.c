@@ -54,7 +54,7 @@ void mn__job_free(mn__job *j) {
   if (!j)
     return;
   mn__conn_unref(j->conn);
-  free(j->msg);
+  free(j->alloc ? j->alloc : j->msg);
   free(j);
 }
 

@@ -139,11 +139,36 @@ static void test_four_byte_and_mixed_strings(void **state) {
   }
 }
 
+/* Long ASCII runs, as JSON messages are, with one byte at any position
+ * (and any offset from the start of the 64-byte blocks) replaced by a
+ * multi-byte sequence, valid or not, or a lone high byte. */
+static void test_ascii_runs(void **state) {
+  (void)state;
+  static const char *const odd[] = {
+      "\xc3\xa9", "\xe2\x82\xac", "\xf0\x9f\x98\x80", "\xc3",
+      "\x80",     "\xff",         "\xed\xa0\x80"};
+  unsigned char s[700];
+  for (int t = 0; t < 20000; t++) {
+    size_t n = 1 + rnd() % (sizeof s - 8);
+    for (size_t i = 0; i < n; i++)
+      s[i] = (unsigned char)(0x20 + rnd() % 0x5f);
+    if (t % 8) {
+      const char *pc = odd[rnd() % 7];
+      size_t k = strlen(pc), at = rnd() % n;
+      if (at + k > n)
+        at = n - k < n ? n - k : 0;
+      memcpy(s + at, pc, k < n ? k : n);
+    }
+    assert_int_equal(mn__utf8_valid(s, n), ref_valid(s, n));
+  }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_hand_made_cases),
       cmocka_unit_test(test_every_short_sequence),
       cmocka_unit_test(test_four_byte_and_mixed_strings),
+      cmocka_unit_test(test_ascii_runs),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
