@@ -25,9 +25,13 @@ help:
 	@echo "make bench  run the benchmarks against their peers, print ratios"
 	@echo "make test-asan  the suite under AddressSanitizer + UBSan"
 
-# Installs only what is missing; silent when everything is there.
+# Installs only what is missing; silent when everything is there. node and
+# npm count as present when their commands work (they may come from outside
+# Debian, where apt cannot replace them).
 deps:
 	@missing=$$(for p in $(PKGS); do \
+	  case $$p in nodejs|npm) command -v $${p%js} >/dev/null && continue;; \
+	  esac; \
 	  dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | \
 	    grep -q 'install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
@@ -52,9 +56,6 @@ deps-bench: deps
 	    --no-install-recommends $$missing >/dev/null || exit 1; \
 	fi
 
-$(BUILD)/CMakeCache.txt:
-	cmake -S . -B $(BUILD) $(CMAKE_ARGS)
-
 configure: deps
 	@cmake -S . -B $(BUILD) $(CMAKE_ARGS) >/dev/null
 
@@ -71,13 +72,10 @@ test-asan:
 bench: deps-bench build
 	/usr/bin/python3 bench/run_bench.py --build $(BUILD)
 
+# Foreground, port $(PORT), data in $(DATA_DIR); Ctrl-C drains and stops.
 run: build
 	@mkdir -p $(DATA_DIR)
-	@if [ -x $(BUILD)/bin/mnemod ]; then \
-	  exec $(BUILD)/bin/mnemod --port $(PORT) --data-dir $(DATA_DIR); \
-	else \
-	  echo "libmnemo is built; the mnemod server arrives with issue 3."; \
-	fi
+	exec $(BUILD)/bin/mnemod --port $(PORT) --data-dir $(DATA_DIR)
 
 format:
 	clang-format -i $$(git ls-files '*.c' '*.h' '*.cu' '*.cuh')

@@ -53,14 +53,30 @@ typedef struct mn_rpc_opts {
 MN_API mn_status mn_rpc_create(const mn_rpc_opts *opts, mn_rpc **out);
 MN_API void mn_rpc_destroy(mn_rpc *r);
 
-/** Per-connection state; `peer` is a label for logs ("127.0.0.1:5555"). */
+/**
+ * Per-connection state; `peer` is a label for logs ("127.0.0.1:5555").
+ * A session may be used by several threads at once (the server runs one
+ * connection's requests on several workers).
+ */
 MN_API mn_rpc_session *mn_rpc_session_new(mn_rpc *r, const char *peer);
 MN_API void mn_rpc_session_free(mn_rpc_session *s);
 
+/**
+ * Ask for `bytes` (at most 4096) of writable room in front of every reply
+ * mn_rpc_handle builds for this session, so that a transport can put its
+ * frame header there and send the reply without copying it (libwebsockets
+ * wants LWS_PRE bytes). Call it before the session's first request.
+ */
+MN_API void mn_rpc_session_set_headroom(mn_rpc_session *s, size_t bytes);
+
 typedef struct mn_rpc_reply {
-  void *data;  /* malloc'd bytes to send; NULL when nothing is sent */
+  void *data; /* bytes to send; NULL when nothing is sent */
   size_t len;
-  int binary;  /* send as a binary frame (else text) */
+  int binary; /* send as a binary frame (else text) */
+  /* Writable bytes in front of data, in the same allocation: the
+   * session's headroom for replies of mn_rpc_handle, 0 otherwise. Release
+   * the reply with mn_rpc_reply_free, or free((char *)data - headroom). */
+  size_t headroom;
 } mn_rpc_reply;
 
 /**

@@ -11,6 +11,7 @@
 
 #include <stdarg.h>
 #include <stdio.h>
+#include <string.h>
 
 const char *mn_strerror(mn_status s) {
   switch (s) {
@@ -41,9 +42,13 @@ const char *mn_errmsg(void) { return tls_errmsg; }
 void mn_errmsg_clear(void) { tls_errmsg[0] = '\0'; }
 
 mn_status mn__set_error(mn_status s, const char *fmt, ...) {
+  /* Format aside first: callers often wrap the previous message, passing
+   * mn_errmsg() itself as an argument. */
+  char buf[sizeof tls_errmsg];
   va_list ap;
   va_start(ap, fmt);
-  vsnprintf(tls_errmsg, sizeof tls_errmsg, fmt, ap);
+  vsnprintf(buf, sizeof buf, fmt, ap);
   va_end(ap);
+  memcpy(tls_errmsg, buf, sizeof buf);
   return s;
 }

@@ -410,6 +410,14 @@ static mn_status check_input(const mn_backend *b, const mn_tensor *x,
   return MN_OK;
 }
 
+/* As check_input, for ops whose kernels may check finiteness themselves. */
+static mn_status check_input_fused(const mn_backend *b, const mn_tensor *x,
+                                   const char *what) {
+  if (b->iface->caps & MN_BACKEND_CAP_CHECKS_FINITE)
+    return check_tensor(b, x, what, MN_DTYPE_F32);
+  return check_input(b, x, what);
+}
+
 static mn_status check_same_shape(const mn_tensor *x, const mn_tensor *y,
                                   const char *xn, const char *yn) {
   if (x->rows != y->rows || x->cols != y->cols)
@@ -434,7 +442,7 @@ mn_status mn_backend_normalize(mn_backend *b, const mn_tensor *x, mn_tensor *y,
                                int64_t *zero_rows) {
   if (!b)
     return mn__set_error(MN_ERR_INVALID, "backend is NULL");
-  MN__TRY(check_input(b, x, "input"));
+  MN__TRY(check_input_fused(b, x, "input"));
   MN__TRY(check_tensor(b, y, "output", MN_DTYPE_F32));
   MN__TRY(check_same_shape(x, y, "input", "output"));
   MN__NEED_OP(b, normalize);
@@ -514,7 +522,7 @@ mn_status mn_backend_affine_train(mn_backend *b, const mn_tensor *x,
                                   mn_affine_params *out) {
   if (!b || !out || !out->vmin || !out->scale)
     return mn__set_error(MN_ERR_INVALID, "affine_train: NULL argument");
-  MN__TRY(check_input(b, x, "input"));
+  MN__TRY(check_input_fused(b, x, "input"));
   if (x->rows < 1)
     return mn__set_error(MN_ERR_INVALID,
                          "training int8_affine needs at least one row");
@@ -555,7 +563,7 @@ mn_status mn_backend_quantize(mn_backend *b, const mn_tensor *x,
                               float *scales) {
   if (!b)
     return mn__set_error(MN_ERR_INVALID, "backend is NULL");
-  MN__TRY(check_input(b, x, "input"));
+  MN__TRY(check_input_fused(b, x, "input"));
   MN__TRY(check_quant_args(kind, affine, scales, x->cols));
   MN__TRY(check_tensor(b, codes, "codes", (int)mn_quant_dtype(kind)));
   MN__TRY(check_same_shape(x, codes, "input", "codes"));

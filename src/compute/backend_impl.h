@@ -57,7 +57,20 @@ typedef struct mn_backend_iface {
   mn_status (*search)(mn_backend *b, const mn_tensor *q, const mn_vecblock *db,
                       mn_metric metric, int64_t k, int64_t id_base,
                       float *scores, int64_t *ids);
+
+  /* MN_BACKEND_CAP_* bits. */
+  unsigned caps;
 } mn_backend_iface;
+
+/*
+ * normalize, quantize and affine_train detect NaN / Inf in host input
+ * themselves, inside their single pass, and fail with MN_ERR_INVALID and a
+ * detail message naming the row and column (the output is then
+ * unspecified; an in-place normalize may have rewritten earlier rows). The
+ * wrappers then skip their own scan, which would cost one more read of the
+ * whole input.
+ */
+#define MN_BACKEND_CAP_CHECKS_FINITE 0x1u
 
 /*
  * Services the core lends to a plugin, so that the plugin needs no link

@@ -107,6 +107,9 @@ static const mn_backend_iface cpu_iface = {
     .dequantize = mn__cpu_dequantize,
     .similarity = mn__cpu_similarity,
     .search = mn__cpu_search,
+    /* normalize, quantize and affine_train find NaN / Inf in their own
+     * pass (cpu_elementwise.c), sparing the wrappers' extra read. */
+    .caps = MN_BACKEND_CAP_CHECKS_FINITE,
 };
 
 mn_status mn__cpu_backend_create(const mn_backend_opts *opts,

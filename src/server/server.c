@@ -1,0 +1,911 @@
+/*
+ * server.c - the libwebsockets side of mnemod: one context, one vhost,
+ * two protocols sharing one callback ("mcp", and a default one that takes
+ * WebSocket clients sending no subprotocol and the plain HTTP routes),
+ * message reassembly, limits, reply writing and the graceful shutdown.
+ *
+ * DESIGN: everything here runs on the I/O thread inside lws_service(),
+ * except mn_server_stop(). A complete message is handed, buffer and all,
+ * to the worker pool (workers.c) without being looked at; replies come
+ * back through the ready list (conn.c), which wakes the loop with
+ * lws_cancel_service() and arrives here as LWS_CALLBACK_EVENT_WAIT_CANCELLED.
+ * The loop then asks for a writeable callback on each connection with
+ * replies waiting, and each writeable callback writes one frame.
+ *
+ * Shutdown is a small state machine driven by the wake-ups and a 100 ms
+ * timer: SERVING -> DRAINING (new sessions refused, /ready says 503,
+ * messages that still arrive are answered "shutting down", running jobs
+ * finish) -> CLOSING (every connection closed with 1001 once its replies
+ * are written) -> DONE (the loop returns).
+ */
+#define _GNU_SOURCE
+#include "server/server_internal.h"
+
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#define TICK_US (100 * LWS_US_PER_MS)
+#define CLOSE_WAIT_NS 3000000000ull
+#define DRAIN_REJECT_GRACE_NS 2000000000ull
+
+/* Per-wsi storage, for both HTTP transactions and WebSocket sessions. */
+typedef struct pss {
+  mn__conn *conn;      /* WebSocket: the connection state */
+  unsigned char *body; /* HTTP: LWS_PRE + body waiting to be written */
+  size_t body_len;
+} pss;
+
+static const char placeholder_html[] =
+    "<!doctype html>\n"
+    "<html lang=\"en\"><head><meta charset=\"utf-8\">"
+    "<title>mnemo</title>"
+    "<style>body{font-family:system-ui,sans-serif;max-width:42rem;"
+    "margin:3rem auto;padding:0 1rem;line-height:1.5;color:#222}"
+    "code{background:#f3f3f3;padding:0 .25rem}</style></head>\n"
+    "<body><h1>mnemo</h1>\n"
+    "<p>mnemo is a GPU-accelerated memory server for AI applications: it "
+    "processes embedding batches (normalize, PCA, quantization), keeps "
+    "memories in a GPU / host / disk hierarchy and finds them again by "
+    "similarity.</p>\n"
+    "<p>Clients speak JSON-RPC 2.0 over a WebSocket on this port "
+    "(subprotocol <code>mcp</code>, or none); MCP clients see every method "
+    "as a tool.</p>\n"
+    "<ul><li><a href=\"/health\">/health</a>: status, state, backend, "
+    "uptime (JSON)</li>\n"
+    "<li><a href=\"/ready\">/ready</a>: 200 while serving, 503 while "
+    "draining</li>\n"
+    "<li><a href=\"/metrics\">/metrics</a>: Prometheus metrics</li></ul>\n"
+    "<p>The dashboard will live here.</p></body></html>\n";
+
+static mn_server *server_of(struct lws *wsi) {
+  return lws_context_user(lws_get_context(wsi));
+}
+
+/* ------------------------------------------------------------------------
+ * lws's own log lines, routed to mnemo's log callback.
+ * ---------------------------------------------------------------------- */
+static void lws_log_emit(int level, const char *line) {
+  char buf[512];
+  size_t n = strlen(line);
+  if (n >= sizeof buf)
+    n = sizeof buf - 1;
+  memcpy(buf, line, n);
+  while (n && (buf[n - 1] == '\n' || buf[n - 1] == '\r'))
+    n--;
+  buf[n] = 0;
+  mn_log_level l = (level & LLL_ERR)    ? MN_LOG_ERROR
+                   : (level & LLL_WARN) ? MN_LOG_WARN
+                                        : MN_LOG_DEBUG;
+  mn__log(l, "lws", "%s", buf);
+}
+
+/* ------------------------------------------------------------------------
+ * HTTP routes.
+ * ---------------------------------------------------------------------- */
+static int http_respond(struct lws *wsi, pss *ps, unsigned status,
+                        const char *ctype, const char *body, size_t len) {
+  free(ps->body);
+  ps->body = malloc(LWS_PRE + len + 1);
+  if (!ps->body)
+    return -1;
+  memcpy(ps->body + LWS_PRE, body, len);
+  ps->body_len = len;
+  unsigned char hdr[LWS_PRE + 512];
+  unsigned char *start = hdr + LWS_PRE, *p = start;
+  unsigned char *end = hdr + sizeof hdr - 1;
+  if (lws_add_http_common_headers(wsi, status, ctype, len, &p, end) ||
+      lws_add_http_header_by_name(wsi, (const unsigned char *)"cache-control:",
+                                  (const unsigned char *)"no-store", 8, &p,
+                                  end) ||
+      lws_finalize_write_http_header(wsi, start, &p, end))
+    return -1;
+  lws_callback_on_writable(wsi);
+  return 0;
+}
+
+static int http_route(mn_server *s, struct lws *wsi, pss *ps, const char *uri) {
+  if (lws_hdr_total_length(wsi, WSI_TOKEN_GET_URI) <= 0) {
+    /* Answered at once, headers and body in one write: a request with a
+     * body would otherwise hold back the writeable callback. */
+    if (lws_return_http_status(wsi, HTTP_STATUS_METHOD_NOT_ALLOWED,
+                               "only GET is served here"))
+      return -1;
+    return lws_http_transaction_completed(wsi) ? -1 : 0;
+  }
+  if (!strcmp(uri, "/health")) {
+    char *doc = mn_rpc_health_json(s->rpc);
+    if (!doc)
+      return -1;
+    int rc = http_respond(wsi, ps, HTTP_STATUS_OK, "application/json", doc,
+                          strlen(doc));
+    free(doc);
+    return rc;
+  }
+  if (!strcmp(uri, "/ready")) {
+    int ready = s->state == MN__SRV_SERVING;
+    const char *doc = ready ? "{\"ready\":true,\"state\":\"serving\"}"
+                            : "{\"ready\":false,\"state\":\"draining\"}";
+    return http_respond(
+        wsi, ps, ready ? HTTP_STATUS_OK : HTTP_STATUS_SERVICE_UNAVAILABLE,
+        "application/json", doc, strlen(doc));
+  }
+  if (!strcmp(uri, "/metrics")) {
+    char *doc = s->metrics ? mn_metrics_prometheus(s->metrics) : NULL;
+    const char *text = doc ? doc : "";
+    int rc = http_respond(wsi, ps, HTTP_STATUS_OK,
+                          "text/plain; version=0.0.4; charset=utf-8", text,
+                          strlen(text));
+    free(doc);
+    return rc;
+  }
+  if (!strcmp(uri, "/") || !strcmp(uri, "/index.html"))
+    return http_respond(wsi, ps, HTTP_STATUS_OK, "text/html; charset=utf-8",
+                        placeholder_html, sizeof placeholder_html - 1);
+  char msg[300];
+  int n = snprintf(msg, sizeof msg,
+                   "no such page: %.200s (try /, /health, /ready or "
+                   "/metrics)\n",
+                   uri);
+  return http_respond(wsi, ps, HTTP_STATUS_NOT_FOUND,
+                      "text/plain; charset=utf-8", msg, (size_t)n);
+}
+
+static int http_write(struct lws *wsi, pss *ps) {
+  if (!ps->body)
+    return 0;
+  int n =
+      lws_write(wsi, ps->body + LWS_PRE, ps->body_len, LWS_WRITE_HTTP_FINAL);
+  free(ps->body);
+  ps->body = NULL;
+  if (n < 0)
+    return -1;
+  return lws_http_transaction_completed(wsi) ? -1 : 0;
+}
+
+/* ------------------------------------------------------------------------
+ * Upgrade checks: shutdown, connection limit, Origin, auth token.
+ * ---------------------------------------------------------------------- */
+static int refuse(mn_server *s, struct lws *wsi, unsigned status,
+                  const char *why) {
+  char peer[64] = "";
+  lws_get_peer_simple(wsi, peer, sizeof peer);
+  MN__LOGW("server", "refused a WebSocket from %s: %s", peer, why);
+  if (s->metrics)
+    mn_metrics_connection_refused(s->metrics);
+  /* Written by hand: at this point lws would answer "HTTP/1.0", which
+   * some WebSocket clients (Python websockets) reject as malformed
+   * instead of reporting the status. */
+  const char *text = status == HTTP_STATUS_UNAUTHORIZED ? "Unauthorized"
+                     : status == HTTP_STATUS_FORBIDDEN  ? "Forbidden"
+                     : status == HTTP_STATUS_BAD_REQUEST
+                         ? "Bad Request"
+                         : "Service Unavailable";
+  unsigned char buf[LWS_PRE + 1024];
+  char *p = (char *)buf + LWS_PRE;
+  int n = snprintf(
+      p, sizeof buf - LWS_PRE,
+      "HTTP/1.1 %u %s\r\n"
+      "Server: mnemod\r\n"
+      "Content-Type: text/plain; charset=utf-8\r\n"
+      "Content-Length: %zu\r\n"
+      "%s"
+      "Connection: close\r\n"
+      "\r\n"
+      "%s\n",
+      status, text, strlen(why) + 1,
+      status == HTTP_STATUS_UNAUTHORIZED ? "WWW-Authenticate: Bearer\r\n" : "",
+      why);
+  if (n < 0 || (size_t)n >= sizeof buf - LWS_PRE)
+    return -1;
+  if (lws_write(wsi, (unsigned char *)p, (size_t)n, LWS_WRITE_HTTP) < 0)
+    return -1;
+  return 1; /* answered; lws ends the transaction */
+}
+
+/* Compare without leaking where the first difference is. */
+static int token_equal(const char *a, const char *b) {
+  size_t la = strlen(a), lb = strlen(b);
+  unsigned char d = (unsigned char)(la != lb);
+  for (size_t i = 0; i < la; i++)
+    d |= (unsigned char)(a[i] ^ b[i % (lb ? lb : 1)]);
+  return d == 0 && lb > 0;
+}
+
+static int token_allowed(const mn_config *cfg, const char *tok) {
+  int ok = 0;
+  for (int i = 0; i < cfg->n_auth_tokens; i++)
+    ok |= token_equal(tok, cfg->auth_tokens[i]);
+  return ok;
+}
+
+static int check_auth(const mn_config *cfg, struct lws *wsi) {
+  char buf[512];
+  int n = lws_hdr_copy(wsi, buf, sizeof buf, WSI_TOKEN_HTTP_AUTHORIZATION);
+  if (n > 7 && !strncasecmp(buf, "Bearer ", 7)) {
+    const char *t = buf + 7;
+    while (*t == ' ')
+      t++;
+    if (token_allowed(cfg, t))
+      return 1;
+  }
+  for (int i = 0; i < 32; i++) {
+    n = lws_hdr_copy_fragment(wsi, buf, sizeof buf, WSI_TOKEN_HTTP_URI_ARGS, i);
+    if (n <= 0)
+      break;
+    if (!strncmp(buf, "token=", 6) && token_allowed(cfg, buf + 6))
+      return 1;
+  }
+  return 0;
+}
+
+static int check_origin(const mn_config *cfg, struct lws *wsi) {
+  char origin[300];
+  int n = lws_hdr_copy(wsi, origin, sizeof origin, WSI_TOKEN_ORIGIN);
+  /* Browsers always send Origin; a client that sends none is not a web
+   * page, which is what the list protects against. */
+  if (n <= 0)
+    return 1;
+  for (int i = 0; i < cfg->n_allowed_origins; i++) {
+    const char *a = cfg->allowed_origins[i];
+    if (!strcmp(a, "*") || !strcasecmp(a, origin))
+      return 1;
+  }
+  return 0;
+}
+
+/* The client asked for subprotocols and none of them is ours: lws would
+ * drop the connection without a word, so say why instead. */
+static int wants_other_subprotocol(struct lws *wsi) {
+  char list[256];
+  int n = lws_hdr_copy(wsi, list, sizeof list, WSI_TOKEN_PROTOCOL);
+  if (n <= 0)
+    return 0;
+  for (char *save = NULL, *t = strtok_r(list, ", \t", &save); t;
+       t = strtok_r(NULL, ", \t", &save))
+    if (!strcmp(t, "mcp") || !strcmp(t, "mnemo"))
+      return 0;
+  return 1;
+}
+
+static int confirm_upgrade(mn_server *s, struct lws *wsi, const char *up) {
+  if (!up || strcasecmp(up, "websocket"))
+    return 0;
+  const mn_config *cfg = s->cfg;
+  char why[200];
+  if (s->state != MN__SRV_SERVING)
+    return refuse(s, wsi, HTTP_STATUS_SERVICE_UNAVAILABLE,
+                  "server is shutting down");
+  if (cfg->max_connections > 0 && s->n_conns >= cfg->max_connections) {
+    snprintf(why, sizeof why,
+             "too many connections: the limit is %lld "
+             "(server.max_connections)",
+             (long long)cfg->max_connections);
+    return refuse(s, wsi, HTTP_STATUS_SERVICE_UNAVAILABLE, why);
+  }
+  if (wants_other_subprotocol(wsi))
+    return refuse(s, wsi, HTTP_STATUS_BAD_REQUEST,
+                  "unsupported WebSocket subprotocol: use 'mcp' or none");
+  if (cfg->n_allowed_origins > 0 && !check_origin(cfg, wsi))
+    return refuse(s, wsi, HTTP_STATUS_FORBIDDEN,
+                  "this Origin is not in server.allowed_origins");
+  if (cfg->n_auth_tokens > 0 && !check_auth(cfg, wsi))
+    return refuse(s, wsi, HTTP_STATUS_UNAUTHORIZED,
+                  "missing or wrong token: send 'Authorization: Bearer "
+                  "TOKEN' or ?token=TOKEN");
+  return 0;
+}
+
+/* ------------------------------------------------------------------------
+ * WebSocket connections.
+ * ---------------------------------------------------------------------- */
+static void conn_link(mn_server *s, mn__conn *c) {
+  c->prev = NULL;
+  c->next = s->conns;
+  if (s->conns)
+    s->conns->prev = c;
+  s->conns = c;
+  s->n_conns++;
+}
+
+static void conn_unlink(mn_server *s, mn__conn *c) {
+  if (c->prev)
+    c->prev->next = c->next;
+  else
+    s->conns = c->next;
+  if (c->next)
+    c->next->prev = c->prev;
+  c->prev = c->next = NULL;
+  s->n_conns--;
+}
+
+/* Stop reading from a connection that has too much in flight or too much
+ * waiting to be written; resume below half of both. */
+static void update_flow(mn__conn *c, int inflight, size_t out_bytes) {
+  if (!c->wsi)
+    return;
+  if (!c->rx_paused && (inflight >= MN__CONN_MAX_INFLIGHT ||
+                        out_bytes >= MN__CONN_MAX_OUT_BYTES)) {
+    c->rx_paused = 1;
+    lws_rx_flow_control(c->wsi, 0);
+  } else if (c->rx_paused && inflight < MN__CONN_MAX_INFLIGHT / 2 &&
+             out_bytes < MN__CONN_MAX_OUT_BYTES / 2) {
+    c->rx_paused = 0;
+    lws_rx_flow_control(c->wsi, 1 | LWS_RXFLOW_REASON_FLAG_PROCESS_NOW);
+  }
+}
+
+static void begin_close(mn__conn *c, int code, const char *reason) {
+  if (c->closing || !c->wsi)
+    return;
+  c->closing = 1;
+  c->close_code = code;
+  c->close_reason = reason;
+  lws_callback_on_writable(c->wsi);
+}
+
+static int on_established(mn_server *s, struct lws *wsi, pss *ps) {
+  ps->conn = NULL;
+  ps->body = NULL;
+  /* Normally refused at the upgrade already; this catches any path that
+   * skipped it. */
+  if (s->state != MN__SRV_SERVING ||
+      (s->cfg->max_connections > 0 && s->n_conns >= s->cfg->max_connections)) {
+    if (s->metrics)
+      mn_metrics_connection_refused(s->metrics);
+    return -1;
+  }
+  char peer[64] = "?";
+  lws_get_peer_simple(wsi, peer, sizeof peer);
+  mn__conn *c = mn__conn_new(s, wsi, peer);
+  if (!c) {
+    MN__LOGE("server", "cannot set up a connection from %s: out of memory",
+             peer);
+    return -1;
+  }
+  ps->conn = c;
+  conn_link(s, c);
+  if (s->metrics)
+    mn_metrics_connection(s->metrics, +1);
+  const struct lws_protocols *pr = lws_get_protocol(wsi);
+  MN__LOGD("server", "%s: connected (subprotocol %s)", c->peer,
+           pr && pr->id == 1 ? "mcp" : "none");
+  return 0;
+}
+
+static int close_too_big(mn_server *s, struct lws *wsi, mn__conn *c,
+                         size_t size) {
+  char why[120];
+  int n = snprintf(why, sizeof why,
+                   "message larger than %llu bytes (server.max_message_size)",
+                   (unsigned long long)s->cfg->max_message_size);
+  MN__LOGW("server",
+           "%s: closing with 1009: message of at least %zu bytes "
+           "is over server.max_message_size",
+           c->peer, size);
+  if (s->metrics)
+    mn_metrics_count(s->metrics, "oversized_messages", 1);
+  free(c->rx);
+  c->rx = NULL;
+  c->rx_len = c->rx_cap = 0;
+  c->rx_active = 0;
+  lws_close_reason(wsi, LWS_CLOSE_STATUS_MESSAGE_TOO_LARGE,
+                   (unsigned char *)why, (size_t)n);
+  return -1;
+}
+
+static void submit_message(mn_server *s, mn__conn *c) {
+  mn__job *j = calloc(1, sizeof *j);
+  if (!j) {
+    MN__LOGE("server", "%s: out of memory queueing a message; dropped",
+             c->peer);
+    free(c->rx);
+    goto reset;
+  }
+  uint64_t now = mn_time_ns();
+  mn__conn_ref(c);
+  j->conn = c;
+  j->alloc = c->rx;
+  j->msg = c->rx + c->rx_pad;
+  j->len = c->rx_len;
+  j->binary = c->rx_binary;
+  j->enq_ns = now;
+  j->deadline_ns = s->cfg->timeout_ms > 0
+                       ? now + (uint64_t)s->cfg->timeout_ms * 1000000u
+                       : 0;
+  j->reject = s->state != MN__SRV_SERVING;
+  if (s->metrics)
+    mn_metrics_bytes(s->metrics, j->len, 0);
+  pthread_mutex_lock(&c->lock);
+  int inflight = ++c->inflight;
+  size_t out_bytes = c->out_bytes;
+  pthread_mutex_unlock(&c->lock);
+  mn__pool_submit(s->pool, j);
+  update_flow(c, inflight, out_bytes);
+reset:
+  c->rx = NULL;
+  c->rx_len = c->rx_cap = c->rx_pad = 0;
+  c->rx_active = 0;
+}
+
+/* Room in front of a binary message so that its payload (after the u32
+ * length and the JSON) starts 8-byte aligned in memory: the engine then
+ * reads float32 tensors where they lie instead of copying them out. Known
+ * once the length has arrived, which is in the first fragment in
+ * practice; otherwise the message goes without (and the engine copies). */
+static size_t binary_pad(const unsigned char *in, size_t len) {
+  if (len < 4)
+    return 0;
+  uint32_t n = (uint32_t)in[0] | (uint32_t)in[1] << 8 | (uint32_t)in[2] << 16 |
+               (uint32_t)in[3] << 24;
+  return (8 - (4 + (size_t)n % 8) % 8) % 8;
+}
+
+static int on_receive(mn_server *s, struct lws *wsi, mn__conn *c,
+                      const void *in, size_t len) {
+  uint64_t limit = s->cfg->max_message_size;
+  if (atomic_load(&c->failed))
+    return 0; /* closing: what still arrives is not read */
+  c->last_activity_ns = mn_time_ns();
+  if (!c->rx_active) {
+    c->rx_active = 1;
+    c->rx_binary = lws_frame_is_binary(wsi);
+    c->rx_len = 0;
+    /* rx is NULL here (handed to a job, or freed); malloc memory is
+     * 16-byte aligned, and the pad moves the payload onto 8 bytes. */
+    c->rx_cap = 0;
+    c->rx_pad = c->rx_binary ? binary_pad(in, len) : 0;
+  }
+  size_t remaining = lws_remaining_packet_payload(wsi);
+  size_t need = c->rx_len + len + remaining;
+  if (limit && need > limit)
+    return close_too_big(s, wsi, c, need);
+  if (need + 1 > c->rx_cap) {
+    /* Exact for a message in one frame (the usual case); geometric for a
+     * fragmented one, never beyond the limit. */
+    size_t cap = c->rx_cap ? c->rx_cap * 2 : 0;
+    if (cap < need + 1)
+      cap = need + 1;
+    if (limit && cap > limit + 1)
+      cap = limit + 1;
+    unsigned char *nb = realloc(c->rx, c->rx_pad + cap);
+    if (!nb) {
+      MN__LOGE("server", "%s: out of memory for a %zu-byte message", c->peer,
+               need);
+      lws_close_reason(wsi, LWS_CLOSE_STATUS_UNEXPECTED_CONDITION,
+                       (unsigned char *)"out of memory", 13);
+      return -1;
+    }
+    c->rx = nb;
+    c->rx_cap = cap;
+  }
+  if (len)
+    memcpy(c->rx + c->rx_pad + c->rx_len, in, len);
+  c->rx_len += len;
+  if (lws_is_final_fragment(wsi))
+    submit_message(s, c);
+  return 0;
+}
+
+/* One frame per writeable callback (the lws rule: a second write could
+ * find the socket full while lws still holds the first). A reply larger
+ * than MN__TX_FRAGMENT goes out as several frames of one message, one per
+ * callback, so that other connections get their turn in between. */
+static int on_writeable(mn_server *s, struct lws *wsi, mn__conn *c) {
+  mn__outmsg *m = mn__conn_out_peek(c);
+  if (m && m->close_code) {
+    lws_close_reason(wsi, (enum lws_close_status)m->close_code,
+                     (unsigned char *)m->close_reason, strlen(m->close_reason));
+    return -1;
+  }
+  if (m) {
+    size_t n = m->len - m->off;
+    if (n > MN__TX_FRAGMENT)
+      n = MN__TX_FRAGMENT;
+    unsigned char *p = m->payload + m->off;
+    /* Writing in place needs LWS_PRE bytes in front for the frame header:
+     * the headroom, or the bytes of the fragment already sent. */
+    if (m->off == 0 && !m->headroom) {
+      memcpy(s->scratch + LWS_PRE, p, n);
+      p = s->scratch + LWS_PRE;
+    }
+    int flags =
+        lws_write_ws_flags(m->binary ? LWS_WRITE_BINARY : LWS_WRITE_TEXT,
+                           m->off == 0, m->off + n == m->len);
+    if (lws_write(wsi, p, n, (enum lws_write_protocol)flags) < 0) {
+      MN__LOGI("server", "%s: write failed; closing", c->peer);
+      return -1;
+    }
+    m->off += n;
+    c->last_activity_ns = mn_time_ns();
+    if (m->off == m->len) {
+      if (s->metrics)
+        mn_metrics_bytes(s->metrics, 0, m->len);
+      mn__conn_out_pop_done(c);
+    }
+  }
+  size_t count, bytes;
+  int inflight;
+  mn__conn_out_state(c, &count, &bytes, &inflight);
+  if (count) {
+    lws_callback_on_writable(wsi);
+  } else if (c->closing) {
+    const char *r = c->close_reason ? c->close_reason : "";
+    lws_close_reason(wsi, (enum lws_close_status)c->close_code,
+                     (unsigned char *)r, strlen(r));
+    return -1;
+  }
+  update_flow(c, inflight, bytes);
+  return 0;
+}
+
+static void on_closed(mn_server *s, pss *ps) {
+  mn__conn *c = ps->conn;
+  if (!c)
+    return;
+  ps->conn = NULL;
+  conn_unlink(s, c);
+  c->wsi = NULL;
+  atomic_store(&c->closed, 1);
+  if (s->metrics)
+    mn_metrics_connection(s->metrics, -1);
+  MN__LOGD("server", "%s: closed", c->peer);
+  mn__conn_unref(c);
+}
+
+/* ------------------------------------------------------------------------
+ * Wake-ups and the shutdown state machine.
+ * ---------------------------------------------------------------------- */
+static int all_written(mn_server *s) {
+  for (mn__conn *c = s->conns; c; c = c->next) {
+    size_t count;
+    mn__conn_out_state(c, &count, NULL, NULL);
+    if (count)
+      return 0;
+  }
+  return 1;
+}
+
+static void advance_state(mn_server *s) {
+  uint64_t now = mn_time_ns();
+  int req = atomic_load(&s->stop_requested);
+  if (s->state == MN__SRV_SERVING && req) {
+    s->state = MN__SRV_DRAINING;
+    s->drain_deadline_ns = now + (uint64_t)s->drain_ms * 1000000u;
+    MN__LOGI("server",
+             "stopping: refusing new sessions, finishing %lld "
+             "request(s) in flight (up to %lld ms)",
+             (long long)mn__pool_inflight(s->pool), (long long)s->drain_ms);
+  }
+  if (s->state == MN__SRV_DRAINING) {
+    int idle = mn__pool_inflight(s->pool) == 0 && all_written(s);
+    int late = now >= s->drain_deadline_ns;
+    if (late && !idle && !s->drain_rejected) {
+      /* Requests that have not started by the deadline are answered
+       * -32004 rather than dropped: the client learns to resend them.
+       * Give the workers a moment to write those answers. */
+      s->drain_rejected = 1;
+      int64_t n = mn__pool_reject_queued(s->pool);
+      if (n > 0) {
+        MN__LOGW("server",
+                 "drain deadline passed: answering %lld queued request(s) "
+                 "with -32004 instead of running them",
+                 (long long)n);
+        s->drain_deadline_ns = now + DRAIN_REJECT_GRACE_NS;
+        late = 0;
+      }
+    }
+    if (idle || late || req >= 2) {
+      if (!idle) {
+        s->drain_timed_out = 1;
+        MN__LOGW("server",
+                 "drain deadline passed with %lld request(s) "
+                 "still in flight; closing anyway",
+                 (long long)mn__pool_inflight(s->pool));
+      }
+      s->state = MN__SRV_CLOSING;
+      s->close_deadline_ns = now + CLOSE_WAIT_NS;
+      for (mn__conn *c = s->conns; c; c = c->next)
+        begin_close(c, LWS_CLOSE_STATUS_GOINGAWAY, "server shutting down");
+    }
+  }
+  if (s->state == MN__SRV_CLOSING &&
+      (s->n_conns == 0 || now >= s->close_deadline_ns)) {
+    s->state = MN__SRV_DONE;
+    lws_cancel_service(s->ctx); /* leave lws_service() now */
+  }
+}
+
+static void on_wake(mn_server *s) {
+  mn__conn *list = NULL;
+  pthread_mutex_lock(&s->ready_lock);
+  for (mn__conn *c = s->ready_head; c; c = c->ready_next) {
+    c->on_ready = 0;
+    c->io_next = list;
+    list = c;
+  }
+  s->ready_head = NULL;
+  s->wake_pending = 0;
+  pthread_mutex_unlock(&s->ready_lock);
+  while (list) {
+    mn__conn *c = list;
+    list = c->io_next;
+    if (c->wsi) {
+      size_t count, bytes;
+      int inflight;
+      mn__conn_out_state(c, &count, &bytes, &inflight);
+      if (count)
+        lws_callback_on_writable(c->wsi);
+      update_flow(c, inflight, bytes);
+    }
+    mn__conn_unref(c);
+  }
+  advance_state(s);
+}
+
+static void tick(lws_sorted_usec_list_t *sul) {
+  mn_server *s = lws_container_of(sul, mn_server, tick);
+  uint64_t now = mn_time_ns();
+  advance_state(s);
+  if (s->state == MN__SRV_SERVING && s->cfg->idle_timeout_s > 0 &&
+      now - s->last_idle_scan_ns >= 1000000000ull) {
+    s->last_idle_scan_ns = now;
+    uint64_t idle_ns = (uint64_t)s->cfg->idle_timeout_s * 1000000000ull;
+    for (mn__conn *c = s->conns; c; c = c->next) {
+      size_t count;
+      int inflight;
+      mn__conn_out_state(c, &count, NULL, &inflight);
+      if (!count && !inflight && now - c->last_activity_ns > idle_ns)
+        begin_close(c, LWS_CLOSE_STATUS_NORMAL,
+                    "idle timeout (server.idle_timeout)");
+    }
+  }
+  if (s->metrics) {
+    mn_metrics_gauge(s->metrics, "jobs_in_flight",
+                     (double)mn__pool_inflight(s->pool));
+    mn_metrics_gauge(s->metrics, "job_queue_depth",
+                     (double)mn__pool_queue_depth(s->pool));
+  }
+  if (s->state != MN__SRV_DONE)
+    lws_sul_schedule(s->ctx, 0, &s->tick, tick, TICK_US);
+}
+
+/* ------------------------------------------------------------------------
+ * The callback shared by both protocols.
+ * ---------------------------------------------------------------------- */
+static int callback(struct lws *wsi, enum lws_callback_reasons reason,
+                    void *user, void *in, size_t len) {
+  mn_server *s = wsi ? server_of(wsi) : NULL;
+  pss *ps = user;
+  switch (reason) {
+  case LWS_CALLBACK_HTTP:
+    return http_route(s, wsi, ps, in ? (const char *)in : "/");
+  case LWS_CALLBACK_HTTP_WRITEABLE:
+    return http_write(wsi, ps);
+  case LWS_CALLBACK_CLOSED_HTTP:
+  case LWS_CALLBACK_HTTP_DROP_PROTOCOL:
+    if (ps) {
+      free(ps->body);
+      ps->body = NULL;
+    }
+    break;
+  case LWS_CALLBACK_HTTP_CONFIRM_UPGRADE:
+    return confirm_upgrade(s, wsi, in);
+  case LWS_CALLBACK_ESTABLISHED:
+    return on_established(s, wsi, ps);
+  case LWS_CALLBACK_RECEIVE:
+    if (!ps || !ps->conn)
+      return -1;
+    return on_receive(s, wsi, ps->conn, in, len);
+  case LWS_CALLBACK_SERVER_WRITEABLE:
+    if (!ps || !ps->conn)
+      return 0;
+    return on_writeable(s, wsi, ps->conn);
+  case LWS_CALLBACK_CLOSED:
+    if (ps)
+      on_closed(s, ps);
+    break;
+  case LWS_CALLBACK_EVENT_WAIT_CANCELLED:
+    /* Broadcast to every protocol; the first one does the work and the
+     * second finds the list empty. */
+    if (s)
+      on_wake(s);
+    break;
+  default:
+    break;
+  }
+  return lws_callback_http_dummy(wsi, reason, user, in, len);
+}
+
+/* 0: the HTTP routes and WebSocket clients that ask for no subprotocol
+ * (lws binds those to the vhost's first protocol). 1: "mcp". */
+static const struct lws_protocols protocols[] = {
+    {"mnemo", callback, sizeof(pss), 64 * 1024, 0, NULL, MN__TX_FRAGMENT},
+    {"mcp", callback, sizeof(pss), 64 * 1024, 1, NULL, MN__TX_FRAGMENT},
+    {NULL, NULL, 0, 0, 0, NULL, 0}};
+
+/* ------------------------------------------------------------------------
+ * Public API.
+ * ---------------------------------------------------------------------- */
+mn_status mn_server_create(const mn_server_opts *opts, mn_server **out) {
+  if (!opts || !opts->config || !opts->rpc || !out)
+    return mn__set_error(MN_ERR_INVALID,
+                         "mn_server_create needs a config and an rpc engine");
+  const mn_config *cfg = opts->config;
+  if (cfg->port < 0 || cfg->port > 65535)
+    return mn__set_error(MN_ERR_INVALID, "server.port %d is not in 0..65535",
+                         cfg->port);
+  if (cfg->tls_cert[0] || cfg->tls_key[0])
+    return mn__set_error(MN_ERR_UNSUPPORTED,
+                         "server.tls_cert / server.tls_key: TLS is not "
+                         "served by mnemod yet; terminate TLS in front of it "
+                         "(see deploy/)");
+  mn_server *s = calloc(1, sizeof *s);
+  if (!s)
+    return mn__set_error(MN_ERR_NOMEM, "server: out of memory");
+  s->cfg = cfg;
+  s->rpc = opts->rpc;
+  s->metrics = opts->metrics;
+  s->drain_ms = opts->drain_ms > 0 ? opts->drain_ms : 10000;
+  s->started_ns = mn_time_ns();
+  pthread_mutex_init(&s->ready_lock, NULL);
+  s->scratch = malloc(LWS_PRE + MN__TX_FRAGMENT);
+  if (!s->scratch) {
+    mn_server_destroy(s);
+    return mn__set_error(MN_ERR_NOMEM, "server: out of memory");
+  }
+
+  int logs = LLL_ERR | LLL_WARN;
+  if (mn_log_get_level() <= MN_LOG_DEBUG)
+    logs |= LLL_NOTICE;
+  lws_set_log_level(logs, lws_log_emit);
+
+  struct lws_context_creation_info info;
+  memset(&info, 0, sizeof info);
+  /* Text messages are checked for UTF-8 by the workers (utf8.c), much
+   * faster than lws's byte-by-byte check on the I/O thread. */
+  info.options =
+      LWS_SERVER_OPTION_EXPLICIT_VHOSTS | LWS_SERVER_OPTION_DISABLE_OS_CA_CERTS;
+  info.user = s;
+  info.pt_serv_buf_size = 256 * 1024;
+  info.max_http_header_data = 8192;
+  info.max_http_header_pool = 256;
+  info.timeout_secs = 10;
+  info.timeout_secs_ah_idle = 10;
+  info.server_string = "mnemod";
+  s->ctx = lws_create_context(&info);
+  if (!s->ctx) {
+    mn_server_destroy(s);
+    return mn__set_error(MN_ERR_IO, "server: cannot create the "
+                                    "libwebsockets context");
+  }
+
+  const char *host = cfg->host;
+  uint64_t vopts = 0;
+  struct in_addr a4;
+  if (!host[0] || !strcmp(host, "::") || !strcmp(host, "*")) {
+    host = NULL; /* every interface, IPv4 and IPv6 */
+  } else if (!strcmp(host, "0.0.0.0")) {
+    host = NULL;
+    vopts |= LWS_SERVER_OPTION_DISABLE_IPV6;
+  } else if (!strcmp(host, "localhost")) {
+    host = "127.0.0.1";
+    vopts |= LWS_SERVER_OPTION_DISABLE_IPV6;
+  } else if (inet_pton(AF_INET, host, &a4) == 1) {
+    vopts |= LWS_SERVER_OPTION_DISABLE_IPV6;
+  }
+  info.options = vopts;
+  info.iface = host;
+  info.port = cfg->port;
+  info.protocols = protocols;
+  info.vhost_name = "mnemod";
+  s->vhost = lws_create_vhost(s->ctx, &info);
+  if (!s->vhost) {
+    mn_server_destroy(s);
+    return mn__set_error(MN_ERR_IO,
+                         "server: cannot listen on %s:%d (server.host / "
+                         "server.port): address in use or not available",
+                         cfg->host, cfg->port);
+  }
+  s->port = lws_get_vhost_listen_port(s->vhost);
+  s->ctx_alive = 1;
+
+  int nworkers = (int)cfg->workers;
+  if (nworkers <= 0) {
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    nworkers = ncpu > 0 ? (int)ncpu : 1;
+  }
+  mn_status st = mn__pool_start(s, nworkers, &s->pool);
+  if (st != MN_OK) {
+    mn_server_destroy(s);
+    return st;
+  }
+  MN__LOGI("server",
+           "listening on ws://%s:%d (subprotocol mcp or none; "
+           "HTTP /health /ready /metrics), %d worker(s)",
+           cfg->host[0] ? cfg->host : "*", s->port, nworkers);
+  *out = s;
+  return MN_OK;
+}
+
+int mn_server_port(const mn_server *s) {
+  return s ? s->port : -1;
+}
+
+mn_status mn_server_run(mn_server *s) {
+  if (!s || !s->ctx)
+    return mn__set_error(MN_ERR_INVALID, "mn_server_run: no server");
+  lws_sul_schedule(s->ctx, 0, &s->tick, tick, TICK_US);
+  advance_state(s); /* a stop that came before the loop started */
+  while (s->state != MN__SRV_DONE) {
+    if (lws_service(s->ctx, 0) < 0)
+      break;
+  }
+  lws_sul_cancel(&s->tick);
+  /* No more wake-ups: the context is about to go. */
+  pthread_mutex_lock(&s->ready_lock);
+  s->ctx_alive = 0;
+  pthread_mutex_unlock(&s->ready_lock);
+  mn_status st = mn__pool_stop(s->pool, s->drain_timed_out ? 100 : 2000);
+  lws_context_destroy(s->ctx);
+  s->ctx = NULL;
+  s->vhost = NULL;
+  /* Whatever is left on the ready list holds references. */
+  mn__conn *list = NULL;
+  pthread_mutex_lock(&s->ready_lock);
+  for (mn__conn *x = s->ready_head; x; x = x->ready_next) {
+    x->on_ready = 0;
+    x->io_next = list;
+    list = x;
+  }
+  s->ready_head = NULL;
+  pthread_mutex_unlock(&s->ready_lock);
+  while (list) {
+    mn__conn *next = list->io_next;
+    mn__conn_unref(list);
+    list = next;
+  }
+  if (s->drain_timed_out || st != MN_OK)
+    return mn__set_error(MN_ERR_TIMEOUT,
+                         "server stopped with requests still running");
+  MN__LOGI("server", "stopped cleanly");
+  return MN_OK;
+}
+
+void mn_server_stop(mn_server *s) {
+  if (!s)
+    return;
+  int prev = atomic_load(&s->stop_requested);
+  if (prev < 2)
+    atomic_store(&s->stop_requested, prev + 1);
+  pthread_mutex_lock(&s->ready_lock);
+  if (s->ctx_alive)
+    lws_cancel_service(s->ctx);
+  pthread_mutex_unlock(&s->ready_lock);
+}
+
+void mn_server_destroy(mn_server *s) {
+  if (!s)
+    return;
+  if (s->pool) {
+    pthread_mutex_lock(&s->ready_lock);
+    s->ctx_alive = 0;
+    pthread_mutex_unlock(&s->ready_lock);
+    if (mn__pool_stop(s->pool, 2000) != MN_OK) {
+      /* Threads still inside a request reference the server: leave it. */
+      MN__LOGW("server", "leaving the server's memory to threads that "
+                         "never returned");
+      return;
+    }
+    mn__pool_free(s->pool);
+    s->pool = NULL;
+  }
+  if (s->ctx)
+    lws_context_destroy(s->ctx);
+  pthread_mutex_destroy(&s->ready_lock);
+  free(s->scratch);
+  free(s);
+}

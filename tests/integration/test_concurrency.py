@@ -1,0 +1,70 @@
+"""64 concurrent clients, each with its own data, checking its own results;
+pipelined requests on one connection answered by id."""
+import asyncio
+import json
+
+import numpy as np
+
+from helpers import (binary_frame, call, connect, decode_tensor,
+                     normalize_ref, rel_err, result_of, split_binary)
+
+
+async def client(url, seed, rounds):
+    rng = np.random.default_rng(seed)
+    async with connect(url) as ws:
+        for r in range(rounds):
+            rows = int(rng.integers(1, 40))
+            width = int(rng.integers(2, 300))
+            x = rng.standard_normal((rows, width)).astype(np.float32)
+            if (seed + r) % 2:
+                header = {"jsonrpc": "2.0", "id": f"{seed}-{r}",
+                          "method": "processEmbeddings",
+                          "params": {"embeddings": {
+                              "dtype": "float32", "shape": [rows, width],
+                              "buffer": {"offset": 0, "length": x.nbytes}},
+                              "options": {"normalize": True}}}
+                await ws.send(binary_frame(header, x.tobytes()))
+                head, payload = split_binary(await ws.recv())
+                assert head["id"] == f"{seed}-{r}"
+                y = decode_tensor(head["result"]["processed"], payload)
+            else:
+                reply = await call(ws, "processEmbeddings", {
+                    "embeddings": x.tolist(),
+                    "options": {"normalize": True}}, rid=f"{seed}-{r}")
+                y = decode_tensor(result_of(reply)["processed"])
+            assert y.shape == (rows, width)
+            assert rel_err(y, normalize_ref(x)) < 1e-6
+    return seed
+
+
+def test_64_concurrent_clients_get_their_own_results(server):
+    async def go():
+        return await asyncio.gather(*[client(server.url, s, 5)
+                                      for s in range(64)])
+
+    assert sorted(asyncio.run(go())) == list(range(64))
+
+
+def test_pipelined_requests_on_one_connection(server):
+    rng = np.random.default_rng(99)
+    xs = [rng.standard_normal((int(rng.integers(1, 30)), 16)).astype(
+        np.float32) for _ in range(40)]
+
+    async def go():
+        async with connect(server.url) as ws:
+            for i, x in enumerate(xs):
+                await ws.send(json.dumps({
+                    "jsonrpc": "2.0", "id": i, "method": "processEmbeddings",
+                    "params": {"embeddings": x.tolist(),
+                               "options": {"normalize": True}}}))
+            out = {}
+            for _ in xs:
+                reply = json.loads(await ws.recv())
+                out[reply["id"]] = result_of(reply)
+            return out
+
+    out = asyncio.run(go())
+    assert sorted(out) == list(range(40))
+    for i, x in enumerate(xs):
+        assert rel_err(decode_tensor(out[i]["processed"]),
+                       normalize_ref(x)) < 1e-6

@@ -1,0 +1,98 @@
+"""HTTP on the WebSocket port: /health, /ready, /metrics, /, and 404."""
+import asyncio
+import json
+import re
+
+from helpers import call, connect, result_of
+
+
+def test_health_is_the_engine_health_document(server):
+    status, headers, body = server.http("/health")
+    assert status == 200
+    assert headers["Content-Type"].startswith("application/json")
+    doc = json.loads(body)
+    assert doc["status"] == "ok"
+    assert doc["state"] in ("normal", "high_load", "recovery")
+    assert doc["backend"] == "cpu"
+    assert doc["uptime_s"] >= 0
+    # The same document as the health method, up to the uptime.
+    async def go():
+        async with connect(server.url) as ws:
+            return result_of(await call(ws, "health"))
+
+    via_rpc = asyncio.run(go())
+    assert via_rpc["backend"] == doc["backend"]
+    assert via_rpc["status"] == doc["status"]
+    assert via_rpc["uptime_s"] >= doc["uptime_s"]
+
+
+def test_ready_while_serving(server):
+    status, headers, body = server.http("/ready")
+    assert status == 200
+    assert json.loads(body)["ready"] is True
+
+
+def parse_prometheus(text):
+    """{(name, labels-string): value} for every sample line."""
+    out = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        m = re.match(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)$",
+                     line)
+        assert m, f"not a Prometheus sample line: {line!r}"
+        out[(m.group(1), m.group(2) or "")] = float(m.group(3))
+    return out
+
+
+def test_metrics_is_prometheus_text_and_counts_requests(server):
+    before = parse_prometheus(server.http("/metrics")[2].decode())
+
+    async def go():
+        async with connect(server.url) as ws:
+            for i in range(5):
+                result_of(await call(ws, "health", rid=i))
+            reply = await call(ws, "noSuchMethod", rid=99)
+            assert reply["error"]["code"] == -32601
+
+    asyncio.run(go())
+    status, headers, body = server.http("/metrics")
+    assert status == 200
+    assert headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    text = body.decode()
+    after = parse_prometheus(text)
+    key = ("mnemo_requests_total", '{method="health"}')
+    assert after[key] - before.get(key, 0) == 5
+    errs = [v for (n, l), v in after.items()
+            if n == "mnemo_request_errors_total" and 'code="-32601"' in l]
+    assert errs and sum(errs) >= 1
+    assert any(n == "mnemo_request_duration_seconds_bucket"
+               and 'method="health"' in l for (n, l) in after)
+    assert after[("mnemo_connections_total", "")] >= 1
+    assert after[("mnemo_bytes_received_total", "")] > 0
+    assert after[("mnemo_bytes_sent_total", "")] > 0
+    # Every sample belongs to a family announced with # TYPE.
+    types = set(re.findall(r"^# TYPE (\S+) ", text, re.M))
+    for (name, _), _v in after.items():
+        base = re.sub(r"_(bucket|sum|count)$", "", name)
+        assert name in types or base in types, name
+
+
+def test_placeholder_page_links_health_and_metrics(server):
+    status, headers, body = server.http("/")
+    assert status == 200
+    assert headers["Content-Type"].startswith("text/html")
+    html = body.decode()
+    assert "mnemo" in html
+    assert 'href="/health"' in html and 'href="/metrics"' in html
+
+
+def test_unknown_path_is_404_and_says_what_exists(server):
+    status, _, body = server.http("/nope")
+    assert status == 404
+    assert b"/health" in body
+
+
+def test_only_get_is_served(server):
+    status, _, _ = server.http("/health", method="POST")
+    assert status == 405

@@ -1,0 +1,386 @@
+"""Limits and hostile clients: oversized messages (1009) while another
+client keeps working, malformed traffic over a raw socket (bad handshake,
+invalid UTF-8 -> 1007, garbage, unmasked and truncated frames), the
+connection limit, allowed origins, auth tokens, the idle timeout and a
+reader that never reads. After each, a second client is still served."""
+import asyncio
+import base64
+import json
+import os
+import select
+import socket
+import struct
+import time
+
+import numpy as np
+import pytest
+import websockets
+
+from helpers import call, connect, result_of
+
+
+# ---------------------------------------------------------------------------
+# A raw WebSocket client, to send what well-behaved libraries will not.
+# ---------------------------------------------------------------------------
+def handshake(port, extra="", path="/"):
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    key = base64.b64encode(os.urandom(16)).decode()
+    s.sendall((f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+               "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+               f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+               f"{extra}\r\n").encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        head += chunk
+    return s, head.split(b"\r\n\r\n")[0].decode(errors="replace")
+
+
+def frame(opcode, payload, fin=True, mask=True):
+    b0 = (0x80 if fin else 0) | opcode
+    n = len(payload)
+    if n < 126:
+        hdr = struct.pack("!BB", b0, (0x80 if mask else 0) | n)
+    elif n < 65536:
+        hdr = struct.pack("!BBH", b0, (0x80 if mask else 0) | 126, n)
+    else:
+        hdr = struct.pack("!BBQ", b0, (0x80 if mask else 0) | 127, n)
+    if not mask:
+        return hdr + payload
+    key = os.urandom(4)
+    body = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+    return hdr + key + body
+
+
+def read_frame(s):
+    def exactly(n):
+        buf = b""
+        while len(buf) < n:
+            chunk = s.recv(n - len(buf))
+            if not chunk:
+                raise ConnectionError("closed")
+            buf += chunk
+        return buf
+
+    b0, b1 = exactly(2)
+    n = b1 & 0x7F
+    if n == 126:
+        n = struct.unpack("!H", exactly(2))[0]
+    elif n == 127:
+        n = struct.unpack("!Q", exactly(8))[0]
+    return b0 & 0x0F, exactly(n)
+
+
+def close_code(s):
+    """Read frames until a close frame; return its status code."""
+    s.settimeout(10)
+    while True:
+        op, payload = read_frame(s)
+        if op == 8:
+            return struct.unpack("!H", payload[:2])[0] if payload else None
+
+
+def still_serving(srv):
+    async def go():
+        async with connect(srv.url) as ws:
+            return result_of(await call(ws, "processEmbeddings", {
+                "embeddings": [[3.0, 4.0]], "options": {"normalize": True}}))
+
+    res = asyncio.run(go())
+    assert np.allclose(res["processed"], [[0.6, 0.8]])
+
+
+# ---------------------------------------------------------------------------
+# Message size
+# ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def small(start_server):
+    return start_server({"server": {"max_message_size": "64KB",
+                                    "rate_limit": 0}})
+
+
+def test_oversized_message_is_closed_with_1009_while_others_work(small):
+    async def steady(ws, stop):
+        n = 0
+        while not stop.is_set():
+            res = result_of(await call(ws, "processEmbeddings", {
+                "embeddings": [[0.0, 2.0]],
+                "options": {"normalize": True}}, rid=n))
+            assert np.allclose(res["processed"], [[0.0, 1.0]])
+            n += 1
+        return n
+
+    async def go():
+        async with connect(small.url) as good, connect(small.url) as bad:
+            stop = asyncio.Event()
+            worker = asyncio.create_task(steady(good, stop))
+            await asyncio.sleep(0.05)
+            big = json.dumps({"jsonrpc": "2.0", "id": 1,
+                              "method": "processEmbeddings",
+                              "params": {"embeddings": [[1.0] * 20000]}})
+            assert len(big) > 64000
+            await bad.send(big)
+            with pytest.raises(websockets.ConnectionClosed) as info:
+                await asyncio.wait_for(bad.recv(), 10)
+            await asyncio.sleep(0.05)
+            stop.set()
+            return info.value, await worker
+
+    closed, served = asyncio.run(go())
+    assert closed.code == 1009
+    assert "max_message_size" in closed.reason
+    assert served > 0
+
+
+def test_oversized_fragmented_message_is_closed_early(small):
+    s, head = handshake(small.port)
+    assert head.startswith("HTTP/1.1 101")
+    # A message in 20 KB fragments, heading for 400 KB: the server must
+    # close with 1009 once the total passes 64 KB, without waiting for the
+    # rest. Each fragment goes out only when the server has said nothing,
+    # so that the close frame is not lost to a reset.
+    s.sendall(frame(1, b"[" + b"1," * 10000, fin=False))
+    sent = 20001
+    while sent < 400_000:
+        r, _, _ = select.select([s], [], [], 0.05)
+        if r:
+            break
+        s.sendall(frame(0, b"1," * 10000, fin=False))
+        sent += 20000
+    assert sent < 200_000, "the server kept reading past the limit"
+    assert close_code(s) == 1009
+    s.close()
+    still_serving(small)
+
+
+# ---------------------------------------------------------------------------
+# Malformed traffic
+# ---------------------------------------------------------------------------
+def test_bad_handshake_is_refused(server):
+    s = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+              b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    data = b""
+    try:
+        while True:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    except OSError:
+        pass
+    s.close()
+    assert not data.startswith(b"HTTP/1.1 101")
+    still_serving(server)
+
+
+def test_invalid_utf8_text_frame_is_closed_with_1007(server):
+    s, head = handshake(server.port)
+    assert head.startswith("HTTP/1.1 101")
+    s.sendall(frame(1, b'{"jsonrpc": "2.0", "id": 1, "method": "\xff\xfe"}'))
+    assert close_code(s) == 1007
+    s.close()
+    still_serving(server)
+
+
+def test_garbage_bytes_get_an_http_error(server):
+    s = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    s.sendall(os.urandom(2000))
+    try:
+        data = s.recv(4096)
+    except OSError:
+        data = b""
+    s.close()
+    assert data == b"" or data.startswith(b"HTTP/1.")
+    assert not data.startswith(b"HTTP/1.1 101")
+    still_serving(server)
+
+
+def test_unmasked_client_frame_does_not_disturb_others(server):
+    # RFC 6455 wants a close (1002); libwebsockets 4.1 is lenient and reads
+    # the frame. Either way the connection gets a well-formed answer and
+    # the server goes on serving everyone else.
+    s, head = handshake(server.port)
+    assert head.startswith("HTTP/1.1 101")
+    s.sendall(frame(1, b'{"jsonrpc":"2.0","method":"health","id":1}',
+                    mask=False))
+    s.settimeout(10)
+    op, payload = read_frame(s)
+    s.close()
+    if op == 8:
+        assert struct.unpack("!H", payload[:2])[0] == 1002
+    else:
+        assert op == 1
+        reply = json.loads(payload)
+        assert reply["id"] == 1 and reply["result"]["status"] == "ok"
+    still_serving(server)
+
+
+def test_truncated_frame_then_disconnect(server):
+    s, head = handshake(server.port)
+    assert head.startswith("HTTP/1.1 101")
+    whole = frame(1, json.dumps({"jsonrpc": "2.0", "id": 1,
+                                 "method": "health"}).encode() * 50)
+    s.sendall(whole[: len(whole) // 2])
+    s.close()
+    # And a frame that claims 2^40 bytes.
+    s, head = handshake(server.port)
+    s.sendall(struct.pack("!BBQ", 0x82, 0xFF, 1 << 40) + os.urandom(4) +
+              b"xx")
+    try:
+        code = close_code(s)
+    except (ConnectionError, OSError):
+        code = None
+    s.close()
+    assert code in (1009, None)
+    still_serving(server)
+
+
+def test_binary_frame_with_a_bad_header_gets_an_error(server):
+    async def go():
+        async with connect(server.url) as ws:
+            await ws.send(b"\x03\x00")  # shorter than its length prefix
+            r1 = await ws.recv()
+            await ws.send(struct.pack("<I", 1000) + b"{}")  # N too large
+            r2 = await ws.recv()
+            return r1, r2
+
+    for r in asyncio.run(go()):
+        text = r if isinstance(r, str) else r[4:].decode(errors="replace")
+        assert '"error"' in text
+    still_serving(server)
+
+
+# ---------------------------------------------------------------------------
+# Connection limit, origins, tokens, idle timeout
+# ---------------------------------------------------------------------------
+def test_connection_limit_refuses_cleanly_and_counts(start_server):
+    srv = start_server({"server": {"max_connections": 4, "rate_limit": 0}})
+
+    async def go():
+        conns = [await connect(srv.url) for _ in range(4)]
+        with pytest.raises(websockets.InvalidStatusCode) as info:
+            await connect(srv.url)
+        assert info.value.status_code == 503
+        for ws in conns:  # the four still work
+            result_of(await call(ws, "health"))
+        await conns[0].close()
+        await asyncio.sleep(0.2)
+        ws = await connect(srv.url)  # room again
+        result_of(await call(ws, "health"))
+        for c in conns[1:] + [ws]:
+            await c.close()
+
+    asyncio.run(go())
+    text = srv.http("/metrics")[2].decode()
+    refused = [float(line.split()[-1]) for line in text.splitlines()
+               if line.startswith("mnemo_connections_refused_total")]
+    assert refused and refused[0] >= 1
+    # The refusal is in the log, with the key to change.
+    assert any("server.max_connections" in line for line in srv.log)
+
+
+def test_subprotocols(server):
+    async def go():
+        async with connect(server.url, subprotocols=["mcp"]) as ws:
+            assert ws.subprotocol == "mcp"
+        async with connect(server.url, subprotocols=["other", "mcp"]) as ws:
+            assert ws.subprotocol == "mcp"
+        async with connect(server.url, subprotocols=None) as ws:
+            assert ws.subprotocol is None
+            result_of(await call(ws, "health"))
+        with pytest.raises(websockets.InvalidStatusCode) as info:
+            await connect(server.url, subprotocols=["graphql-ws"])
+        assert info.value.status_code == 400
+
+    asyncio.run(go())
+
+
+@pytest.fixture(scope="module")
+def guarded(start_server):
+    return start_server({"server": {
+        "allowed_origins": ["https://app.example"],
+        "auth_tokens": ["s3cret-token"], "rate_limit": 0}})
+
+
+def test_allowed_origins(guarded):
+    auth = {"Authorization": "Bearer s3cret-token"}
+
+    async def go():
+        with pytest.raises(websockets.InvalidStatusCode) as info:
+            await connect(guarded.url, origin="https://evil.example",
+                          extra_headers=auth)
+        assert info.value.status_code == 403
+        async with connect(guarded.url, origin="https://app.example",
+                           extra_headers=auth) as ws:
+            result_of(await call(ws, "health"))
+        # Not a browser: no Origin header at all is allowed.
+        async with connect(guarded.url, extra_headers=auth) as ws:
+            result_of(await call(ws, "health"))
+
+    asyncio.run(go())
+
+
+def test_auth_tokens(guarded):
+    async def go():
+        for headers, url in (({}, guarded.url),
+                             ({"Authorization": "Bearer wrong"},
+                              guarded.url),
+                             ({}, guarded.url + "/?token=wrong")):
+            with pytest.raises(websockets.InvalidStatusCode) as info:
+                await connect(url, extra_headers=headers)
+            assert info.value.status_code == 401
+        async with connect(guarded.url, extra_headers={
+                "Authorization": "Bearer s3cret-token"}) as ws:
+            result_of(await call(ws, "health"))
+        async with connect(guarded.url + "/?token=s3cret-token") as ws:
+            result_of(await call(ws, "health"))
+
+    asyncio.run(go())
+    # Health checks stay open to load balancers.
+    assert guarded.http("/health")[0] == 200
+
+
+def test_idle_connections_are_closed(start_server):
+    srv = start_server({"server": {"idle_timeout": 1, "rate_limit": 0}})
+
+    async def go():
+        async with connect(srv.url) as idle, connect(srv.url) as busy:
+            t0 = time.time()
+            while time.time() - t0 < 2.6:
+                result_of(await call(busy, "health"))
+                await asyncio.sleep(0.2)
+            with pytest.raises(websockets.ConnectionClosed) as info:
+                await asyncio.wait_for(idle.recv(), 5)
+            result_of(await call(busy, "health"))
+            return info.value
+
+    closed = asyncio.run(go())
+    assert closed.code == 1000
+    assert "idle" in closed.reason
+
+
+def test_a_reader_that_never_reads_does_not_stall_others(server):
+    s, head = handshake(server.port)
+    assert head.startswith("HTTP/1.1 101")
+    s.setblocking(False)
+    msg = frame(1, json.dumps({
+        "jsonrpc": "2.0", "id": 1, "method": "processEmbeddings",
+        "params": {"embeddings": [[1.0] * 512] * 64}}).encode())
+    t0 = time.time()
+    pushed = off = 0
+    while time.time() - t0 < 1.5:
+        try:
+            n = s.send(msg[off:])
+            pushed += n
+            off = (off + n) % len(msg)
+        except BlockingIOError:
+            time.sleep(0.01)
+    assert pushed > len(msg)
+    t1 = time.time()
+    still_serving(server)
+    assert time.time() - t1 < 5
+    s.close()
+    still_serving(server)
