@@ -431,7 +431,10 @@ mn_status mn__cpu_similarity(mn_backend *b, const mn_tensor *q,
   MN__TRY(prep_init(&p, q, db, metric));
   const int64_t rbk = block_rows(&p), qt = tile_queries(&p, rbk);
   const int64_t nblocks = (n + rbk - 1) / rbk;
-  const int nt = (int)MN__MIN((int64_t)mn__cpu_threads(b), nblocks);
+  /* a second thread only pays for itself past ~1 MiB of row-query work */
+  const int64_t work = n * MN__MAX(p.ctx.row_bytes, 1) * nq;
+  const int nt =
+      work < (1 << 20) ? 1 : (int)MN__MIN((int64_t)mn__cpu_threads(b), nblocks);
   int failed = 0;
 #pragma omp parallel num_threads(nt)
   {
