@@ -24,10 +24,11 @@
  *
  * DESIGN: threads (OpenMP, the backend's count) split the stored rows when
  * there are few queries, so each row is read from memory once for all of
- * them; with many queries (>= 128) the work is compute-bound and threads
- * split the queries instead, each scanning every row, which needs no merge
- * and less heap memory. Nothing is shared between calls; each call owns
- * its buffers.
+ * them; they take chunks of rows from a shared counter, so a thread that
+ * loses its core does not hold up the others. With many queries (>= 128)
+ * the work is compute-bound and threads split the queries instead, each
+ * scanning every row, which needs no merge and less heap memory. Nothing is
+ * shared between calls; each call owns its buffers.
  */
 #include "backends/cpu/cpu_search_kern.h"
 
@@ -430,7 +431,10 @@ mn_status mn__cpu_similarity(mn_backend *b, const mn_tensor *q,
   MN__TRY(prep_init(&p, q, db, metric));
   const int64_t rbk = block_rows(&p), qt = tile_queries(&p, rbk);
   const int64_t nblocks = (n + rbk - 1) / rbk;
-  const int nt = (int)MN__MIN((int64_t)mn__cpu_threads(b), nblocks);
+  /* a second thread only pays for itself past ~1 MiB of row-query work */
+  const int64_t work = n * MN__MAX(p.ctx.row_bytes, 1) * nq;
+  const int nt =
+      work < (1 << 20) ? 1 : (int)MN__MIN((int64_t)mn__cpu_threads(b), nblocks);
   int failed = 0;
 #pragma omp parallel num_threads(nt)
   {
@@ -442,7 +446,7 @@ mn_status mn__cpu_similarity(mn_backend *b, const mn_tensor *q,
 #pragma omp atomic write
       failed = 1;
     }
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, 4)
     for (int64_t blk = 0; blk < nblocks; blk++) {
       if (!ok)
         continue;
@@ -627,17 +631,20 @@ mn_status mn__cpu_search(mn_backend *b, const mn_tensor *q,
                          (long long)k, (long long)nq);
   }
   int failed = 0;
+  int64_t next_row = 0;
+  /* up to 16 blocks (about 3 MiB of rows) per chunk, and at least eight
+   * chunks per thread where the rows allow */
+  const int64_t chunk =
+      rbk * MN__MAX(1, MN__MIN(16, n / ((int64_t)8 * nt * rbk)));
 #pragma omp parallel num_threads(nt)
   {
     const int t = omp_get_thread_num();
     const int nth = omp_get_num_threads();
-    int64_t ra = 0, rz = n, qa = 0, qz = nq, set = 0;
+    int64_t qa = 0, qz = nq, set = 0;
     if (split_q) {
       qa = nq * t / nth;
       qz = nq * (t + 1) / nth;
     } else {
-      ra = n * t / nth;
-      rz = n * (t + 1) / nth;
       set = t;
     }
     float *buf = mn_malloc((size_t)(qt * rbk) * sizeof(float));
@@ -647,19 +654,35 @@ mn_status mn__cpu_search(mn_backend *b, const mn_tensor *q,
 #pragma omp atomic write
       failed = 1;
     } else {
-      for (int64_t r0 = ra; r0 < rz; r0 += rbk) {
-        const int64_t nr = MN__MIN(rbk, rz - r0);
-        for (int64_t q0 = qa; q0 < qz; q0 += qt) {
-          const int64_t m = MN__MIN(qt, qz - q0);
-          p.dots(&p.ctx, r0, nr, q0, m, buf, rbk,
-                 (p.need_norm && q0 == qa) ? nrm2 : NULL);
-          finish_block(&p, db, r0, nr, q0, m, buf, rbk, nrm2, rowtmp, 1);
-          for (int64_t j = 0; j < m; j++) {
-            const int64_t h = set * nq + q0 + j;
-            heap_scan_sorted_ids(heaps + h * k, counts + h, k, buf + j * rbk,
-                                 nr, id_base + r0);
+      /* Splitting rows, threads take chunks from a shared counter rather
+       * than fixed halves, so a thread that loses its core (a loaded
+       * machine, other requests) does not hold up the call. Each thread's
+       * chunks still come in increasing row order, which the heaps' tie
+       * rule relies on. */
+      for (;;) {
+        int64_t ra = 0, rz = n;
+        if (!split_q) {
+          ra = __atomic_fetch_add(&next_row, chunk, __ATOMIC_RELAXED);
+          if (ra >= n)
+            break;
+          rz = MN__MIN(n, ra + chunk);
+        }
+        for (int64_t r0 = ra; r0 < rz; r0 += rbk) {
+          const int64_t nr = MN__MIN(rbk, rz - r0);
+          for (int64_t q0 = qa; q0 < qz; q0 += qt) {
+            const int64_t m = MN__MIN(qt, qz - q0);
+            p.dots(&p.ctx, r0, nr, q0, m, buf, rbk,
+                   (p.need_norm && q0 == qa) ? nrm2 : NULL);
+            finish_block(&p, db, r0, nr, q0, m, buf, rbk, nrm2, rowtmp, 1);
+            for (int64_t j = 0; j < m; j++) {
+              const int64_t h = set * nq + q0 + j;
+              heap_scan_sorted_ids(heaps + h * k, counts + h, k, buf + j * rbk,
+                                   nr, id_base + r0);
+            }
           }
         }
+        if (split_q)
+          break;
       }
     }
     mn_free(buf);

@@ -553,7 +553,7 @@ static void test_search_all(void **state) {
 static void test_search_ties(void **state) {
   (void)state;
   mn_backend *b = open_cpu(2);
-  const int64_t n = 6000, cols = 19, k = 12;
+  const int64_t n = 40000, cols = 19, k = 12;
   for (size_t di = 0; di < 7; di++) {
     dbset d;
     db_make(&d, all_dtypes[di], n, cols, 0, 0, 0);
