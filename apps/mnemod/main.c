@@ -204,7 +204,24 @@ static void raise_fd_limit(void) {
   }
 }
 
+/*
+ * OpenMP's idle threads spin for milliseconds after every parallel region
+ * by default; on a small machine that steals the core the I/O thread and
+ * the other workers need between requests. The wait policy is read when
+ * libgomp loads, before main, so when the user has not chosen one we set
+ * it and start again once.
+ */
+static void ensure_passive_omp(char **argv) {
+  if (getenv("OMP_WAIT_POLICY") || getenv("MNEMO_NO_REEXEC"))
+    return;
+  setenv("OMP_WAIT_POLICY", "passive", 1);
+  setenv("MNEMO_NO_REEXEC", "1", 1);
+  execv("/proc/self/exe", argv);
+  /* exec failed: carry on with the default policy */
+}
+
 int main(int argc, char **argv) {
+  ensure_passive_omp(argv);
   mn_log_set(log_json, NULL);
 
   static const struct option longopts[] = {
