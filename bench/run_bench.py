@@ -175,8 +175,12 @@ def targets(rows, mnemo):
 
 def markdown(rows, copy_bw, tg, info, quick):
     when = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+    try:
+        load = "load average %.2f, %.2f, %.2f" % os.getloadavg()
+    except OSError:
+        load = "load average unknown"
     lines = [f"# mnemo CPU benchmark{' (quick sizes)' if quick else ''}", "",
-             f"{when}, {machine()}.", ""]
+             f"{when}, {machine()}, {load} at the end of the run.", ""]
     dev = next((r.get("device") for r in info if r.get("info") == "backend"),
                None)
     ver = next((r for r in info if r.get("info") == "versions"), {})
@@ -186,7 +190,9 @@ def markdown(rows, copy_bw, tg, info, quick):
                      f"({ver.get('faiss_threads', '?')} threads). Median ms; "
                      "ratios are peer / mnemo. memcpy (best of one thread "
                      "and all threads): "
-                     f"{copy_bw:.1f} GB/s read+write.")
+                     f"{copy_bw:.1f} GB/s read+write; a search only reads, "
+                     "so it can pass 100 %. Timings from a loaded machine "
+                     "(check `uptime`) are not worth recording.")
         lines.append("")
     lines.append("| op | shape | mnemo ms | numpy ms | FAISS ms | "
                  "numpy/mnemo | FAISS/mnemo | GB/s | % memcpy |")

@@ -11,6 +11,7 @@
 #include "mnemo/config.h"
 #include "mnemo/compute.h"
 #include "mnemo/metrics.h"
+#include "mnemo/store.h"
 #include "mnemo/rpc.h"
 #include "mnemo/server.h"
 

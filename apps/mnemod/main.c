@@ -363,7 +363,10 @@ int main(int argc, char **argv) {
     return 1;
   }
   mn_server *srv = NULL;
-  mn_server_opts so = {.config = &cfg, .rpc = rpc, .metrics = metrics};
+  mn_server_opts so = {.config = &cfg,
+                       .rpc = rpc,
+                       .metrics = metrics,
+                       .drain_ms = cfg.drain_timeout_ms};
   if (mn_server_create(&so, &srv) != MN_OK) {
     say(MN_LOG_ERROR, "%s", mn_errmsg());
     mn_rpc_destroy(rpc);

@@ -43,6 +43,8 @@ typedef struct mn_config {
                                 client, default 1000, 0 = off */
   int64_t max_json_depth;    /* server.max_json_depth, default 64 */
   int64_t idle_timeout_s;    /* server.idle_timeout, default 300 */
+  int64_t drain_timeout_ms;  /* server.drain_timeout: graceful shutdown
+                                deadline in ms, default 10000 */
   char auth_tokens[MN_CONFIG_MAX_TOKENS][128]; /* server.auth_tokens */
   int n_auth_tokens;
   char allowed_origins[MN_CONFIG_MAX_ORIGINS][256]; /* server.allowed_origins */

@@ -111,6 +111,7 @@ static const key_desc key_table[] = {
             "requests per minute per client, 0 turns it off"),
     INT_KEY("server.max_json_depth", max_json_depth, 1, 2048, NULL),
     INT_KEY("server.idle_timeout", idle_timeout_s, 1, I32MAX, "seconds"),
+    INT_KEY("server.drain_timeout", drain_timeout_ms, 1, I32MAX, "ms"),
     LIST_KEY("server.auth_tokens", auth_tokens, n_auth_tokens,
              MN_CONFIG_MAX_TOKENS),
     LIST_KEY("server.allowed_origins", allowed_origins, n_allowed_origins,
@@ -147,6 +148,7 @@ void mn_config_defaults(mn_config *c) {
   c->max_message_size = 100000000ull;
   c->rate_limit = 1000;
   c->max_json_depth = 64;
+  c->drain_timeout_ms = 10000;
   c->idle_timeout_s = 300;
   strcpy(c->log_level, "info");
   strcpy(c->data_dir, "./data");

@@ -503,6 +503,8 @@ static int h_process(mn__call *c, const mn__jv *p, mn__jw *w) {
 /* ------------------------------------------------------------------------
  * PCA models
  * ---------------------------------------------------------------------- */
+/* Rows a fit on a stored collection reads, at most (evenly spaced). */
+#define MN__FIT_MAX_ROWS 200000
 static int h_fit_pca(mn__call *c, const mn__jv *p, mn__jw *w) {
   const char *R = c->root;
   char name[65];
@@ -511,21 +513,49 @@ static int h_fit_pca(mn__call *c, const mn__jv *p, mn__jw *w) {
     return rc;
   const mn__jv *emb = mn__jobj_get(p, "embeddings");
   const mn__jv *coll = mn__jobj_get(p, "collection");
-  if (coll && !emb)
-    return mn__fail(c, MN_RPC_INVALID_PARAMS,
-                    "%s.collection: fitting on a stored collection is not "
-                    "available yet, because this build has no memory store; "
-                    "send the vectors as %s.embeddings",
-                    R, R);
-  if (coll)
+  if (coll && emb)
     return mn__fail(c, MN_RPC_INVALID_PARAMS,
                     "give %s.embeddings or %s.collection, not both", R, R);
+  if (!coll && !emb)
+    return mn__fail(c, MN_RPC_INVALID_PARAMS,
+                    "give the vectors as %s.embeddings, or name a stored "
+                    "%s.collection",
+                    R, R);
   char path[80];
   snprintf(path, sizeof path, "%s.embeddings", R);
   mn__tin in;
-  rc = mn__tensor_decode(c, emb, path, &in);
-  if (rc)
-    return rc;
+  memset(&in, 0, sizeof in);
+  if (coll) {
+    /* The collection's stored vectors (at most MN__FIT_MAX_ROWS, evenly
+     * spaced), copied into the request's arena. */
+    char cname[65];
+    snprintf(cname, sizeof cname, "%.*s", (int)MN__MIN(coll->n, 64u),
+             coll->u.str);
+    float *v = NULL;
+    int64_t rows = 0, cols = 0;
+    mn_status cs = mn_store_collection_vectors(c->r->store, cname,
+                                               MN__FIT_MAX_ROWS, &v, &rows,
+                                               &cols);
+    if (cs != MN_OK)
+      return mn__fail(c, MN_RPC_INVALID_PARAMS, "%s.collection: %s", R,
+                      mn_errmsg());
+    in.data = rows ? mn__arena_alloc(c->a, sizeof(float) *
+                                               (size_t)(rows * cols))
+                   : NULL;
+    if (rows && !in.data) {
+      free(v);
+      return mn__fail(c, MN_RPC_RESOURCE_ERROR, "out of memory");
+    }
+    if (rows)
+      memcpy(in.data, v, sizeof(float) * (size_t)(rows * cols));
+    free(v);
+    in.rows = rows;
+    in.cols = cols;
+  } else {
+    rc = mn__tensor_decode(c, emb, path, &in);
+    if (rc)
+      return rc;
+  }
   int64_t k = (int64_t)mn__jobj_get(p, "n_components")->u.num;
   int whiten = get_bool(mn__jobj_get(p, "whiten"), 0);
   if (k > in.cols)
@@ -650,6 +680,10 @@ void mn__write_health(mn_rpc *r, mn__jw *w) {
   mn__jw_kint(w, "cache_size", (int64_t)r->config->cache_size);
   mn__jw_kdouble(w, "usage_ratio", floor(ratio * 1e6) / 1e6);
   mn__jw_obj_end(w);
+  if (r->store) {
+    mn__jw_key(w, "store");
+    mn__write_store_status(r, w);
+  }
   mn__jw_obj_end(w);
 }
 
@@ -692,7 +726,7 @@ static int h_metrics(mn__call *c, const mn__jv *p, mn__jw *w) {
   mn__jw_obj(w);
   mn__jw_key(w, "memory");
   mn__jw_obj(w);
-  mn__jw_kint(w, "chunks", 0);
+  mn__jw_kint(w, "chunks", r->store ? mn__store_chunk_count(r) : 0);
   mn__jw_kint(w, "usage", host);
   mn__jw_kint(w, "available", r->config->cache_size ? host_available(r) : 0);
   mn__jw_kint(w, "cache_size", (int64_t)r->config->cache_size);
@@ -717,6 +751,10 @@ static int h_metrics(mn__call *c, const mn__jv *p, mn__jw *w) {
   size_t n = mn__pca_store_list(r->pca, &v);
   free(v);
   mn__jw_kint(w, "pca_models", (int64_t)n);
+  if (r->store) {
+    mn__jw_key(w, "store");
+    mn__write_store_status(r, w);
+  }
   mn__jw_kdouble(w, "uptime_s",
                  floor((double)(mn_time_ns() - r->started_ns) * 1e-6) / 1e3);
   /* Everything the metrics registry has: request counts, errors, latency
@@ -731,7 +769,8 @@ static int h_metrics(mn__call *c, const mn__jv *p, mn__jw *w) {
         /* The registry's per-tier figures would collide with the seed's
          * "memory"; they come as "tiers". Its uptime is ours. */
         if (strcmp(k, "uptime_s") == 0 || strcmp(k, "hpc") == 0 ||
-            strcmp(k, "pca_models") == 0 || strcmp(k, "tiers") == 0)
+            strcmp(k, "pca_models") == 0 || strcmp(k, "tiers") == 0 ||
+            strcmp(k, "store") == 0)
           continue;
         mn__jw_key(w, strcmp(k, "memory") == 0 ? "tiers" : k);
         mn__jw_value(w, &v2->u.mem[i].val);
@@ -746,6 +785,12 @@ static int h_metrics(mn__call *c, const mn__jv *p, mn__jw *w) {
 }
 
 static int h_cleanup(mn__call *c, const mn__jv *p, mn__jw *w) {
+  /* Working chunks idle past storage.chunk_ttl go now, not at the next
+   * maintenance pass; in recovery, memory chunks move to disk. */
+  mn_cleanup_report rep;
+  memset(&rep, 0, sizeof rep);
+  if (c->r->store)
+    mn_store_cleanup(c->r->store, 0, &rep);
   int64_t rss_before = rss_bytes();
   struct mallinfo2 before = mallinfo2();
   size_t scratch = mn__arena_pool_drain();
@@ -761,7 +806,9 @@ static int h_cleanup(mn__call *c, const mn__jv *p, mn__jw *w) {
   mn__jw_kint(w, "heap_free_before", (int64_t)before.fordblks);
   mn__jw_kint(w, "heap_free_after", (int64_t)after.fordblks);
   mn__jw_kbool(w, "trimmed", trimmed != 0);
-  mn__jw_kint(w, "chunks_freed", 0);
+  mn__jw_kint(w, "chunks_freed", rep.chunks_freed);
+  mn__jw_kint(w, "chunk_bytes_freed", (int64_t)rep.bytes_freed);
+  mn__jw_kint(w, "chunks_moved_to_disk", rep.chunks_demoted);
   mn__jw_kstr(w, "state", mn__pressure_state(c->r, NULL));
   mn__jw_obj_end(w);
   return 0;
@@ -983,9 +1030,9 @@ const mn__method mn__methods[] = {
             "embeddings" : TENSOR_IN,
             "collection" : {
               "type" : "string",
-              "description" : "Fit on a stored collection instead. Not "
-                              "available until the memory store exists: "
-                              "send embeddings."
+              "description" : "Fit on the vectors a collection holds "
+                              "instead (as stored: after its normalize / "
+                              "PCA; at most 200000 of them, evenly spaced)."
             },
             "n_components" : {
               "type" : "integer",
@@ -1300,6 +1347,8 @@ const mn__method mn__methods[] = {
           }
         }),
     },
+/* The memory store's methods (methods_store.c). */
+#include "rpc/methods_store.inc"
     /* MCP protocol methods (mcp.c). */
     {
         .name = "initialize",

@@ -216,6 +216,8 @@ mn_status mn_rpc_create(const mn_rpc_opts *opts, mn_rpc **out) {
     s = mn__table_load(&r->table_arena, &r->table);
   if (s == MN_OK)
     s = mn__pca_store_open(opts->config->data_dir, &r->pca);
+  if (s == MN_OK)
+    s = mn__rpc_store_open(r);
   if (s != MN_OK) {
     mn_rpc_destroy(r);
     return s;
@@ -227,6 +229,7 @@ mn_status mn_rpc_create(const mn_rpc_opts *opts, mn_rpc **out) {
 void mn_rpc_destroy(mn_rpc *r) {
   if (!r)
     return;
+  mn__rpc_store_close(r);
   mn__pca_store_close(r->pca);
   mn__table_free(&r->table);
   mn__arena_release(&r->table_arena);

@@ -18,6 +18,7 @@
 
 #include "common/internal.h"
 #include "mnemo/rpc.h"
+#include "mnemo/store.h"
 
 #include <pthread.h>
 #include <stdarg.h>
@@ -215,6 +216,7 @@ struct mn_rpc {
   mn_backend *backend;
   mn_metrics *metrics;
   mn__pca_store *pca;
+  mn_store *store; /* the memory store (methods_store.c) */
   uint64_t started_ns;
   int max_depth;
   int active;            /* requests being handled now (atomic) */
@@ -435,5 +437,31 @@ void mn__write_health(mn_rpc *r, mn__jw *w);
 /** "normal", "high_load" or "recovery" from host memory against
  *  processing.cache_size. */
 const char *mn__pressure_state(const mn_rpc *r, double *usage_ratio);
+
+/* ------------------------------------------------------------------------
+ * The memory store's methods (methods_store.c; table entries in
+ * methods_store.inc).
+ * ---------------------------------------------------------------------- */
+mn_status mn__rpc_store_open(mn_rpc *r);
+void mn__rpc_store_close(mn_rpc *r);
+int mn__h_create_collection(mn__call *c, const mn__jv *p, mn__jw *w);
+int mn__h_list_collections(mn__call *c, const mn__jv *p, mn__jw *w);
+int mn__h_get_collection(mn__call *c, const mn__jv *p, mn__jw *w);
+int mn__h_drop_collection(mn__call *c, const mn__jv *p, mn__jw *w);
+int mn__h_add_memories(mn__call *c, const mn__jv *p, mn__jw *w);
+int mn__h_store_memory(mn__call *c, const mn__jv *p, mn__jw *w);
+int mn__h_get_memories(mn__call *c, const mn__jv *p, mn__jw *w);
+int mn__h_update_memory(mn__call *c, const mn__jv *p, mn__jw *w);
+int mn__h_delete_memories(mn__call *c, const mn__jv *p, mn__jw *w);
+int mn__h_search_memories(mn__call *c, const mn__jv *p, mn__jw *w);
+int mn__h_allocate_memory(mn__call *c, const mn__jv *p, mn__jw *w);
+int mn__h_process_chunk(mn__call *c, const mn__jv *p, mn__jw *w);
+int mn__h_read_chunk(mn__call *c, const mn__jv *p, mn__jw *w);
+int mn__h_free_memory(mn__call *c, const mn__jv *p, mn__jw *w);
+int mn__h_list_chunks(mn__call *c, const mn__jv *p, mn__jw *w);
+/** The store's state, tiers and counters as one JSON object. */
+void mn__write_store_status(mn_rpc *r, mn__jw *w);
+/** Memory chunks in every tier plus working chunks. */
+int64_t mn__store_chunk_count(mn_rpc *r);
 
 #endif /* MNEMO_RPC_INTERNAL_H */

@@ -30,6 +30,7 @@
 
 #define TICK_US (100 * LWS_US_PER_MS)
 #define CLOSE_WAIT_NS 3000000000ull
+#define DRAIN_REJECT_GRACE_NS 2000000000ull
 
 /* Per-wsi storage, for both HTTP transactions and WebSocket sessions. */
 typedef struct pss {
@@ -582,6 +583,21 @@ static void advance_state(mn_server *s) {
   if (s->state == MN__SRV_DRAINING) {
     int idle = mn__pool_inflight(s->pool) == 0 && all_written(s);
     int late = now >= s->drain_deadline_ns;
+    if (late && !idle && !s->drain_rejected) {
+      /* Requests that have not started by the deadline are answered
+       * -32004 rather than dropped: the client learns to resend them.
+       * Give the workers a moment to write those answers. */
+      s->drain_rejected = 1;
+      int64_t n = mn__pool_reject_queued(s->pool);
+      if (n > 0) {
+        MN__LOGW("server",
+                 "drain deadline passed: answering %lld queued request(s) "
+                 "with -32004 instead of running them",
+                 (long long)n);
+        s->drain_deadline_ns = now + DRAIN_REJECT_GRACE_NS;
+        late = 0;
+      }
+    }
     if (idle || late || req >= 2) {
       if (!idle) {
         s->drain_timed_out = 1;

@@ -148,6 +148,7 @@ struct mn_server {
 
   mn__pool *pool;
   int drain_timed_out;
+  int drain_rejected; /* queued jobs were told to answer -32004 */
 };
 
 /* conn.c */
@@ -177,6 +178,9 @@ mn_status mn__pool_start(mn_server *s, int nworkers, mn__pool **out);
 void mn__pool_submit(mn__pool *p, mn__job *j);
 /* Jobs queued or running. */
 int64_t mn__pool_inflight(mn__pool *p);
+/* Mark every job still queued to be answered "shutting down" instead of
+ * run (the drain deadline passed); returns how many were marked. */
+int64_t mn__pool_reject_queued(mn__pool *p);
 int64_t mn__pool_queue_depth(mn__pool *p);
 /* Stop the workers and the watchdog: waits up to wait_ms for running
  * jobs; returns MN_ERR_TIMEOUT (and leaves stuck threads detached) when

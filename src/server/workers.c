@@ -395,6 +395,19 @@ int64_t mn__pool_inflight(mn__pool *p) {
   return n;
 }
 
+int64_t mn__pool_reject_queued(mn__pool *p) {
+  int64_t n = 0;
+  pthread_mutex_lock(&p->lock);
+  for (mn__job *q = p->head; q; q = q->next) {
+    if (!q->reject) {
+      q->reject = 1;
+      n++;
+    }
+  }
+  pthread_mutex_unlock(&p->lock);
+  return n;
+}
+
 int64_t mn__pool_queue_depth(mn__pool *p) {
   pthread_mutex_lock(&p->lock);
   int64_t n = p->depth;

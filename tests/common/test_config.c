@@ -34,6 +34,7 @@ static const char *const all_keys[] = {
     "server.rate_limit",
     "server.max_json_depth",
     "server.idle_timeout",
+    "server.drain_timeout",
     "server.auth_tokens",
     "server.allowed_origins",
     "server.tls_cert",
@@ -135,6 +136,7 @@ static void test_defaults(void **state) {
   assert_int_equal(c.rate_limit, 1000);
   assert_int_equal(c.max_json_depth, 64);
   assert_int_equal(c.idle_timeout_s, 300);
+  assert_int_equal(c.drain_timeout_ms, 10000);
   assert_int_equal(c.n_auth_tokens, 0);
   assert_int_equal(c.n_allowed_origins, 0);
   assert_string_equal(c.tls_cert, "");
@@ -272,6 +274,7 @@ static const char *const every_key_text[][2] = {
     {"server.rate_limit", "0"},
     {"server.max_json_depth", "9"},
     {"server.idle_timeout", "12"},
+    {"server.drain_timeout", "250"},
     {"server.auth_tokens", "t1, t2"},
     {"server.allowed_origins", "http://a.example"},
     {"server.tls_cert", "c.pem"},

@@ -2,6 +2,7 @@
 them, refuses new sessions and says 503 on /ready while draining, closes
 the connections with 1001 and exits 0."""
 import asyncio
+import json
 import re
 import signal
 import time
@@ -18,14 +19,14 @@ def bytes_received(srv):
     return float(m.group(1)) if m else 0.0
 
 
-def test_sigterm_drains_requests_in_flight(start_server):
-    # One worker, so that the jobs queue up and the drain takes a while.
-    srv = start_server({"server": {"rate_limit": 0},
+def drain_run(start_server, n, drain_ms):
+    """Queue n fitPCA jobs on a one-worker server, send SIGTERM once they
+    have all arrived, and collect what comes back."""
+    srv = start_server({"server": {"rate_limit": 0,
+                                   "drain_timeout": drain_ms},
                         "processing": {"workers": 1}})
     x = np.random.default_rng(5).standard_normal((3000, 512)).astype(
         np.float32)
-    _, _, _, ratio = pca_ref(x, 64)
-    n = 12
     frames = [binary_frame({
         "jsonrpc": "2.0", "id": i, "method": "fitPCA",
         "params": {"name": f"m{i}", "n_components": 64, "embeddings": {
@@ -56,8 +57,10 @@ def test_sigterm_drains_requests_in_flight(start_server):
             replies = {}
             try:
                 while True:
-                    head, _ = split_binary(await asyncio.wait_for(
-                        ws.recv(), 30))
+                    frame = await asyncio.wait_for(ws.recv(), 30)
+                    # Errors carry no tensor: they come as text frames.
+                    head = (json.loads(frame) if isinstance(frame, str)
+                            else split_binary(frame)[0])
                     replies[head["id"]] = head
             except websockets.ConnectionClosed as e:
                 closed = e
@@ -65,6 +68,16 @@ def test_sigterm_drains_requests_in_flight(start_server):
 
     ready, refused, replies, closed = asyncio.run(go())
     rc = srv.proc.wait(30)
+    return srv, x, rc, ready, refused, replies, closed
+
+
+def test_sigterm_drains_requests_in_flight(start_server):
+    # One worker, so that the jobs queue up and the drain takes a while;
+    # a drain deadline long enough for all of them even under ASan.
+    n = 6
+    srv, x, rc, ready, refused, replies, closed = drain_run(
+        start_server, n, 120000)
+    _, _, _, ratio = pca_ref(x, 64)
     assert rc == 0, "".join(srv.log)
     assert sorted(replies) == list(range(n))
     for r in replies.values():
@@ -76,6 +89,28 @@ def test_sigterm_drains_requests_in_flight(start_server):
     assert b"draining" in ready[2]
     assert refused == 503
     assert any("stopped cleanly" in line for line in srv.log)
+
+
+def test_drain_deadline_answers_queued_requests(start_server):
+    # A drain deadline far shorter than the queue: the requests that never
+    # started are answered -32004 (send again), none is left unanswered.
+    n = 12
+    srv, x, rc, ready, refused, replies, closed = drain_run(
+        start_server, n, 50)
+    _, _, _, ratio = pca_ref(x, 64)
+    assert sorted(replies) == list(range(n)), "".join(srv.log)
+    done = [r for r in replies.values() if "result" in r]
+    refused_jobs = [r for r in replies.values() if "error" in r]
+    assert refused_jobs, "expected queued requests to be refused"
+    for r in done:
+        assert np.allclose(r["result"]["explained_variance_ratio"], ratio,
+                           rtol=1e-4)
+    for r in refused_jobs:
+        assert set(r) == {"jsonrpc", "id", "error"}, r
+        assert r["error"]["code"] == -32004
+        assert "shutting down" in r["error"]["message"]
+    assert closed.code == 1001
+    assert any("answering" in line and "-32004" in line for line in srv.log)
 
 
 def test_sigint_on_an_idle_server_exits_0(start_server):

@@ -89,15 +89,22 @@ static void test_tools_list(void **state) {
                       &rep);
   json_t *tools = json_object_get(res, "tools");
   const char *want[] = {
-      "processEmbeddings", "fitPCA", "listPCAModels", "deletePCAModel",
-      "getMetrics",        "health", "cleanup"};
-  assert_int_equal(json_array_size(tools), 7);
+      "processEmbeddings", "fitPCA",         "listPCAModels",
+      "deletePCAModel",    "getMetrics",     "health",
+      "cleanup",           "createCollection", "listCollections",
+      "getCollection",     "addMemories",    "storeMemory",
+      "getMemories",       "updateMemory",   "searchMemories",
+      "deleteMemories",    "dropCollection", "allocateMemory",
+      "processChunk",      "readChunk",      "listChunks",
+      "freeMemory"};
+  const int nwant = (int)(sizeof want / sizeof want[0]);
+  assert_int_equal(json_array_size(tools), nwant);
   for (size_t i = 0; i < json_array_size(tools); i++) {
     json_t *t = json_array_get(tools, i);
     const char *name = json_string_value(json_object_get(t, "name"));
     assert_non_null(name);
     int known = 0;
-    for (int k = 0; k < 7; k++)
+    for (int k = 0; k < nwant; k++)
       known |= strcmp(name, want[k]) == 0;
     if (!known)
       fail_msg("unexpected tool %s", name);

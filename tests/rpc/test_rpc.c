@@ -308,7 +308,7 @@ static void test_param_messages(void **state) {
   fx_err(f,
          "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"fitPCA\",\"params\":"
          "{\"name\":\"x\",\"n_components\":1,\"collection\":\"c\"}}",
-         MN_RPC_INVALID_PARAMS, "not available yet");
+         MN_RPC_INVALID_PARAMS, "collection 'c' does not exist");
   fx_err(f,
          "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"fitPCA\",\"params\":"
          "{\"name\":\"x\",\"n_components\":3,\"embeddings\":[[1,2],[3,"

@@ -335,9 +335,6 @@ static void test_similarity_all(void **state) {
     for (size_t wi = 0; wi < 5; wi++) {
       for (size_t ri = 0; ri < 3; ri++) {
         int64_t cols = widths[wi], n = rowcounts[ri];
-        /* the biggest shapes only at the widest widths to keep it quick */
-        if (n == 4097 && cols < 767 && cols != 7)
-          continue;
         dbset d;
         db_make(&d, all_dtypes[di], n, cols, (int64_t)(ri + wi) % 5,
                 (int64_t)di % 3, 1);
@@ -410,12 +407,21 @@ static void check_search_one(const refmat *R, int64_t qi, mn_metric m,
     ref[r].s = ref_score(R, qi, r, m, &ref[r].tol);
     ref[r].id = r;
   }
-  rs *sorted = malloc((size_t)d->n * sizeof(rs));
-  memcpy(sorted, ref, (size_t)d->n * sizeof(rs));
+  /* the reference's best cnt, in order, by insertion (cnt is small) */
+  int64_t cnt = k < d->n ? k : d->n, have = 0;
+  rs *sorted = malloc((size_t)cnt * sizeof(rs));
   rs_metric_l2 = m == MN_METRIC_L2;
-  qsort(sorted, (size_t)d->n, sizeof(rs), rs_cmp);
+  for (int64_t r = 0; r < d->n; r++) {
+    if (have == cnt && rs_cmp(&ref[r], &sorted[cnt - 1]) >= 0)
+      continue;
+    int64_t i = have < cnt ? have++ : cnt - 1;
+    while (i > 0 && rs_cmp(&ref[r], &sorted[i - 1]) < 0) {
+      sorted[i] = sorted[i - 1];
+      i--;
+    }
+    sorted[i] = ref[r];
+  }
   char *seen = calloc((size_t)d->n, 1);
-  int64_t cnt = k < d->n ? k : d->n;
   for (int64_t i = 0; i < cnt; i++) {
     int64_t id = ids[i] - id_base;
     if (id < 0 || id >= d->n)
@@ -501,7 +507,8 @@ static void test_search_all(void **state) {
       for (size_t mi = 0; mi < 3; mi++) {
         run_search(b, &R, 1, all_metrics[mi], 10, 0, 0, what);
         run_search(b, &R, 1, all_metrics[mi], 1, 1000000007, 1, what);
-        if (nq == 33)
+        /* the portable kernel is slow: one metric of 33 queries there */
+        if (nq == 33 && (li > 0 || mi == 0))
           run_search(b, &R, 33, all_metrics[mi], 10, 5, 0, what);
       }
     }

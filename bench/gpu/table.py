@@ -1,0 +1,91 @@
+"""table.py OURS.json PEER.json - the device script's last word: one short
+table of the issue 4 targets, ours against PyTorch measured in the same
+run. Missing rows print as '-'; nothing here is a claim without both."""
+import json
+import sys
+
+
+def load(path):
+    rows = {}
+    try:
+        with open(path) as f:
+            for line in f:
+                line = line.strip()
+                if line.startswith("{"):
+                    r = json.loads(line)
+                    rows.setdefault(r["op"], []).append(r)
+    except OSError:
+        pass
+    return rows
+
+
+ours, peer = load(sys.argv[1]), load(sys.argv[2])
+
+
+def get(rows, prefix, pick=None):
+    for op, rs in rows.items():
+        if op.startswith(prefix):
+            for r in rs:
+                if pick is None or pick(r):
+                    return r
+    return None
+
+
+def ms(r):
+    return r["ms"] if r else None
+
+
+def fmt(v, unit=""):
+    return "-" if v is None else ("%.3f%s" % (v, unit))
+
+
+dev = get(ours, "device") or get(peer, "device") or {}
+copy_o, copy_p = get(ours, "d2d copy"), get(peer, "d2d copy")
+print("device: %s" % dev.get("device", "?"))
+print("%-48s %10s %10s %9s  %s" % ("target", "ours", "pytorch", "ratio", "goal"))
+
+
+def line(name, o, p, ratio, goal):
+    print("%-48s %10s %10s %9s  %s" % (name, o, p, "-" if ratio is None else "%.2f" % ratio, goal))
+
+
+def bw_share(r, copy):
+    if not r or not copy or "GB/s" not in r or "GB/s" not in copy:
+        return None
+    return r["GB/s"] / copy["GB/s"]
+
+
+for op, goal in (("normalize", 0.85), ("quantize_int8", 0.80)):
+    o, p = get(ours, op), get(peer, op)
+    so, sp = bw_share(o, copy_o), bw_share(p, copy_p)
+    line(op + " (share of d2d copy bandwidth)", fmt(so and so * 100, "%"), fmt(sp and sp * 100, "%"),
+         None, ">= %d%% (ours)" % (goal * 100))
+o = get(ours, "search fp16", lambda r: "Q=256" in r["op"] and "peer" in r.get("query", ""))
+p = get(peer, "search fp16", lambda r: "Q=256" in r["op"])
+line("search fp16 N=10M Q=256 k=10 (ms)", fmt(ms(o)), fmt(ms(p)), ms(p) / ms(o) if o and p else None,
+     ">= 3x faster")
+chunks = [(r["op"].split("chunk=")[1], r["ms"]) for op, rs in ours.items() if "chunk=" in op for r in rs]
+if chunks:
+    print("  (GEMM chunk rows tried: %s; default 16384)" % ", ".join("%s: %.3f ms" % c for c in chunks))
+o32 = get(ours, "search fp16", lambda r: "Q=256" in r["op"] and "split" in r.get("query", ""))
+line("  same, float32 query (exact, ms)", fmt(ms(o32)), fmt(ms(p)), ms(p) / ms(o32) if o32 and p else None,
+     "(information)")
+o1, o8 = get(ours, "search fp16", lambda r: "Q=1 " in r["op"]), get(ours, "search int8")
+line("search int8 Q=1 vs fp16 Q=1 (ours, ms)", fmt(ms(o8)), fmt(ms(o1)), ms(o1) / ms(o8) if o1 and o8 else None,
+     ">= 1.8x faster")
+p1 = get(peer, "search fp16", lambda r: "Q=1 " in r["op"])
+line("search fp16 Q=1 (ms)", fmt(ms(o1)), fmt(ms(p1)), ms(p1) / ms(o1) if o1 and p1 else None, "(information)")
+for solver in ("float64", "float32+rayleigh"):
+    o = get(ours, "pca_fit", lambda r: r.get("solver") == solver)
+    p = get(peer, "pca_fit")
+    line("pca_fit 100000x768->256, %s (ms)" % solver, fmt(ms(o)), fmt(ms(p)), ms(p) / ms(o) if o and p else None,
+         "no slower (ratio >= 1)")
+for prec in ("float32", "tf32"):
+    o = get(ours, "pca_transform", lambda r: r.get("precision") == prec)
+    p = get(peer, "pca_transform")
+    line("pca_transform 1Mx768->256, %s (ms)" % prec, fmt(ms(o)), fmt(ms(p)), ms(p) / ms(o) if o and p else None,
+         "(information)")
+o, p = get(ours, "request path"), get(peer, "request path")
+line("request path 32x768 (ms wall)", fmt(ms(o)), fmt(ms(p)), ms(p) / ms(o) if o and p else None, "(information)")
+c = get(ours, "checks")
+print("bench correctness checks failed: %s" % (c.get("failed_checks") if c else "? (bench did not finish)"))

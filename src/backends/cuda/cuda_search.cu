@@ -1,0 +1,1015 @@
+/*
+ * cuda_search.cu - similarity and fused similarity + top-k on the device,
+ * for every storage dtype and metric.
+ *
+ * Two ways through:
+ *  - scan (any dtype, few queries): one kernel streams the stored rows
+ *    once per group of at most QB queries. A group of G lanes shares a row
+ *    (16-byte loads, G chosen so each lane has a few), the query sits in
+ *    shared memory, and the score feeds either the output matrix
+ *    (similarity) or a warp-private top-k pool in shared memory (search).
+ *    float16 / bfloat16 / float32 / int4 / uint8 rows are decoded to float;
+ *    int8 rows use dp4a against the query split into three int8 parts
+ *    (q ~ s1*a + s2*b + s3*c, error ~1e-7 of max|q|); binary rows use
+ *    popcount of XOR with the binarised query.
+ *  - GEMM (float32, float16, int8 storage, 16 or more queries): chunks of
+ *    rows go through cuBLAS (float16: the query in two halves hi + lo, so
+ *    the product is float32-exact, or hi only when precision_f16 allows;
+ *    int8: codes widened to float16 first) into a score tile that stays in
+ *    L2; a select kernel applies the metric and keeps the top k, merging
+ *    with the best of earlier chunks. The next chunk's GEMM runs on the
+ *    lane's second stream while the current chunk is selected.
+ *
+ * Top-k pools: a warp owns P = 2^ceil(log2(k + per-step)) entries per
+ * query. A candidate enters when it beats the pool's current k-th best
+ * (ties: the lower id wins); when the pool is nearly full the warp sorts it
+ * (bitonic, best first) and keeps k. At the end warp 0 of each block
+ * absorbs the other warps' k best, each block writes one list, and a select
+ * kernel merges the lists. L2 is ranked on -distance. k above 1024 takes
+ * similarity + the host's top-k instead.
+ *
+ * DESIGN: ids inside kernels are int32 row numbers; blocks of more than
+ * 2^30 rows are searched in segments merged on the host. The scan kernel
+ * and the pools live in cuda_scan.cuh (instantiated in cuda_scan_float.cu
+ * and cuda_scan_int.cu); this file holds the select, query preparation and
+ * GEMM-path kernels and all the host-side orchestration.
+ */
+#include "cuda_scan.cuh"
+
+#include <limits.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+using namespace mnc;
+
+namespace {
+
+constexpr int GEMM_MIN_Q = 16; /* from here on, GEMM path */
+constexpr int64_t SEGMENT = (int64_t)1 << 30;
+
+struct SelArgs {
+  const float *ckey; /* explicit candidates [j][ldc] */
+  const int *cid;
+  int64_t ldc;
+  const float *S; /* dense scores [j][ldS] of one chunk */
+  int64_t ldS;
+  int id0;
+  Epi epi;
+  int64_t m; /* candidates per query */
+  const float *prev_key; /* [j][k] or null */
+  const int *prev_id;
+  int k, P;
+  float *out_key; /* [j][gridDim.y][k] */
+  int *out_id;
+};
+
+int epv_of(int dt) {
+  switch (dt) {
+  case MN_DTYPE_F32:
+    return 4;
+  case MN_DTYPE_F16:
+  case MN_DTYPE_BF16:
+    return 8;
+  case MN_DTYPE_I8:
+  case MN_DTYPE_U8:
+    return 16;
+  case MN_DTYPE_I4:
+    return 32;
+  default:
+    return 128;
+  }
+}
+
+/* ---------------------------------------------------------------------------
+ * Select: top k over candidate lists (explicit) or a dense score tile from
+ * a GEMM (metric applied on the fly), optionally merged with a previous
+ * top-k list. Block (j, split) writes list [j][split].
+ * ------------------------------------------------------------------------- */
+template <bool DENSE>
+__global__ void __launch_bounds__(256) select_kernel(SelArgs a) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int nw = blockDim.x >> 5;
+  const int j = blockIdx.x, split = blockIdx.y, nsplit = gridDim.y;
+  const int P = a.P, k = a.k;
+  float *pk = (float *)smem;
+  int *pi = (int *)(pk + (int64_t)nw * P);
+  float *mk = pk + (int64_t)warp * P;
+  int *mi = pi + (int64_t)warp * P;
+  Pool ps = pool_empty();
+
+  if (a.prev_key && split == 0 && warp == 0) {
+    const float *pkey = a.prev_key + (int64_t)j * k;
+    const int *pid = a.prev_id + (int64_t)j * k;
+    for (int i0 = 0; i0 < k; i0 += 32) {
+      int i = i0 + lane;
+      int id = i < k ? pid[i] : INT_MAX;
+      float key = i < k ? pkey[i] : -INFINITY;
+      pool_offer(mk, mi, ps, id != INT_MAX, key, id, lane);
+      if (ps.cnt > P - 32)
+        ps = pool_flush(mk, mi, ps, k, P, lane);
+    }
+  }
+
+  float qn = 0.f, qmul = 1.f;
+  if (DENSE) {
+    qn = a.epi.qn[j];
+    if (a.epi.qmul)
+      qmul = a.epi.qmul[j];
+  }
+  const int64_t per = (a.m + nsplit - 1) / nsplit;
+  const int64_t c0 = (int64_t)split * per;
+  const int64_t c1 = c0 + per < a.m ? c0 + per : a.m;
+  for (int64_t base = c0 + (int64_t)warp * 32; base < c1;
+       base += (int64_t)nw * 32) {
+    int64_t c = base + lane;
+    bool valid = c < c1;
+    float key = -INFINITY;
+    int id = INT_MAX;
+    if (valid) {
+      if (DENSE) {
+        float dot = a.S[(int64_t)j * a.ldS + c] * qmul;
+        if (a.epi.rscale)
+          dot *= a.epi.rscale[c];
+        float xn = a.epi.xn ? fabsf(a.epi.xn[c]) : 0.f;
+        key = to_key(a.epi.metric,
+                     metric_value(a.epi.metric, dot, qn, xn, xn * xn));
+        id = a.id0 + (int)c;
+      } else {
+        key = a.ckey[(int64_t)j * a.ldc + c];
+        id = a.cid[(int64_t)j * a.ldc + c];
+        valid = id != INT_MAX;
+      }
+    }
+    pool_offer(mk, mi, ps, valid, key, id, lane);
+    if (ps.cnt > P - 32)
+      ps = pool_flush(mk, mi, ps, k, P, lane);
+  }
+  ps = pool_flush(mk, mi, ps, k, P, lane);
+  __syncthreads();
+  if (warp == 0) {
+    int64_t o = ((int64_t)j * nsplit + split) * k;
+    block_merge_write(pk, pi, ps, P, nw, k, P, lane, a.out_key + o,
+                      a.out_id + o);
+  }
+}
+
+/* ---------------------------------------------------------------------------
+ * Query preparation: one block per query.
+ * ------------------------------------------------------------------------- */
+struct PrepArgs {
+  const char *q;
+  int64_t qs;
+  int d;
+  float *qn;
+  float *qf;
+  int ldq;
+  int8_t *q8;
+  int ld8;
+  float *q8s;
+  uint32_t *qb;
+  int ldb;
+  __half *qh, *ql; /* GEMM halves; ql may be null */
+  int ldh;
+  float *qmul;
+};
+
+__device__ float block_max(float v, float *sh) {
+  for (int o = 16; o > 0; o >>= 1)
+    v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  __syncthreads();
+  if ((threadIdx.x & 31) == 0)
+    sh[threadIdx.x >> 5] = v;
+  __syncthreads();
+  float t = 0.f;
+  for (int i = 0; i < (int)(blockDim.x >> 5); i++)
+    t = fmaxf(t, sh[i]);
+  return t;
+}
+
+__device__ double block_sum(double v, double *sh) {
+  for (int o = 16; o > 0; o >>= 1)
+    v += __shfl_xor_sync(0xffffffffu, v, o);
+  __syncthreads();
+  if ((threadIdx.x & 31) == 0)
+    sh[threadIdx.x >> 5] = v;
+  __syncthreads();
+  double t = 0.0;
+  for (int i = 0; i < (int)(blockDim.x >> 5); i++)
+    t += sh[i];
+  return t;
+}
+
+/* The residual of element x after `parts` int8 parts of the split. */
+__device__ __forceinline__ float split_residual(float x, const float *sc,
+                                                int parts) {
+  for (int p = 0; p < parts; p++) {
+    if (sc[p] > 0.f) {
+      float c = fminf(fmaxf(rintf(__fdiv_rn(x, sc[p])), -127.f), 127.f);
+      x = fmaf(-sc[p], c, x);
+    }
+  }
+  return x;
+}
+
+__global__ void __launch_bounds__(256) prep_kernel(PrepArgs a) {
+  __shared__ double shd[32];
+  __shared__ float shf[32];
+  const int j = blockIdx.x;
+  const float *qr = (const float *)(a.q + (int64_t)j * a.qs);
+  double ss = 0.0;
+  float mx = 0.f;
+  for (int e = threadIdx.x; e < a.d; e += blockDim.x) {
+    float v = qr[e];
+    ss += (double)v * v;
+    mx = fmaxf(mx, fabsf(v));
+  }
+  ss = block_sum(ss, shd);
+  mx = block_max(mx, shf);
+  if (a.qn && threadIdx.x == 0)
+    a.qn[j] = (float)sqrt(ss);
+  if (a.qf)
+    for (int e = threadIdx.x; e < a.ldq; e += blockDim.x)
+      a.qf[(int64_t)j * a.ldq + e] = e < a.d ? qr[e] : 0.f;
+  if (a.qb)
+    for (int w = threadIdx.x; w < a.ldb; w += blockDim.x) {
+      uint32_t bits = 0;
+      for (int b = 0; b < 32; b++) {
+        int e = w * 32 + b;
+        if (e < a.d && qr[e] > 0.f)
+          bits |= 1u << b;
+      }
+      a.qb[(int64_t)j * a.ldb + w] = bits;
+    }
+  if (a.q8) {
+    float sc[3] = {0.f, 0.f, 0.f};
+    float m = mx;
+    for (int p = 0; p < 3; p++) {
+      sc[p] = m / 127.0f;
+      int8_t *dst = a.q8 + (int64_t)(j * 3 + p) * a.ld8;
+      float nm = 0.f;
+      for (int e = threadIdx.x; e < a.ld8; e += blockDim.x) {
+        int c = 0;
+        if (e < a.d && sc[p] > 0.f) {
+          float r = split_residual(qr[e], sc, p);
+          c = (int)fminf(fmaxf(rintf(__fdiv_rn(r, sc[p])), -127.f), 127.f);
+          nm = fmaxf(nm, fabsf(fmaf(-sc[p], (float)c, r)));
+        }
+        dst[e] = (int8_t)c;
+      }
+      m = block_max(nm, shf);
+    }
+    if (threadIdx.x == 0)
+      for (int p = 0; p < 3; p++)
+        a.q8s[(int64_t)j * 3 + p] = sc[p];
+  }
+  if (a.qh) {
+    int ex = 0;
+    if (mx > 0.f)
+      frexpf(mx, &ex);
+    int sh = 14 - ex; /* max |q| * 2^sh < 2^14: inside float16 range */
+    if (sh > 100)
+      sh = 100;
+    if (sh < -100)
+      sh = -100;
+    float up = ldexpf(1.f, sh);
+    if (threadIdx.x == 0)
+      a.qmul[j] = ldexpf(1.f, -sh);
+    for (int e = threadIdx.x; e < a.ldh; e += blockDim.x) {
+      float v = e < a.d ? qr[e] * up : 0.f;
+      __half h = __float2half_rn(v);
+      a.qh[(int64_t)j * a.ldh + e] = h;
+      if (a.ql)
+        a.ql[(int64_t)j * a.ldh + e] = __float2half_rn(v - __half2float(h));
+    }
+  }
+}
+
+/* ---------------------------------------------------------------------------
+ * GEMM path helpers
+ * ------------------------------------------------------------------------- */
+
+/* int8 rows -> float16 (exact), packed [len][ldh]; norms when asked. */
+__global__ void __launch_bounds__(256)
+widen_i8_kernel(const Db db, int64_t r0, int64_t len, int ldh, __half *out,
+                float *xn) {
+  const int lane = threadIdx.x & 31;
+  const int64_t w0 = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+  const int64_t nw = ((int64_t)gridDim.x * blockDim.x) >> 5;
+  for (int64_t i = w0; i < len; i += nw) {
+    const int8_t *src = (const int8_t *)(db.codes + (r0 + i) * db.stride);
+    int s2 = 0;
+    for (int e = lane; e < ldh; e += 32) {
+      int c = e < db.d ? src[e] : 0;
+      s2 += c * c;
+      out[i * ldh + e] = __int2half_rn(c);
+    }
+    s2 = group_sum(s2, 32);
+    if (xn && lane == 0)
+      xn[i] = db.scales[r0 + i] * sqrtf((float)s2);
+  }
+}
+
+/* Row norms of float32 / float16 rows of a chunk. */
+template <int DT>
+__global__ void __launch_bounds__(256)
+norms_kernel(const Db db, int64_t r0, int64_t len, float *xn) {
+  const int lane = threadIdx.x & 31;
+  const int64_t w0 = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+  const int64_t nw = ((int64_t)gridDim.x * blockDim.x) >> 5;
+  for (int64_t i = w0; i < len; i += nw) {
+    const unsigned char *row = db.codes + (r0 + i) * db.stride;
+    float s = 0.f;
+    for (int e = lane; e < db.d; e += 32) {
+      float v = DT == MN_DTYPE_F32
+                    ? ((const float *)row)[e]
+                    : __half2float(((const __half *)row)[e]);
+      s = fmaf(v, v, s);
+    }
+    s = group_sum(s, 32);
+    if (lane == 0)
+      xn[i] = sqrtf(s);
+  }
+}
+
+/* Similarity epilogue over a GEMM tile written straight into the output. */
+__global__ void epilogue_kernel(float *out, int64_t ldo, int nq, int64_t len,
+                                Epi e) {
+  int64_t total = (int64_t)nq * len;
+  for (int64_t t = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; t < total;
+       t += (int64_t)gridDim.x * blockDim.x) {
+    int j = (int)(t / len);
+    int64_t c = t - (int64_t)j * len;
+    float *p = out + (int64_t)j * ldo + c;
+    float dot = *p * (e.qmul ? e.qmul[j] : 1.f);
+    if (e.rscale)
+      dot *= e.rscale[c];
+    float xn = e.xn ? fabsf(e.xn[c]) : 0.f;
+    *p = metric_value(e.metric, dot, e.qn[j], xn, xn * xn);
+  }
+}
+
+/* ---------------------------------------------------------------------------
+ * Host side
+ * ------------------------------------------------------------------------- */
+int pow2_at_least(int v) {
+  int p = 64;
+  while (p < v)
+    p <<= 1;
+  return p;
+}
+
+size_t smem_budget(const mnc_backend *cb) {
+  size_t b = cb->smem_optin;
+  return b > ((size_t)200 << 10) ? ((size_t)200 << 10) : b;
+}
+
+/* Everything a search or similarity call prepares once. */
+struct Ctx {
+  mnc_backend *cb = nullptr;
+  mnc_lane *l = nullptr;
+  cudaStream_t s = nullptr;
+  int dt = 0, d = 0, Q = 0, metric = 0;
+  int64_t N = 0;
+  Db db = {};
+  Qry q = {};
+  bool gemm = false, split = false, need_norm = false;
+  int ldh = 0;
+  const float *qmul = nullptr;
+  const __half *qh = nullptr, *ql = nullptr;
+  MncBuf b_scales, b_norms, b_vmin, b_vsc;
+  MncBuf b_qn, b_qf, b_q8, b_q8s, b_qb, b_qh, b_ql, b_qmul;
+};
+
+mn_status ctx_init(Ctx &c, mnc_backend *cb, mnc_lane *l, const mn_tensor *q,
+                   const mn_vecblock *vb, int metric, bool want_gemm) {
+  c.cb = cb;
+  c.l = l;
+  c.s = l->stream;
+  c.dt = vb->codes.dtype;
+  c.d = (int)q->cols;
+  c.Q = (int)q->rows;
+  c.N = vb->codes.rows;
+  c.metric = metric;
+  const mn_tensor *t = &vb->codes;
+  Db &db = c.db;
+  db.codes = (const unsigned char *)t->data;
+  db.stride = t->stride;
+  db.rowbytes = (int)mnc_row_bytes(t->dtype, t->cols);
+  db.d = c.d;
+  db.nvec = (db.rowbytes + 15) / 16;
+  bool al16 = (uintptr_t)t->data % 16 == 0 && (c.N <= 1 || t->stride % 16 == 0);
+  db.nfull = al16 ? db.rowbytes / 16 : 0;
+  if (c.dt == MN_DTYPE_I8 || c.dt == MN_DTYPE_I4)
+    MNC_CHECK(mn__cuda_device_floats(cb, l, vb->scales, (size_t)c.N,
+                                     &c.b_scales, &db.scales));
+  if (c.dt == MN_DTYPE_U8) {
+    MNC_CHECK(mn__cuda_device_floats(cb, l, vb->affine->vmin, (size_t)c.d,
+                                     &c.b_vmin, &db.vmin));
+    MNC_CHECK(mn__cuda_device_floats(cb, l, vb->affine->scale, (size_t)c.d,
+                                     &c.b_vsc, &db.vsc));
+  }
+  if (c.dt != MN_DTYPE_BIN && metric != MN_METRIC_IP)
+    MNC_CHECK(mn__cuda_device_floats(cb, l, vb->norms, (size_t)c.N,
+                                     &c.b_norms, &db.norms));
+  c.need_norm = c.dt != MN_DTYPE_BIN && metric != MN_METRIC_IP && !db.norms;
+
+  const int64_t elem = c.dt == MN_DTYPE_F32 ? 4 : c.dt == MN_DTYPE_F16 ? 2 : 1;
+  c.gemm = want_gemm && c.Q >= GEMM_MIN_Q && c.N >= 1024 &&
+           (c.dt == MN_DTYPE_F32 || c.dt == MN_DTYPE_F16 ||
+            c.dt == MN_DTYPE_I8) &&
+           t->stride / elem <= INT_MAX && c.d <= 65536;
+  c.split = c.gemm && c.dt != MN_DTYPE_F32 && !cb->allow_f16;
+
+  /* prepared queries */
+  PrepArgs pa = {};
+  pa.q = (const char *)q->data;
+  pa.qs = q->stride;
+  pa.d = c.d;
+  MNC_CHECK(c.b_qn.alloc(cb, l, (size_t)c.Q * sizeof(float)));
+  pa.qn = c.b_qn.as<float>();
+  c.q.qn = pa.qn;
+  const int epv = epv_of(c.dt);
+  if (c.dt == MN_DTYPE_I8 && !c.gemm) {
+    c.q.ld8 = db.nvec * 16;
+    MNC_CHECK(c.b_q8.alloc(cb, l, (size_t)c.Q * 3 * c.q.ld8));
+    MNC_CHECK(c.b_q8s.alloc(cb, l, (size_t)c.Q * 3 * sizeof(float)));
+    pa.q8 = c.b_q8.as<int8_t>();
+    pa.ld8 = c.q.ld8;
+    pa.q8s = c.b_q8s.as<float>();
+    c.q.q8 = pa.q8;
+    c.q.q8s = pa.q8s;
+  } else if (c.dt == MN_DTYPE_BIN) {
+    c.q.ldb = db.nvec * 4;
+    MNC_CHECK(c.b_qb.alloc(cb, l, (size_t)c.Q * c.q.ldb * 4));
+    pa.qb = c.b_qb.as<uint32_t>();
+    pa.ldb = c.q.ldb;
+    c.q.qb = pa.qb;
+  } else if (!c.gemm || c.dt == MN_DTYPE_F32) {
+    c.q.ldq = db.nvec * epv;
+    MNC_CHECK(c.b_qf.alloc(cb, l, (size_t)c.Q * c.q.ldq * sizeof(float)));
+    pa.qf = c.b_qf.as<float>();
+    pa.ldq = c.q.ldq;
+    c.q.qf = pa.qf;
+  }
+  if (c.gemm && c.dt != MN_DTYPE_F32) {
+    c.ldh = (c.d + 7) / 8 * 8;
+    MNC_CHECK(c.b_qh.alloc(cb, l, (size_t)c.Q * c.ldh * sizeof(__half)));
+    MNC_CHECK(c.b_qmul.alloc(cb, l, (size_t)c.Q * sizeof(float)));
+    pa.qh = c.b_qh.as<__half>();
+    pa.ldh = c.ldh;
+    pa.qmul = c.b_qmul.as<float>();
+    if (c.split) {
+      MNC_CHECK(c.b_ql.alloc(cb, l, (size_t)c.Q * c.ldh * sizeof(__half)));
+      pa.ql = c.b_ql.as<__half>();
+    }
+    c.qh = pa.qh;
+    c.ql = pa.ql;
+    c.qmul = pa.qmul;
+  }
+  prep_kernel<<<c.Q, 256, 0, c.s>>>(pa);
+  MNC_LAUNCHED("prep_kernel");
+  return MN_OK;
+}
+
+/* Per-query bytes of staged query data in the scan kernel. */
+size_t query_bytes(const Ctx &c) {
+  if (c.dt == MN_DTYPE_I8)
+    return (size_t)3 * c.q.ld8;
+  if (c.dt == MN_DTYPE_BIN)
+    return (size_t)c.q.ldb * 4;
+  return (size_t)c.q.ldq * 4;
+}
+
+int choose_g(int nvec) {
+  int g = 1;
+  while (g < 32 && g * 2 * 2 <= nvec)
+    g <<= 1;
+  return g;
+}
+
+/* Launch configuration of one scan pass. */
+struct ScanCfg {
+  int qb, nw, G, P;
+  size_t qsmem, smem;
+  unsigned grid;
+};
+
+mn_status scan_config(const Ctx &c, bool topk, int k, int qb, int nq,
+                      scan_fn fn, ScanCfg *cfg) {
+  cfg->qb = qb;
+  const int R = cfg->qb == 1 ? 4 : 1;
+  cfg->G = choose_g(c.db.nvec);
+  const int rps = (32 / cfg->G) * R;
+  cfg->P = topk ? pow2_at_least(k + (rps > 32 ? rps : 32)) : 0;
+  const size_t budget = smem_budget(c.cb);
+  size_t qbytes = query_bytes(c) * (size_t)nq;
+  cfg->qsmem = qbytes <= ((size_t)64 << 10) ? qbytes : 0;
+  size_t per_warp = topk ? (size_t)cfg->qb * cfg->P * 8 : 0;
+  cfg->nw = 8;
+  while (cfg->nw > 1 && cfg->qsmem + per_warp * cfg->nw > budget)
+    cfg->nw >>= 1;
+  if (cfg->qsmem + per_warp * cfg->nw > budget)
+    cfg->qsmem = 0;
+  cfg->smem = cfg->qsmem + per_warp * cfg->nw;
+  if (cfg->smem > c.cb->smem_optin)
+    return MNC_ERR(MN_ERR_INVALID,
+                   "top-%d needs %zu bytes of shared memory per block; this "
+                   "GPU allows %zu",
+                   k, cfg->smem, c.cb->smem_optin);
+  int per_sm = 0;
+  MNC_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+      &per_sm, (const void *)fn, cfg->nw * 32, cfg->smem));
+  if (per_sm < 1)
+    per_sm = 1;
+  int64_t need = (c.N + (int64_t)cfg->nw * rps - 1) / ((int64_t)cfg->nw * rps);
+  cfg->grid = mnc_grid(c.cb, need, per_sm);
+  return MN_OK;
+}
+
+ScanArgs scan_args(const Ctx &c) {
+  ScanArgs a = {};
+  a.db = c.db;
+  a.q = c.q;
+  a.rows = c.N;
+  a.metric = c.metric;
+  a.need_xx = c.need_norm;
+  return a;
+}
+
+size_t select_smem(const mnc_backend *cb, int P, int *nw) {
+  *nw = 8;
+  while (*nw > 1 && (size_t)*nw * P * 8 > smem_budget(cb))
+    *nw >>= 1;
+  return (size_t)*nw * P * 8;
+}
+
+/* Scan-path search: best lists for every query into bk / bi ([Q][k]). */
+mn_status scan_search(Ctx &c, int k, float *bk, int *bi) {
+  /* one query per pass when there is only one or k is large (pools of
+   * 2k entries per query would crowd shared memory), else QB_MAX */
+  const int qb = (c.Q == 1 || k > 128) ? 1 : QB_MAX;
+  scan_fn fn = scan_kernel_for(c.dt, qb);
+  for (int q0 = 0; q0 < c.Q; q0 += qb) {
+    const int nq = c.Q - q0 < qb ? c.Q - q0 : qb;
+    ScanCfg cfg;
+    MNC_CHECK(scan_config(c, true, k, qb, nq, fn, &cfg));
+    MncBuf pk, pi;
+    size_t lists = (size_t)nq * cfg.grid * k;
+    MNC_CHECK(pk.alloc(c.cb, c.l, lists * sizeof(float)));
+    MNC_CHECK(pi.alloc(c.cb, c.l, lists * sizeof(int)));
+    ScanArgs a = scan_args(c);
+    a.q0 = q0;
+    a.nq = nq;
+    a.G = cfg.G;
+    a.qsmem = (int)cfg.qsmem;
+    a.k = k;
+    a.P = cfg.P;
+    a.out_key = pk.as<float>();
+    a.out_id = pi.as<int>();
+    fn<<<cfg.grid, cfg.nw * 32, cfg.smem, c.s>>>(a);
+    MNC_LAUNCHED("scan_kernel");
+
+    SelArgs sa = {};
+    sa.ckey = pk.as<float>();
+    sa.cid = pi.as<int>();
+    sa.ldc = (int64_t)cfg.grid * k;
+    sa.m = sa.ldc;
+    sa.k = k;
+    sa.P = pow2_at_least(k + 32);
+    sa.out_key = bk + (int64_t)q0 * k;
+    sa.out_id = bi + (int64_t)q0 * k;
+    int snw;
+    size_t ssm = select_smem(c.cb, sa.P, &snw);
+    select_kernel<false><<<dim3(nq, 1), snw * 32, ssm, c.s>>>(sa);
+    MNC_LAUNCHED("select_kernel");
+  }
+  return MN_OK;
+}
+
+/* One chunk's dot products into S ([Q][ldS] floats): cuBLAS on c.s. */
+mn_status chunk_gemm(Ctx &c, int64_t r0, int64_t len, float *S, int64_t ldS,
+                     __half *wide, float *xn) {
+  const float one = 1.f, zero = 0.f;
+  cublasHandle_t h = c.l->blas;
+  const unsigned g = mnc_grid(c.cb, (len + 7) / 8, 16);
+  if (c.dt == MN_DTYPE_I8) {
+    widen_i8_kernel<<<g, 256, 0, c.s>>>(c.db, r0, len, c.ldh, wide,
+                                        c.need_norm ? xn : nullptr);
+    MNC_LAUNCHED("widen_i8_kernel");
+  } else if (c.need_norm) {
+    if (c.dt == MN_DTYPE_F32)
+      norms_kernel<MN_DTYPE_F32><<<g, 256, 0, c.s>>>(c.db, r0, len, xn);
+    else
+      norms_kernel<MN_DTYPE_F16><<<g, 256, 0, c.s>>>(c.db, r0, len, xn);
+    MNC_LAUNCHED("norms_kernel");
+  }
+  if (c.dt == MN_DTYPE_F32) {
+    const float *A = (const float *)(c.db.codes + r0 * c.db.stride);
+    int lda = c.N > 1 ? (int)(c.db.stride / 4) : c.d;
+    if (c.cb->allow_f16)
+      MNC_TRY(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, (int)len, c.Q, c.d,
+                           &one, A, CUDA_R_32F, lda, c.q.qf, CUDA_R_32F,
+                           c.q.ldq, &zero, S, CUDA_R_32F, (int)ldS,
+                           CUBLAS_COMPUTE_32F_FAST_TF32, CUBLAS_GEMM_DEFAULT));
+    else
+      MNC_TRY(cublasSgemm(h, CUBLAS_OP_T, CUBLAS_OP_N, (int)len, c.Q, c.d,
+                          &one, A, lda, c.q.qf, c.q.ldq, &zero, S, (int)ldS));
+    return MN_OK;
+  }
+  const void *A;
+  int lda;
+  if (c.dt == MN_DTYPE_I8) {
+    A = wide;
+    lda = c.ldh;
+  } else {
+    A = c.db.codes + r0 * c.db.stride;
+    lda = c.N > 1 ? (int)(c.db.stride / 2) : c.d;
+  }
+  MNC_TRY(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, (int)len, c.Q, c.d, &one,
+                       A, CUDA_R_16F, lda, c.qh, CUDA_R_16F, c.ldh, &zero, S,
+                       CUDA_R_32F, (int)ldS, CUBLAS_COMPUTE_32F,
+                       CUBLAS_GEMM_DEFAULT));
+  if (c.split)
+    MNC_TRY(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, (int)len, c.Q, c.d,
+                         &one, A, CUDA_R_16F, lda, c.ql, CUDA_R_16F, c.ldh,
+                         &one, S, CUDA_R_32F, (int)ldS, CUBLAS_COMPUTE_32F,
+                         CUBLAS_GEMM_DEFAULT));
+  return MN_OK;
+}
+
+Epi chunk_epi(const Ctx &c, int64_t r0, const float *xn) {
+  Epi e = {};
+  e.metric = c.metric;
+  e.qn = c.q.qn;
+  e.qmul = c.qmul;
+  e.rscale = c.dt == MN_DTYPE_I8 ? c.db.scales + r0 : nullptr;
+  e.xn = c.db.norms ? c.db.norms + r0 : xn;
+  return e;
+}
+
+/* Rows per GEMM chunk: the tuning value, fewer when many queries would
+ * make the score tile large (at most 32M scores, 128 MiB). */
+int64_t chunk_of(const Ctx &c) {
+  int64_t C = c.cb->chunk_rows;
+  int64_t cap = ((int64_t)32 << 20) / c.Q;
+  if (cap < 1024)
+    cap = 1024;
+  if (C > cap)
+    C = cap;
+  return C < c.N ? C : c.N;
+}
+
+/* GEMM-path search: chunks pipelined over the lane's two streams. */
+mn_status gemm_search(Ctx &c, int k, float *bk, int *bi) {
+  mnc_backend *cb = c.cb;
+  mnc_lane *l = c.l;
+  int64_t C = chunk_of(c);
+  int splits = 1;
+  if (c.Q < 2 * cb->sm_count) {
+    int64_t want = (2 * cb->sm_count + c.Q - 1) / c.Q;
+    int64_t most = C / 2048 > 1 ? C / 2048 : 1;
+    splits = (int)(want < most ? want : most);
+  }
+  MncBuf S[2], wide[2], xn[2], part_k, part_i, best_k, best_i;
+  for (int b = 0; b < 2; b++) {
+    MNC_CHECK(S[b].alloc(cb, l, (size_t)c.Q * C * sizeof(float)));
+    if (c.dt == MN_DTYPE_I8)
+      MNC_CHECK(wide[b].alloc(cb, l, (size_t)C * c.ldh * sizeof(__half)));
+    if (c.need_norm)
+      MNC_CHECK(xn[b].alloc(cb, l, (size_t)C * sizeof(float)));
+  }
+  const size_t lists = (size_t)c.Q * splits * k;
+  MNC_CHECK(part_k.alloc(cb, l, lists * sizeof(float)));
+  MNC_CHECK(part_i.alloc(cb, l, lists * sizeof(int)));
+  MNC_CHECK(best_k.alloc(cb, l, (size_t)c.Q * k * sizeof(float)));
+  MNC_CHECK(best_i.alloc(cb, l, (size_t)c.Q * k * sizeof(int)));
+  const int P = pow2_at_least(k + 32);
+  int snw;
+  const size_t ssm = select_smem(cb, P, &snw);
+  /* ping-pong between bk/bi (the caller's) and best_k/best_i so that the
+   * last chunk lands in bk/bi */
+  int64_t nchunks = (c.N + C - 1) / C;
+  float *outk[2];
+  int *outi[2];
+  outk[(nchunks - 1) & 1] = bk;
+  outi[(nchunks - 1) & 1] = bi;
+  outk[nchunks & 1] = best_k.as<float>();
+  outi[nchunks & 1] = best_i.as<int>();
+
+  for (int64_t i = 0; i < nchunks; i++) {
+    const int b = (int)(i & 1);
+    const int64_t r0 = i * C, len = c.N - r0 < C ? c.N - r0 : C;
+    if (i >= 2)
+      MNC_TRY(cudaStreamWaitEvent(l->stream, l->ev[2 + b], 0));
+    MNC_CHECK(chunk_gemm(c, r0, len, S[b].as<float>(), C, wide[b].as<__half>(),
+                         xn[b].as<float>()));
+    MNC_TRY(cudaEventRecord(l->ev[b], l->stream));
+    MNC_TRY(cudaStreamWaitEvent(l->aux, l->ev[b], 0));
+
+    SelArgs sa = {};
+    sa.S = S[b].as<float>();
+    sa.ldS = C;
+    sa.id0 = (int)r0;
+    sa.epi = chunk_epi(c, r0, xn[b].as<float>());
+    sa.m = len;
+    sa.k = k;
+    sa.P = P;
+    const float *prev_k = i > 0 ? outk[(i - 1) & 1] : nullptr;
+    const int *prev_i = i > 0 ? outi[(i - 1) & 1] : nullptr;
+    if (splits == 1) {
+      sa.prev_key = prev_k;
+      sa.prev_id = prev_i;
+      sa.out_key = outk[i & 1];
+      sa.out_id = outi[i & 1];
+      select_kernel<true><<<dim3(c.Q, 1), snw * 32, ssm, l->aux>>>(sa);
+      MNC_LAUNCHED("select_kernel");
+    } else {
+      sa.out_key = part_k.as<float>();
+      sa.out_id = part_i.as<int>();
+      select_kernel<true><<<dim3(c.Q, splits), snw * 32, ssm, l->aux>>>(sa);
+      MNC_LAUNCHED("select_kernel");
+      SelArgs m = {};
+      m.ckey = part_k.as<float>();
+      m.cid = part_i.as<int>();
+      m.ldc = (int64_t)splits * k;
+      m.m = m.ldc;
+      m.prev_key = prev_k;
+      m.prev_id = prev_i;
+      m.k = k;
+      m.P = P;
+      m.out_key = outk[i & 1];
+      m.out_id = outi[i & 1];
+      select_kernel<false><<<dim3(c.Q, 1), snw * 32, ssm, l->aux>>>(m);
+      MNC_LAUNCHED("select_kernel");
+    }
+    MNC_TRY(cudaEventRecord(l->ev[2 + b], l->aux));
+  }
+  MNC_TRY(cudaStreamSynchronize(l->aux));
+  MNC_TRY(cudaStreamSynchronize(l->stream));
+  return MN_OK;
+}
+
+/* Search rows [0, N) of c.db; results to host keys / int32 row ids. */
+mn_status search_block(Ctx &c, int k, float *hkey, int *hid) {
+  MncBuf bk, bi;
+  MNC_CHECK(bk.alloc(c.cb, c.l, (size_t)c.Q * k * sizeof(float)));
+  MNC_CHECK(bi.alloc(c.cb, c.l, (size_t)c.Q * k * sizeof(int)));
+  if (c.gemm)
+    MNC_CHECK(gemm_search(c, k, bk.as<float>(), bi.as<int>()));
+  else
+    MNC_CHECK(scan_search(c, k, bk.as<float>(), bi.as<int>()));
+  MNC_CHECK(mn__cuda_d2h(c.l, hkey, bk.p, (size_t)c.Q * k * sizeof(float)));
+  MNC_CHECK(mn__cuda_d2h(c.l, hid, bi.p, (size_t)c.Q * k * sizeof(int)));
+  return MN_OK;
+}
+
+/* Similarity into a device matrix (rows = queries), 4-byte aligned. */
+mn_status similarity_impl(Ctx &c, float *out, int64_t ldo) {
+  if (c.gemm && ldo <= INT_MAX) {
+    int64_t C = chunk_of(c);
+    MncBuf wide, xn;
+    if (c.dt == MN_DTYPE_I8)
+      MNC_CHECK(wide.alloc(c.cb, c.l, (size_t)C * c.ldh * sizeof(__half)));
+    if (c.need_norm)
+      MNC_CHECK(xn.alloc(c.cb, c.l, (size_t)C * sizeof(float)));
+    for (int64_t r0 = 0; r0 < c.N; r0 += C) {
+      int64_t len = c.N - r0 < C ? c.N - r0 : C;
+      MNC_CHECK(chunk_gemm(c, r0, len, out + r0, ldo, wide.as<__half>(),
+                           xn.as<float>()));
+      unsigned g = mnc_grid(c.cb, ((int64_t)c.Q * len + 255) / 256, 16);
+      epilogue_kernel<<<g, 256, 0, c.s>>>(out + r0, ldo, c.Q, len,
+                                          chunk_epi(c, r0, xn.as<float>()));
+      MNC_LAUNCHED("epilogue_kernel");
+    }
+    return MN_OK;
+  }
+  for (int q0 = 0; q0 < c.Q; q0 += QB_MAX) {
+    int nq = c.Q - q0 < QB_MAX ? c.Q - q0 : QB_MAX;
+    scan_fn fn = scan_kernel_for(c.dt, QB_MAX);
+    ScanCfg cfg;
+    MNC_CHECK(scan_config(c, false, 0, QB_MAX, nq, fn, &cfg));
+    ScanArgs a = scan_args(c);
+    a.q0 = q0;
+    a.nq = nq;
+    a.G = cfg.G;
+    a.qsmem = (int)cfg.qsmem;
+    a.out = out + (int64_t)q0 * ldo;
+    a.ldo = ldo;
+    fn<<<cfg.grid, cfg.nw * 32, cfg.smem, c.s>>>(a);
+    MNC_LAUNCHED("scan_kernel");
+  }
+  return MN_OK;
+}
+
+/* Merge a segment's sorted lists into the running result (host). */
+void merge_host(int Q, int k, int metric, float *acc_s, int64_t *acc_i,
+                const float *seg_key, const int *seg_id, int64_t id_off,
+                float *tmp_s, int64_t *tmp_i) {
+  for (int j = 0; j < Q; j++) {
+    float *as = acc_s + (int64_t)j * k;
+    int64_t *ai = acc_i + (int64_t)j * k;
+    const float *sk = seg_key + (int64_t)j * k;
+    const int *si = seg_id + (int64_t)j * k;
+    int x = 0, y = 0;
+    for (int o = 0; o < k; o++) {
+      /* accumulated entries are in key form here (see mn__cuda_search) */
+      bool take_new;
+      if (ai[x] < 0)
+        take_new = si[y] != INT_MAX;
+      else if (si[y] == INT_MAX)
+        take_new = false;
+      else
+        take_new = sk[y] > as[x] || (sk[y] == as[x] && si[y] + id_off < ai[x]);
+      if (take_new) {
+        tmp_s[o] = sk[y];
+        tmp_i[o] = si[y] + id_off;
+        y++;
+      } else {
+        tmp_s[o] = as[x];
+        tmp_i[o] = ai[x];
+        x++;
+      }
+    }
+    memcpy(as, tmp_s, (size_t)k * sizeof(float));
+    memcpy(ai, tmp_i, (size_t)k * sizeof(int64_t));
+  }
+  (void)metric;
+}
+
+} // namespace
+
+/* ---------------------------------------------------------------------------
+ * Setup and ops
+ * ------------------------------------------------------------------------- */
+mn_status mn__cuda_search_setup(mnc_backend *cb) {
+  int optin = (int)cb->smem_optin;
+  const int dts[] = {MN_DTYPE_F32, MN_DTYPE_F16, MN_DTYPE_BF16, MN_DTYPE_I8,
+                     MN_DTYPE_U8,  MN_DTYPE_I4,  MN_DTYPE_BIN};
+  for (int dt : dts) {
+    for (int qb : {1, QB_MAX})
+      MNC_TRY(cudaFuncSetAttribute((const void *)scan_kernel_for(dt, qb),
+                                   cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                   optin));
+  }
+  MNC_TRY(cudaFuncSetAttribute((const void *)select_kernel<true>,
+                               cudaFuncAttributeMaxDynamicSharedMemorySize,
+                               optin));
+  MNC_TRY(cudaFuncSetAttribute((const void *)select_kernel<false>,
+                               cudaFuncAttributeMaxDynamicSharedMemorySize,
+                               optin));
+  return MN_OK;
+}
+
+static mn_status check_search_args(const mn_tensor *q, const mn_vecblock *db) {
+  MNC_CHECK(mn__cuda_check_layout(q, "query"));
+  MNC_CHECK(mn__cuda_check_layout(&db->codes, "stored vectors"));
+  if (q->rows > INT_MAX / 4 || q->cols > (1 << 24))
+    return MNC_ERR(MN_ERR_INVALID, "query batch [%lld, %lld] is too large "
+                   "for the CUDA backend", (long long)q->rows,
+                   (long long)q->cols);
+  return MN_OK;
+}
+
+mn_status mn__cuda_similarity(mn_backend *b, const mn_tensor *q,
+                              const mn_vecblock *db, mn_metric metric,
+                              mn_tensor *out) {
+  mnc_backend *cb = mnc_of(b);
+  MNC_CHECK(check_search_args(q, db));
+  MNC_CHECK(mn__cuda_check_layout(out, "output"));
+  if (q->rows == 0 || db->codes.rows == 0)
+    return MN_OK;
+  MncLane lane;
+  MNC_CHECK(lane.get(cb));
+  const int64_t ldo = q->rows > 1 ? out->stride / 4 : db->codes.rows;
+  for (int64_t r0 = 0; r0 < db->codes.rows; r0 += SEGMENT) {
+    int64_t n = db->codes.rows - r0 < SEGMENT ? db->codes.rows - r0 : SEGMENT;
+    mn_vecblock seg = *db;
+    seg.codes.data = (char *)db->codes.data + r0 * db->codes.stride;
+    seg.codes.rows = n;
+    if (seg.scales)
+      seg.scales += r0;
+    if (seg.norms)
+      seg.norms += r0;
+    Ctx c;
+    MNC_CHECK(ctx_init(c, cb, lane.l, q, &seg, metric, true));
+    MNC_CHECK(similarity_impl(c, (float *)out->data + r0, ldo));
+    MNC_TRY(cudaStreamSynchronize(lane.s()));
+  }
+  return MN_OK;
+}
+
+/* k above what the fused kernels hold: similarity, then the host's top-k. */
+static mn_status search_via_similarity(mn_backend *b, const mn_tensor *q,
+                                       const mn_vecblock *db, mn_metric metric,
+                                       int64_t k, int64_t id_base,
+                                       float *scores, int64_t *ids) {
+  mnc_backend *cb = mnc_of(b);
+  const int64_t N = db->codes.rows;
+  int64_t batch = ((int64_t)64 << 20) / N;
+  if (batch < 1)
+    batch = 1;
+  if (batch > q->rows)
+    batch = q->rows;
+  MncBuf dev;
+  MNC_CHECK(dev.alloc(cb, nullptr, (size_t)batch * N * sizeof(float)));
+  float *host = (float *)malloc((size_t)batch * N * sizeof(float));
+  if (!host)
+    return MNC_ERR(MN_ERR_NOMEM, "out of host memory for %lld x %lld scores",
+                   (long long)batch, (long long)N);
+  mn_status st = MN_OK;
+  for (int64_t q0 = 0; q0 < q->rows && st == MN_OK; q0 += batch) {
+    int64_t nq = q->rows - q0 < batch ? q->rows - q0 : batch;
+    mn_tensor qv = *q;
+    qv.data = (char *)q->data + q0 * q->stride;
+    qv.rows = nq;
+    mn_tensor sim = {dev.p, MN_DTYPE_F32, nq, N, N * 4, MN_DEVICE_GPU};
+    st = mn__cuda_similarity(b, &qv, db, metric, &sim);
+    if (st == MN_OK) {
+      MncLane lane;
+      st = lane.get(cb);
+      if (st == MN_OK)
+        st = mn__cuda_d2h(lane.l, host, dev.p, (size_t)nq * N * 4);
+    }
+    if (st == MN_OK) {
+      mn_tensor hs = {host, MN_DTYPE_F32, nq, N, N * 4, MN_DEVICE_HOST};
+      st = mn__cuda_host->cpu_topk(&hs, k, metric != MN_METRIC_L2,
+                                   scores + q0 * k, ids + q0 * k);
+    }
+  }
+  free(host);
+  if (st == MN_OK)
+    for (int64_t i = 0; i < q->rows * k; i++)
+      if (ids[i] >= 0)
+        ids[i] += id_base;
+  return st;
+}
+
+mn_status mn__cuda_search(mn_backend *b, const mn_tensor *q,
+                          const mn_vecblock *db, mn_metric metric, int64_t k64,
+                          int64_t id_base, float *scores, int64_t *ids) {
+  mnc_backend *cb = mnc_of(b);
+  MNC_CHECK(check_search_args(q, db));
+  const int Q = (int)q->rows, k = (int)k64;
+  const int64_t N = db->codes.rows;
+  const float tail = metric == MN_METRIC_L2 ? INFINITY : -INFINITY;
+  if (Q == 0)
+    return MN_OK;
+  if (N == 0) {
+    for (int64_t i = 0; i < (int64_t)Q * k; i++) {
+      scores[i] = tail;
+      ids[i] = -1;
+    }
+    return MN_OK;
+  }
+  if (k > MNC_MAX_FUSED_K)
+    return search_via_similarity(b, q, db, metric, k64, id_base, scores, ids);
+
+  MncLane lane;
+  MNC_CHECK(lane.get(cb));
+  const size_t n = (size_t)Q * k;
+  float *hkey = (float *)malloc(n * sizeof(float));
+  int *hid = (int *)malloc(n * sizeof(int));
+  float *tmp_s = (float *)malloc((size_t)k * sizeof(float));
+  int64_t *tmp_i = (int64_t *)malloc((size_t)k * sizeof(int64_t));
+  mn_status st = MN_OK;
+  if (!hkey || !hid || !tmp_s || !tmp_i)
+    st = MNC_ERR(MN_ERR_NOMEM, "out of host memory for search results");
+  /* scores hold keys (higher is better) until the end */
+  for (size_t i = 0; i < n && st == MN_OK; i++) {
+    scores[i] = -INFINITY;
+    ids[i] = -1;
+  }
+  for (int64_t r0 = 0; r0 < N && st == MN_OK; r0 += SEGMENT) {
+    int64_t len = N - r0 < SEGMENT ? N - r0 : SEGMENT;
+    mn_vecblock seg = *db;
+    seg.codes.data = (char *)db->codes.data + r0 * db->codes.stride;
+    seg.codes.rows = len;
+    if (seg.scales)
+      seg.scales += r0;
+    if (seg.norms)
+      seg.norms += r0;
+    Ctx c;
+    st = ctx_init(c, cb, lane.l, q, &seg, metric, true);
+    if (st == MN_OK)
+      st = search_block(c, k, hkey, hid);
+    if (st == MN_OK)
+      merge_host(Q, k, metric, scores, ids, hkey, hid, r0, tmp_s, tmp_i);
+  }
+  if (st == MN_OK)
+    for (size_t i = 0; i < n; i++) {
+      if (ids[i] < 0) {
+        scores[i] = tail;
+      } else {
+        ids[i] += id_base;
+        if (metric == MN_METRIC_L2)
+          scores[i] = -scores[i];
+      }
+    }
+  free(hkey);
+  free(hid);
+  free(tmp_s);
+  free(tmp_i);
+  return st;
+}
