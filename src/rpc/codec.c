@@ -432,7 +432,7 @@ static int parse_in_dtype(const mn__jv *v, in_dtype *dt, int *esize) {
 }
 
 static int decode_typed(mn__call *c, const mn__jv *v, const char *path,
-                        mn__tin *out) {
+                        mn__tin *out, int check) {
   char b[96];
   const mn__jv *dtv = NULL, *shape = NULL, *data = NULL, *buffer = NULL;
   for (uint32_t i = 0; i < v->n; i++) {
@@ -615,14 +615,22 @@ static int decode_typed(mn__call *c, const mn__jv *v, const char *path,
   out->rows = rows;
   out->cols = cols;
   out->one_d = shape->n == 1;
-  mn_tensor t = mn_tensor_host(d, MN_DTYPE_F32, rows, cols);
+  if (!check) {
+    out->unchecked = 1;
+    return 0;
+  }
+  return mn__tensor_check(c, out, path);
+}
+
+int mn__tensor_check(mn__call *c, const mn__tin *in, const char *path) {
+  mn_tensor t = mn_tensor_host(in->data, MN_DTYPE_F32, in->rows, in->cols);
   if (mn_tensor_check_finite(&t) != MN_OK)
     return mn__fail(c, MN_RPC_INVALID_PARAMS, "%s: %s", path, mn_errmsg());
   return 0;
 }
 
-int mn__tensor_decode(mn__call *c, const mn__jv *v, const char *path,
-                      mn__tin *out) {
+static int decode(mn__call *c, const mn__jv *v, const char *path, mn__tin *out,
+                  int check) {
   memset(out, 0, sizeof *out);
   char b[96];
   if (!v)
@@ -635,7 +643,7 @@ int mn__tensor_decode(mn__call *c, const mn__jv *v, const char *path,
   if (v->type == MN__J_OBJ) {
     if (mn__jobj_get(v, "dtype") || mn__jobj_get(v, "shape") ||
         mn__jobj_get(v, "data") || mn__jobj_get(v, "buffer"))
-      return decode_typed(c, v, path, out);
+      return decode_typed(c, v, path, out, check);
     if (is_f32obj(v)) {
       out->rows = 1;
       out->cols = v->n;
@@ -651,6 +659,16 @@ int mn__tensor_decode(mn__call *c, const mn__jv *v, const char *path,
   }
   return mn__fail(c, MN_RPC_INVALID_PARAMS, "%s must be %s; got %s", path,
                   accepted_forms, mn__jv_brief(v, b, sizeof b));
+}
+
+int mn__tensor_decode(mn__call *c, const mn__jv *v, const char *path,
+                      mn__tin *out) {
+  return decode(c, v, path, out, 1);
+}
+
+int mn__tensor_decode_unchecked(mn__call *c, const mn__jv *v, const char *path,
+                                mn__tin *out) {
+  return decode(c, v, path, out, 0);
 }
 
 /* ------------------------------------------------------------------------

@@ -380,7 +380,10 @@ static int h_process(mn__call *c, const mn__jv *p, mn__jw *w) {
   char path[80];
   snprintf(path, sizeof path, "%s.embeddings", c->root);
   mn__tin in;
-  int rc = mn__tensor_decode(c, mn__jobj_get(p, "embeddings"), path, &in);
+  /* mn_pipeline_run looks for NaN / Inf in its input; the codec's own
+   * pass would read the tensor once more for nothing. */
+  int rc =
+      mn__tensor_decode_unchecked(c, mn__jobj_get(p, "embeddings"), path, &in);
   if (rc)
     return rc;
   const mn__jv *o = mn__jobj_get(p, "options");
@@ -421,7 +424,9 @@ static int h_process(mn__call *c, const mn__jv *p, mn__jw *w) {
     po.batch_size = pl.batch_size;
     mn_tensor t = mn_tensor_host(in.data, MN_DTYPE_F32, in.rows, in.cols);
     mn_status s = mn_pipeline_run(c->r->backend, &t, &po, &res);
-    if (s != MN_OK)
+    if (s == MN_ERR_INVALID && in.unchecked)
+      rc = mn__tensor_check(c, &in, path); /* NaN / Inf: say where */
+    if (s != MN_OK && !rc)
       rc = mn__fail_status(c, s, NULL);
   }
   if (!rc)

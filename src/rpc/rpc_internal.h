@@ -353,15 +353,25 @@ int mn__invoke(mn__call *c, const mn__method *m, const mn__jv *params,
 typedef struct mn__tin {
   float *data; /* arena memory, rows * cols, dense */
   int64_t rows, cols;
-  mn__enc enc; /* how it came */
-  int one_d;   /* sent as one vector (1-D array, Float32Array object,
-                  shape [n]) */
+  mn__enc enc;   /* how it came */
+  int one_d;     /* sent as one vector (1-D array, Float32Array object,
+                    shape [n]) */
+  int unchecked; /* typed values not yet looked at for NaN / Inf */
 } mn__tin;
 
 /** Decode a tensor parameter into float32; -32602 naming `path` and the
- *  row on any problem (also NaN / Inf). */
+ *  row on any problem (also NaN / Inf). The data may point into the
+ *  request (a binary frame's payload): read it, never write it. */
 int mn__tensor_decode(mn__call *c, const mn__jv *v, const char *path,
                       mn__tin *out);
+/** As mn__tensor_decode, but typed tensors (base64, binary) are not looked
+ *  at for NaN / Inf (out->unchecked is set): for a caller that hands them
+ *  to code which checks anyway (mn_pipeline_run), so that the values are
+ *  not read one extra time. JSON numbers are checked as they convert. */
+int mn__tensor_decode_unchecked(mn__call *c, const mn__jv *v, const char *path,
+                                mn__tin *out);
+/** The NaN / Inf check mn__tensor_decode makes, with its message. */
+int mn__tensor_check(mn__call *c, const mn__tin *in, const char *path);
 /** Write tensor t (host) as a JSON value in the given encoding. */
 int mn__tensor_encode(mn__call *c, mn__jw *w, const mn_tensor *t, mn__enc enc,
                       int one_d);

@@ -8,7 +8,9 @@
  *  - a float32 tensor in a binary frame is read where it lies when it is
  *    aligned, copied when not; the request is never written to;
  *  - the first binary tensor of a reply becomes its payload without a
- *    copy, and a batch whose second reply adds another still gets both.
+ *    copy, and a batch whose second reply adds another still gets both;
+ *  - processEmbeddings leaves the NaN / Inf check of typed tensors to the
+ *    pipeline, with the same error as before.
  * Values are checked against a double-precision normalisation computed
  * here. Run under ASan, every reply's block is freed through
  * mn_rpc_reply_free and every headroom byte is written.
@@ -235,9 +237,44 @@ static void test_headroom_everywhere(void **state) {
   fx_free(f);
 }
 
+/* processEmbeddings leaves the NaN / Inf check of a typed tensor to the
+ * pipeline (one pass over the values fewer); the error must read as the
+ * codec's own, which fitPCA still makes, path and all. */
+static void test_nonfinite_binary(void **state) {
+  fx *f = fx_new();
+  float x[3 * 4];
+  for (int i = 0; i < 12; i++)
+    x[i] = (float)(i + 1);
+  x[1 * 4 + 2] = NAN;
+  const char *methods[] = {"processEmbeddings", "fitPCA"};
+  for (int k = 0; k < 2; k++) {
+    char js[400];
+    snprintf(js, sizeof js,
+             "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"%s\",\"params\":"
+             "{%s\"embeddings\":{\"dtype\":\"float32\",\"shape\":[3,4],"
+             "\"buffer\":{\"offset\":0,\"length\":48}}%s}}",
+             methods[k], k ? "\"name\":\"m\",\"n_components\":2," : "",
+             k ? "" : ",\"options\":{\"normalize\":true}");
+    size_t len;
+    uint8_t *msg = frame(js, (8 - (4 + strlen(js)) % 8) % 8, x, sizeof x, &len);
+    int b;
+    json_t *j = call(f, f->s, msg, len, 1, 0, &b, NULL, NULL);
+    json_t *e = json_object_get(j, "error");
+    assert_int_equal(json_integer_value(json_object_get(e, "code")),
+                     MN_RPC_INVALID_PARAMS);
+    assert_string_equal(json_string_value(json_object_get(e, "message")),
+                        "params.embeddings: row 1, column 2 is NaN: "
+                        "embeddings must be finite numbers");
+    json_decref(j);
+    free(msg);
+  }
+  fx_free(f);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_headroom_everywhere),
+      cmocka_unit_test(test_nonfinite_binary),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
