@@ -68,8 +68,8 @@ static void h_account(mn_tier t, int64_t bytes) {
   (void)bytes;
 }
 
-static mn_status h_topk(const mn_tensor *s, int64_t k, int largest,
-                        float *os, int64_t *oi) {
+static mn_status h_topk(const mn_tensor *s, int64_t k, int largest, float *os,
+                        int64_t *oi) {
   for (int64_t r = 0; r < s->rows; r++) {
     const float *row = (const float *)((const char *)s->data + r * s->stride);
     std::vector<int64_t> idx((size_t)s->cols);
@@ -83,8 +83,8 @@ static mn_status h_topk(const mn_tensor *s, int64_t k, int largest,
                         return a < b;
                       });
     for (int64_t i = 0; i < k; i++) {
-      os[r * k + i] = i < m ? row[idx[(size_t)i]]
-                            : (largest ? -INFINITY : INFINITY);
+      os[r * k + i] =
+          i < m ? row[idx[(size_t)i]] : (largest ? -INFINITY : INFINITY);
       oi[r * k + i] = i < m ? idx[(size_t)i] : -1;
     }
   }
@@ -162,8 +162,7 @@ static void emit(const char *op, double ms, double bytes, double flops,
 
 static void check(bool ok, const char *what, double got, double want) {
   if (!ok) {
-    fprintf(stderr, "CHECK FAILED: %s: got %.9g, want %.9g\n", what, got,
-            want);
+    fprintf(stderr, "CHECK FAILED: %s: got %.9g, want %.9g\n", what, got, want);
     g_fail++;
   }
 }
@@ -218,8 +217,8 @@ static mn_tensor dtensor(void *p, mn_dtype dt, int64_t rows, int64_t cols,
   return t;
 }
 
-template <class T> static std::vector<T> fetch(const void *p, size_t n,
-                                               size_t off = 0) {
+template <class T>
+static std::vector<T> fetch(const void *p, size_t n, size_t off = 0) {
   std::vector<T> v(n);
   CU(cudaMemcpy(v.data(), (const T *)p + off, n * sizeof(T),
                 cudaMemcpyDeviceToHost));
@@ -265,8 +264,8 @@ int main(int argc, char **argv) {
   cudaDeviceProp prop;
   CU(cudaGetDeviceProperties(&prop, 0));
   char extra[256];
-  snprintf(extra, sizeof extra, "\"device\": \"%.100s\", \"sms\": %d", prop.name,
-           prop.multiProcessorCount);
+  snprintf(extra, sizeof extra, "\"device\": \"%.100s\", \"sms\": %d",
+           prop.name, prop.multiProcessorCount);
   emit("device", 0, 0, 0, extra);
   const int R = quick ? 5 : 20;
   const unsigned G = 4 * prop.multiProcessorCount, T = 256;
@@ -369,8 +368,8 @@ int main(int argc, char **argv) {
       return 2;
     const float one = 1.f, zero = 0.f;
     /* row-major xf = zf * rm  <=>  column-major xf' = rm' zf' */
-    if (cublasSgemm(hb, CUBLAS_OP_N, CUBLAS_OP_N, (int)D, (int)fr, (int)D,
-                    &one, rm, (int)D, zf, (int)D, &zero, xf,
+    if (cublasSgemm(hb, CUBLAS_OP_N, CUBLAS_OP_N, (int)D, (int)fr, (int)D, &one,
+                    rm, (int)D, zf, (int)D, &zero, xf,
                     (int)D) != CUBLAS_STATUS_SUCCESS)
       return 2;
     CU(cudaDeviceSynchronize());
@@ -398,8 +397,8 @@ int main(int argc, char **argv) {
           dd += (double)comp[a * D + i] * comp[(a + 1) * D + i];
         check(fabs(dd) < 1e-4, "pca orthogonal", dd, 0);
       }
-      double ms2 = median_ms(1, quick ? 3 : 7,
-                             [&] { MN(I->pca_fit(b, &tf, K, &m)); });
+      double ms2 =
+          median_ms(1, quick ? 3 : 7, [&] { MN(I->pca_fit(b, &tf, K, &m)); });
       snprintf(extra, sizeof extra, "\"solver\": \"%s\"",
                b == b32 ? "float64" : "float32+rayleigh");
       snprintf(name, sizeof name, "pca_fit %lldx%lld->%lld", (long long)fr,
@@ -426,9 +425,8 @@ int main(int argc, char **argv) {
         check(fabs(yi[t] - want) <= (b == b32 ? 1e-5 : 3e-3) * mag,
               "pca_transform", yi[t], want);
       }
-      double ms2 = median_ms(2, R, [&] {
-        MN(I->pca_transform(b, &tx, &m, 0, &tyt));
-      });
+      double ms2 =
+          median_ms(2, R, [&] { MN(I->pca_transform(b, &tx, &m, 0, &tyt)); });
       snprintf(extra, sizeof extra, "\"precision\": \"%s\"",
                b == b32 ? "float32" : "tf32");
       snprintf(name, sizeof name, "pca_transform %lldx%lld->%lld",
@@ -455,20 +453,21 @@ int main(int argc, char **argv) {
     auto verify = [&](int64_t nq, bool half_query) {
       /* each reported score is its id's inner product, best first */
       auto qh = fetch<float>(q, (size_t)nq * D);
-      for (int64_t j = 0; j < nq; j += nq > 4 ? nq / 4 : 1) {
+      for (int64_t j = 0; j<nq; j += nq> 4 ? nq / 4 : 1) {
         for (int64_t i = 0; i < k; i++) {
           int64_t r = id[j * k + i];
           auto row = fetch<__half>(db16, D, (size_t)r * D);
           double want = 0, mag = 0;
           for (int64_t t = 0; t < D; t++) {
-            double qv = half_query
-                            ? (double)__half2float(__float2half_rn(qh[j * D + t]))
-                            : qh[j * D + t];
+            double qv =
+                half_query
+                    ? (double)__half2float(__float2half_rn(qh[j * D + t]))
+                    : qh[j * D + t];
             want += qv * __half2float(row[t]);
             mag += fabs(qv * __half2float(row[t]));
           }
-          check(fabs(sc[j * k + i] - want) <= 1e-5 * mag + 1e-6,
-                "search score", sc[j * k + i], want);
+          check(fabs(sc[j * k + i] - want) <= 1e-5 * mag + 1e-6, "search score",
+                sc[j * k + i], want);
           if (i)
             check(sc[j * k + i] <= sc[j * k + i - 1], "search order",
                   sc[j * k + i], sc[j * k + i - 1]);
@@ -483,16 +482,15 @@ int main(int argc, char **argv) {
         MN(I->search(b, &tq, &vb, MN_METRIC_IP, k, 0, sc.data(), id.data()));
         verify(nq, b == b16 && nq >= 16);
         double ms = median_ms(2, quick ? 5 : 10, [&] {
-          MN(I->search(b, &tq, &vb, MN_METRIC_IP, k, 0, sc.data(),
-                       id.data()));
+          MN(I->search(b, &tq, &vb, MN_METRIC_IP, k, 0, sc.data(), id.data()));
         });
         char name[96];
         snprintf(name, sizeof name, "search fp16 N=%lld Q=%lld k=10",
                  (long long)N, (long long)nq);
         snprintf(extra, sizeof extra, "\"query\": \"%s\"",
-                 nq == 1 ? "float32 (scan)"
-                         : b == b16 ? "float16 (as the peer)"
-                                    : "float32 (split hi+lo float16)");
+                 nq == 1    ? "float32 (scan)"
+                 : b == b16 ? "float16 (as the peer)"
+                            : "float32 (split hi+lo float16)");
         emit(name, ms, 2.0 * N * D, nq > 1 ? 2.0 * N * D * nq : 0, extra);
       }
     }
@@ -505,14 +503,14 @@ int main(int argc, char **argv) {
         mn_backend *bc = nullptr;
         MN(init(&o16, &g_host, &bc));
         double ms = median_ms(1, 5, [&] {
-          MN(I->search(bc, &tq, &vb, MN_METRIC_IP, k, 0, sc.data(),
-                       id.data()));
+          MN(I->search(bc, &tq, &vb, MN_METRIC_IP, k, 0, sc.data(), id.data()));
         });
         verify(256, true);
         char name[96];
         snprintf(name, sizeof name, "search fp16 N=%lld Q=256 k=10 chunk=%s",
                  (long long)N, rows);
-        emit(name, ms, 2.0 * N * D, 2.0 * N * D * 256, "\"query\": \"float16\"");
+        emit(name, ms, 2.0 * N * D, 2.0 * N * D * 256,
+             "\"query\": \"float16\"");
         I->destroy(bc);
       }
       unsetenv("MNEMO_CUDA_CHUNK_ROWS");

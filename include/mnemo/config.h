@@ -28,12 +28,12 @@ typedef struct mn_config {
                                 "bfloat16" */
   char gpu_device[16];       /* gpu.device: "auto" | "cpu" | "cuda" */
   /* processing.* */
-  int64_t batch_size;        /* processing.batch_size, default 32 */
-  uint64_t cache_size;       /* processing.cache_size (size), default 4GB */
-  int64_t timeout_ms;        /* processing.timeout, default 30000 */
-  int64_t workers;           /* processing.workers, 0 = one per core */
-  int64_t batch_window_us;   /* processing.batch_window_us, default 200 */
-  int64_t batch_max_rows;    /* processing.batch_max_rows, default 4096 */
+  int64_t batch_size;      /* processing.batch_size, default 32 */
+  uint64_t cache_size;     /* processing.cache_size (size), default 4GB */
+  int64_t timeout_ms;      /* processing.timeout, default 30000 */
+  int64_t workers;         /* processing.workers, 0 = one per core */
+  int64_t batch_window_us; /* processing.batch_window_us, default 200 */
+  int64_t batch_max_rows;  /* processing.batch_max_rows, default 4096 */
   /* server.* */
   char host[256];            /* server.host, default "127.0.0.1" */
   int port;                  /* server.port, default 3001 */
@@ -49,15 +49,15 @@ typedef struct mn_config {
   int n_auth_tokens;
   char allowed_origins[MN_CONFIG_MAX_ORIGINS][256]; /* server.allowed_origins */
   int n_allowed_origins;
-  char tls_cert[512];        /* server.tls_cert */
-  char tls_key[512];         /* server.tls_key */
-  char log_level[16];        /* server.log_level, default "info" */
+  char tls_cert[512]; /* server.tls_cert */
+  char tls_key[512];  /* server.tls_key */
+  char log_level[16]; /* server.log_level, default "info" */
   /* storage.* */
-  char data_dir[1024];       /* storage.data_dir, default "./data" */
-  uint64_t disk_limit;       /* storage.disk_limit (size), 0 = no limit */
-  char sync[16];             /* storage.sync: "durable" | "none" */
-  int64_t chunk_ttl_s;       /* storage.chunk_ttl, default 3600 */
-  char plugin_dir[1024];     /* gpu.plugin_dir, default "" */
+  char data_dir[1024];   /* storage.data_dir, default "./data" */
+  uint64_t disk_limit;   /* storage.disk_limit (size), 0 = no limit */
+  char sync[16];         /* storage.sync: "durable" | "none" */
+  int64_t chunk_ttl_s;   /* storage.chunk_ttl, default 3600 */
+  char plugin_dir[1024]; /* gpu.plugin_dir, default "" */
 } mn_config;
 
 /** Fill with the defaults above. */

@@ -37,9 +37,13 @@ const char *mn_status_name(mn_status s) {
 
 static _Thread_local char tls_errmsg[1024];
 
-const char *mn_errmsg(void) { return tls_errmsg; }
+const char *mn_errmsg(void) {
+  return tls_errmsg;
+}
 
-void mn_errmsg_clear(void) { tls_errmsg[0] = '\0'; }
+void mn_errmsg_clear(void) {
+  tls_errmsg[0] = '\0';
+}
 
 mn_status mn__set_error(mn_status s, const char *fmt, ...) {
   /* Format aside first: callers often wrap the previous message, passing

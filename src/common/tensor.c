@@ -20,12 +20,11 @@ mn_status mn_dtype_parse(const char *s, mn_dtype *out) {
   static const struct {
     const char *name;
     mn_dtype dt;
-  } aliases[] = {{"f32", MN_DTYPE_F32},  {"fp32", MN_DTYPE_F32},
-                 {"float", MN_DTYPE_F32}, {"f16", MN_DTYPE_F16},
-                 {"fp16", MN_DTYPE_F16}, {"half", MN_DTYPE_F16},
-                 {"bf16", MN_DTYPE_BF16}, {"i8", MN_DTYPE_I8},
-                 {"u8", MN_DTYPE_U8},    {"i4", MN_DTYPE_I4},
-                 {"bool", MN_DTYPE_BIN}, {"bit", MN_DTYPE_BIN}};
+  } aliases[] = {
+      {"f32", MN_DTYPE_F32},   {"fp32", MN_DTYPE_F32}, {"float", MN_DTYPE_F32},
+      {"f16", MN_DTYPE_F16},   {"fp16", MN_DTYPE_F16}, {"half", MN_DTYPE_F16},
+      {"bf16", MN_DTYPE_BF16}, {"i8", MN_DTYPE_I8},    {"u8", MN_DTYPE_U8},
+      {"i4", MN_DTYPE_I4},     {"bool", MN_DTYPE_BIN}, {"bit", MN_DTYPE_BIN}};
   if (s) {
     for (int i = 0; i < MN_DTYPE_COUNT; i++) {
       if (strcmp(s, dtype_names[i]) == 0) {

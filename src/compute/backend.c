@@ -38,10 +38,11 @@ mn_status mn_quant_parse(const char *s, mn_quant_kind *out) {
   static const struct {
     const char *name;
     mn_quant_kind q;
-  } aliases[] = {{"float16", MN_QUANT_FP16}, {"bfloat16", MN_QUANT_BF16},
-                 {"uint8", MN_QUANT_INT8_AFFINE}, {"affine", MN_QUANT_INT8_AFFINE},
-                 {"sq8", MN_QUANT_INT8_AFFINE}, {"bit", MN_QUANT_BINARY},
-                 {"bits", MN_QUANT_BINARY}};
+  } aliases[] = {
+      {"float16", MN_QUANT_FP16},      {"bfloat16", MN_QUANT_BF16},
+      {"uint8", MN_QUANT_INT8_AFFINE}, {"affine", MN_QUANT_INT8_AFFINE},
+      {"sq8", MN_QUANT_INT8_AFFINE},   {"bit", MN_QUANT_BINARY},
+      {"bits", MN_QUANT_BINARY}};
   if (s) {
     for (int i = 0; i <= MN_QUANT_BINARY; i++)
       if (strcmp(s, quant_names[i]) == 0) {
@@ -279,7 +280,8 @@ static mn_status find_plugin(const mn_backend_opts *opts, mn_backend **out,
     free(copy);
   }
   if (!found_any)
-    snprintf(why, whylen, "%s not found (searched the plugin directory, the "
+    snprintf(why, whylen,
+             "%s not found (searched the plugin directory, the "
              "executable's directory and MNEMO_BACKEND_PATH)",
              MN__PLUGIN_NAME);
   return last == MN_OK ? MN_ERR_NOT_FOUND : last;
@@ -302,8 +304,10 @@ mn_status mn_backend_open(const mn_backend_opts *opts, mn_backend **out) {
     return MN_OK;
   }
   if (opts->pref == MN_BACKEND_CUDA)
-    return mn__set_error(MN_ERR_UNSUPPORTED, "CUDA backend requested but "
-                         "not usable: %s", why);
+    return mn__set_error(MN_ERR_UNSUPPORTED,
+                         "CUDA backend requested but "
+                         "not usable: %s",
+                         why);
   MN__LOGI(MOD, "no usable GPU backend (%s); using the CPU", why);
   return mn__cpu_backend_create(opts, out);
 }
@@ -389,13 +393,16 @@ static mn_status check_tensor(const mn_backend *b, const mn_tensor *t,
   if ((unsigned)t->dtype >= MN_DTYPE_COUNT)
     return mn__set_error(MN_ERR_INVALID, "%s has an unknown dtype", what);
   if (t->rows > 1 && t->stride < (int64_t)mn_dtype_row_bytes(t->dtype, t->cols))
-    return mn__set_error(MN_ERR_INVALID, "%s row stride %lld is smaller than "
-                         "a row (%zu bytes)", what, (long long)t->stride,
+    return mn__set_error(MN_ERR_INVALID,
+                         "%s row stride %lld is smaller than "
+                         "a row (%zu bytes)",
+                         what, (long long)t->stride,
                          mn_dtype_row_bytes(t->dtype, t->cols));
   if (t->device != b->device_kind)
-    return mn__set_error(MN_ERR_INVALID, "%s lives on the %s, backend %s "
-                         "computes on the %s", what,
-                         t->device == MN_DEVICE_GPU ? "GPU" : "host",
+    return mn__set_error(MN_ERR_INVALID,
+                         "%s lives on the %s, backend %s "
+                         "computes on the %s",
+                         what, t->device == MN_DEVICE_GPU ? "GPU" : "host",
                          b->iface->name,
                          b->device_kind == MN_DEVICE_GPU ? "GPU" : "host");
   return MN_OK;

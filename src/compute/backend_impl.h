@@ -102,8 +102,7 @@ typedef mn_status (*mn_plugin_init_fn)(const mn_backend_opts *opts,
                                        mn_backend **out);
 
 /* The CPU backend (src/backends/cpu). */
-mn_status mn__cpu_backend_create(const mn_backend_opts *opts,
-                                 mn_backend **out);
+mn_status mn__cpu_backend_create(const mn_backend_opts *opts, mn_backend **out);
 mn_status mn__cpu_topk(const mn_tensor *scores, int64_t k, int largest,
                        float *out_scores, int64_t *out_ids);
 

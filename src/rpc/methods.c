@@ -533,15 +533,14 @@ static int h_fit_pca(mn__call *c, const mn__jv *p, mn__jw *w) {
              coll->u.str);
     float *v = NULL;
     int64_t rows = 0, cols = 0;
-    mn_status cs = mn_store_collection_vectors(c->r->store, cname,
-                                               MN__FIT_MAX_ROWS, &v, &rows,
-                                               &cols);
+    mn_status cs = mn_store_collection_vectors(
+        c->r->store, cname, MN__FIT_MAX_ROWS, &v, &rows, &cols);
     if (cs != MN_OK)
       return mn__fail(c, MN_RPC_INVALID_PARAMS, "%s.collection: %s", R,
                       mn_errmsg());
-    in.data = rows ? mn__arena_alloc(c->a, sizeof(float) *
-                                               (size_t)(rows * cols))
-                   : NULL;
+    in.data = rows
+                  ? mn__arena_alloc(c->a, sizeof(float) * (size_t)(rows * cols))
+                  : NULL;
     if (rows && !in.data) {
       free(v);
       return mn__fail(c, MN_RPC_RESOURCE_ERROR, "out of memory");

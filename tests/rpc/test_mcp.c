@@ -89,13 +89,13 @@ static void test_tools_list(void **state) {
                       &rep);
   json_t *tools = json_object_get(res, "tools");
   const char *want[] = {
-      "processEmbeddings", "fitPCA",         "listPCAModels",
-      "deletePCAModel",    "getMetrics",     "health",
+      "processEmbeddings", "fitPCA",           "listPCAModels",
+      "deletePCAModel",    "getMetrics",       "health",
       "cleanup",           "createCollection", "listCollections",
-      "getCollection",     "addMemories",    "storeMemory",
-      "getMemories",       "updateMemory",   "searchMemories",
-      "deleteMemories",    "dropCollection", "allocateMemory",
-      "processChunk",      "readChunk",      "listChunks",
+      "getCollection",     "addMemories",      "storeMemory",
+      "getMemories",       "updateMemory",     "searchMemories",
+      "deleteMemories",    "dropCollection",   "allocateMemory",
+      "processChunk",      "readChunk",        "listChunks",
       "freeMemory"};
   const int nwant = (int)(sizeof want / sizeof want[0]);
   assert_int_equal(json_array_size(tools), nwant);

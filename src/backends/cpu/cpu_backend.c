@@ -58,7 +58,9 @@ mn_cpu_level mn__cpu_level_cap(mn_cpu_level cap) {
   return (mn_cpu_level)lvl;
 }
 
-static void cpu_destroy(mn_backend *b) { free(b); }
+static void cpu_destroy(mn_backend *b) {
+  free(b);
+}
 
 static mn_status cpu_alloc(mn_backend *b, size_t bytes, void **out) {
   (void)b;
@@ -71,8 +73,7 @@ static void cpu_free(mn_backend *b, void *p) {
   mn_free(p);
 }
 
-static mn_status cpu_copy(mn_backend *b, void *dst, const void *src,
-                          size_t n) {
+static mn_status cpu_copy(mn_backend *b, void *dst, const void *src, size_t n) {
   (void)b;
   if (n)
     memmove(dst, src, n);

@@ -75,11 +75,10 @@ MN_T_INLINE MN_T_V t_dec(int dt, const uint8_t *p, int64_t s) {
   do {                                                                         \
     MN_T_V v_[MN_T_NR];                                                        \
     if (pf) {                                                                  \
-      const int64_t b_ = (s) * t_sub_bytes(DT);                                \
+      const int64_t b_ = (s)*t_sub_bytes(DT);                                  \
       if ((b_ & 63) < t_sub_bytes(DT))                                         \
-        _Pragma("GCC unroll 8") for (int r_ = 0; r_ < NR; r_++)                \
-            _mm_prefetch((const char *)ptrs[r_] + (pf) + (b_ & ~63),           \
-                         _MM_HINT_T1);                                         \
+        _Pragma("GCC unroll 8") for (int r_ = 0; r_ < NR; r_++) _mm_prefetch(  \
+            (const char *)ptrs[r_] + (pf) + (b_ & ~63), _MM_HINT_T1);          \
     }                                                                          \
     _Pragma("GCC unroll 8") for (int r_ = 0; r_ < NR; r_++) v_[r_] =           \
         t_dec(DT, ptrs[r_], (s));                                              \
@@ -142,8 +141,7 @@ MN_T_INLINE void t_kern(const mn__cpu_dotctx *c, const uint8_t *const *rp,
   if (NR == 4) {
     /* four rows' sums for one query land next to each other in out */
     _Pragma("GCC unroll 8") for (int j = 0; j < NQ; j++)
-        MN_T_HSUM4(acc[0][j], acc[1][j], acc[2][j], acc[3][j],
-                   out + j * ldo);
+        MN_T_HSUM4(acc[0][j], acc[1][j], acc[2][j], acc[3][j], out + j * ldo);
     if (NORM)
       MN_T_HSUM4(nacc[0], nacc[1], nacc[2], nacc[3], nrm2);
     return;
@@ -239,10 +237,9 @@ MN_T_DTYPE_FN(t_dots_i4, MN_DTYPE_I4)
 #define MN_T_BSTEP_ALL(ptrs, boff, pf)                                         \
   do {                                                                         \
     MN_T_BV v_[MN_T_NR];                                                       \
-    if ((pf) && ((boff) & 63) < MN_T_BBYTES)                                   \
-      _Pragma("GCC unroll 8") for (int r_ = 0; r_ < NR; r_++)                  \
-          _mm_prefetch((const char *)ptrs[r_] + (pf) + ((boff) & ~63),         \
-                       _MM_HINT_T1);                                           \
+    if ((pf) && ((boff)&63) < MN_T_BBYTES)                                     \
+      _Pragma("GCC unroll 8") for (int r_ = 0; r_ < NR; r_++) _mm_prefetch(    \
+          (const char *)ptrs[r_] + (pf) + ((boff) & ~63), _MM_HINT_T1);        \
     _Pragma("GCC unroll 8") for (int r_ = 0; r_ < NR; r_++) v_[r_] =           \
         MN_T_BLOAD(ptrs[r_] + (boff));                                         \
     _Pragma("GCC unroll 8") for (int j_ = 0; j_ < NQ; j_++) {                  \
@@ -314,11 +311,9 @@ MN_T_INLINE void t_bkern(const mn__cpu_dotctx *c, const uint8_t *const *rp,
   MN_T_BCASE(NRc, 1) MN_T_BCASE(NRc, 2) MN_T_BCASE(NRc, 3) MN_T_BCASE(NRc, 4)
 #endif
 
-static __attribute__((noinline)) void t_bdots_full(const mn__cpu_dotctx *c,
-                                                   const uint8_t *const *rp,
-                                                   const uint8_t *const *qb,
-                                                   int nq, float *out,
-                                                   int64_t ldo) {
+static __attribute__((noinline)) void
+t_bdots_full(const mn__cpu_dotctx *c, const uint8_t *const *rp,
+             const uint8_t *const *qb, int nq, float *out, int64_t ldo) {
   switch (nq) {
     MN_T_BCASES(MN_T_NR)
   default:
@@ -326,11 +321,9 @@ static __attribute__((noinline)) void t_bdots_full(const mn__cpu_dotctx *c,
   }
 }
 
-static __attribute__((noinline)) void t_bdots_one(const mn__cpu_dotctx *c,
-                                                  const uint8_t *const *rp,
-                                                  const uint8_t *const *qb,
-                                                  int nq, float *out,
-                                                  int64_t ldo) {
+static __attribute__((noinline)) void
+t_bdots_one(const mn__cpu_dotctx *c, const uint8_t *const *rp,
+            const uint8_t *const *qb, int nq, float *out, int64_t ldo) {
   switch (nq) {
     MN_T_BCASES(1)
   default:
@@ -362,9 +355,8 @@ static void t_dots_bin(const mn__cpu_dotctx *c, int64_t r0, int64_t nr,
   }
 }
 
-static void t_dots(const mn__cpu_dotctx *c, int64_t r0, int64_t nr,
-                   int64_t q0, int64_t nq, float *out, int64_t ldo,
-                   float *nrm2) {
+static void t_dots(const mn__cpu_dotctx *c, int64_t r0, int64_t nr, int64_t q0,
+                   int64_t nq, float *out, int64_t ldo, float *nrm2) {
   switch (c->dtype) {
   case MN_DTYPE_F32:
     t_dots_f32(c, r0, nr, q0, nq, out, ldo, nrm2);

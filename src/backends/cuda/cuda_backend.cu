@@ -35,18 +35,18 @@ mn_status mn__cuda_status(cudaError_t e, const char *call, const char *file,
   if (e == cudaSuccess)
     return MN_OK;
   cudaGetLastError(); /* clear it unless it is sticky */
-  mn_status s = e == cudaErrorMemoryAllocation ? MN_ERR_DEVICE_OOM
-                                               : MN_ERR_DEVICE;
+  mn_status s =
+      e == cudaErrorMemoryAllocation ? MN_ERR_DEVICE_OOM : MN_ERR_DEVICE;
   return MNC_ERR(s, "CUDA error %s (%s) in %s at %s:%d", cudaGetErrorName(e),
                  cudaGetErrorString(e), call, base_name(file), line);
 }
 
-mn_status mn__cuda_status(cublasStatus_t e, const char *call,
-                          const char *file, int line) {
+mn_status mn__cuda_status(cublasStatus_t e, const char *call, const char *file,
+                          int line) {
   if (e == CUBLAS_STATUS_SUCCESS)
     return MN_OK;
-  mn_status s = e == CUBLAS_STATUS_ALLOC_FAILED ? MN_ERR_DEVICE_OOM
-                                                : MN_ERR_DEVICE;
+  mn_status s =
+      e == CUBLAS_STATUS_ALLOC_FAILED ? MN_ERR_DEVICE_OOM : MN_ERR_DEVICE;
   return MNC_ERR(s, "cuBLAS error %d (%s) in %s at %s:%d", (int)e,
                  cublasGetStatusString(e), call, base_name(file), line);
 }
@@ -76,8 +76,8 @@ mn_status mn__cuda_status(cusolverStatus_t e, const char *call,
                           const char *file, int line) {
   if (e == CUSOLVER_STATUS_SUCCESS)
     return MN_OK;
-  mn_status s = e == CUSOLVER_STATUS_ALLOC_FAILED ? MN_ERR_DEVICE_OOM
-                                                  : MN_ERR_DEVICE;
+  mn_status s =
+      e == CUSOLVER_STATUS_ALLOC_FAILED ? MN_ERR_DEVICE_OOM : MN_ERR_DEVICE;
   return MNC_ERR(s, "cuSOLVER error %d (%s) in %s at %s:%d", (int)e,
                  solver_text(e), call, base_name(file), line);
 }
@@ -149,8 +149,7 @@ mn_status mn__cuda_pool_alloc(mnc_backend *cb, size_t bytes, void **out) {
                    "device memory: %zu more bytes would exceed gpu.memory_"
                    "limit (%llu bytes, %llu in use); raise the limit or send "
                    "smaller batches",
-                   sz, (unsigned long long)cb->limit,
-                   (unsigned long long)used);
+                   sz, (unsigned long long)cb->limit, (unsigned long long)used);
   }
   if (cb->limit && cb->reserved + sz > cb->limit)
     pool_trim(cb, cb->reserved + sz - cb->limit);
@@ -165,11 +164,12 @@ mn_status mn__cuda_pool_alloc(mnc_backend *cb, size_t bytes, void **out) {
     uint64_t used = cb->in_use;
     pthread_mutex_unlock(&cb->pool_mu);
     cudaGetLastError();
-    mn_status s = e == cudaErrorMemoryAllocation ? MN_ERR_DEVICE_OOM
-                                                 : MN_ERR_DEVICE;
-    return MNC_ERR(s, "cudaMalloc of %zu bytes failed: %s (%llu bytes in use "
-                   "by mnemo)", sz, cudaGetErrorString(e),
-                   (unsigned long long)used);
+    mn_status s =
+        e == cudaErrorMemoryAllocation ? MN_ERR_DEVICE_OOM : MN_ERR_DEVICE;
+    return MNC_ERR(s,
+                   "cudaMalloc of %zu bytes failed: %s (%llu bytes in use "
+                   "by mnemo)",
+                   sz, cudaGetErrorString(e), (unsigned long long)used);
   }
   blk = (mnc_block *)calloc(1, sizeof *blk);
   if (!blk) {
@@ -403,9 +403,8 @@ mn_status mn__cuda_d2h(mnc_lane *l, void *dst, const void *src, size_t n) {
   return MN_OK;
 }
 
-mn_status mn__cuda_device_floats(mnc_backend *cb, mnc_lane *l,
-                                 const float *p, size_t n, MncBuf *tmp,
-                                 const float **out) {
+mn_status mn__cuda_device_floats(mnc_backend *cb, mnc_lane *l, const float *p,
+                                 size_t n, MncBuf *tmp, const float **out) {
   *out = nullptr;
   if (!p || n == 0)
     return MN_OK;

@@ -242,8 +242,8 @@ __global__ void __launch_bounds__(MNC_THREADS) row_generic_kernel(RowArgs a) {
 template <int OP>
 mn_status launch_rows(const mnc_backend *cb, cudaStream_t s, const RowArgs &a,
                       int out_align) {
-  bool vec = a.cols % 4 == 0 && a.cols <= 2048 &&
-             (uintptr_t)a.x % 16 == 0 && (a.rows <= 1 || a.xs % 16 == 0) &&
+  bool vec = a.cols % 4 == 0 && a.cols <= 2048 && (uintptr_t)a.x % 16 == 0 &&
+             (a.rows <= 1 || a.xs % 16 == 0) &&
              (uintptr_t)a.y % out_align == 0 &&
              (a.rows <= 1 || a.ys % out_align == 0);
   unsigned grid = mnc_grid(cb, (a.rows + 7) / 8, 16);
@@ -274,8 +274,8 @@ struct ElemArgs {
   int64_t ys;
   int64_t rows;
   int cols;
-  int groups; /* ceil(cols / 8) */
-  const float *scales; /* dequantize int8 / int4 */
+  int groups;              /* ceil(cols / 8) */
+  const float *scales;     /* dequantize int8 / int4 */
   const float *vmin, *vsc; /* int8_affine */
   int x_vec; /* float32 input rows 16-byte aligned and cols % 8 == 0 */
   int y_vec; /* output rows aligned for one wide store per group */
@@ -336,9 +336,9 @@ __global__ void __launch_bounds__(MNC_THREADS) quant_elem_kernel(ElemArgs a) {
       uint32_t q[8];
 #pragma unroll
       for (int e = 0; e < 8; e++)
-        q[e] = c0 + e < a.cols ? (uint32_t)affine_code(v[e], a.vmin[c0 + e],
-                                                       a.vsc[c0 + e])
-                               : 0u;
+        q[e] = c0 + e < a.cols
+                   ? (uint32_t)affine_code(v[e], a.vmin[c0 + e], a.vsc[c0 + e])
+                   : 0u;
       if (a.y_vec) {
         uint2 o;
         o.x = q[0] | (q[1] << 8) | (q[2] << 16) | (q[3] << 24);
@@ -370,8 +370,8 @@ __global__ void __launch_bounds__(MNC_THREADS) dequant_kernel(ElemArgs a) {
     int64_t r = t / a.groups;
     int g = (int)(t - r * a.groups), c0 = g * 8;
     const unsigned char *cr = (const unsigned char *)(a.x + r * a.xs);
-    float s = (KIND == MN_QUANT_INT8 || KIND == MN_QUANT_INT4) ? a.scales[r]
-                                                               : 0.f;
+    float s =
+        (KIND == MN_QUANT_INT8 || KIND == MN_QUANT_INT4) ? a.scales[r] : 0.f;
     float v[8];
 #pragma unroll
     for (int e = 0; e < 8; e++) {
@@ -388,8 +388,7 @@ __global__ void __launch_bounds__(MNC_THREADS) dequant_kernel(ElemArgs a) {
         } else if (KIND == MN_QUANT_FP16) {
           o = __half2float(__ushort_as_half(((const uint16_t *)cr)[c]));
         } else if (KIND == MN_QUANT_BF16) {
-          o = __bfloat162float(
-              __ushort_as_bfloat16(((const uint16_t *)cr)[c]));
+          o = __bfloat162float(__ushort_as_bfloat16(((const uint16_t *)cr)[c]));
         } else {
           o = (cr[c >> 3] >> (c & 7)) & 1 ? 1.0f : -1.0f;
         }
@@ -462,8 +461,10 @@ mn_status floats_out(mnc_lane *l, float *dst, const float *src, size_t n) {
 
 mn_status check_cols(const mn_tensor *t) {
   if (t->cols > INT_MAX / 8)
-    return MNC_ERR(MN_ERR_INVALID, "rows of %lld elements are too wide for "
-                   "the CUDA backend", (long long)t->cols);
+    return MNC_ERR(MN_ERR_INVALID,
+                   "rows of %lld elements are too wide for "
+                   "the CUDA backend",
+                   (long long)t->cols);
   return MN_OK;
 }
 
@@ -487,8 +488,13 @@ mn_status mn__cuda_normalize(mn_backend *b, const mn_tensor *x, mn_tensor *y,
   MncBuf zc;
   MNC_CHECK(zc.alloc(cb, lane.l, sizeof(unsigned long long)));
   MNC_TRY(cudaMemsetAsync(zc.p, 0, sizeof(unsigned long long), lane.s()));
-  RowArgs a = {(const char *)x->data, x->stride, (char *)y->data, y->stride,
-               nullptr, x->rows, (int)x->cols,
+  RowArgs a = {(const char *)x->data,
+               x->stride,
+               (char *)y->data,
+               y->stride,
+               nullptr,
+               x->rows,
+               (int)x->cols,
                zc.as<unsigned long long>()};
   MNC_CHECK(launch_rows<OP_NORM>(cb, lane.s(), a, 16));
   unsigned long long z = 0;
@@ -528,8 +534,8 @@ mn_status mn__cuda_affine_train(mn_backend *b, const mn_tensor *x,
   col_minmax_kernel<<<dim3(cblocks, (unsigned)splits), 256, 0, lane.s()>>>(
       (const char *)x->data, x->stride, x->rows, cols, rps, pmin, pmax);
   MNC_LAUNCHED("col_minmax_kernel");
-  col_minmax_final<<<cblocks, 256, 0, lane.s()>>>(pmin, pmax, (int)splits,
-                                                  cols, vmin, vsc);
+  col_minmax_final<<<cblocks, 256, 0, lane.s()>>>(pmin, pmax, (int)splits, cols,
+                                                  vmin, vsc);
   MNC_LAUNCHED("col_minmax_final");
   MNC_CHECK(floats_out(lane.l, out->vmin, vmin, (size_t)cols));
   MNC_CHECK(floats_out(lane.l, out->scale, vsc, (size_t)cols));
@@ -558,14 +564,15 @@ mn_status mn__cuda_quantize(mn_backend *b, const mn_tensor *x,
       sdev = sbuf.as<float>();
     }
     RowArgs a = {(const char *)x->data, x->stride, (char *)codes->data,
-                 codes->stride, sdev, x->rows, (int)x->cols, nullptr};
+                 codes->stride,         sdev,      x->rows,
+                 (int)x->cols,          nullptr};
     if (kind == MN_QUANT_INT8)
       MNC_CHECK(launch_rows<OP_I8>(cb, s, a, 4));
     else
       MNC_CHECK(launch_rows<OP_I4>(cb, s, a, 2));
     if (!on_dev)
-      MNC_CHECK(mn__cuda_d2h(lane.l, scales, sdev,
-                             (size_t)x->rows * sizeof(float)));
+      MNC_CHECK(
+          mn__cuda_d2h(lane.l, scales, sdev, (size_t)x->rows * sizeof(float)));
     MNC_TRY(cudaStreamSynchronize(s));
     return MN_OK;
   }
@@ -585,13 +592,13 @@ mn_status mn__cuda_quantize(mn_backend *b, const mn_tensor *x,
             (a.rows <= 1 || a.ys % yal == 0);
   MncBuf vm, vs;
   if (kind == MN_QUANT_INT8_AFFINE) {
-    MNC_CHECK(mn__cuda_device_floats(cb, lane.l, affine->vmin,
-                                     (size_t)a.cols, &vm, &a.vmin));
-    MNC_CHECK(mn__cuda_device_floats(cb, lane.l, affine->scale,
-                                     (size_t)a.cols, &vs, &a.vsc));
+    MNC_CHECK(mn__cuda_device_floats(cb, lane.l, affine->vmin, (size_t)a.cols,
+                                     &vm, &a.vmin));
+    MNC_CHECK(mn__cuda_device_floats(cb, lane.l, affine->scale, (size_t)a.cols,
+                                     &vs, &a.vsc));
   }
-  unsigned grid = mnc_grid(cb, (a.rows * a.groups + MNC_THREADS - 1) /
-                                   MNC_THREADS, 16);
+  unsigned grid =
+      mnc_grid(cb, (a.rows * a.groups + MNC_THREADS - 1) / MNC_THREADS, 16);
   switch (kind) {
   case MN_QUANT_FP16:
     quant_elem_kernel<MN_QUANT_FP16><<<grid, MNC_THREADS, 0, s>>>(a);
@@ -641,13 +648,13 @@ mn_status mn__cuda_dequantize(mn_backend *b, const mn_tensor *codes,
     MNC_CHECK(mn__cuda_device_floats(cb, lane.l, scales, (size_t)a.rows, &sb,
                                      &a.scales));
   if (kind == MN_QUANT_INT8_AFFINE) {
-    MNC_CHECK(mn__cuda_device_floats(cb, lane.l, affine->vmin,
-                                     (size_t)a.cols, &vm, &a.vmin));
-    MNC_CHECK(mn__cuda_device_floats(cb, lane.l, affine->scale,
-                                     (size_t)a.cols, &vs, &a.vsc));
+    MNC_CHECK(mn__cuda_device_floats(cb, lane.l, affine->vmin, (size_t)a.cols,
+                                     &vm, &a.vmin));
+    MNC_CHECK(mn__cuda_device_floats(cb, lane.l, affine->scale, (size_t)a.cols,
+                                     &vs, &a.vsc));
   }
-  unsigned grid = mnc_grid(cb, (a.rows * a.groups + MNC_THREADS - 1) /
-                                   MNC_THREADS, 16);
+  unsigned grid =
+      mnc_grid(cb, (a.rows * a.groups + MNC_THREADS - 1) / MNC_THREADS, 16);
   switch (kind) {
   case MN_QUANT_INT8:
     dequant_kernel<MN_QUANT_INT8><<<grid, MNC_THREADS, 0, s>>>(a);

@@ -50,8 +50,8 @@ extern const mn_backend_host *mn__cuda_host;
  * ------------------------------------------------------------------------- */
 mn_status mn__cuda_status(cudaError_t e, const char *call, const char *file,
                           int line);
-mn_status mn__cuda_status(cublasStatus_t e, const char *call,
-                          const char *file, int line);
+mn_status mn__cuda_status(cublasStatus_t e, const char *call, const char *file,
+                          int line);
 mn_status mn__cuda_status(cusolverStatus_t e, const char *call,
                           const char *file, int line);
 
@@ -92,11 +92,11 @@ typedef struct mnc_block {
 
 typedef struct mnc_lane {
   cudaStream_t stream;
-  cudaStream_t aux;        /* second stream for overlapped search chunks */
-  cudaEvent_t ev[4];       /* staging and chunk pipelining */
+  cudaStream_t aux;  /* second stream for overlapped search chunks */
+  cudaEvent_t ev[4]; /* staging and chunk pipelining */
   cublasHandle_t blas;
   cusolverDnHandle_t solver; /* created on first PCA fit */
-  void *stage[2];          /* pinned host staging */
+  void *stage[2];            /* pinned host staging */
   struct mnc_lane *next_free;
   struct mnc_lane *all_next; /* every lane, for destroy */
 } mnc_lane;
@@ -106,9 +106,9 @@ typedef struct mnc_backend {
   int device;
   int sm_count;
   int cc_major, cc_minor;
-  size_t smem_optin; /* dynamic shared memory a block may opt into */
-  uint64_t limit;    /* gpu.memory_limit, 0 = none */
-  int allow_f16;     /* TF32 / float16 products allowed */
+  size_t smem_optin;  /* dynamic shared memory a block may opt into */
+  uint64_t limit;     /* gpu.memory_limit, 0 = none */
+  int allow_f16;      /* TF32 / float16 products allowed */
   int64_t chunk_rows; /* rows per GEMM chunk in search (tuning) */
   int pool_exact;     /* debug: exact sizes, no caching (memcheck) */
 
@@ -125,7 +125,9 @@ typedef struct mnc_backend {
   int lanes_total;     /* created or being created */
 } mnc_backend;
 
-static inline mnc_backend *mnc_of(mn_backend *b) { return (mnc_backend *)b; }
+static inline mnc_backend *mnc_of(mn_backend *b) {
+  return (mnc_backend *)b;
+}
 
 /* Pool (cuda_backend.cu). Sizes are rounded up to a class (4 per octave). */
 mn_status mn__cuda_pool_alloc(mnc_backend *cb, size_t bytes, void **out);
@@ -195,7 +197,9 @@ struct MncLane {
     cb = b;
     return mn__cuda_lane_get(b, &l);
   }
-  cudaStream_t s() const { return l->stream; }
+  cudaStream_t s() const {
+    return l->stream;
+  }
 };
 
 /*
@@ -211,7 +215,9 @@ struct MncBuf {
   MncBuf() = default;
   MncBuf(const MncBuf &) = delete;
   MncBuf &operator=(const MncBuf &) = delete;
-  ~MncBuf() { release(); }
+  ~MncBuf() {
+    release();
+  }
   void release() {
     if (p) {
       if (lane) {
@@ -230,7 +236,9 @@ struct MncBuf {
     bytes = n;
     return mn__cuda_pool_alloc(b, n ? n : 1, &p);
   }
-  template <class T> T *as() const { return (T *)p; }
+  template <class T> T *as() const {
+    return (T *)p;
+  }
 };
 
 /*
@@ -238,9 +246,8 @@ struct MncBuf {
  * device: on the device it is used in place, from the host it is uploaded
  * into a pooled buffer for the duration of the op.
  */
-mn_status mn__cuda_device_floats(mnc_backend *cb, mnc_lane *l,
-                                 const float *p, size_t n, MncBuf *tmp,
-                                 const float **out);
+mn_status mn__cuda_device_floats(mnc_backend *cb, mnc_lane *l, const float *p,
+                                 size_t n, MncBuf *tmp, const float **out);
 
 /* ---------------------------------------------------------------------------
  * Ops (vtable entries)

@@ -210,8 +210,8 @@ mn_status mn__cuda_pca_fit(mn_backend *b, const mn_tensor *x, int64_t k64,
   for (int64_t r0 = 0; r0 < n; r0 += chunk) {
     int64_t len = n - r0 < chunk ? n - r0 : chunk;
     unsigned g = mnc_grid(cb, (len * d + 255) / 256, 16);
-    center_double_kernel<<<g, 256, 0, s>>>((const char *)x->data, x->stride,
-                                           r0, len, d, mean.as<double>(),
+    center_double_kernel<<<g, 256, 0, s>>>((const char *)x->data, x->stride, r0,
+                                           len, d, mean.as<double>(),
                                            xc.as<double>());
     MNC_LAUNCHED("center_double_kernel");
     const double beta = r0 == 0 ? 0.0 : 1.0;
@@ -243,12 +243,12 @@ mn_status mn__cuda_pca_fit(mn_backend *b, const mn_tensor *x, int64_t k64,
       MNC_TRY(cusolverDnDsyevd_bufferSize(solver, CUSOLVER_EIG_MODE_VECTOR,
                                           CUBLAS_FILL_MODE_LOWER, d, a, d, w,
                                           &lwork));
-    MNC_CHECK(work.alloc(cb, lane.l, (size_t)(lwork > 0 ? lwork : 1) *
-                                         sizeof(double)));
+    MNC_CHECK(work.alloc(cb, lane.l,
+                         (size_t)(lwork > 0 ? lwork : 1) * sizeof(double)));
     if (partial)
       MNC_TRY(cusolverDnDsyevdx(solver, CUSOLVER_EIG_MODE_VECTOR,
-                                CUSOLVER_EIG_RANGE_I, CUBLAS_FILL_MODE_LOWER,
-                                d, a, d, 0.0, 0.0, d - k + 1, d, &meig, w,
+                                CUSOLVER_EIG_RANGE_I, CUBLAS_FILL_MODE_LOWER, d,
+                                a, d, 0.0, 0.0, d - k + 1, d, &meig, w,
                                 work.as<double>(), lwork, info.as<int>()));
     else
       MNC_TRY(cusolverDnDsyevd(solver, CUSOLVER_EIG_MODE_VECTOR,
@@ -272,12 +272,12 @@ mn_status mn__cuda_pca_fit(mn_backend *b, const mn_tensor *x, int64_t k64,
       MNC_TRY(cusolverDnSsyevd_bufferSize(solver, CUSOLVER_EIG_MODE_VECTOR,
                                           CUBLAS_FILL_MODE_LOWER, d, a, d, w,
                                           &lwork));
-    MNC_CHECK(work.alloc(cb, lane.l, (size_t)(lwork > 0 ? lwork : 1) *
-                                         sizeof(float)));
+    MNC_CHECK(work.alloc(cb, lane.l,
+                         (size_t)(lwork > 0 ? lwork : 1) * sizeof(float)));
     if (partial)
       MNC_TRY(cusolverDnSsyevdx(solver, CUSOLVER_EIG_MODE_VECTOR,
-                                CUSOLVER_EIG_RANGE_I, CUBLAS_FILL_MODE_LOWER,
-                                d, a, d, 0.f, 0.f, d - k + 1, d, &meig, w,
+                                CUSOLVER_EIG_RANGE_I, CUBLAS_FILL_MODE_LOWER, d,
+                                a, d, 0.f, 0.f, d - k + 1, d, &meig, w,
                                 work.as<float>(), lwork, info.as<int>()));
     else
       MNC_TRY(cusolverDnSsyevd(solver, CUSOLVER_EIG_MODE_VECTOR,
@@ -309,9 +309,9 @@ mn_status mn__cuda_pca_fit(mn_backend *b, const mn_tensor *x, int64_t k64,
                                           vd.as<double>());
     MNC_LAUNCHED("take_vectors_kernel");
     const double one = 1.0, zero = 0.0;
-    MNC_TRY(cublasDsymm(lane.l->blas, CUBLAS_SIDE_LEFT,
-                        CUBLAS_FILL_MODE_LOWER, d, k, &one, cov.as<double>(),
-                        d, vd.as<double>(), d, &zero, wd.as<double>(), d));
+    MNC_TRY(cublasDsymm(lane.l->blas, CUBLAS_SIDE_LEFT, CUBLAS_FILL_MODE_LOWER,
+                        d, k, &one, cov.as<double>(), d, vd.as<double>(), d,
+                        &zero, wd.as<double>(), d));
     rayleigh_kernel<<<k, 256, 0, s>>>(vd.as<double>(), wd.as<double>(), d,
                                       rq.as<double>());
     MNC_LAUNCHED("rayleigh_kernel");
@@ -332,8 +332,7 @@ mn_status mn__cuda_pca_fit(mn_backend *b, const mn_tensor *x, int64_t k64,
     st = MNC_ERR(MN_ERR_NOMEM, "out of host memory for PCA results");
   const char *colbase = dbl ? (const char *)cov.p : (const char *)vecs.p;
   if (st == MN_OK)
-    st = mn__cuda_d2h(lane.l, comp,
-                      colbase + (size_t)(last - k + 1) * d * esz,
+    st = mn__cuda_d2h(lane.l, comp, colbase + (size_t)(last - k + 1) * d * esz,
                       comp_n * esz);
   if (st == MN_OK) {
     if (dbl) {
@@ -444,8 +443,8 @@ mn_status mn__cuda_pca_transform(mn_backend *b, const mn_tensor *x,
   for (int64_t r0 = 0; r0 < n; r0 += chunk) {
     int64_t len = n - r0 < chunk ? n - r0 : chunk;
     unsigned g = mnc_grid(cb, (len * d + 255) / 256, 16);
-    center_float_kernel<<<g, 256, 0, s>>>((const char *)x->data, x->stride,
-                                          r0, len, d, mean.as<float>(),
+    center_float_kernel<<<g, 256, 0, s>>>((const char *)x->data, x->stride, r0,
+                                          len, d, mean.as<float>(),
                                           xc.as<float>());
     MNC_LAUNCHED("center_float_kernel");
     float *yc = (float *)((char *)y->data + r0 * y->stride);

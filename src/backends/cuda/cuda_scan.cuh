@@ -15,7 +15,6 @@
 
 namespace mnc {
 
-
 constexpr int QB_MAX = 8; /* queries per scan pass */
 
 /* ---------------------------------------------------------------------------
@@ -28,9 +27,9 @@ struct Db {
   int d;
   int nvec;  /* 16-byte vectors per row (last may be partial) */
   int nfull; /* vectors that may be loaded whole (0: unaligned layout) */
-  const float *scales; /* int8 / int4 row scales */
+  const float *scales;     /* int8 / int4 row scales */
   const float *vmin, *vsc; /* uint8 affine */
-  const float *norms; /* optional row norms */
+  const float *norms;      /* optional row norms */
 };
 
 struct Qry {
@@ -38,7 +37,7 @@ struct Qry {
   int ldq;
   const int8_t *q8; /* int8: three parts per query, each ld8 bytes */
   int ld8;
-  const float *q8s; /* int8: three part scales per query */
+  const float *q8s;   /* int8: three part scales per query */
   const uint32_t *qb; /* binary: ldb words per query */
   int ldb;
   const float *qn; /* query norms */
@@ -189,8 +188,8 @@ static __device__ __noinline__ Pool pool_flush(float *pk, int *pi, Pool s,
 /* Warp 0: take in the k best of pools 1..nw-1 (wstride entries apart),
  * then write its k best to ok / oi. */
 static __device__ __noinline__ void
-block_merge_write(float *pk0, int *pi0, Pool s, int64_t wstride, int nw,
-                  int k, int P, int lane, float *ok, int *oi) {
+block_merge_write(float *pk0, int *pi0, Pool s, int64_t wstride, int nw, int k,
+                  int P, int lane, float *ok, int *oi) {
   for (int w = 1; w < nw; w++) {
     const float *wk = pk0 + (int64_t)w * wstride;
     const int *wi = pi0 + (int64_t)w * wstride;
@@ -251,8 +250,8 @@ __device__ __forceinline__ void decode_word(uint32_t w, int e0, const Db &db,
 #pragma unroll
     for (int b = 0; b < 4; b++) {
       int e = e0 + b;
-      x[b] = e < db.d ? fmaf((float)((w >> (8 * b)) & 0xFFu),
-                             __ldg(db.vsc + e), __ldg(db.vmin + e))
+      x[b] = e < db.d ? fmaf((float)((w >> (8 * b)) & 0xFFu), __ldg(db.vsc + e),
+                             __ldg(db.vmin + e))
                       : 0.f;
     }
   } else if constexpr (DT == MN_DTYPE_I4) {
@@ -265,12 +264,10 @@ __device__ __forceinline__ void decode_word(uint32_t w, int e0, const Db &db,
 }
 
 template <int DT, int QB, int R>
-__device__ __forceinline__ void accumulate(Acc<DT, QB, R> &acc,
-                                           const uint4 (&xv)[R], int v,
-                                           const Db &db, const float *qf,
-                                           int ldq, const int8_t *q8, int ld8,
-                                           const uint32_t *qb, int ldb, int nq,
-                                           bool need_xx) {
+__device__ __forceinline__ void
+accumulate(Acc<DT, QB, R> &acc, const uint4 (&xv)[R], int v, const Db &db,
+           const float *qf, int ldq, const int8_t *q8, int ld8,
+           const uint32_t *qb, int ldb, int nq, bool need_xx) {
   if constexpr (DT == MN_DTYPE_I8) {
 #pragma unroll
     for (int r = 0; r < R; r++)
@@ -302,8 +299,8 @@ __device__ __forceinline__ void accumulate(Acc<DT, QB, R> &acc,
 #pragma unroll
     for (int i = 0; i < 4; i++) {
       int wg = v * 4 + i, bits = db.d - 32 * wg;
-      uint32_t mask = bits >= 32 ? 0xFFFFFFFFu
-                                 : (bits <= 0 ? 0u : ((1u << bits) - 1u));
+      uint32_t mask =
+          bits >= 32 ? 0xFFFFFFFFu : (bits <= 0 ? 0u : ((1u << bits) - 1u));
 #pragma unroll
       for (int j = 0; j < QB; j++) {
         if (j >= nq)
@@ -505,9 +502,9 @@ __global__ void __launch_bounds__(256) scan_kernel(ScanArgs a) {
     for (int j = 0; j < QB; j++) {
       if (j >= nq)
         break;
-      ps[j] = pool_flush(pk + (int64_t)(warp * QB + j) * P,
-                         pi + (int64_t)(warp * QB + j) * P, ps[j], a.k, P,
-                         lane);
+      ps[j] =
+          pool_flush(pk + (int64_t)(warp * QB + j) * P,
+                     pi + (int64_t)(warp * QB + j) * P, ps[j], a.k, P, lane);
     }
     __syncthreads();
     if (warp == 0) {
@@ -527,8 +524,9 @@ __global__ void __launch_bounds__(256) scan_kernel(ScanArgs a) {
 typedef void (*scan_fn)(ScanArgs);
 
 /* The kernel for a storage dtype and QB (1 or QB_MAX); null if none. */
-scan_fn scan_kernel_float(int dt, int qb); /* float32, float16, bfloat16, binary */
-scan_fn scan_kernel_int(int dt, int qb);   /* int8, uint8, int4 */
+scan_fn scan_kernel_float(int dt,
+                          int qb); /* float32, float16, bfloat16, binary */
+scan_fn scan_kernel_int(int dt, int qb); /* int8, uint8, int4 */
 
 inline scan_fn scan_kernel_for(int dt, int qb) {
   scan_fn f = scan_kernel_float(dt, qb);

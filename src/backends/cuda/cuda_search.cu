@@ -56,7 +56,7 @@ struct SelArgs {
   int64_t ldS;
   int id0;
   Epi epi;
-  int64_t m; /* candidates per query */
+  int64_t m;             /* candidates per query */
   const float *prev_key; /* [j][k] or null */
   const int *prev_id;
   int k, P;
@@ -292,8 +292,8 @@ __global__ void __launch_bounds__(256) prep_kernel(PrepArgs a) {
 
 /* int8 rows -> float16 (exact), packed [len][ldh]; norms when asked. */
 __global__ void __launch_bounds__(256)
-widen_i8_kernel(const Db db, int64_t r0, int64_t len, int ldh, __half *out,
-                float *xn) {
+    widen_i8_kernel(const Db db, int64_t r0, int64_t len, int ldh, __half *out,
+                    float *xn) {
   const int lane = threadIdx.x & 31;
   const int64_t w0 = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
   const int64_t nw = ((int64_t)gridDim.x * blockDim.x) >> 5;
@@ -314,7 +314,7 @@ widen_i8_kernel(const Db db, int64_t r0, int64_t len, int ldh, __half *out,
 /* Row norms of float32 / float16 rows of a chunk. */
 template <int DT>
 __global__ void __launch_bounds__(256)
-norms_kernel(const Db db, int64_t r0, int64_t len, float *xn) {
+    norms_kernel(const Db db, int64_t r0, int64_t len, float *xn) {
   const int lane = threadIdx.x & 31;
   const int64_t w0 = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
   const int64_t nw = ((int64_t)gridDim.x * blockDim.x) >> 5;
@@ -322,9 +322,8 @@ norms_kernel(const Db db, int64_t r0, int64_t len, float *xn) {
     const unsigned char *row = db.codes + (r0 + i) * db.stride;
     float s = 0.f;
     for (int e = lane; e < db.d; e += 32) {
-      float v = DT == MN_DTYPE_F32
-                    ? ((const float *)row)[e]
-                    : __half2float(((const __half *)row)[e]);
+      float v = DT == MN_DTYPE_F32 ? ((const float *)row)[e]
+                                   : __half2float(((const __half *)row)[e]);
       s = fmaf(v, v, s);
     }
     s = group_sum(s, 32);
@@ -411,15 +410,15 @@ mn_status ctx_init(Ctx &c, mnc_backend *cb, mnc_lane *l, const mn_tensor *q,
                                      &c.b_vsc, &db.vsc));
   }
   if (c.dt != MN_DTYPE_BIN && metric != MN_METRIC_IP)
-    MNC_CHECK(mn__cuda_device_floats(cb, l, vb->norms, (size_t)c.N,
-                                     &c.b_norms, &db.norms));
+    MNC_CHECK(mn__cuda_device_floats(cb, l, vb->norms, (size_t)c.N, &c.b_norms,
+                                     &db.norms));
   c.need_norm = c.dt != MN_DTYPE_BIN && metric != MN_METRIC_IP && !db.norms;
 
   const int64_t elem = c.dt == MN_DTYPE_F32 ? 4 : c.dt == MN_DTYPE_F16 ? 2 : 1;
-  c.gemm = want_gemm && c.Q >= GEMM_MIN_Q && c.N >= 1024 &&
-           (c.dt == MN_DTYPE_F32 || c.dt == MN_DTYPE_F16 ||
-            c.dt == MN_DTYPE_I8) &&
-           t->stride / elem <= INT_MAX && c.d <= 65536;
+  c.gemm =
+      want_gemm && c.Q >= GEMM_MIN_Q && c.N >= 1024 &&
+      (c.dt == MN_DTYPE_F32 || c.dt == MN_DTYPE_F16 || c.dt == MN_DTYPE_I8) &&
+      t->stride / elem <= INT_MAX && c.d <= 65536;
   c.split = c.gemm && c.dt != MN_DTYPE_F32 && !cb->allow_f16;
 
   /* prepared queries */
@@ -614,8 +613,8 @@ mn_status chunk_gemm(Ctx &c, int64_t r0, int64_t len, float *S, int64_t ldS,
                            c.q.ldq, &zero, S, CUDA_R_32F, (int)ldS,
                            CUBLAS_COMPUTE_32F_FAST_TF32, CUBLAS_GEMM_DEFAULT));
     else
-      MNC_TRY(cublasSgemm(h, CUBLAS_OP_T, CUBLAS_OP_N, (int)len, c.Q, c.d,
-                          &one, A, lda, c.q.qf, c.q.ldq, &zero, S, (int)ldS));
+      MNC_TRY(cublasSgemm(h, CUBLAS_OP_T, CUBLAS_OP_N, (int)len, c.Q, c.d, &one,
+                          A, lda, c.q.qf, c.q.ldq, &zero, S, (int)ldS));
     return MN_OK;
   }
   const void *A;
@@ -627,14 +626,14 @@ mn_status chunk_gemm(Ctx &c, int64_t r0, int64_t len, float *S, int64_t ldS,
     A = c.db.codes + r0 * c.db.stride;
     lda = c.N > 1 ? (int)(c.db.stride / 2) : c.d;
   }
-  MNC_TRY(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, (int)len, c.Q, c.d, &one,
-                       A, CUDA_R_16F, lda, c.qh, CUDA_R_16F, c.ldh, &zero, S,
+  MNC_TRY(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, (int)len, c.Q, c.d, &one, A,
+                       CUDA_R_16F, lda, c.qh, CUDA_R_16F, c.ldh, &zero, S,
                        CUDA_R_32F, (int)ldS, CUBLAS_COMPUTE_32F,
                        CUBLAS_GEMM_DEFAULT));
   if (c.split)
-    MNC_TRY(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, (int)len, c.Q, c.d,
-                         &one, A, CUDA_R_16F, lda, c.ql, CUDA_R_16F, c.ldh,
-                         &one, S, CUDA_R_32F, (int)ldS, CUBLAS_COMPUTE_32F,
+    MNC_TRY(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, (int)len, c.Q, c.d, &one,
+                         A, CUDA_R_16F, lda, c.ql, CUDA_R_16F, c.ldh, &one, S,
+                         CUDA_R_32F, (int)ldS, CUBLAS_COMPUTE_32F,
                          CUBLAS_GEMM_DEFAULT));
   return MN_OK;
 }
@@ -866,9 +865,10 @@ static mn_status check_search_args(const mn_tensor *q, const mn_vecblock *db) {
   MNC_CHECK(mn__cuda_check_layout(q, "query"));
   MNC_CHECK(mn__cuda_check_layout(&db->codes, "stored vectors"));
   if (q->rows > INT_MAX / 4 || q->cols > (1 << 24))
-    return MNC_ERR(MN_ERR_INVALID, "query batch [%lld, %lld] is too large "
-                   "for the CUDA backend", (long long)q->rows,
-                   (long long)q->cols);
+    return MNC_ERR(MN_ERR_INVALID,
+                   "query batch [%lld, %lld] is too large "
+                   "for the CUDA backend",
+                   (long long)q->rows, (long long)q->cols);
   return MN_OK;
 }
 

@@ -6,9 +6,9 @@
  *
  * The plugin is loaded from $MNEMO_TEST_CUDA_PLUGIN when set (e.g. the
  * host emulator's build, tests/backends/cuda/emu), else from the path CMake
- * compiled in (MNEMO_CUDA_PLUGIN) or $MNEMO_BUILD_DIR/bin/libmnemo-cuda.so. Exit code 77 (skipped) when
- * this build has no plugin or the machine has no usable GPU; a plugin that
- * was built but cannot be loaded is a failure.
+ * compiled in (MNEMO_CUDA_PLUGIN) or $MNEMO_BUILD_DIR/bin/libmnemo-cuda.so.
+ * Exit code 77 (skipped) when this build has no plugin or the machine has no
+ * usable GPU; a plugin that was built but cannot be loaded is a failure.
  *
  * Every GPU output is poisoned (0xFF bytes: NaN for floats) before the op,
  * so an element the GPU did not write fails the comparison. Tolerances are
@@ -42,7 +42,9 @@ static uint64_t rnd(void) {
   return z ^ (z >> 31);
 }
 
-static double unif(void) { return (double)(rnd() >> 11) * (1.0 / 9007199254740992.0); }
+static double unif(void) {
+  return (double)(rnd() >> 11) * (1.0 / 9007199254740992.0);
+}
 
 static float gauss(void) {
   double u = unif(), v = unif();
@@ -63,7 +65,7 @@ static float *rand_matrix(int64_t rows, int64_t cols, float scale) {
   do {                                                                         \
     mn_status s_ = (expr);                                                     \
     if (s_ != MN_OK)                                                           \
-      fail_msg("%s -> %s: %s", #expr, mn_status_name(s_), mn_errmsg());       \
+      fail_msg("%s -> %s: %s", #expr, mn_status_name(s_), mn_errmsg());        \
   } while (0)
 
 /* A device copy of a host tensor with the given row stride (0: packed). */
@@ -88,8 +90,8 @@ static mn_tensor to_dev(mn_backend *b, const mn_tensor *h, int64_t stride) {
 }
 
 /* An uninitialised device tensor, poisoned with 0xFF bytes. */
-static mn_tensor dev_out(mn_backend *b, mn_dtype dt, int64_t rows,
-                         int64_t cols, int64_t stride) {
+static mn_tensor dev_out(mn_backend *b, mn_dtype dt, int64_t rows, int64_t cols,
+                         int64_t stride) {
   size_t rb = mn_dtype_row_bytes(dt, cols);
   if (stride <= 0)
     stride = (int64_t)rb;
@@ -358,8 +360,8 @@ static void check_quantize(mn_quant_kind kind, int64_t rows, int64_t cols) {
       }
       if (ga != ca) {
         if (abs(ga - ca) > 1)
-          fail_msg("%s row %lld col %lld: code %d, cpu %d",
-                   mn_quant_name(kind), (long long)r, (long long)c, ga, ca);
+          fail_msg("%s row %lld col %lld: code %d, cpu %d", mn_quant_name(kind),
+                   (long long)r, (long long)c, ga, ca);
         off_by_one++;
       }
     }
@@ -451,8 +453,8 @@ static void check_quantize(mn_quant_kind kind, int64_t rows, int64_t cols) {
 
 static void test_quantize(void **state) {
   (void)state;
-  const mn_quant_kind kinds[] = {MN_QUANT_INT8, MN_QUANT_INT4,
-                                 MN_QUANT_FP16, MN_QUANT_BF16,
+  const mn_quant_kind kinds[] = {MN_QUANT_INT8,   MN_QUANT_INT4,
+                                 MN_QUANT_FP16,   MN_QUANT_BF16,
                                  MN_QUANT_BINARY, MN_QUANT_INT8_AFFINE};
   for (int i = 0; i < 6; i++) {
     check_quantize(kinds[i], 513, 768); /* fast paths */
@@ -632,17 +634,17 @@ static void test_pca_f16_backend(void **state) {
 typedef struct stored {
   mn_dtype dt;
   int64_t n, d;
-  mn_tensor host;   /* codes on the host */
-  mn_tensor dev;    /* codes on the device */
-  float *scales;    /* host, i8 / i4 */
-  float *dscales;   /* device copy */
+  mn_tensor host; /* codes on the host */
+  mn_tensor dev;  /* codes on the device */
+  float *scales;  /* host, i8 / i4 */
+  float *dscales; /* device copy */
   mn_affine_params aff;
-  float *norms;     /* host, decoded row norms */
-  float *dnorms;    /* device copy */
+  float *norms;  /* host, decoded row norms */
+  float *dnorms; /* device copy */
 } stored;
 
 static const mn_quant_kind kind_of[MN_DTYPE_COUNT] = {
-    MN_QUANT_NONE, MN_QUANT_FP16, MN_QUANT_BF16, MN_QUANT_INT8,
+    MN_QUANT_NONE,        MN_QUANT_FP16, MN_QUANT_BF16,  MN_QUANT_INT8,
     MN_QUANT_INT8_AFFINE, MN_QUANT_INT4, MN_QUANT_BINARY};
 
 /* n random rows stored as dt (quantised on the CPU), `dup` > 0 repeats the
@@ -672,8 +674,8 @@ static stored make_stored(mn_dtype dt, int64_t n, int64_t d, int64_t pad,
     s.aff.scale = malloc((size_t)d * 4);
     if (dt == MN_DTYPE_U8)
       CHECK_OK(mn_backend_affine_train(cpu, &hx, &s.aff));
-    CHECK_OK(mn_backend_quantize(cpu, &hx, kind_of[dt], &s.aff, &s.host,
-                                 s.scales));
+    CHECK_OK(
+        mn_backend_quantize(cpu, &hx, kind_of[dt], &s.aff, &s.host, s.scales));
   }
   /* decoded norms (the CPU's dequantize), for the "norms given" cases */
   float *dec = malloc((size_t)(n * d) * 4);
@@ -682,8 +684,8 @@ static stored make_stored(mn_dtype dt, int64_t n, int64_t d, int64_t pad,
   if (dt == MN_DTYPE_F32)
     memcpy(dec, s.host.data, (size_t)(n * d) * 4);
   else
-    CHECK_OK(mn_backend_dequantize(cpu, &s.host, kind_of[dt], s.scales,
-                                   &s.aff, &hd));
+    CHECK_OK(mn_backend_dequantize(cpu, &s.host, kind_of[dt], s.scales, &s.aff,
+                                   &hd));
   s.norms = malloc((size_t)n * 4);
   for (int64_t r = 0; r < n; r++) {
     double ss = 0.0;
@@ -738,7 +740,8 @@ static void check_similarity(mn_dtype dt, int64_t n, int64_t d, int64_t nq,
   assert_non_null(ref);
   for (int metric = 0; metric <= MN_METRIC_L2; metric++)
     for (int variant = 0; variant < 4; variant++) {
-      mn_vecblock hb = block_for(&s, 0, variant), gb = block_for(&s, 1, variant);
+      mn_vecblock hb = block_for(&s, 0, variant),
+                  gb = block_for(&s, 1, variant);
       mn_tensor ho = host_f32(ref, nq, n);
       CHECK_OK(mn_backend_similarity(cpu, &hq, &hb, (mn_metric)metric, &ho));
       mn_tensor go = dev_out(gpu, MN_DTYPE_F32, nq, n, n * 4 + 12);
@@ -784,12 +787,12 @@ static void check_search_case(const stored *s, int64_t nq, int64_t k,
   assert_non_null(gi);
   assert_non_null(sim);
   mn_vecblock hb = block_for(s, 0, variant), gb = block_for(s, 1, variant);
-  CHECK_OK(mn_backend_search(cpu, &hq, &hb, (mn_metric)metric, k, base, cs,
-                             ci));
+  CHECK_OK(
+      mn_backend_search(cpu, &hq, &hb, (mn_metric)metric, k, base, cs, ci));
   memset(gs, 0xFF, m * 4);
   memset(gi, 0x7F, m * 8);
-  CHECK_OK(mn_backend_search(gpu, &dq, &gb, (mn_metric)metric, k, base, gs,
-                             gi));
+  CHECK_OK(
+      mn_backend_search(gpu, &dq, &gb, (mn_metric)metric, k, base, gs, gi));
   mn_tensor hs = host_f32(sim, nq, s->n);
   CHECK_OK(mn_backend_similarity(cpu, &hq, &hb, (mn_metric)metric, &hs));
 
@@ -864,7 +867,7 @@ static void test_search(void **state) {
   /* (queries, k): scan with one query; several queries (QB pass); k above
    * 128 (one query per pass); GEMM path; GEMM with k = 1024; the host
    * top-k fallback above 1024 */
-  const int64_t cases[][2] = {{1, 10}, {5, 1},    {3, 100}, {2, 300},
+  const int64_t cases[][2] = {{1, 10},  {5, 1},     {3, 100}, {2, 300},
                               {20, 10}, {17, 1024}, {2, 1500}};
   for (int dt = 0; dt < MN_DTYPE_COUNT; dt++) {
     stored s = make_stored((mn_dtype)dt, 2500, 96, 0, 0);
@@ -977,8 +980,8 @@ static int run_job(const job *jb, float *norm, float *scores, int64_t *ids,
   mn_tensor dy = dx;
   dy.data = y;
   mn_tensor dc = {c, MN_DTYPE_I8, J_ROWS, J_COLS, J_COLS, MN_DEVICE_GPU};
-  mn_tensor dq = {q, MN_DTYPE_F32, J_Q, jb->db->d, jb->db->d * 4,
-                  MN_DEVICE_GPU};
+  mn_tensor dq = {q,         MN_DTYPE_F32,  J_Q,
+                  jb->db->d, jb->db->d * 4, MN_DEVICE_GPU};
   mn_vecblock vb = block_for(jb->db, 1, 0);
   if (mn_backend_normalize(gpu, &dx, &dy, NULL) ||
       mn_backend_download(gpu, norm, y, xb) ||
@@ -1031,8 +1034,8 @@ static void test_concurrency(void **state) {
     codes[t] = malloc((size_t)J_ROWS * J_COLS);
     scores[t] = malloc(J_Q * J_K * 4);
     ids[t] = malloc(J_Q * J_K * 8);
-    jobs[t] = (job){xs[t], &db, qs[t], norms[t], scores[t], ids[t], codes[t],
-                    0};
+    jobs[t] =
+        (job){xs[t], &db, qs[t], norms[t], scores[t], ids[t], codes[t], 0};
     if (run_job(&jobs[t], norms[t], scores[t], ids[t], codes[t]) != 0)
       fail_msg("serial run %d: %s", t, mn_errmsg());
   }

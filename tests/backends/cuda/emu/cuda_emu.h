@@ -84,19 +84,33 @@ inline void __syncwarp(unsigned mask = 0xffffffffu) {
   (void)mask;
   mnc_emu::warp_op(mnc_emu::OP_SYNCWARP, 0, 0);
 }
-inline void __syncthreads() { mnc_emu::block_barrier(); }
+inline void __syncthreads() {
+  mnc_emu::block_barrier();
+}
 
-inline int __popc(unsigned v) { return __builtin_popcount(v); }
+inline int __popc(unsigned v) {
+  return __builtin_popcount(v);
+}
 inline int __dp4a(int a, int b, int c) {
   for (int i = 0; i < 4; i++)
     c += (int)(int8_t)(a >> (8 * i)) * (int)(int8_t)(b >> (8 * i));
   return c;
 }
-inline float __fdiv_rn(float a, float b) { return a / b; }
-inline float __fmul_rn(float a, float b) { return a * b; }
-inline float __fadd_rn(float a, float b) { return a + b; }
-inline float __uint_as_float(unsigned u) { return mnc_emu::from_bits<float>(u); }
-inline double cospi(double x) { return cos(3.141592653589793 * x); }
+inline float __fdiv_rn(float a, float b) {
+  return a / b;
+}
+inline float __fmul_rn(float a, float b) {
+  return a * b;
+}
+inline float __fadd_rn(float a, float b) {
+  return a + b;
+}
+inline float __uint_as_float(unsigned u) {
+  return mnc_emu::from_bits<float>(u);
+}
+inline double cospi(double x) {
+  return cos(3.141592653589793 * x);
+}
 
 /* Vector loads must be aligned on the device: check it here. */
 void mnc_emu_check_align(const void *p, size_t a, const char *what);
