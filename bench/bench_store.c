@@ -30,6 +30,12 @@
 static int64_t opt_n = 1000000, opt_dim = 768, opt_batch = 1000;
 static int opt_clients = 2, opt_queries = 20, opt_peer = 1, opt_keep = 0;
 static char opt_dir[512] = "";
+/* --gpu: the store on the CUDA backend (chunks in device memory, L1); the
+ * insert-rate phases and the FAISS peer are left out, and the same
+ * searches run again after a reopen on the CPU backend (same data, same
+ * run) with their top-10 ids compared. */
+static int opt_gpu = 0;
+static mn_backend *g_backend = NULL;
 
 static double now_s(void) {
   return (double)mn_time_ns() * 1e-9;
@@ -162,6 +168,8 @@ static int cmp_d(const void *a, const void *b) {
 }
 
 /* Median search time in ms, Q = 1, k = 10. */
+static char last_ids[10][64]; /* the last query's top 10 */
+
 static double search_ms(mn_store *s, const char *coll, int reps) {
   float *q = malloc(sizeof(float) * (size_t)opt_dim);
   double *t = malloc(sizeof(double) * (size_t)reps);
@@ -181,9 +189,11 @@ static double search_ms(mn_store *s, const char *coll, int reps) {
     if (st != MN_OK)
       die("search", st);
     int64_t n;
-    mn_search_result_hits(res, 0, &n);
+    const mn_search_hit *h = mn_search_result_hits(res, 0, &n);
     if (n != 10)
       die("search returned fewer than 10 hits", MN_ERR_INTERNAL);
+    for (int i = 0; i < 10; i++)
+      snprintf(last_ids[i], sizeof last_ids[i], "%s", h[i].id);
     mn_search_result_free(res);
     if (r >= 0)
       t[r] = dt;
@@ -202,6 +212,7 @@ static void open_store(mn_store **s, const char *dir) {
   o.l2_budget = 16ull << 30;
   o.map_size = 1ull << 30;
   o.maintenance_ms = 0;
+  o.backend = g_backend;
   mn_status st = mn_store_open(&o, s);
   if (st != MN_OK)
     die("open", st);
@@ -244,6 +255,87 @@ static double run_peer(int64_t n, int64_t dim, int reps, double *sq8_ms) {
   return flat;
 }
 
+/* --gpu (see opt_gpu). Returns the exit code. */
+static int gpu_main(void) {
+  mn_backend_opts bo;
+  mn_backend_opts_init(&bo);
+  bo.pref = MN_BACKEND_CUDA;
+  mn_status st = mn_backend_open(&bo, &g_backend);
+  if (st != MN_OK)
+    die("open the CUDA backend", st);
+  printf("bench_store --gpu: N=%lld dim=%lld on %s\n", (long long)opt_n,
+         (long long)opt_dim, mn_backend_device(g_backend));
+  char dir[] = "/tmp/mnemo-bench-store-gpu-XXXXXX";
+  if (!mkdtemp(dir)) {
+    perror("mkdtemp");
+    return 1;
+  }
+  mn_store *s;
+  open_store(&s, dir);
+  mn_collection_opts co;
+  memset(&co, 0, sizeof co);
+  co.dim = opt_dim;
+  co.metric = MN_METRIC_IP;
+  const char *names[2] = {"f32", "i8"};
+  mn_dtype types[2] = {MN_DTYPE_F32, MN_DTYPE_I8};
+  double ms[2][2]; /* [collection][0 gpu, 1 cpu] */
+  char ids[2][2][10][64];
+  uint64_t commits;
+  for (int c = 0; c < 2; c++) {
+    co.name = names[c];
+    co.dtype = types[c];
+    if ((st = mn_store_collection_create(s, &co, NULL)) != MN_OK)
+      die("create", st);
+    double rate = insert(s, names[c], opt_n, 1, &commits);
+    printf("insert %s: %.0f memories/s (durable)\n", names[c], rate);
+  }
+  mn_store_stats sst;
+  mn_store_get_stats(s, &sst);
+  printf("tiers: device %.2f GB, host %.2f GB\n",
+         (double)sst.used[MN_TIER_DEVICE] / 1e9,
+         (double)sst.used[MN_TIER_HOST] / 1e9);
+  for (int c = 0; c < 2; c++) {
+    ms[c][0] = search_ms(s, names[c], opt_queries);
+    memcpy(ids[c][0], last_ids, sizeof last_ids);
+  }
+  mn_store_close(s);
+  mn_backend_close(g_backend);
+  g_backend = NULL; /* the same data on the CPU backend */
+  open_store(&s, dir);
+  for (;;) {
+    mn_store_get_stats(s, &sst);
+    if (!sst.warming)
+      break;
+    usleep(20000);
+  }
+  for (int c = 0; c < 2; c++) {
+    ms[c][1] = search_ms(s, names[c], opt_queries);
+    memcpy(ids[c][1], last_ids, sizeof last_ids);
+  }
+  mn_store_close(s);
+  printf("%-40s %10s %10s %8s %s\n", "store search (median ms)", "gpu", "cpu",
+         "ratio", "top-10 ids equal");
+  for (int c = 0; c < 2; c++) {
+    int same = 0;
+    for (int i = 0; i < 10; i++)
+      for (int j = 0; j < 10; j++)
+        same += !strcmp(ids[c][0][i], ids[c][1][j]);
+    char lab[80];
+    snprintf(lab, sizeof lab, "N=%lld Q=1 k=10 %s", (long long)opt_n,
+             names[c]);
+    printf("%-40s %10.3f %10.3f %7.2fx %d/10\n", lab, ms[c][0], ms[c][1],
+           ms[c][1] / ms[c][0], same);
+    printf("{\"op\": \"store search %s\", \"gpu_ms\": %.4f, "
+           "\"cpu_ms\": %.4f, \"same_top10\": %d}\n",
+           lab, ms[c][0], ms[c][1], same);
+  }
+  char cmd[700];
+  snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+  if (system(cmd) != 0)
+    fprintf(stderr, "could not remove %s\n", dir);
+  return 0;
+}
+
 int main(int argc, char **argv) {
   int quick = 0;
   for (int i = 1; i < argc; i++) {
@@ -265,10 +357,13 @@ int main(int argc, char **argv) {
       opt_keep = 1;
     else if (!strcmp(argv[i], "--quick"))
       quick = 1;
+    else if (!strcmp(argv[i], "--gpu"))
+      opt_gpu = 1;
     else {
       fprintf(stderr,
               "usage: %s [--n N] [--dim D] [--batch B] [--clients T]"
-              " [--queries R] [--dir DIR] [--no-peer] [--keep] [--quick]\n",
+              " [--queries R] [--dir DIR] [--no-peer] [--keep] [--quick]"
+              " [--gpu]\n",
               argv[0]);
       return 2;
     }
@@ -277,6 +372,8 @@ int main(int argc, char **argv) {
     opt_n = 100000;
     opt_queries = 5;
   }
+  if (opt_gpu)
+    return gpu_main();
   if (opt_clients < 1 || opt_clients > 64)
     opt_clients = 2;
   opt_n = opt_n / opt_batch * opt_batch;

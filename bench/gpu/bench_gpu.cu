@@ -405,6 +405,25 @@ int main(int argc, char **argv) {
                (long long)D, (long long)K);
       emit(name, ms2, 0, 0, extra);
     }
+    /* the other eigensolver (MNEMO_CUDA_EIG=full: syevd, all pairs), for
+     * tuning the default (syevdx for the top k when k <= d/2) */
+    if (!tiny) {
+      setenv("MNEMO_CUDA_EIG", "full", 1);
+      for (mn_backend_opts *oo : {&o32, &o16}) {
+        mn_backend *bc = nullptr;
+        MN(init(oo, &g_host, &bc));
+        MN(I->pca_fit(bc, &tf, K, &m));
+        double ms3 = median_ms(1, quick ? 3 : 7,
+                               [&] { MN(I->pca_fit(bc, &tf, K, &m)); });
+        snprintf(extra, sizeof extra, "\"solver\": \"%s, syevd (all)\"",
+                 oo == &o32 ? "float64" : "float32+rayleigh");
+        snprintf(name, sizeof name, "pca_fit %lldx%lld->%lld eig=full",
+                 (long long)fr, (long long)D, (long long)K);
+        emit(name, ms3, 0, 0, extra);
+        I->destroy(bc);
+      }
+      unsetenv("MNEMO_CUDA_EIG");
+    }
     CU(cudaFree(zf));
     CU(cudaFree(rm));
     CU(cudaFree(xf));
@@ -495,10 +514,10 @@ int main(int argc, char **argv) {
       }
     }
     /* the GEMM chunk size (MNEMO_CUDA_CHUNK_ROWS, read when a backend
-     * opens): a few values around the default, for tuning */
+     * opens): a few values under the default (262144), for tuning */
     if (!tiny) {
       mn_tensor tq = dtensor(q, MN_DTYPE_F32, 256, D, 4);
-      for (const char *rows : {"8192", "32768", "65536"}) {
+      for (const char *rows : {"16384", "65536", "131072"}) {
         setenv("MNEMO_CUDA_CHUNK_ROWS", rows, 1);
         mn_backend *bc = nullptr;
         MN(init(&o16, &g_host, &bc));

@@ -108,6 +108,16 @@ for Q in (256, 1):
 del db
 torch.cuda.empty_cache()
 
+# The store's search peer (bench_store --gpu): flat float32 inner product
+# over 1M rows, one query.
+NS = 1_000_000
+dbs = torch.randn(NS, D, device=dev)
+qs = torch.randn(1, D, device=dev)
+bench(f"search fp32 N={NS} Q=1 k=10", lambda: torch.topk(qs @ dbs.T, 10, dim=1),
+      reps=R, bytes_moved=4 * NS * D, query="float32")
+del dbs
+torch.cuda.empty_cache()
+
 import numpy as np  # noqa: E402
 
 hx = np.random.randn(32, D).astype(np.float32)

@@ -66,7 +66,7 @@ line("search fp16 N=10M Q=256 k=10 (ms)", fmt(ms(o)), fmt(ms(p)), ms(p) / ms(o) 
      ">= 3x faster")
 chunks = [(r["op"].split("chunk=")[1], r["ms"]) for op, rs in ours.items() if "chunk=" in op for r in rs]
 if chunks:
-    print("  (GEMM chunk rows tried: %s; default 16384)" % ", ".join("%s: %.3f ms" % c for c in chunks))
+    print("  (GEMM chunk rows tried: %s; default 262144)" % ", ".join("%s: %.3f ms" % c for c in chunks))
 o32 = get(ours, "search fp16", lambda r: "Q=256" in r["op"] and "split" in r.get("query", ""))
 line("  same, float32 query (exact, ms)", fmt(ms(o32)), fmt(ms(p)), ms(p) / ms(o32) if o32 and p else None,
      "(information)")
@@ -75,7 +75,8 @@ line("search int8 Q=1 vs fp16 Q=1 (ours, ms)", fmt(ms(o8)), fmt(ms(o1)), ms(o1) 
      ">= 1.8x faster")
 p1 = get(peer, "search fp16", lambda r: "Q=1 " in r["op"])
 line("search fp16 Q=1 (ms)", fmt(ms(o1)), fmt(ms(p1)), ms(p1) / ms(o1) if o1 and p1 else None, "(information)")
-for solver in ("float64", "float32+rayleigh"):
+for solver in ("float64", "float32+rayleigh", "float64, syevd (all)",
+               "float32+rayleigh, syevd (all)"):
     o = get(ours, "pca_fit", lambda r: r.get("solver") == solver)
     p = get(peer, "pca_fit")
     line("pca_fit 100000x768->256, %s (ms)" % solver, fmt(ms(o)), fmt(ms(p)), ms(p) / ms(o) if o and p else None,
@@ -89,3 +90,49 @@ o, p = get(ours, "request path"), get(peer, "request path")
 line("request path 32x768 (ms wall)", fmt(ms(o)), fmt(ms(p)), ms(p) / ms(o) if o and p else None, "(information)")
 c = get(ours, "checks")
 print("bench correctness checks failed: %s" % (c.get("failed_checks") if c else "? (bench did not finish)"))
+
+# mnemod over loopback (server_load.py): CUDA against CPU, same machine.
+srv = load(sys.argv[3]) if len(sys.argv) > 3 else {}
+runs = srv.get("server normalize 32x768 binary", [])
+
+
+def run_of(dev, label_start):
+    for r in runs:
+        if r.get("device") == dev and r.get("label", "").startswith(label_start):
+            return r
+    return None
+
+
+def rps_many(r):
+    if not r:
+        return None
+    for k, v in r.items():
+        if k.startswith("rps_") and k != "rps_1conn":
+            return v
+    return None
+
+
+cb, cn, cpu = run_of("cuda", "batching on"), run_of("cuda", "batching off"), run_of("cpu", "batching on")
+line("mnemod normalize 32x768 binary, 1 conn p50 (ms)", fmt(cb and cb.get("p50_ms_1conn")),
+     fmt(cpu and cpu.get("p50_ms_1conn")), None, "< 0.25 ms on cuda (cols: cuda, cpu)")
+rb, rc_ = rps_many(cb), rps_many(cpu)
+line("mnemod 256 conns req/s: cuda+batching vs cpu", fmt(rb, ""), fmt(rc_, ""),
+     rb / rc_ if rb and rc_ else None, ">= 5x")
+rn = rps_many(cn)
+line("mnemod 256 conns req/s: cuda, batching off", fmt(rn, ""), fmt(rc_, ""),
+     rn / rc_ if rn and rc_ else None, "(information)")
+for r in runs:
+    if r.get("failed"):
+        print("  server run %s / %s failed: %s" % (r.get("device"), r.get("label"), r["failed"][:200]))
+
+# The store's search with GPU-resident chunks (bench_store --gpu).
+st = load(sys.argv[4]) if len(sys.argv) > 4 else {}
+pf = get(peer, "search fp32 N=1000000")
+for op, rs in st.items():
+    r = rs[0]
+    line(op.replace("store search ", "store ") + " gpu vs cpu (ms)", fmt(r.get("gpu_ms")),
+         fmt(r.get("cpu_ms")), r["cpu_ms"] / r["gpu_ms"] if r.get("gpu_ms") else None,
+         "top-10 equal %s/10" % r.get("same_top10"))
+    if "f32" in op and pf:
+        line("  same, against PyTorch flat fp32 (ms)", fmt(r.get("gpu_ms")), fmt(ms(pf)),
+             ms(pf) / r["gpu_ms"] if r.get("gpu_ms") else None, "(information)")

@@ -460,11 +460,47 @@ mn_status mn_backend_normalize(mn_backend *b, const mn_tensor *x, mn_tensor *y,
   return s;
 }
 
+/* Host input on a device backend: checked on the host, uploaded densely
+ * into device memory for the fit, freed after. (fitPCA and the store hand
+ * in host rows; the pipeline uploads its own.) */
+static mn_status pca_fit_staged(mn_backend *b, const mn_tensor *x, int64_t k,
+                                mn_pca_model **out) {
+  mn_tensor h = *x;
+  h.device = b->device_kind; /* here only dtype, shape and stride count */
+  MN__TRY(check_tensor(b, &h, "PCA input", MN_DTYPE_F32));
+  MN__TRY(mn_tensor_check_finite(x));
+  size_t rb = mn_dtype_row_bytes(MN_DTYPE_F32, x->cols);
+  size_t n = rb * (size_t)x->rows;
+  void *d = NULL;
+  MN__TRY(mn_backend_alloc(b, n, &d));
+  mn_status s = MN_OK;
+  if (x->rows <= 1 || x->stride == (int64_t)rb) {
+    s = mn_backend_upload(b, d, x->data, n);
+  } else {
+    for (int64_t r = 0; r < x->rows && s == MN_OK; r++)
+      s = mn_backend_upload(b, (char *)d + (size_t)r * rb,
+                            (const char *)x->data + (size_t)r * (size_t)x->stride,
+                            rb);
+  }
+  if (s == MN_OK) {
+    mn_tensor t = *x;
+    t.data = d;
+    t.stride = (int64_t)rb;
+    t.device = b->device_kind;
+    s = mn_backend_pca_fit(b, &t, k, out);
+  }
+  mn_backend_free(b, d);
+  return s;
+}
+
 mn_status mn_backend_pca_fit(mn_backend *b, const mn_tensor *x, int64_t k,
                              mn_pca_model **out) {
   if (!b || !out)
     return mn__set_error(MN_ERR_INVALID, "backend or out is NULL");
   *out = NULL;
+  if (x && x->device == MN_DEVICE_HOST && b->device_kind != MN_DEVICE_HOST &&
+      x->data && x->rows > 0)
+    return pca_fit_staged(b, x, k, out);
   MN__TRY(check_input(b, x, "PCA input"));
   if (k < 1)
     return mn__set_error(MN_ERR_INVALID,

@@ -169,12 +169,16 @@ void mn__conn_fail(mn__conn *c, int code, const char *reason) {
 int64_t mn__conn_rate_take(mn__conn *c, int64_t n, int64_t per_minute) {
   if (per_minute <= 0)
     return 0;
-  uint64_t now = mn_time_ns();
   double cap = (double)per_minute;
   double per_ns = cap / 60e9;
   int64_t wait_ms = 0;
   pthread_mutex_lock(&c->lock);
-  c->tokens += (double)(now - c->tokens_ns) * per_ns;
+  /* The clock is read under the lock: a worker that read it earlier but
+   * took the lock later would see time run backwards, and the unsigned
+   * difference would refill the bucket (seen with 16 workers). */
+  uint64_t now = mn_time_ns();
+  if (now > c->tokens_ns)
+    c->tokens += (double)(now - c->tokens_ns) * per_ns;
   if (c->tokens > cap)
     c->tokens = cap;
   c->tokens_ns = now;

@@ -28,6 +28,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
     __file__))))
 MNEMOD = os.environ.get("MNEMOD") or os.path.join(ROOT, "build", "bin",
                                                   "mnemod")
+# The backend every test server runs on: "cpu" here; the device script
+# (bench/gpu/run.sh) and tests/integration/run_cuda.sh run the suite again
+# with MNEMO_TEST_DEVICE=cuda on a machine with a GPU.
+DEVICE = os.environ.get("MNEMO_TEST_DEVICE", "cpu")
 LISTEN_RE = re.compile(r"listening on ws://([^:\s]+):(\d+)")
 
 
@@ -50,7 +54,7 @@ class Server:
         with open(cfg, "w") as f:
             json.dump(self.config, f)
         cmd = [MNEMOD, "--config", cfg, "--port", "0", "--data-dir",
-               self.data_dir, "--device", "cpu"] + self.args
+               self.data_dir, "--device", DEVICE] + self.args
         env = dict(os.environ)
         env.update(self.env or {})
         self.port = None

@@ -3,7 +3,7 @@ import asyncio
 import json
 import re
 
-from helpers import call, connect, result_of
+from helpers import DEVICE, call, connect, result_of
 
 
 def test_health_is_the_engine_health_document(server):
@@ -13,7 +13,7 @@ def test_health_is_the_engine_health_document(server):
     doc = json.loads(body)
     assert doc["status"] == "ok"
     assert doc["state"] in ("normal", "high_load", "recovery")
-    assert doc["backend"] == "cpu"
+    assert doc["backend"] == DEVICE
     assert doc["uptime_s"] >= 0
     # The same document as the health method, up to the uptime.
     async def go():

@@ -7,7 +7,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from helpers import (align_signs, bf16_ref, call, connect, decode_tensor,
+from helpers import (DEVICE, align_signs, bf16_ref, call, connect, decode_tensor,
                      error_of, normalize_ref, pca_ref, rel_err, result_of)
 
 RNG = np.random.default_rng(20260126)
@@ -318,7 +318,7 @@ def test_health_method(server):
     h = result_of(asyncio.run(_one(server, "health")))
     assert h["status"] == "ok"
     assert h["state"] == "normal"
-    assert h["backend"] == "cpu"
+    assert h["backend"] == DEVICE
     assert h["uptime_s"] > 0
 
 

@@ -8,3 +8,17 @@ set_tests_properties(integration_pytest PROPERTIES
   ENVIRONMENT "MNEMOD=$<TARGET_FILE:mnemod>;PYTHONDONTWRITEBYTECODE=1"
   TIMEOUT 600
   LABELS "integration")
+
+# The same suite on the CUDA backend, where the plugin is built; it skips
+# without a GPU.
+if(TARGET mnemo-cuda)
+  add_test(NAME integration_pytest_cuda
+    COMMAND sh ${CMAKE_CURRENT_LIST_DIR}/run_cuda.sh /usr/bin/python3
+            ${CMAKE_CURRENT_LIST_DIR}
+    WORKING_DIRECTORY ${PROJECT_SOURCE_DIR})
+  set_tests_properties(integration_pytest_cuda PROPERTIES
+    ENVIRONMENT "MNEMOD=$<TARGET_FILE:mnemod>;PYTHONDONTWRITEBYTECODE=1"
+    SKIP_RETURN_CODE 77
+    TIMEOUT 600
+    LABELS "integration;cuda")
+endif()

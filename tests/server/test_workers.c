@@ -119,6 +119,53 @@ static void test_batch_larger_than_the_bucket(void **state) {
   free(c);
 }
 
+/* Regression (first GPU run, 16 workers): a worker that read the clock
+ * before another worker refilled the bucket saw time run backwards, and
+ * the unsigned difference refilled the bucket to the full minute. */
+static void test_bucket_last_refill_in_the_future(void **state) {
+  (void)state;
+  mn__conn *c = bucket_conn(0);
+  c->tokens_ns = mn_time_ns() + 1000000000ull; /* another worker's later clock */
+  assert_true(mn__conn_rate_take(c, 1, 20) > 0);
+  assert_true(c->tokens < 1.0);
+  pthread_mutex_destroy(&c->lock);
+  free(c);
+}
+
+typedef struct taker {
+  mn__conn *c;
+  int passed;
+} taker;
+
+static void *take_many(void *arg) {
+  taker *t = arg;
+  for (int i = 0; i < 200; i++)
+    t->passed += mn__conn_rate_take(t->c, 1, 50) == 0;
+  return NULL;
+}
+
+/* Eight workers taking from one connection's bucket of 50 per minute:
+ * together they get the 50 and at most the odd token refilled meanwhile. */
+static void test_bucket_shared_by_workers(void **state) {
+  (void)state;
+  mn__conn *c = bucket_conn(50);
+  pthread_t th[8];
+  taker t[8];
+  for (int i = 0; i < 8; i++) {
+    t[i].c = c;
+    t[i].passed = 0;
+    assert_int_equal(pthread_create(&th[i], NULL, take_many, &t[i]), 0);
+  }
+  int passed = 0;
+  for (int i = 0; i < 8; i++) {
+    pthread_join(th[i], NULL);
+    passed += t[i].passed;
+  }
+  assert_in_range(passed, 50, 52);
+  pthread_mutex_destroy(&c->lock);
+  free(c);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_single_requests_count_one),
@@ -126,6 +173,8 @@ int main(void) {
       cmocka_unit_test(test_binary_frames_count_only_the_json_part),
       cmocka_unit_test(test_token_bucket),
       cmocka_unit_test(test_batch_larger_than_the_bucket),
+      cmocka_unit_test(test_bucket_last_refill_in_the_future),
+      cmocka_unit_test(test_bucket_shared_by_workers),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -110,6 +110,9 @@ typedef struct mnc_backend {
   uint64_t limit;     /* gpu.memory_limit, 0 = none */
   int allow_f16;      /* TF32 / float16 products allowed */
   int64_t chunk_rows; /* rows per GEMM chunk in search (tuning) */
+  int eig_mode;       /* PCA eigensolver: -1 auto (top k by syevdx when
+                         k <= d/2), 0 all (syevd), 1 top k (syevdx);
+                         MNEMO_CUDA_EIG = auto | full | partial (tuning) */
   int pool_exact;     /* debug: exact sizes, no caching (memcheck) */
 
   pthread_mutex_t pool_mu;

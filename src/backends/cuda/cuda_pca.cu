@@ -225,7 +225,7 @@ mn_status mn__cuda_pca_fit(mn_backend *b, const mn_tensor *x, int64_t k64,
   MNC_LAUNCHED("trace_kernel");
 
   /* 3. eigenpairs: top k when k <= d/2 (syevdx), else all (syevd) */
-  const bool partial = 2 * k <= d;
+  const bool partial = cb->eig_mode >= 0 ? cb->eig_mode == 1 : 2 * k <= d;
   int lwork = 0, meig = 0, last = 0, h_info = 0;
   MncBuf info, work, lam, vecs;
   MNC_CHECK(info.alloc(cb, lane.l, sizeof(int)));

@@ -461,13 +461,17 @@ __global__ void __launch_bounds__(256) scan_kernel(ScanArgs a) {
         if constexpr (DT == MN_DTYPE_BIN) {
           val = binary_value(a.metric, group_sum(acc.ham[r][j], G), a.db.d);
         } else if constexpr (DT == MN_DTYPE_I8) {
-          int s0 = group_sum(acc.i8[r][j][0], G);
-          int s1 = group_sum(acc.i8[r][j][1], G);
-          int s2 = group_sum(acc.i8[r][j][2], G);
+          /* The three query parts are weighted on each lane and summed
+           * once: one shuffle tree per row instead of three. choose_g
+           * keeps a lane under 8 vectors (128 values) up to 4096 wide, so
+           * its integer sums convert to float exactly; wider, they round
+           * by at most 6e-8 relative. */
           const float *ps = a.q.q8s + (int64_t)(a.q0 + j) * 3;
-          float dot = live ? rs * (ps[0] * (float)s0 + ps[1] * (float)s1 +
-                                   ps[2] * (float)s2)
-                           : 0.f;
+          float part = ps[0] * (float)acc.i8[r][j][0] +
+                       ps[1] * (float)acc.i8[r][j][1] +
+                       ps[2] * (float)acc.i8[r][j][2];
+          float sum = group_sum(part, G);
+          float dot = live ? rs * sum : 0.f;
           val = metric_value(a.metric, dot, a.q.qn[a.q0 + j], xn, x2);
         } else {
           float dot = group_sum(acc.f[r][j], G) * rs;

@@ -649,10 +649,14 @@ Epi chunk_epi(const Ctx &c, int64_t r0, const float *xn) {
 }
 
 /* Rows per GEMM chunk: the tuning value, fewer when many queries would
- * make the score tile large (at most 32M scores, 128 MiB). */
+ * make the score tile large (at most 64M scores, 256 MiB, per buffer; two
+ * buffers), or when gpu.memory_limit is small (a sixteenth of it). */
 int64_t chunk_of(const Ctx &c) {
   int64_t C = c.cb->chunk_rows;
-  int64_t cap = ((int64_t)32 << 20) / c.Q;
+  int64_t scores = (int64_t)64 << 20;
+  if (c.cb->limit > 0 && (int64_t)(c.cb->limit / 64) < scores)
+    scores = (int64_t)(c.cb->limit / 64);
+  int64_t cap = scores / c.Q;
   if (cap < 1024)
     cap = 1024;
   if (C > cap)

@@ -553,6 +553,17 @@ static void check_pca(int64_t n, int64_t d, int64_t k) {
                (long long)t, dot);
   }
 
+  /* Host input straight to the GPU backend (fitPCA and the store do this;
+   * the wrapper uploads it): the same model as from device input. This
+   * failed with "PCA input lives on the host" on the first GPU run. */
+  mn_pca_model *mh = NULL;
+  CHECK_OK(mn_backend_pca_fit(gpu, &hx, k, &mh));
+  assert_int_equal(mh->n_samples, n);
+  for (int64_t t = 0; t < k; t++)
+    assert_true(fabs(mh->explained_variance[t] - mg->explained_variance[t]) <=
+                1e-6 * mg->explained_variance[t]);
+  mn_pca_free(mh);
+
   /* transform, plain and whitened, against the CPU */
   int64_t m = 300;
   float *x2 = pca_data(m, d);
