@@ -482,8 +482,7 @@ static void fill_info(mn_store *s, st_coll *c, mn_collection_info *info) {
   info->count = __atomic_load_n(&c->count, __ATOMIC_RELAXED);
   int64_t nch = st_nchunks(c);
   info->chunks = nch;
-  info->bytes[MN_TIER_DISK] =
-      (uint64_t)info->count * (uint64_t)(ST_VEC_HDR + c->row_bytes);
+  info->bytes[MN_TIER_DISK] = (uint64_t)info->count * (uint64_t)c->row_bytes;
   pthread_mutex_lock(&s->tier_mu);
   for (int64_t i = 0; i < nch; i++) {
     st_chunk *ch = st_chunk_at(c, i);

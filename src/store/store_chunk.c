@@ -526,6 +526,12 @@ int mn__st_chunk_find(const st_coll *c, uint64_t seq, int32_t *row) {
   return -1;
 }
 
+static uint32_t get_be32_(const void *p) {
+  const uint8_t *b = p;
+  return (uint32_t)b[0] << 24 | (uint32_t)b[1] << 16 | (uint32_t)b[2] << 8 |
+         b[3];
+}
+
 mn_status mn__st_chunk_load_rows(mn_store *s, st_chunk *ch, int32_t n,
                                  void *dst) {
   st_coll *c = ch->coll;
@@ -542,31 +548,52 @@ mn_status mn__st_chunk_load_rows(mn_store *s, st_chunk *ch, int32_t n,
     mn__st_read_end(s, txn);
     return mn__st_lmdb(rc, "open cursor");
   }
-  uint8_t kb[12];
-  mn__st_key_seq(kb, c->cid, ch->seq[0]);
-  MDB_val k = {12, kb}, v;
+  /* The runs holding the chunk's seqs, in key order: the one that may
+   * hold seq[0], then the following ones while they start at or before
+   * seq[n - 1]. Rows whose vector is missing stay zero. */
+  st_run r;
   int32_t j = 0;
-  uint8_t last[12];
-  mn__st_key_seq(last, c->cid, ch->seq[n - 1]);
-  for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE); rc == 0 && j < n;
-       rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
-    if (k.mv_size != 12 || memcmp(k.mv_data, last, 12) > 0)
-      break;
-    uint64_t seq = 0;
-    for (int b = 4; b < 12; b++)
-      seq = seq << 8 | ((const uint8_t *)k.mv_data)[b];
-    while (j < n && ch->seq[j] < seq)
+  st = mn__st_run_seek(cur, c->cid, ch->seq[0], c->row_bytes, &r);
+  MDB_val k, v;
+  if (st == MN_ERR_NOT_FOUND) { /* none before seq[0]: from the next one */
+    uint8_t kb[12];
+    mn__st_key_seq(kb, c->cid, ch->seq[0]);
+    k.mv_size = 12;
+    k.mv_data = kb;
+    rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+    st = MN_OK;
+    if (rc == 0 && (k.mv_size != 12 || get_be32_(k.mv_data) != c->cid))
+      rc = MDB_NOTFOUND;
+    if (rc == 0 && mn__st_run_parse(&k, &v, c->row_bytes, &r) != 0)
+      st = mn__set_error(MN_ERR_VERSION,
+                         "a vector run of '%s' has an "
+                         "unknown format or size",
+                         c->name);
+  } else {
+    rc = 0;
+  }
+  while (st == MN_OK && rc == 0 && j < n) {
+    while (j < n && ch->seq[j] < r.first)
       j++;
-    if (j < n && ch->seq[j] == seq) {
-      const void *codes;
-      if (mn__st_codes_parse(&v, c->row_bytes, &codes) != 0) {
-        st = mn__set_error(MN_ERR_VERSION, "vector record has an unknown "
-                                           "format");
-        break;
-      }
-      memcpy((char *)dst + (size_t)j * rb, codes, rb);
-      j++;
+    for (; j < n && ch->seq[j] - r.first < r.span; j++) {
+      int64_t i = mn__st_run_index(&r, ch->seq[j]);
+      if (i >= 0)
+        memcpy((char *)dst + (size_t)j * rb, r.codes + (size_t)i * rb, rb);
     }
+    if (j == n)
+      break;
+    rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+    if (rc)
+      break;
+    if (k.mv_size != 12 || get_be32_(k.mv_data) != c->cid) {
+      rc = MDB_NOTFOUND;
+      break;
+    }
+    if (mn__st_run_parse(&k, &v, c->row_bytes, &r) != 0)
+      st = mn__set_error(MN_ERR_VERSION,
+                         "a vector run of '%s' has an "
+                         "unknown format or size",
+                         c->name);
   }
   if (st == MN_OK && rc && rc != MDB_NOTFOUND)
     st = mn__st_lmdb(rc, "read a chunk");

@@ -3,16 +3,23 @@
  * databases, record encoding, the writer thread with group commit and map
  * growth, and the rebuild of every collection from LMDB at open.
  *
- * Key layout (chosen so that open is one sequential scan of the vectors):
+ * Key layout:
  *   meta   "format" -> u32, "next_cid" -> u32, "pca:"+cid -> PCA model
  *   coll   name -> collection record
- *   vec    cid(be32) seq(be64) -> vector record (header + codes in the
- *          collection's storage dtype); everything the in-memory chunks
- *          need, so open reads only this database
+ *   rows   cid(be32) seq(be64) -> row record (time, significance, norm,
+ *          scale, chat): what the in-memory chunks need besides the
+ *          vectors, so open reads only this database
+ *   vec    cid first-seq -> vector run: the codes of up to run_rows
+ *          consecutive rows of one add in one value (store_internal.h),
+ *          so a 3 KiB row does not take a 4 KiB overflow page of its own
+ *          and an add of 1000 rows is a dozen puts, not a thousand
  *   rec    cid seq -> id, content, metadata (read for results only)
  *   ids    cid id -> seq
  *   chats  cid chat -> significance state (momentum, mean norm)
- * Big-endian integers make byte order equal numeric order.
+ * Big-endian integers make byte order equal numeric order. A row is live
+ * when its `rows` record exists; a run may still hold codes of deleted
+ * rows until a delete leaves half of it dead (then it is rewritten with
+ * the live rows only, sparse) or all of it (then it is deleted).
  *
  * DESIGN: one writer thread owns every write transaction. Callers queue an
  * st_op and wait; the writer takes everything queued (up to a bound),
@@ -142,13 +149,140 @@ int mn__st_row_parse(const MDB_val *v, st_vec_hdr *h) {
   return 0;
 }
 
-int mn__st_codes_parse(const MDB_val *v, int64_t row_bytes,
-                       const void **codes) {
+/* ------------------------------------------------------------------------
+ * Vector runs.
+ * ---------------------------------------------------------------------- */
+static size_t run_hdr_size(uint32_t count, int sparse) {
+  return ST_RUN_HDR + (sparse ? ((size_t)count * 4 + 15) & ~(size_t)15 : 0);
+}
+
+static size_t run_size(uint32_t count, int sparse, int64_t row_bytes) {
+  return run_hdr_size(count, sparse) + (size_t)count * (size_t)row_bytes;
+}
+
+/* Rows per full run: as many as fit in ST_RUN_TARGET_PAGES overflow pages,
+ * then, among the counts down to half of that, the one that wastes the
+ * least of its last page (a 3072-byte row: 42 rows in 32 pages leave
+ * 2 KiB unused, 41 rows in 31 pages 800 bytes). */
+int32_t mn__st_run_rows(unsigned psize, int64_t row_bytes) {
+  const size_t ovh = 16 + ST_RUN_HDR; /* LMDB page header, run header */
+  size_t room = (size_t)ST_RUN_TARGET_PAGES * psize - ovh;
+  if (row_bytes <= 0 || (size_t)row_bytes >= room)
+    return 1;
+  int64_t max = (int64_t)(room / (size_t)row_bytes);
+  if (max > (int64_t)1 << 20)
+    max = (int64_t)1 << 20;
+  int64_t best = max;
+  double best_eff = 0;
+  for (int64_t r = max; r >= (max + 1) / 2; r--) {
+    size_t bytes = ovh + (size_t)r * (size_t)row_bytes;
+    size_t pages = (bytes + psize - 1) / psize;
+    double eff =
+        (double)((size_t)r * (size_t)row_bytes) / (double)(pages * psize);
+    if (eff > best_eff + 1e-9) {
+      best_eff = eff;
+      best = r;
+    }
+  }
+  return (int32_t)best;
+}
+
+static void run_write_hdr(uint8_t *p, uint32_t count, uint32_t span,
+                          int sparse) {
+  memset(p, 0, run_hdr_size(count, sparse));
+  p[0] = ST_RUN_VERSION;
+  p[1] = sparse ? ST_RUN_SPARSE : 0;
+  put_u32(p + 4, count);
+  put_u32(p + 8, span);
+}
+
+int mn__st_run_parse(const MDB_val *k, const MDB_val *v, int64_t row_bytes,
+                     st_run *r) {
   const uint8_t *p = v->mv_data;
-  if (v->mv_size != ST_VEC_HDR + (size_t)row_bytes || p[0] != ST_REC_VERSION)
+  if (k->mv_size != 12 || v->mv_size < ST_RUN_HDR || p[0] != ST_RUN_VERSION ||
+      (p[1] & ~ST_RUN_SPARSE) != 0)
     return -1;
-  *codes = p + ST_VEC_HDR;
+  int sparse = p[1] & ST_RUN_SPARSE;
+  r->first = get_be64((const uint8_t *)k->mv_data + 4);
+  r->count = get_u32(p + 4);
+  r->span = get_u32(p + 8);
+  if (r->count == 0 || v->mv_size != run_size(r->count, sparse, row_bytes))
+    return -1;
+  r->off = sparse ? p + ST_RUN_HDR : NULL;
+  r->codes = p + run_hdr_size(r->count, sparse);
+  if (sparse ? get_u32(r->off + 4 * (size_t)(r->count - 1)) + 1ull != r->span
+             : r->span != r->count)
+    return -1;
   return 0;
+}
+
+/* The index of `seq` in the run, or -1. */
+int64_t mn__st_run_index(const st_run *r, uint64_t seq) {
+  if (seq < r->first || seq - r->first >= r->span)
+    return -1;
+  uint32_t d = (uint32_t)(seq - r->first);
+  if (!r->off)
+    return d;
+  int64_t lo = 0, hi = (int64_t)r->count - 1;
+  while (lo <= hi) {
+    int64_t m = (lo + hi) / 2;
+    uint32_t o = get_u32(r->off + 4 * (size_t)m);
+    if (o == d)
+      return m;
+    if (o < d)
+      lo = m + 1;
+    else
+      hi = m - 1;
+  }
+  return -1;
+}
+
+/* Put the cursor on the run of collection `cid` with the greatest first
+ * seq <= seq (the only one that can hold seq) and parse it. Returns
+ * MN_ERR_NOT_FOUND (no error set) when there is none; the cursor's
+ * position is then unspecified. */
+mn_status mn__st_run_seek(MDB_cursor *cur, uint32_t cid, uint64_t seq,
+                          int64_t row_bytes, st_run *r) {
+  uint8_t kb[12];
+  mn__st_key_seq(kb, cid, seq);
+  MDB_val k = {12, kb}, v;
+  int rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+  if (rc == 0 && !(k.mv_size == 12 && memcmp(k.mv_data, kb, 12) == 0))
+    rc = mdb_cursor_get(cur, &k, &v, MDB_PREV);
+  else if (rc == MDB_NOTFOUND)
+    rc = mdb_cursor_get(cur, &k, &v, MDB_LAST);
+  if (rc == MDB_NOTFOUND)
+    return MN_ERR_NOT_FOUND;
+  if (rc)
+    return mn__st_lmdb(rc, "find a vector run");
+  if (k.mv_size != 12 || get_be32(k.mv_data) != cid)
+    return MN_ERR_NOT_FOUND;
+  if (mn__st_run_parse(&k, &v, row_bytes, r) != 0)
+    return mn__set_error(MN_ERR_VERSION,
+                         "a vector run of collection %u has an unknown "
+                         "format or size",
+                         cid);
+  return MN_OK;
+}
+
+/* The codes of one row, or MN_ERR_NOT_FOUND (no error set). */
+static mn_status vec_get(mn_store *s, MDB_txn *txn, const st_coll *c,
+                         uint64_t seq, const void **codes) {
+  MDB_cursor *cur;
+  int rc = mdb_cursor_open(txn, s->dbi[ST_DBI_VEC], &cur);
+  if (rc)
+    return mn__st_lmdb(rc, "open cursor");
+  st_run r;
+  mn_status st = mn__st_run_seek(cur, c->cid, seq, c->row_bytes, &r);
+  if (st == MN_OK) {
+    int64_t i = mn__st_run_index(&r, seq);
+    if (i < 0)
+      st = MN_ERR_NOT_FOUND;
+    else
+      *codes = r.codes + i * c->row_bytes;
+  }
+  mdb_cursor_close(cur);
+  return st;
 }
 
 mn_status mn__st_read_row(mn_store *s, MDB_txn *txn, const st_coll *c,
@@ -167,24 +301,11 @@ mn_status mn__st_read_row(mn_store *s, MDB_txn *txn, const st_coll *c,
                          (unsigned long long)seq, c->name);
   if (!want_codes)
     return MN_OK;
-  rc = mdb_get(txn, s->dbi[ST_DBI_VEC], &k, &v);
-  if (rc == MDB_NOTFOUND)
-    return MN_ERR_NOT_FOUND;
-  if (rc)
-    return mn__st_lmdb(rc, "read a vector");
-  if (mn__st_codes_parse(&v, c->row_bytes, &h->codes) != 0)
-    return mn__set_error(MN_ERR_VERSION,
-                         "vector %llu of '%s' has an unknown record format",
-                         (unsigned long long)seq, c->name);
-  return MN_OK;
+  return vec_get(s, txn, c, seq, &h->codes);
 }
 
 static size_t row_size(uint32_t chat_len) {
   return ST_ROW_HDR + (size_t)chat_len;
-}
-
-static size_t vec_size(const st_coll *c) {
-  return ST_VEC_HDR + (size_t)c->row_bytes;
 }
 
 static void row_write(uint8_t *p, const st_add_row *r) {
@@ -196,12 +317,6 @@ static void row_write(uint8_t *p, const st_add_row *r) {
   put_f32(p + 16, r->norm);
   put_f32(p + 20, r->scale);
   memcpy(p + ST_ROW_HDR, r->chat, r->chat_len);
-}
-
-static void vec_write(uint8_t *p, const void *codes, int64_t row_bytes) {
-  memset(p, 0, ST_VEC_HDR);
-  p[0] = ST_REC_VERSION;
-  memcpy(p + ST_VEC_HDR, codes, (size_t)row_bytes);
 }
 
 int mn__st_rec_parse(const MDB_val *v, const char **id, uint32_t *id_len,
@@ -391,8 +506,9 @@ static mn_status grow_map(mn_store *s, uint64_t at_least) {
   return MN_OK;
 }
 
-static mn_status open_dbis(mn_store *s) {
+static mn_status open_dbis(mn_store *s, uint32_t *old_format) {
   MDB_txn *txn;
+  *old_format = 0;
   int rc = mdb_txn_begin(s->env, NULL, 0, &txn);
   if (rc)
     return mn__st_lmdb(rc, "begin");
@@ -409,11 +525,14 @@ static mn_status open_dbis(mn_store *s) {
       rc = mdb_put(txn, s->dbi[ST_DBI_META], &k, &v, 0);
     } else if (rc == 0) {
       uint32_t fmt = v.mv_size == 4 ? get_u32(v.mv_data) : 0;
-      if (fmt != ST_FORMAT_VERSION) {
+      if (fmt == 1) {
+        *old_format = fmt; /* converted by the caller */
+      } else if (fmt != ST_FORMAT_VERSION) {
         mdb_txn_abort(txn);
         return mn__set_error(MN_ERR_VERSION,
                              "the store at %s has format version %u; this "
-                             "build reads version %u",
+                             "build reads versions 1 (converted at open) "
+                             "and %u",
                              s->path, fmt, ST_FORMAT_VERSION);
       }
     }
@@ -429,6 +548,160 @@ static mn_status open_dbis(mn_store *s) {
     mdb_txn_abort(txn);
   }
   return mn__st_lmdb(rc, "open the databases");
+}
+
+/* ------------------------------------------------------------------------
+ * Converting a format 1 store: one vector record per row (u8 1, 7 bytes
+ * 0, codes) becomes runs. A bounded amount is converted per write
+ * transaction; each transaction leaves every row's vector in exactly one
+ * place (its old record, first byte 1, or a run, first byte
+ * ST_RUN_VERSION), so a conversion cut short by a crash resumes at the
+ * next open. The format number changes in the last transaction.
+ * ---------------------------------------------------------------------- */
+#define ST_CONVERT_TXN_BYTES (64u << 20)
+
+static mn_status convert_step(mn_store *s, uint8_t resume[12], int *done,
+                              uint64_t *converted) {
+  MDB_txn *txn;
+  MDB_cursor *cur = NULL;
+  int rc = mdb_txn_begin(s->env, NULL, 0, &txn);
+  if (rc)
+    return mn__st_lmdb(rc, "begin the format conversion");
+  rc = mdb_cursor_open(txn, s->dbi[ST_DBI_VEC], &cur);
+  mn_status st = mn__st_lmdb(rc, "open cursor");
+  uint8_t *buf = NULL;
+  uint32_t *offs = NULL;
+  uint64_t bytes = 0, n_rows = 0;
+  MDB_val k = {12, resume}, v;
+  if (st == MN_OK)
+    rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+  while (st == MN_OK && rc == 0 && bytes < ST_CONVERT_TXN_BYTES) {
+    const uint8_t *p = v.mv_data;
+    if (k.mv_size == 12 && v.mv_size >= 1 && p[0] == ST_RUN_VERSION) {
+      rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT); /* converted already */
+      continue;
+    }
+    if (k.mv_size != 12 || v.mv_size <= ST_VEC_HDR || p[0] != 1) {
+      st = mn__set_error(MN_ERR_VERSION,
+                         "the store at %s has a vector record of unknown "
+                         "format; cannot convert it to format %u",
+                         s->path, ST_FORMAT_VERSION);
+      break;
+    }
+    /* Up to run_rows records of this collection, in key order. */
+    uint32_t cid = get_be32(k.mv_data);
+    int64_t rb = (int64_t)(v.mv_size - ST_VEC_HDR);
+    int32_t max = mn__st_run_rows(s->psize, rb);
+    uint64_t first = get_be64((const uint8_t *)k.mv_data + 4), last = first;
+    uint8_t *nb = realloc(buf, ST_RUN_HDR + (size_t)max * 4 + 16 +
+                                   (size_t)max * (size_t)rb);
+    uint32_t *no = realloc(offs, sizeof *offs * (size_t)max);
+    if (nb)
+      buf = nb;
+    if (no)
+      offs = no;
+    if (!nb || !no) {
+      st = mn__set_error(MN_ERR_NOMEM, "out of memory converting the store");
+      break;
+    }
+    uint8_t *codes = buf + ST_RUN_HDR + (size_t)max * 4 + 16;
+    uint32_t cnt = 0;
+    while (rc == 0 && cnt < (uint32_t)max) {
+      p = v.mv_data;
+      if (k.mv_size != 12 || get_be32(k.mv_data) != cid || p[0] != 1 ||
+          v.mv_size != ST_VEC_HDR + (size_t)rb)
+        break;
+      uint64_t seq = get_be64((const uint8_t *)k.mv_data + 4);
+      if (seq - first > UINT32_MAX - 1)
+        break;
+      offs[cnt] = (uint32_t)(seq - first);
+      memcpy(codes + (size_t)cnt * (size_t)rb, p + ST_VEC_HDR, (size_t)rb);
+      cnt++;
+      last = seq;
+      if ((rc = mdb_cursor_del(cur, 0)) != 0)
+        break;
+      rc = mdb_cursor_get(cur, &k, &v, MDB_GET_CURRENT);
+    }
+    if (rc && rc != MDB_NOTFOUND && rc != EINVAL) {
+      st = mn__st_lmdb(rc, "convert vector records");
+      break;
+    }
+    int sparse = last - first + 1 != cnt;
+    size_t hs = run_hdr_size(cnt, sparse);
+    uint8_t *val = codes - hs;
+    run_write_hdr(val, cnt, (uint32_t)(last - first + 1), sparse);
+    for (uint32_t i = 0; sparse && i < cnt; i++)
+      put_u32(val + ST_RUN_HDR + 4 * (size_t)i, offs[i]);
+    uint8_t kb[12];
+    mn__st_key_seq(kb, cid, first);
+    MDB_val rk = {12, kb}, rv = {hs + (size_t)cnt * (size_t)rb, val};
+    st = mn__st_lmdb(mdb_put(txn, s->dbi[ST_DBI_VEC], &rk, &rv, 0),
+                     "write a vector run");
+    bytes += rv.mv_size;
+    n_rows += cnt;
+    /* On after the run just written. */
+    mn__st_key_seq(kb, cid, last + 1);
+    memcpy(resume, kb, 12);
+    k.mv_size = 12;
+    k.mv_data = resume;
+    if (st == MN_OK)
+      rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+  }
+  if (st == MN_OK && rc && rc != MDB_NOTFOUND)
+    st = mn__st_lmdb(rc, "convert vector records");
+  *done = st == MN_OK && rc == MDB_NOTFOUND;
+  if (st == MN_OK && !*done)
+    memmove(resume, k.mv_data, 12);
+  if (st == MN_OK && *done) {
+    uint8_t b[4];
+    put_u32(b, ST_FORMAT_VERSION);
+    MDB_val fk = {6, "format"}, fv = {4, b};
+    st = mn__st_lmdb(mdb_put(txn, s->dbi[ST_DBI_META], &fk, &fv, 0),
+                     "write the format version");
+  }
+  if (cur)
+    mdb_cursor_close(cur);
+  free(buf);
+  free(offs);
+  if (st == MN_OK) {
+    st = mn__st_lmdb(mdb_txn_commit(txn), "commit the format conversion");
+    if (st == MN_OK)
+      *converted += n_rows;
+  } else {
+    mdb_txn_abort(txn);
+  }
+  return st;
+}
+
+static mn_status migrate_v1(mn_store *s) {
+  MN__LOGI(ST_MOD,
+           "converting the store at %s from format 1 (one vector record per "
+           "row) to format %u (vector runs)",
+           s->path, ST_FORMAT_VERSION);
+  uint8_t resume[12] = {0}, at[12];
+  uint64_t rows = 0;
+  for (int done = 0; !done;) {
+    memcpy(at, resume, 12);
+    mn_status st = convert_step(s, resume, &done, &rows);
+    if (st == ST_MAP_FULL) {
+      memcpy(resume, at, 12); /* the step was undone: again, bigger */
+      done = 0;
+      MN__TRY(grow_map(s, 0));
+      continue;
+    }
+    if (st != MN_OK) {
+      char why[512];
+      snprintf(why, sizeof why, "%s", mn_errmsg());
+      return mn__set_error(st,
+                           "converting the store at %s to format %u failed "
+                           "(it stays in format 1; the conversion goes on "
+                           "at the next open): %s",
+                           s->path, ST_FORMAT_VERSION, why);
+    }
+  }
+  MN__LOGI(ST_MOD, "store at %s converted: %llu vectors now in runs", s->path,
+           (unsigned long long)rows);
+  return MN_OK;
 }
 
 mn_status mn__st_db_open(mn_store *s) {
@@ -465,8 +738,14 @@ mn_status mn__st_db_open(mn_store *s) {
   mdb_env_stat(s->env, &est);
   s->psize = est.ms_psize;
   mn_status st;
-  while ((st = open_dbis(s)) == ST_MAP_FULL)
+  uint32_t old = 0;
+  while ((st = open_dbis(s, &old)) == ST_MAP_FULL)
     MN__TRY(grow_map(s, 0));
+  if (st == MN_OK && old == 1) {
+    MN__TRY(migrate_v1(s));
+    while ((st = open_dbis(s, &old)) == ST_MAP_FULL)
+      MN__TRY(grow_map(s, 0));
+  }
   return st;
 }
 
@@ -528,6 +807,7 @@ static mn_status load_colls(mn_store *s, MDB_txn *txn) {
     memcpy(c->pca_name, p + COLL_REC_FIXED, pl);
     c->pca_name[pl] = '\0';
     c->row_bytes = (int64_t)mn_dtype_row_bytes(c->dtype, c->width);
+    c->run_rows = mn__st_run_rows(s->psize, c->row_bytes);
     if (pl) {
       uint8_t kb[8];
       memcpy(kb, "pca:", 4);
@@ -773,13 +1053,18 @@ static mn_status apply_add(mn_store *s, MDB_txn *txn, st_op *op,
       if (rc != MDB_NOTFOUND)
         return mn__st_lmdb(rc, "look up an id");
     }
-    est += value_cost(s, 12, vec_size(c)) +
-           value_cost(s, 12, row_size(r->chat_len)) +
+    est += value_cost(s, 12, row_size(r->chat_len)) +
            value_cost(s, 12,
                       rec_size(r->id_len ? r->id_len : 22, r->content_len,
                                r->metadata_len)) +
            value_cost(s, 4 + (r->id_len ? r->id_len : 22), 8);
   }
+  /* The vector runs: full ones and the rest. */
+  int64_t full = n / c->run_rows, tail = n % c->run_rows;
+  est += (uint64_t)full *
+         value_cost(s, 12, run_size((uint32_t)c->run_rows, 0, c->row_bytes));
+  if (tail)
+    est += value_cost(s, 12, run_size((uint32_t)tail, 0, c->row_bytes));
   MN__TRY(check_disk(s, group_bytes, est, op));
   /* Server-assigned ids: time-ordered, checked against the index. */
   for (int64_t i = 0; i < n; i++) {
@@ -811,9 +1096,10 @@ static mn_status apply_add(mn_store *s, MDB_txn *txn, st_op *op,
                            r->raw_norm, r->has_sig, &r->sig));
   }
   /* Rows go in key order through cursors. Keys of the newest collection
-   * are always past the end of vec and rec, where MDB_APPEND saves the
-   * search and fills pages completely; anywhere else the cursor falls back
-   * to an ordinary insert. Values are written in place (MDB_RESERVE). */
+   * are always past the end of rows, vec and rec, where MDB_APPEND saves
+   * the search and fills pages completely; anywhere else the cursor falls
+   * back to an ordinary insert. Values are written in place
+   * (MDB_RESERVE). The vectors go last, in runs of up to run_rows rows. */
   MDB_cursor *cw = NULL, *cv = NULL, *cr = NULL, *ci = NULL;
   int rc = mdb_cursor_open(txn, s->dbi[ST_DBI_ROWS], &cw);
   if (!rc)
@@ -839,17 +1125,6 @@ static mn_status apply_add(mn_store *s, MDB_txn *txn, st_op *op,
     if ((st = mn__st_lmdb(rc, "put row")) != MN_OK)
       break;
     row_write(w.mv_data, r);
-    MDB_val v = {vec_size(c), NULL};
-    rc = mdb_cursor_put(cv, &k, &v, MDB_RESERVE | (append ? MDB_APPEND : 0));
-    if (rc == MDB_KEYEXIST && append) {
-      append = 0;
-      v.mv_data = NULL;
-      rc = mdb_cursor_put(cv, &k, &v, MDB_RESERVE);
-    }
-    if ((st = mn__st_lmdb(rc, "put vector")) != MN_OK)
-      break;
-    vec_write(v.mv_data, (const char *)op->u.add.codes + i * c->row_bytes,
-              c->row_bytes);
     MDB_val rv = {rec_size(r->id_len, r->content_len, r->metadata_len), NULL};
     rc = mdb_cursor_put(cr, &k, &rv, MDB_RESERVE | (append ? MDB_APPEND : 0));
     if (rc == MDB_KEYEXIST && append) {
@@ -872,6 +1147,25 @@ static mn_status apply_add(mn_store *s, MDB_txn *txn, st_op *op,
       rc = mdb_cursor_put(ci, &ik, &iv, MDB_NOOVERWRITE);
     }
     st = mn__st_lmdb(rc, "put id");
+  }
+  int vappend = 1;
+  for (int64_t i = 0; i < n && st == MN_OK; i += c->run_rows) {
+    uint32_t cnt = (uint32_t)MN__MIN((int64_t)c->run_rows, n - i);
+    uint8_t sk[12];
+    mn__st_key_seq(sk, c->cid, rows[i].seq);
+    MDB_val k = {12, sk}, v = {run_size(cnt, 0, c->row_bytes), NULL};
+    rc = mdb_cursor_put(cv, &k, &v, MDB_RESERVE | (vappend ? MDB_APPEND : 0));
+    if (rc == MDB_KEYEXIST && vappend) {
+      vappend = 0;
+      v.mv_data = NULL;
+      rc = mdb_cursor_put(cv, &k, &v, MDB_RESERVE);
+    }
+    if ((st = mn__st_lmdb(rc, "put vectors")) != MN_OK)
+      break;
+    run_write_hdr(v.mv_data, cnt, cnt, 0);
+    memcpy((uint8_t *)v.mv_data + ST_RUN_HDR,
+           (const char *)op->u.add.codes + i * c->row_bytes,
+           (size_t)cnt * (size_t)c->row_bytes);
   }
   if (cw)
     mdb_cursor_close(cw);
@@ -902,6 +1196,112 @@ static mn_status find_seq(mn_store *s, MDB_txn *txn, const st_coll *c,
   return MN_OK;
 }
 
+static int cmp_u64(const void *a, const void *b) {
+  uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+  return (x > y) - (x < y);
+}
+
+/* The live rows of a run: the seqs in [first, first + span) that still
+ * have a row record (runs of a collection never overlap). */
+static mn_status run_live(mn_store *s, MDB_txn *txn, uint32_t cid,
+                          const st_run *r, uint64_t *live, uint32_t *n) {
+  MDB_cursor *cur;
+  int rc = mdb_cursor_open(txn, s->dbi[ST_DBI_ROWS], &cur);
+  if (rc)
+    return mn__st_lmdb(rc, "open cursor");
+  uint8_t kb[12];
+  mn__st_key_seq(kb, cid, r->first);
+  MDB_val k = {12, kb}, v;
+  *n = 0;
+  for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE); rc == 0;
+       rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+    if (k.mv_size != 12 || get_be32(k.mv_data) != cid)
+      break;
+    uint64_t seq = get_be64((const uint8_t *)k.mv_data + 4);
+    if (seq - r->first >= r->span)
+      break;
+    if (mn__st_run_index(r, seq) >= 0 && *n < r->count)
+      live[(*n)++] = seq;
+  }
+  mdb_cursor_close(cur);
+  if (rc && rc != MDB_NOTFOUND)
+    return mn__st_lmdb(rc, "scan rows");
+  return MN_OK;
+}
+
+/* After rows were deleted (`gone`, ascending): a run with no live row
+ * left is deleted; one with half or more of its rows dead is rewritten
+ * with the live ones only (sparse, same key). Each rewrite at least halves
+ * a run, so the bytes rewritten are bounded by the bytes deleted. */
+static mn_status prune_runs(mn_store *s, MDB_txn *txn, const st_coll *c,
+                            const uint64_t *gone, int64_t ng) {
+  MDB_cursor *cur;
+  int rc = mdb_cursor_open(txn, s->dbi[ST_DBI_VEC], &cur);
+  if (rc)
+    return mn__st_lmdb(rc, "open cursor");
+  uint64_t *live = NULL;
+  uint8_t *buf = NULL;
+  mn_status st = MN_OK;
+  for (int64_t i = 0; i < ng && st == MN_OK;) {
+    st_run r;
+    st = mn__st_run_seek(cur, c->cid, gone[i], c->row_bytes, &r);
+    if (st == MN_ERR_NOT_FOUND) {
+      st = MN_OK;
+      i++;
+      continue;
+    }
+    if (st != MN_OK)
+      break;
+    if (gone[i] - r.first >= r.span) { /* in no run */
+      i++;
+      continue;
+    }
+    while (i < ng && gone[i] - r.first < r.span) /* gone is ascending */
+      i++;
+    live = realloc(live, sizeof *live * r.count);
+    if (!live) {
+      st = mn__set_error(MN_ERR_NOMEM, "out of memory");
+      break;
+    }
+    uint32_t nl = 0;
+    if ((st = run_live(s, txn, c->cid, &r, live, &nl)) != MN_OK)
+      break;
+    if (nl == 0) {
+      st = mn__st_lmdb(mdb_cursor_del(cur, 0), "delete vectors");
+      continue;
+    }
+    if (nl * 2 > r.count)
+      continue;
+    /* Rewrite: build the new value aside (the old one is in pages the
+     * put may reuse), then replace it under the same key. */
+    size_t sz = run_size(nl, 1, c->row_bytes);
+    uint8_t *nb = realloc(buf, sz);
+    if (!nb) {
+      st = mn__set_error(MN_ERR_NOMEM, "out of memory");
+      break;
+    }
+    buf = nb;
+    uint32_t span = (uint32_t)(live[nl - 1] - r.first + 1);
+    run_write_hdr(buf, nl, span, 1);
+    uint8_t *codes = buf + run_hdr_size(nl, 1);
+    for (uint32_t j = 0; j < nl; j++) {
+      put_u32(buf + ST_RUN_HDR + 4 * (size_t)j, (uint32_t)(live[j] - r.first));
+      memcpy(codes + (size_t)j * (size_t)c->row_bytes,
+             r.codes + mn__st_run_index(&r, live[j]) * c->row_bytes,
+             (size_t)c->row_bytes);
+    }
+    uint8_t kb[12];
+    mn__st_key_seq(kb, c->cid, r.first);
+    MDB_val k = {12, kb}, v = {sz, buf};
+    st = mn__st_lmdb(mdb_put(txn, s->dbi[ST_DBI_VEC], &k, &v, 0),
+                     "rewrite vectors");
+  }
+  mdb_cursor_close(cur);
+  free(live);
+  free(buf);
+  return st;
+}
+
 static mn_status apply_delete(mn_store *s, MDB_txn *txn, st_op *op) {
   st_coll *c = op->coll;
   if (c->dropping || c->dead)
@@ -925,16 +1325,25 @@ static mn_status apply_delete(mn_store *s, MDB_txn *txn, st_op *op) {
     int rc = mdb_del(txn, s->dbi[ST_DBI_ROWS], &k2, NULL);
     if (rc && rc != MDB_NOTFOUND)
       return mn__st_lmdb(rc, "delete row");
-    rc = mdb_del(txn, s->dbi[ST_DBI_VEC], &k2, NULL);
-    if (rc && rc != MDB_NOTFOUND)
-      return mn__st_lmdb(rc, "delete vector");
     rc = mdb_del(txn, s->dbi[ST_DBI_REC], &k2, NULL);
     if (rc && rc != MDB_NOTFOUND)
       return mn__st_lmdb(rc, "delete record");
     op->u.del.seqs[i] = seq;
     op->u.del.deleted++;
   }
-  return MN_OK;
+  if (!op->u.del.deleted)
+    return MN_OK;
+  uint64_t *gone = malloc(sizeof(uint64_t) * (size_t)op->u.del.deleted);
+  if (!gone)
+    return mn__set_error(MN_ERR_NOMEM, "out of memory");
+  int64_t ng = 0;
+  for (int64_t i = 0; i < op->u.del.n; i++)
+    if (op->u.del.seqs[i] != UINT64_MAX)
+      gone[ng++] = op->u.del.seqs[i];
+  qsort(gone, (size_t)ng, sizeof *gone, cmp_u64);
+  mn_status st = prune_runs(s, txn, c, gone, ng);
+  free(gone);
+  return st;
 }
 
 /* Rewrite the significance field of a row record. */
@@ -1072,6 +1481,7 @@ static mn_status apply_create(mn_store *s, MDB_txn *txn, st_op *op,
   snprintf(c->pca_name, sizeof c->pca_name, "%s",
            o->pca_model ? o->pca_model : "");
   c->row_bytes = (int64_t)mn_dtype_row_bytes(c->dtype, c->width);
+  c->run_rows = mn__st_run_rows(s->psize, c->row_bytes);
   c->created = mn__st_now(s);
   c->cid = s->next_cid++;
   c->next_seq = c->pending_seq = 0;

@@ -46,8 +46,11 @@
 #include <stdatomic.h>
 
 #define ST_MOD "store"
-#define ST_FORMAT_VERSION 1 /* meta "format" */
-#define ST_REC_VERSION 1    /* first byte of every record value */
+/* meta "format": 2 = vectors packed in runs; 1 = one vector record per row
+ * (converted at open, see store_db.c) */
+#define ST_FORMAT_VERSION 2
+#define ST_REC_VERSION 1 /* first byte of every record value but runs */
+#define ST_RUN_VERSION 2 /* first byte of a vector run */
 #define ST_DEFAULT_CHUNK_ROWS 4096
 #define ST_DEFAULT_MAP_SIZE (1ull << 30)
 #define ST_MAX_QUERIES 1024
@@ -61,7 +64,7 @@ enum {
   ST_DBI_META = 0, /* "format", "next_cid", "pca:<cid>" */
   ST_DBI_COLL,     /* name -> collection record */
   ST_DBI_ROWS,     /* cid|seq -> row record (time, significance, chat...) */
-  ST_DBI_VEC,      /* cid|seq -> vector record (codes) */
+  ST_DBI_VEC,      /* cid|first seq -> vector run (codes of many rows) */
   ST_DBI_REC,      /* cid|seq -> id, content, metadata */
   ST_DBI_IDS,      /* cid|id -> seq */
   ST_DBI_CHATS,    /* cid|chat -> significance state */
@@ -74,8 +77,17 @@ enum {
  * row record: u8 version, u8 flags, u16 chat_len, f32 significance,
  *   f64 timestamp, f32 norm, f32 scale, chat bytes. Everything the
  *   in-memory chunks need besides the vectors: open reads only these.
- * vector record: u8 version, 7 bytes 0, codes (row_bytes) in the
- *   collection's storage dtype.
+ * vector run (format 2): the codes of up to coll->run_rows rows written by
+ *   one add, keyed by the first row's seq: u8 version (ST_RUN_VERSION),
+ *   u8 flags (ST_RUN_SPARSE), u16 0, u32 count, u32 span, u32 0; when
+ *   sparse, u32 offset[count] (seq - first seq, ascending) padded to a
+ *   multiple of 16 bytes; then count x row_bytes codes in the collection's
+ *   storage dtype. Dense: row i has seq first + i and span == count.
+ *   Sparse runs are what deletes leave behind (only the live rows kept);
+ *   span is the last offset + 1. The seq ranges [first, first + span) of
+ *   a collection's runs never overlap.
+ * vector record (format 1, read only to convert it): u8 version (1),
+ *   7 bytes 0, codes.
  * memory record: u8 version, u8 0, u16 id_len, u32 content_len,
  *   u32 metadata_len, id, content, metadata.
  * collection record: u8 version, u8 metric, u8 dtype, u8 normalize,
@@ -85,8 +97,22 @@ enum {
  *   f32 momentum[width].
  * ---------------------------------------------------------------------- */
 #define ST_ROW_HDR 24
-#define ST_VEC_HDR 8
+#define ST_VEC_HDR 8 /* format 1 vector record */
 #define ST_REC_HDR 12
+#define ST_RUN_HDR 16
+#define ST_RUN_SPARSE 1
+/* A run's size aims at this many LMDB pages (128 KiB with 4 KiB pages):
+ * the run is one overflow value, so at most part of its last page is
+ * wasted, and deleting or reading one row touches a bounded amount. */
+#define ST_RUN_TARGET_PAGES 32
+
+/* A parsed vector run (pointers into the LMDB value). */
+typedef struct st_run {
+  uint64_t first; /* seq of the key */
+  uint32_t count, span;
+  const uint8_t *off; /* u32 offsets when sparse, else NULL; unaligned */
+  const uint8_t *codes;
+} st_run;
 
 typedef struct st_vec_hdr {
   uint32_t chat_len;
@@ -148,6 +174,7 @@ struct st_coll {
   uint32_t cid;
   char name[MN_COLLECTION_NAME_MAX + 1];
   int64_t dim, width, row_bytes;
+  int32_t run_rows; /* rows per full vector run */
   mn_metric metric;
   mn_dtype dtype;
   int normalize;
@@ -392,7 +419,12 @@ void mn__st_writer_stop(mn_store *s);
 void mn__st_key_seq(uint8_t key[12], uint32_t cid, uint64_t seq);
 size_t mn__st_key_str(uint8_t *key, uint32_t cid, const char *str, size_t len);
 int mn__st_row_parse(const MDB_val *v, st_vec_hdr *h);
-int mn__st_codes_parse(const MDB_val *v, int64_t row_bytes, const void **codes);
+int32_t mn__st_run_rows(unsigned psize, int64_t row_bytes);
+int mn__st_run_parse(const MDB_val *k, const MDB_val *v, int64_t row_bytes,
+                     st_run *r);
+int64_t mn__st_run_index(const st_run *r, uint64_t seq);
+mn_status mn__st_run_seek(MDB_cursor *cur, uint32_t cid, uint64_t seq,
+                          int64_t row_bytes, st_run *r);
 mn_status mn__st_read_row(mn_store *s, MDB_txn *txn, const st_coll *c,
                           uint64_t seq, int want_codes, st_vec_hdr *h);
 int mn__st_rec_parse(const MDB_val *v, const char **id, uint32_t *id_len,

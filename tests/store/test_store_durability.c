@@ -4,11 +4,15 @@
  *    fewer commits than writes (group commit), all present after reopen,
  *    and searches running alongside see consistent results;
  *  - a crash test: a child process writes numbered batches from two
- *    threads and reports each acknowledged batch on a pipe; it is killed
- *    with SIGKILL at a random moment; the store is reopened and every
- *    acknowledged batch must be present and intact, and every batch
- *    present must be complete (all or nothing). A few cycles here; set
- *    MNEMO_TEST_SLOW=1 for 200.
+ *    threads, each thread also deleting the first row of its batch before
+ *    last (so vector runs lose rows, get rewritten or go), and reports
+ *    each acknowledged batch (and delete) on a pipe; it is killed with
+ *    SIGKILL at a random moment; the store is reopened and every
+ *    acknowledged batch must be present and intact, every acknowledged
+ *    delete done, and every batch present complete (all or nothing). The
+ *    vectors are checked as read by id and as the reopened chunks hold
+ *    them (search scores against a double reference). A few cycles here;
+ *    set MNEMO_TEST_SLOW=1 for 200.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -362,6 +366,10 @@ typedef struct ack {
   uint32_t cycle, thread, batch, size;
 } ack;
 
+/* Batch b of a thread comes with the delete of row 0 of batch b - 2 when
+ * that batch has more than one row (so a batch never vanishes whole). */
+static int deletes_row0(uint32_t cycle, uint32_t t, uint32_t b);
+
 typedef struct child_arg {
   mn_store *s;
   int fd;
@@ -396,6 +404,15 @@ static void *child_writer(void *p) {
     }
     if (mn_store_add(a->s, "crash", m, n, NULL) != MN_OK)
       _exit(2);
+    if (b >= 2 && deletes_row0(a->cycle, a->thread, b - 2)) {
+      char id[48];
+      snprintf(id, sizeof id, "c%u-t%u-b%u-0", a->cycle, a->thread, b - 2);
+      const char *ids1[1] = {id};
+      int64_t deleted = 0;
+      if (mn_store_delete(a->s, "crash", ids1, 1, &deleted, NULL) != MN_OK ||
+          deleted != 1)
+        _exit(7);
+    }
     ack k = {a->cycle, a->thread, b, n};
     /* The write is acknowledged: tell the parent (atomic, < PIPE_BUF). */
     if (write(a->fd, &k, sizeof k) != (ssize_t)sizeof k)
@@ -428,9 +445,19 @@ static void run_child(const char *dir, uint32_t cycle, int fd) {
     pause();
 }
 
-/* Check one batch: 1 when complete and intact, 0 when absent; fails the
- * test when partial or damaged. */
-static int check_batch(mn_store *s, uint32_t cycle, uint32_t t, uint32_t b) {
+static int deletes_row0(uint32_t cycle, uint32_t t, uint32_t b) {
+  return batch_size(cycle, t, b) > 1;
+}
+
+/* Row 0 of a batch: kept, deleted (the delete was acknowledged), or
+ * either (the delete may have been in flight when the child died). */
+enum { ROW0_KEPT, ROW0_GONE, ROW0_EITHER };
+
+/* Check one batch: 1 when present (rows 1.. all there, intact), 0 when
+ * absent; fails the test when partial or damaged, or when row 0 is not
+ * as `row0` says. */
+static int check_batch(mn_store *s, uint32_t cycle, uint32_t t, uint32_t b,
+                       int row0) {
   uint32_t n = batch_size(cycle, t, b);
   char buf[64][48];
   const char *ids[64];
@@ -442,12 +469,13 @@ static int check_batch(mn_store *s, uint32_t cycle, uint32_t t, uint32_t b) {
   ST_OK(mn_store_get(s, "crash", ids, n,
                      MN_INCLUDE_CONTENT | MN_INCLUDE_EMBEDDING, &l));
   int64_t got = mn_memory_list_count(l);
-  if (got != 0 && got != (int64_t)n)
-    fprintf(stderr, "batch c%u-t%u-b%u: %lld of %u rows present\n", cycle, t, b,
-            (long long)got, n);
-  assert_true(got == 0 || got == (int64_t)n);
-  for (int64_t j = 0; j < got; j++) {
-    const mn_memory *m = mn_memory_list_at(l, j);
+  int has0 = 0;
+  for (int64_t i = 0; i < got; i++) {
+    const mn_memory *m = mn_memory_list_at(l, i);
+    uint32_t j = 0;
+    assert_int_equal(sscanf(strrchr(m->id, '-') + 1, "%u", &j), 1);
+    assert_true(j < n);
+    has0 |= j == 0;
     float v[DIM];
     uint64_t key = (uint64_t)cycle << 20 | (uint64_t)t << 16;
     vec_of(key, b, (uint64_t)j, v);
@@ -456,11 +484,59 @@ static int check_batch(mn_store *s, uint32_t cycle, uint32_t t, uint32_t b) {
                   fabsf(v[d]) / 2048 + 6.2e-5f);
     char content[64];
     snprintf(content, sizeof content, "cycle %u thread %u batch %u row %u",
-             cycle, t, b, (uint32_t)j);
+             cycle, t, b, j);
     assert_string_equal(m->content, content);
   }
   mn_memory_list_free(l);
-  return got ? 1 : 0;
+  int64_t rest = got - has0; /* rows 1.. present */
+  int present = n > 1 ? rest == (int64_t)n - 1 : has0;
+  if (rest != 0 && rest != (int64_t)n - 1)
+    fprintf(stderr, "batch c%u-t%u-b%u: %lld of rows 1..%u present\n", cycle, t,
+            b, (long long)rest, n - 1);
+  assert_true(rest == 0 || rest == (int64_t)n - 1);
+  if (present && row0 == ROW0_KEPT)
+    assert_true(has0);
+  if (row0 == ROW0_GONE)
+    assert_false(has0);
+  if (!present)
+    assert_false(has0);
+  return present;
+}
+
+/* Every stored vector as the reopened chunks hold it: an exact search over
+ * everything (k up to the limit) must score each hit as the double dot
+ * product of the query with that memory's vector (float16 tolerance). */
+static void check_chunks(mn_store *s, int64_t count) {
+  float q[DIM];
+  vec_of(7, 7, 7, q);
+  mn_search_params sp;
+  mn_search_params_init(&sp);
+  sp.queries = q;
+  sp.n_queries = 1;
+  sp.dim = DIM;
+  sp.k = count < MN_SEARCH_MAX_K ? count : MN_SEARCH_MAX_K;
+  sp.include = 0;
+  mn_search_result *r;
+  ST_OK(mn_store_search(s, "crash", &sp, &r));
+  int64_t n;
+  const mn_search_hit *h = mn_search_result_hits(r, 0, &n);
+  assert_int_equal(n, sp.k);
+  for (int64_t i = 0; i < n; i++) {
+    uint32_t c, t, b, j;
+    assert_int_equal(sscanf(h[i].id, "c%u-t%u-b%u-%u", &c, &t, &b, &j), 4);
+    float v[DIM];
+    vec_of((uint64_t)c << 20 | (uint64_t)t << 16, b, j, v);
+    double ref = 0, tol = 1e-4;
+    for (int d = 0; d < DIM; d++) {
+      ref += (double)q[d] * v[d];
+      tol += fabs(q[d]) * (fabs(v[d]) / 2048 + 6.2e-5);
+    }
+    if (fabs(h[i].score - ref) > tol)
+      fprintf(stderr, "%s: score %.6f, reference %.6f\n", h[i].id, h[i].score,
+              ref);
+    assert_true(fabs(h[i].score - ref) <= tol);
+  }
+  mn_search_result_free(r);
 }
 
 static void test_crash(void **state) {
@@ -470,6 +546,7 @@ static void test_crash(void **state) {
   char *dir = make_tmpdir();
   rng r = {(uint64_t)time(NULL)};
   uint64_t acked_rows = 0, present_rows = 0, extra_batches = 0;
+  uint64_t deleted_rows = 0;
   for (uint32_t cycle = 0; cycle < (uint32_t)cycles; cycle++) {
     int fds[2];
     assert_int_equal(pipe(fds), 0);
@@ -515,31 +592,43 @@ static void test_crash(void **state) {
     test_opts(&o, dir);
     mn_store *s;
     ST_OK(mn_store_open(&o, &s));
+    /* A thread acknowledges in order, so batches up to its last
+     * acknowledged one were all acknowledged, and so were the deletes that
+     * came with them: row 0 of batch b is gone when b + 2 was
+     * acknowledged; the delete coming with b + 2 = last + 1 (or later,
+     * committed but not reported) may have happened. */
     for (size_t i = 0; i < na; i++) {
-      assert_int_equal(
-          check_batch(s, acks[i].cycle, acks[i].thread, acks[i].batch), 1);
-      acked_rows += acks[i].size;
+      uint32_t t = acks[i].thread, b = acks[i].batch;
+      int row0 = !deletes_row0(cycle, t, b) ? ROW0_KEPT
+                 : b + 2 <= max_batch[t]    ? ROW0_GONE
+                                            : ROW0_EITHER;
+      assert_int_equal(check_batch(s, acks[i].cycle, t, b, row0), 1);
+      acked_rows += acks[i].size - (row0 == ROW0_GONE);
+      deleted_rows += row0 == ROW0_GONE;
     }
     /* Batches after the last acknowledged one may or may not have made it
      * (committed but not yet reported); each must still be whole. The
      * next batches of each thread are checked up to the first absent. */
     for (uint32_t t = 0; t < 2; t++)
       for (uint32_t b = any[t] ? max_batch[t] + 1 : 0;; b++) {
-        if (!check_batch(s, cycle, t, b))
+        if (!check_batch(s, cycle, t, b,
+                         deletes_row0(cycle, t, b) ? ROW0_EITHER : ROW0_KEPT))
           break;
         extra_batches++;
       }
     mn_collection_info info;
     ST_OK(mn_store_collection_get(s, "crash", &info));
     present_rows = (uint64_t)info.count;
+    check_chunks(s, info.count);
     mn_store_close(s);
     free(acks);
   }
   printf("# crash test: %d cycles, %llu acknowledged rows all present, %llu "
-         "rows stored in total, %llu batches committed but not yet "
-         "acknowledged when killed\n",
+         "acknowledged deletes all done, %llu rows stored in total, %llu "
+         "batches committed but not yet acknowledged when killed\n",
          cycles, (unsigned long long)acked_rows,
-         (unsigned long long)present_rows, (unsigned long long)extra_batches);
+         (unsigned long long)deleted_rows, (unsigned long long)present_rows,
+         (unsigned long long)extra_batches);
   assert_true(present_rows >= acked_rows);
   rm_rf(dir);
   free(dir);
