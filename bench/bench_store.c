@@ -12,9 +12,13 @@
  *
  * Usage: bench_store [--n N] [--dim D] [--batch B] [--clients T]
  *                    [--queries R] [--dir DIR] [--no-peer] [--keep]
- *                    [--quick] [--gpu] [--insert-only]
- * --insert-only: only the float32 durable inserts and the LMDB peer (no
- * FAISS, no search, no reopen), for quick insert timings.
+ *                    [--quick] [--gpu] [--insert-only [--repeat R]]
+ * --insert-only: only the float32 durable inserts and the LMDB peers (no
+ * FAISS, no search, no reopen), for quick insert timings; with --repeat R,
+ * then R more rounds of (the store inserting N more rows, each LMDB peer
+ * writing N rows) back to back, each round's ratios taken from its own
+ * figures, and their medians: the shared disk's speed drifts by several
+ * times within minutes, so only neighbouring figures compare.
  * The machine is shared: figures are noisy; ratios are taken in one run.
  */
 #define _GNU_SOURCE
@@ -31,7 +35,7 @@
 
 static int64_t opt_n = 1000000, opt_dim = 768, opt_batch = 1000;
 static int opt_clients = 2, opt_queries = 20, opt_peer = 1, opt_keep = 0;
-static int opt_insert_only = 0;
+static int opt_insert_only = 0, opt_repeat = 1;
 static char opt_dir[512] = "";
 /* --gpu: the store on the CUDA backend (chunks in device memory, L1); the
  * insert-rate phases and the FAISS peer are left out, and the same
@@ -367,11 +371,13 @@ int main(int argc, char **argv) {
       opt_gpu = 1;
     else if (!strcmp(argv[i], "--insert-only"))
       opt_insert_only = 1;
+    else if (!strcmp(argv[i], "--repeat") && i + 1 < argc)
+      opt_repeat = atoi(argv[++i]);
     else {
       fprintf(stderr,
               "usage: %s [--n N] [--dim D] [--batch B] [--clients T]"
               " [--queries R] [--dir DIR] [--no-peer] [--keep] [--quick]"
-              " [--gpu] [--insert-only]\n",
+              " [--gpu] [--insert-only [--repeat R]]\n",
               argv[0]);
       return 2;
     }
@@ -448,6 +454,29 @@ int main(int argc, char **argv) {
   printf("insert (durable, f32, significance given):    %9.0f memories/s "
          "(%lld rows, %llu commits)\n",
          ins_given, (long long)opt_n, (unsigned long long)commits);
+  if (opt_insert_only && opt_repeat > 1) {
+    double r1[64], r2[64];
+    int reps = opt_repeat < 64 ? opt_repeat : 64;
+    for (int r = 0; r < reps; r++) {
+      double st_rate = insert(s, "f32", opt_n, 1, &commits);
+      double p1 =
+          lmdb_alone(dir, opt_n, 8 + 4 * (size_t)opt_dim + 160, opt_batch, 1);
+      double p2 =
+          lmdb_alone(dir, opt_n, 8 + 4 * (size_t)opt_dim + 160, opt_batch, 40);
+      r1[r] = st_rate / p1;
+      r2[r] = st_rate / p2;
+      printf("round %d: store %9.0f /s, LMDB alone %9.0f /s (%.2fx), packed "
+             "%9.0f /s (%.2fx)\n",
+             r + 1, st_rate, p1, r1[r], p2, r2[r]);
+      fflush(stdout);
+    }
+    qsort(r1, (size_t)reps, sizeof *r1, cmp_d);
+    qsort(r2, (size_t)reps, sizeof *r2, cmp_d);
+    printf("median of %d rounds: store / LMDB alone %.2fx (range %.2f-%.2f), "
+           "store / LMDB packed %.2fx (range %.2f-%.2f)\n",
+           reps, r1[reps / 2], r1[0], r1[reps - 1], r2[reps / 2], r2[0],
+           r2[reps - 1]);
+  }
   if (opt_insert_only) {
     mn_store_stats ist;
     mn_store_get_stats(s, &ist);

@@ -1343,6 +1343,13 @@ static mn_status apply_delete(mn_store *s, MDB_txn *txn, st_op *op) {
   qsort(gone, (size_t)ng, sizeof *gone, cmp_u64);
   mn_status st = prune_runs(s, txn, c, gone, ng);
   free(gone);
+  if (st == MN_ERR_VERSION) {
+    /* A damaged run: the rows are deleted in this transaction already, so
+     * the op cannot fail alone; the group fails (MN_ERR_IO). */
+    char why[512];
+    snprintf(why, sizeof why, "%s", mn_errmsg());
+    st = mn__set_error(MN_ERR_IO, "%s", why);
+  }
   return st;
 }
 
