@@ -340,6 +340,7 @@ static void store_free(mn_store *s) {
   pthread_mutex_destroy(&s->q_mu);
   pthread_cond_destroy(&s->q_cv);
   pthread_cond_destroy(&s->done_cv);
+  pthread_cond_destroy(&s->pub_cv);
   pthread_mutex_destroy(&s->tier_mu);
   pthread_mutex_destroy(&s->work_mu);
   pthread_mutex_destroy(&s->id_mu);
@@ -384,6 +385,7 @@ mn_status mn_store_open(const mn_store_opts *opts, mn_store **out) {
   pthread_mutex_init(&s->q_mu, NULL);
   pthread_cond_init(&s->q_cv, NULL);
   pthread_cond_init(&s->done_cv, NULL);
+  pthread_cond_init(&s->pub_cv, NULL);
   pthread_mutex_init(&s->tier_mu, NULL);
   pthread_mutex_init(&s->work_mu, NULL);
   pthread_mutex_init(&s->id_mu, NULL);

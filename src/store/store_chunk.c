@@ -115,7 +115,7 @@ mn_status mn__st_encode_rows(mn_store *s, const st_coll *c, const float *x,
  * ---------------------------------------------------------------------- */
 st_chunk *mn__st_chunk_new(st_coll *c) {
   mn_store *s = c->store;
-  int64_t idx = c->n_chunks; /* writer thread: no one else appends */
+  int64_t idx = c->n_chunks; /* publisher thread: no one else appends */
   if ((idx >> ST_SEG_BITS) >= ST_SEG_MAX)
     return NULL;
   if (!c->segs[idx >> ST_SEG_BITS]) {

@@ -24,8 +24,11 @@
  * DESIGN: one writer thread owns every write transaction. Callers queue an
  * st_op and wait; the writer takes everything queued (up to a bound),
  * applies the ops in order in one transaction, commits (fsync unless
- * MDB_NOSYNC), publishes each successful op's effects in memory, then
- * wakes all the callers: concurrent writers share one commit. An op that
+ * MDB_NOSYNC) and hands the group to the publisher thread, which
+ * publishes each successful op's effects in memory (the copy into chunk
+ * images being most of it) and then wakes all the callers: concurrent
+ * writers share one commit, and publishing group k overlaps applying and
+ * committing group k + 1. A caller returns only after both steps. An op that
  * fails its checks (duplicate id, budget) fails alone: checks come before
  * any write of that op. MDB_MAP_FULL anywhere aborts the transaction,
  * undoes the writer-only state of the group, doubles the map (with no
@@ -826,7 +829,7 @@ static mn_status load_colls(mn_store *s, MDB_txn *txn) {
         break;
       }
     }
-    c->pending_seq = c->next_seq;
+    c->pending_seq = c->committed_seq = c->next_seq;
     if (s->n_colls == s->cap_colls) {
       int64_t nc = s->cap_colls ? 2 * s->cap_colls : 8;
       st_coll **a = realloc(s->colls, sizeof *a * (size_t)nc);
@@ -970,7 +973,8 @@ static mn_status load_rows(mn_store *s, MDB_txn *txn) {
   if (st == MN_OK && rc != MDB_NOTFOUND)
     st = mn__st_lmdb(rc, "scan rows");
   for (int64_t i = 0; i < s->n_colls; i++)
-    s->colls[i]->pending_seq = s->colls[i]->next_seq;
+    s->colls[i]->pending_seq = s->colls[i]->committed_seq =
+        s->colls[i]->next_seq;
   return st;
 }
 
@@ -1491,7 +1495,7 @@ static mn_status apply_create(mn_store *s, MDB_txn *txn, st_op *op,
   c->run_rows = mn__st_run_rows(s->psize, c->row_bytes);
   c->created = mn__st_now(s);
   c->cid = s->next_cid++;
-  c->next_seq = c->pending_seq = 0;
+  c->next_seq = c->pending_seq = c->committed_seq = 0;
   MN__TRY(put_coll(txn, s, c, 0));
   uint8_t b[4];
   put_u32(b, s->next_cid);
@@ -1615,7 +1619,8 @@ static void publish_add(mn_store *s, st_op *op) {
     __atomic_add_fetch(&c->count, take, __ATOMIC_RELAXED);
     i += take;
   }
-  c->next_seq = c->pending_seq;
+  if (n > 0)
+    c->next_seq = op->u.add.rows[n - 1].seq + 1;
 }
 
 static void publish_sig(st_coll *c, uint64_t seq, float sig) {
@@ -1680,7 +1685,7 @@ static void publish(mn_store *s, st_op *op) {
 static void group_reset(mn_store *s, st_op *ops, uint32_t next_cid) {
   for (st_op *op = ops; op; op = op->next) {
     if (op->coll) {
-      op->coll->pending_seq = op->coll->next_seq;
+      op->coll->pending_seq = op->coll->committed_seq;
       op->coll->dropping = 0;
     }
     if (op->kind == ST_OP_ADD)
@@ -1759,9 +1764,10 @@ static void run_group(mn_store *s, st_op *ops) {
         s->disk_used = used; /* writer-only; copied for stats below */
         s->grp_committed = 1;
         mn__st_sig_end_group(s, 1);
+        /* Published by the publisher thread, in group order. */
         for (st_op *op = ops; op; op = op->next)
-          if (op->status == MN_OK)
-            publish(s, op);
+          if (op->coll)
+            op->coll->committed_seq = op->coll->pending_seq;
         return;
       }
       fatal = mn__st_lmdb(rc, "commit");
@@ -1821,6 +1827,43 @@ static void *writer_main(void *arg) {
     s->stat_disk_used = s->disk_used;
     s->stat_map_size = s->map_size;
     s->stat_map_grows = s->map_grows;
+    /* To the publisher: it makes the effects visible in memory and wakes
+     * the callers, while this thread goes on with the next group. */
+    head->grp_next = NULL;
+    head->grp_committed = s->grp_committed;
+    if (s->pub_tail)
+      s->pub_tail->grp_next = head;
+    else
+      s->pub_head = head;
+    s->pub_tail = head;
+    pthread_cond_signal(&s->pub_cv);
+  }
+  pthread_mutex_unlock(&s->q_mu);
+  return NULL;
+}
+
+/* The publisher thread: groups in commit order; each committed group's
+ * successful ops are published (chunks appended, deletes and significance
+ * applied, collections registered), then every caller of the group is
+ * woken. Only this thread changes row bookkeeping (store_internal.h). */
+static void *publisher_main(void *arg) {
+  mn_store *s = arg;
+  pthread_mutex_lock(&s->q_mu);
+  for (;;) {
+    while (!s->pub_head && !s->pub_stopping)
+      pthread_cond_wait(&s->pub_cv, &s->q_mu);
+    if (!s->pub_head)
+      break;
+    st_op *head = s->pub_head;
+    s->pub_head = head->grp_next;
+    if (!s->pub_head)
+      s->pub_tail = NULL;
+    pthread_mutex_unlock(&s->q_mu);
+    if (head->grp_committed)
+      for (st_op *op = head; op; op = op->next)
+        if (op->status == MN_OK)
+          publish(s, op);
+    pthread_mutex_lock(&s->q_mu);
     for (st_op *op = head, *nx; op; op = nx) {
       nx = op->next;
       op->next = NULL;
@@ -1863,8 +1906,16 @@ mn_status mn__st_submit(mn_store *s, st_op *op) {
 }
 
 mn_status mn__st_writer_start(mn_store *s) {
-  if (pthread_create(&s->writer, NULL, writer_main, s) != 0)
+  if (pthread_create(&s->publisher, NULL, publisher_main, s) != 0)
+    return mn__set_error(MN_ERR_INTERNAL, "cannot start the publisher thread");
+  if (pthread_create(&s->writer, NULL, writer_main, s) != 0) {
+    pthread_mutex_lock(&s->q_mu);
+    s->pub_stopping = 1;
+    pthread_cond_signal(&s->pub_cv);
+    pthread_mutex_unlock(&s->q_mu);
+    pthread_join(s->publisher, NULL);
     return mn__set_error(MN_ERR_INTERNAL, "cannot start the writer thread");
+  }
   s->writer_running = 1;
   return MN_OK;
 }
@@ -1875,5 +1926,11 @@ void mn__st_writer_stop(mn_store *s) {
   pthread_cond_signal(&s->q_cv);
   pthread_mutex_unlock(&s->q_mu);
   pthread_join(s->writer, NULL);
+  /* The writer has handed over its last group: the publisher drains. */
+  pthread_mutex_lock(&s->q_mu);
+  s->pub_stopping = 1;
+  pthread_cond_signal(&s->pub_cv);
+  pthread_mutex_unlock(&s->q_mu);
+  pthread_join(s->publisher, NULL);
   s->writer_running = 0;
 }

@@ -8,20 +8,26 @@
  *    a dropped collection is freed when its last reference goes.
  *  - Every change to LMDB goes through one writer thread (store_db.c):
  *    callers queue an st_op and sleep until the writer has committed the
- *    group of ops it drained and published their effects in memory.
+ *    group of ops it drained and the publisher thread has published their
+ *    effects in memory. Groups are published in commit order, one behind
+ *    the writer at most in practice: the writer applies and commits group
+ *    k + 1 while group k is published.
  *  - Row bookkeeping of a collection (chunks, seq / ts / sig / chat / live
- *    arrays, counts, the chat table) is changed only by the writer thread.
- *    Appends need no collection lock: rows are written past a chunk's `n`
- *    and then `n` is released (stored with release order, under tier_mu),
- *    then `live`; new chunks go into a directory of fixed segments that
- *    never move, and `n_chunks` is released after them. Readers load
+ *    arrays, counts, next_seq) is changed only by the publisher thread;
+ *    the chat table only by the writer (the publisher reads only the
+ *    indexes the writer put in the ops). Appends need no collection lock: rows
+ * are written past a chunk's `n` and then `n` is released (stored with release
+ * order, under tier_mu), then `live`; new chunks go into a directory of fixed
+ * segments that never move, and `n_chunks` is released after them. Readers load
  *    `n_chunks`, then per chunk `live` before `n` (acquire), so a racing
  *    append can only make them over-estimate dead rows. Deletes and
  *    significance changes take the collection's rwlock for writing;
  *    searches hold it for reading. The chat table has its own mutex
  *    (chat_mu) for readers; the writer, its only mutator, reads it freely.
- *    Writer-only fields (pending_seq, chat significance state, `dropping`)
- *    need no lock at all.
+ *    Writer-only fields (pending_seq, committed_seq, chat significance
+ *    state, `dropping`) need no lock at all. The writer reads chunk
+ *    bookkeeping only to refill a chat's recent rows after an open
+ *    (store_sig.c), with acquire loads of n_chunks and n.
  *  - Tier placement of chunk vectors (tier, host / dev buffers, pins, LRU
  *    lists, tier usage) is guarded by s->tier_mu. A chunk's codes may be
  *    read only while it is pinned; an eviction never touches a pinned
@@ -33,7 +39,7 @@
  *    under the same rules as a search.
  *  Lock order: reg_lock -> coll->lock -> env_lock -> tier_mu; q_mu and
  *  chat_mu are leaves. Nothing holding a collection lock waits for the
- *  writer thread.
+ *  writer or publisher thread.
  */
 #ifndef MNEMO_STORE_INTERNAL_H
 #define MNEMO_STORE_INTERNAL_H
@@ -186,7 +192,7 @@ struct st_coll {
   st_chunk **segs[ST_SEG_MAX]; /* chunk directory, see st_chunk_at */
   int64_t n_chunks;            /* atomic, see DESIGN */
   int64_t count;               /* live memories, atomic */
-  uint64_t next_seq;           /* published (writer thread) */
+  uint64_t next_seq;           /* published (publisher thread) */
 
   /* chat table: hash of name -> idx, array idx -> chat; chat_mu */
   pthread_mutex_t chat_mu;
@@ -196,7 +202,8 @@ struct st_coll {
   uint32_t hash_cap;
 
   /* writer thread only */
-  uint64_t pending_seq;
+  uint64_t pending_seq;   /* next seq to assign */
+  uint64_t committed_seq; /* next seq after the last commit */
   int dropping;
   int created_pending; /* created in the current group */
 
@@ -274,8 +281,10 @@ typedef struct st_op {
   char msg[512];
   uint64_t res_req, res_avail;
   int done;
-  uint64_t est_bytes; /* for the disk budget, set by the writer */
-  uint64_t payload;   /* bytes carried, to bound a group */
+  struct st_op *grp_next; /* first op of the next group (publisher queue) */
+  int grp_committed;      /* first op of a group: the group committed */
+  uint64_t est_bytes;     /* for the disk budget, set by the writer */
+  uint64_t payload;       /* bytes carried, to bound a group */
 
   union {
     struct {
@@ -336,13 +345,14 @@ struct mn_store {
   int64_t n_colls, cap_colls;
   uint32_t next_cid; /* writer thread */
 
-  /* writer */
-  pthread_t writer;
+  /* writer and publisher */
+  pthread_t writer, publisher;
   int writer_running;
   pthread_mutex_t q_mu;
-  pthread_cond_t q_cv, done_cv;
+  pthread_cond_t q_cv, done_cv, pub_cv;
   st_op *q_head, *q_tail;
-  int stopping;
+  st_op *pub_head, *pub_tail; /* committed groups not yet published */
+  int stopping, pub_stopping;
   uint64_t commits, writes; /* under q_mu */
   uint64_t disk_used;       /* LMDB pages in use after the last commit
                                (writer thread) */

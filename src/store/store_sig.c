@@ -308,9 +308,12 @@ static mn_status load_recent(mn_store *s, st_coll *c, MDB_txn *txn,
                              st_chat *ch) {
   uint64_t seqs[MN_SIG_RECENT];
   int found = 0;
-  for (int64_t k = c->n_chunks - 1; k >= 0 && found < MN_SIG_RECENT; k--) {
+  /* The publisher may be appending meanwhile: rows below an acquired n
+   * are complete. A chat's first rows after an open are never in a group
+   * still being published (that group would have loaded them). */
+  for (int64_t k = st_nchunks(c) - 1; k >= 0 && found < MN_SIG_RECENT; k--) {
     const st_chunk *cb = st_chunk_at(c, k);
-    for (int32_t r = cb->n - 1; r >= 0 && found < MN_SIG_RECENT; r--)
+    for (int32_t r = st_chunk_n(cb) - 1; r >= 0 && found < MN_SIG_RECENT; r--)
       if (cb->chat[r] == ch->idx && st_row_live(cb, r))
         seqs[found++] = cb->seq[r];
   }
