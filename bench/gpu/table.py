@@ -67,6 +67,11 @@ line("search fp16 N=10M Q=256 k=10 (ms)", fmt(ms(o)), fmt(ms(p)), ms(p) / ms(o) 
 chunks = [(r["op"].split("chunk=")[1], r["ms"]) for op, rs in ours.items() if "chunk=" in op for r in rs]
 if chunks:
     print("  (GEMM chunk rows tried: %s; default 262144)" % ", ".join("%s: %.3f ms" % c for c in chunks))
+for out in ("fp32", "fp16"):
+    g = get(ours, "gemm alone 262144x256x768 fp16 in, %s" % out)
+    if g:
+        print("  (cuBLAS alone, one 262144-row chunk, %s scores: %.3f ms, %.0f TFLOP/s; x39 = %.1f ms)"
+              % (out, g["ms"], g.get("TFLOP/s", 0), 39 * g["ms"]))
 o32 = get(ours, "search fp16", lambda r: "Q=256" in r["op"] and "split" in r.get("query", ""))
 line("  same, float32 query (exact, ms)", fmt(ms(o32)), fmt(ms(p)), ms(p) / ms(o32) if o32 and p else None,
      "(information)")
