@@ -31,7 +31,8 @@ typedef struct mn_config {
   int64_t batch_size;      /* processing.batch_size, default 32 */
   uint64_t cache_size;     /* processing.cache_size (size), default 4GB */
   int64_t timeout_ms;      /* processing.timeout, default 30000 */
-  int64_t workers;         /* processing.workers, 0 = one per core */
+  int64_t workers;         /* processing.workers, 0 = one per core
+                              (mnemod on a GPU: 4 per core, 32 to 64) */
   int64_t batch_window_us; /* processing.batch_window_us, default 200 */
   int64_t batch_max_rows;  /* processing.batch_max_rows, default 4096 */
   /* server.* */
