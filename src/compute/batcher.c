@@ -27,22 +27,36 @@
  * when all its elements are +-0, on every backend.
  *
  * DESIGN: leaders and followers on the callers' threads; no thread of its
- * own. `inflight` counts the callers inside mn__batcher_run. A caller that
- * finds nobody else inside runs at once, alone: a lone client never waits
- * for a window. Otherwise (concurrency is there) it joins an open group
- * of the same key with room, or opens one and leads it. The leader waits
- * on `lead_cond` until the window ends, the group is full (max_rows rows
- * or max_jobs jobs: every worker is then in it), or every caller inside
- * the batcher is already in the group (nobody is left who could join).
- * It then closes the group (no more joins), copies the members' rows end
- * to end and runs them; followers sleep on the group's `done_cond`. Each
- * member copies its own rows out of the merged result on its own thread,
- * and the last one frees the group. A job that fails the checks that
- * would make it fail in a batch (NaN / Inf) never joins one: it runs
- * alone and gets its own message. If a merged run fails anyway, every
- * member runs again alone. The batcher's lock guards the open list and
- * every group's fields until the group is done; after that a group's
- * result is only read.
+ * own. When a job reaches the batcher it joins an open group of the same
+ * key with room, if there is one. Otherwise it leads a new group only when
+ * company is likely within the window:
+ *   - a request is pending: the caller (the JSON-RPC engine) brackets every
+ *     request it handles, whatever the method, with mn__batcher_arrive /
+ *     _depart, and `pending` counts those that have neither reached
+ *     mn__batcher_run nor departed (a per-thread flag says whether this
+ *     thread's request still counts); or
+ *   - the last job to arrive came from another source (connection) less
+ *     than a window ago: other clients are sending.
+ * and when not every worker is inside the batcher already (`inside` <
+ * max_jobs: a free worker is needed to bring a partner). Else it runs at
+ * once, alone. So a lone client, whose next request cannot come before
+ * this reply, never waits for a window. The leader waits on `lead_cond`
+ * until the group is full (max_rows rows or max_jobs jobs), every worker
+ * is inside, the pending requests have all arrived (when only they made it
+ * wait), or the window ends. It then
+ * closes the group (no more joins), copies the members' rows end to end
+ * and runs them; followers sleep on the group's `done_cond`. Each member
+ * copies its own rows out of the merged result on its own thread, and the
+ * last one frees the group. A job that fails the checks that would make it
+ * fail in a batch (NaN / Inf) never joins one: it runs alone and gets its
+ * own message. If a merged run fails anyway, every member runs again
+ * alone. The batcher's lock guards the open list, every group's fields
+ * until the group is done (after that its result is only read), and the
+ * step in which a job that then joins or leads leaves `pending` and
+ * enters `inside`, so a leader never counts a partner in neither or in
+ * both. The
+ * last arrival's time and source are read and written without the lock:
+ * they only steer a guess.
  *
  * Deadlines and shutdown: a leader waits at most window_us (at most 1 s by
  * configuration), then the run takes what the job would take alone, so a
@@ -92,9 +106,15 @@ struct mn__batcher {
   pthread_cond_t lead_cond; /* leaders: a member came, or a caller left */
   group *open;              /* groups taking members */
   int n_open;               /* length of `open` (read without the lock) */
-  int inflight;             /* callers inside mn__batcher_run (atomic) */
+  int pending;              /* requests arrived, not yet here nor departed */
+  int inside;               /* callers inside mn__batcher_run (atomic) */
+  uint64_t last_ns;         /* the last eligible job's arrival (atomic) */
+  const void *last_src;     /* and its source (atomic) */
   mn__batcher_stats st;     /* atomics */
 };
+
+/* This thread's request has arrived and still counts in `pending`. */
+static __thread mn__batcher *tls_pending;
 
 mn_status mn__batcher_create(const mn__batcher_opts *o, mn__batcher **out) {
   if (!o || !o->run || !out)
@@ -213,14 +233,37 @@ static int same_key(const mn_pipeline_opts *a, int64_t acols,
 /* ------------------------------------------------------------------------
  * Running
  * ---------------------------------------------------------------------- */
-static void leave(mn__batcher *bt) {
-  __atomic_sub_fetch(&bt->inflight, 1, __ATOMIC_SEQ_CST);
-  /* A waiting leader may be waiting for exactly this caller to go. */
+/* Waiting leaders re-check their conditions. */
+static void poke(mn__batcher *bt) {
   if (__atomic_load_n(&bt->n_open, __ATOMIC_SEQ_CST) > 0) {
     pthread_mutex_lock(&bt->lock);
     pthread_cond_broadcast(&bt->lead_cond);
     pthread_mutex_unlock(&bt->lock);
   }
+}
+
+void mn__batcher_arrive(mn__batcher *bt) {
+  if (!bt || tls_pending == bt)
+    return;
+  tls_pending = bt;
+  __atomic_add_fetch(&bt->pending, 1, __ATOMIC_SEQ_CST);
+}
+
+/* This thread's request no longer counts as pending; the caller holds the
+ * lock or pokes. Returns what is left pending. */
+static int unpend(mn__batcher *bt) {
+  if (tls_pending == bt) {
+    tls_pending = NULL;
+    return __atomic_sub_fetch(&bt->pending, 1, __ATOMIC_SEQ_CST);
+  }
+  return __atomic_load_n(&bt->pending, __ATOMIC_SEQ_CST);
+}
+
+void mn__batcher_depart(mn__batcher *bt) {
+  if (!bt || tls_pending != bt)
+    return;
+  unpend(bt);
+  poke(bt);
 }
 
 static mn_status run_alone(mn__batcher *bt, const mn_tensor *in,
@@ -369,32 +412,71 @@ static void unlink_open(mn__batcher *bt, group *g) {
   __atomic_sub_fetch(&bt->n_open, 1, __ATOMIC_SEQ_CST);
 }
 
+/* Another source sent a job less than a window ago. */
+static int others_sending(mn__batcher *bt, const void *src, uint64_t now) {
+  const void *ls = __atomic_load_n(&bt->last_src, __ATOMIC_RELAXED);
+  uint64_t lt = __atomic_load_n(&bt->last_ns, __ATOMIC_RELAXED);
+  return src && ls && ls != src && now - lt <= (uint64_t)bt->o.window_us * 1000;
+}
+
+static mn_status run_job(mn__batcher *bt, const mn_tensor *in,
+                         const mn_pipeline_opts *o, const void *src,
+                         mn_pipeline_result *res, mn__batch_info *info);
+
 mn_status mn__batcher_run(mn__batcher *bt, const mn_tensor *in,
-                          const mn_pipeline_opts *o, mn_pipeline_result *res,
-                          mn__batch_info *info) {
+                          const mn_pipeline_opts *o, const void *source,
+                          mn_pipeline_result *res, mn__batch_info *info) {
   if (!bt)
     return mn__set_error(MN_ERR_INVALID, "batcher is NULL");
+  mn_status s = run_job(bt, in, o, source, res, info);
+  __atomic_sub_fetch(&bt->inside, 1, __ATOMIC_SEQ_CST);
+  return s;
+}
+
+/* A job that will not join: count it inside, let waiting leaders know,
+ * run it. */
+static mn_status go_alone(mn__batcher *bt, const mn_tensor *in,
+                          const mn_pipeline_opts *o, mn_pipeline_result *res,
+                          mn__batch_info *info) {
+  __atomic_add_fetch(&bt->inside, 1, __ATOMIC_SEQ_CST);
+  unpend(bt);
+  poke(bt);
+  return run_alone(bt, in, o, res, info, 0);
+}
+
+static mn_status run_job(mn__batcher *bt, const mn_tensor *in,
+                         const mn_pipeline_opts *o, const void *src,
+                         mn_pipeline_result *res, mn__batch_info *info) {
   if (!mn__batcher_eligible(bt, in, o))
-    return run_alone(bt, in, o, res, info, 0);
-  int others = __atomic_fetch_add(&bt->inflight, 1, __ATOMIC_SEQ_CST);
-  /* Nobody else is here: no one to wait for. And a job that would fail
-   * in a batch does not join one. */
-  if (others == 0 || mn_tensor_check_finite(in) != MN_OK) {
-    mn_status s = run_alone(bt, in, o, res, info, 0);
-    leave(bt);
-    return s;
+    return go_alone(bt, in, o, res, info);
+  uint64_t now = mn_time_ns();
+  int by_pending =
+      __atomic_load_n(&bt->pending, __ATOMIC_SEQ_CST) - (tls_pending == bt) > 0;
+  int by_rate = others_sending(bt, src, now);
+  if (src) {
+    __atomic_store_n(&bt->last_ns, now, __ATOMIC_RELAXED);
+    __atomic_store_n(&bt->last_src, src, __ATOMIC_RELAXED);
   }
+  int likely = (by_pending || by_rate) &&
+               __atomic_load_n(&bt->inside, __ATOMIC_SEQ_CST) < bt->o.max_jobs;
+  /* No group to join and nobody likely to come: run now. And a job that
+   * would fail in a batch does not join one. */
+  if ((!__atomic_load_n(&bt->n_open, __ATOMIC_SEQ_CST) && !likely) ||
+      mn_tensor_check_finite(in) != MN_OK)
+    return go_alone(bt, in, o, res, info);
   member *me = calloc(1, sizeof *me);
-  if (!me) {
-    mn_status s = run_alone(bt, in, o, res, info, 0);
-    leave(bt);
-    return s;
-  }
+  if (!me)
+    return go_alone(bt, in, o, res, info);
   me->in = in;
   group *g = NULL;
   int leader = 0, waited = 0;
 
+  /* Counted inside and no longer pending in one step under the lock: a
+   * leader never sees a partner in neither. */
   pthread_mutex_lock(&bt->lock);
+  __atomic_add_fetch(&bt->inside, 1, __ATOMIC_SEQ_CST);
+  unpend(bt);
+  pthread_cond_broadcast(&bt->lead_cond);
   for (group *c = bt->open; c; c = c->next) {
     if (c->jobs < bt->o.max_jobs && c->rows + in->rows <= bt->o.max_rows &&
         same_key(c->opts, c->cols, o, in->cols)) {
@@ -410,20 +492,22 @@ mn_status mn__batcher_run(mn__batcher *bt, const mn_tensor *in,
     g->jobs++;
     g->rows += in->rows;
     g->refs++;
-    pthread_cond_broadcast(&bt->lead_cond);
     while (!g->done)
       pthread_cond_wait(&g->done_cond, &bt->lock);
     pthread_mutex_unlock(&bt->lock);
   } else {
-    /* Lead. */
-    g = calloc(1, sizeof *g);
-    if (!g || pthread_cond_init(&g->done_cond, NULL) != 0) {
+    /* Lead, when someone is likely to come. */
+    if (likely) {
+      g = calloc(1, sizeof *g);
+      if (g && pthread_cond_init(&g->done_cond, NULL) != 0) {
+        free(g);
+        g = NULL;
+      }
+    }
+    if (!g) {
       pthread_mutex_unlock(&bt->lock);
-      free(g);
       free(me);
-      mn_status s = run_alone(bt, in, o, res, info, 0);
-      leave(bt);
-      return s;
+      return run_alone(bt, in, o, res, info, 0);
     }
     leader = 1;
     g->opts = o;
@@ -441,8 +525,10 @@ mn_status mn__batcher_run(mn__batcher *bt, const mn_tensor *in,
     for (;;) {
       if (g->jobs >= bt->o.max_jobs || g->rows >= bt->o.max_rows)
         break; /* full */
-      if (__atomic_load_n(&bt->inflight, __ATOMIC_SEQ_CST) <= g->jobs)
-        break; /* everyone who is here is in */
+      if (__atomic_load_n(&bt->inside, __ATOMIC_SEQ_CST) >= bt->o.max_jobs)
+        break; /* every worker is here: nobody free to bring a partner */
+      if (!by_rate && __atomic_load_n(&bt->pending, __ATOMIC_SEQ_CST) <= 0)
+        break; /* it was only the pending requests, and they are here */
       waited = 1;
       if (pthread_cond_timedwait(&bt->lead_cond, &bt->lock, &until) ==
           ETIMEDOUT)
@@ -457,9 +543,7 @@ mn_status mn__batcher_run(mn__batcher *bt, const mn_tensor *in,
       pthread_cond_destroy(&g->done_cond);
       free(g);
       free(me);
-      mn_status s = run_alone(bt, in, o, res, info, waited);
-      leave(bt);
-      return s;
+      return run_alone(bt, in, o, res, info, waited);
     }
     run_group(bt, g);
   }
@@ -482,6 +566,5 @@ mn_status mn__batcher_run(mn__batcher *bt, const mn_tensor *in,
      * too, and why, on this thread. */
     s = run_alone(bt, in, o, res, info, waited);
   }
-  leave(bt);
   return s;
 }

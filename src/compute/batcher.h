@@ -33,8 +33,8 @@ typedef struct mn__batcher_opts {
   int64_t window_us; /* longest wait for company; 0 turns batching off */
   int64_t max_rows;  /* rows of one merged run, at most; a job merges only
                         when it has at most max_rows / 4 rows */
-  int max_jobs;      /* threads that can call at once (the worker count): a
-                        batch that holds them all stops waiting */
+  int max_jobs;      /* jobs of one merged run, at most (the worker count:
+                        a group that holds every worker is full) */
   mn__batch_run_fn run;
   void *ctx;
 } mn__batcher_opts;
@@ -74,13 +74,28 @@ int mn__batcher_eligible(const mn__batcher *bt, const mn_tensor *in,
  * jobs of other threads; `res` then holds exactly this job's rows (and
  * scales, zero_rows); processing_ms and device are those of the merged
  * run. The input must stay valid and unchanged until the call returns.
+ * `source` identifies the client (its connection; NULL: unknown): jobs
+ * from other sources arriving close together make waiting worth it, a
+ * client's own earlier jobs do not.
  * When a merged run fails, every job of it runs again alone, so each
  * caller sees its own status and mn_errmsg(). `info` may be NULL.
  * @return what the run function returned for this job.
  */
 mn_status mn__batcher_run(mn__batcher *bt, const mn_tensor *in,
-                          const mn_pipeline_opts *o, mn_pipeline_result *res,
-                          mn__batch_info *info);
+                          const mn_pipeline_opts *o, const void *source,
+                          mn_pipeline_result *res, mn__batch_info *info);
+
+/**
+ * The caller's requests, whatever their method: call mn__batcher_arrive
+ * when one starts to be handled and mn__batcher_depart when it is done,
+ * on the thread that handles it. A request in between that has not yet
+ * reached mn__batcher_run may still bring a job to merge with, so a
+ * waiting leader waits for it (at most the window); with nothing pending,
+ * nobody waits. Both accept NULL and are cheap (an atomic and a
+ * thread-local flag; depart takes the lock only while a leader waits).
+ */
+void mn__batcher_arrive(mn__batcher *bt);
+void mn__batcher_depart(mn__batcher *bt);
 
 /** Counters since creation. */
 void mn__batcher_stats_get(mn__batcher *bt, mn__batcher_stats *out);

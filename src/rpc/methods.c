@@ -441,7 +441,7 @@ static int h_process(mn__call *c, const mn__jv *p, mn__jw *w) {
     mn_tensor t = mn_tensor_host(in.data, MN_DTYPE_F32, in.rows, in.cols);
     mn_status s;
     if (c->r->batcher) {
-      s = mn__batcher_run(c->r->batcher, &t, &po, &res, &bi);
+      s = mn__batcher_run(c->r->batcher, &t, &po, c->s, &res, &bi);
       count_batch(c->r, &bi, s);
     } else {
       s = mn__rpc_pipeline(c->r, &t, &po, &res, &bi.flags);

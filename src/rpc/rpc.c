@@ -637,7 +637,19 @@ static void finish(mn__jw *w, msg_ctx *mc, int reserved_header,
   w->buf = NULL;
 }
 
+static void handle(mn_rpc *r, mn_rpc_session *s, const void *msg, size_t len,
+                   int binary, uint64_t deadline_ns, mn_rpc_reply *out);
+
 void mn_rpc_handle(mn_rpc *r, mn_rpc_session *s, const void *msg, size_t len,
+                   int binary, uint64_t deadline_ns, mn_rpc_reply *out) {
+  /* The batcher waits for a partner only while some request in here may
+   * still bring one (batcher.h). */
+  mn__batcher_arrive(r->batcher);
+  handle(r, s, msg, len, binary, deadline_ns, out);
+  mn__batcher_depart(r->batcher);
+}
+
+static void handle(mn_rpc *r, mn_rpc_session *s, const void *msg, size_t len,
                    int binary, uint64_t deadline_ns, mn_rpc_reply *out) {
   memset(out, 0, sizeof *out);
   mn__arena arena = {0};

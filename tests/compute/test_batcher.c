@@ -9,10 +9,12 @@
  * join, a failed merged run must be retried job by job, a lone job must
  * not wait, and window 0 turns batching off.
  *
- * To make the meeting of threads deterministic, a "blocker" job (another
- * width) holds the batcher busy in its run function while the jobs under
- * test arrive: each of them then sees company and goes to a group, and a
- * group closes when it holds max_jobs jobs (or its window ends).
+ * The engine brackets each request with mn__batcher_arrive / _depart; the
+ * jobs here do the same, and all of a test's threads arrive (and wait at a
+ * barrier) before any of them reaches the batcher, so every job is known
+ * to be on its way: a group closes when it is full or when nothing is
+ * pending any more, both deterministic. A "blocker" job of another width,
+ * held inside the run function, stands for a worker that is busy.
  */
 #include <pthread.h>
 #include <setjmp.h>
@@ -96,6 +98,9 @@ static mn__batcher *make(int64_t window_us, int64_t max_rows, int max_jobs) {
 /* ------------------------------------------------------------------ jobs */
 typedef struct job {
   mn__batcher *bt;
+  pthread_barrier_t *all_here; /* NULL: run at once */
+  const void *src;             /* the client (NULL: unknown) */
+  int no_arrive;               /* reaches the batcher without arriving */
   float *x;
   mn_tensor in;
   mn_pipeline_opts o;
@@ -123,10 +128,16 @@ static void job_free(job *j) {
   free(j->x);
 }
 
+/* What the engine does with a request: arrive, run, depart. */
 static void *job_main(void *arg) {
   job *j = arg;
-  j->st = mn__batcher_run(j->bt, &j->in, &j->o, &j->res, &j->info);
+  if (!j->no_arrive)
+    mn__batcher_arrive(j->bt);
+  if (j->all_here)
+    pthread_barrier_wait(j->all_here);
+  j->st = mn__batcher_run(j->bt, &j->in, &j->o, j->src, &j->res, &j->info);
   snprintf(j->err, sizeof j->err, "%s", j->st ? mn_errmsg() : "");
+  mn__batcher_depart(j->bt);
   return NULL;
 }
 
@@ -238,13 +249,19 @@ static void blocker_stop(pthread_t t, job *blk) {
   job_free(blk);
 }
 
+/* Every job on a thread of its own, all arrived before any runs. */
 static void run_all(job *jobs, int n) {
   pthread_t t[32];
+  pthread_barrier_t b;
   assert_true(n <= 32);
-  for (int i = 0; i < n; i++)
+  assert_int_equal(pthread_barrier_init(&b, NULL, (unsigned)n), 0);
+  for (int i = 0; i < n; i++) {
+    jobs[i].all_here = &b;
     assert_int_equal(pthread_create(&t[i], NULL, job_main, &jobs[i]), 0);
+  }
   for (int i = 0; i < n; i++)
     assert_int_equal(pthread_join(t[i], NULL), 0);
+  pthread_barrier_destroy(&b);
 }
 
 /* A PCA model that is not a fit: random mean, unit random components. */
@@ -277,9 +294,6 @@ static mn_pca_model *make_model(trng *r, int64_t cols, int64_t k) {
 static void merge_case(const mn_pipeline_opts *o, int64_t cols, trng *r) {
   reset_calls();
   mn__batcher *bt = make(5000000, 4096, T);
-  pthread_t bt_thread;
-  job blk;
-  blocker_start(&bt_thread, &blk, bt, r);
   job jobs[T];
   int64_t total = 0;
   for (int i = 0; i < T; i++) {
@@ -288,7 +302,7 @@ static void merge_case(const mn_pipeline_opts *o, int64_t cols, trng *r) {
     total += rows;
   }
   run_all(jobs, T);
-  /* One run of every row, before the blocker is let go. */
+  /* One run of every row. */
   pthread_mutex_lock(&rf.lock);
   int calls = rf.calls;
   int64_t rows0 = rf.rows[0], cols0 = rf.cols[0];
@@ -306,7 +320,6 @@ static void merge_case(const mn_pipeline_opts *o, int64_t cols, trng *r) {
     job_free(&jobs[i]);
   }
   assert_int_equal(leaders, 1);
-  blocker_stop(bt_thread, &blk);
   mn__batcher_stats st;
   mn__batcher_stats_get(bt, &st);
   assert_int_equal(st.batches, 1);
@@ -368,11 +381,9 @@ static void test_incompatible_not_merged(void **state) {
   (void)state;
   trng r = {13};
   reset_calls();
-  /* max_jobs above what any group reaches: groups close at the window. */
-  mn__batcher *bt = make(300000, 4096, 64);
-  pthread_t bt_thread;
-  job blk;
-  blocker_start(&bt_thread, &blk, bt, &r);
+  /* max_jobs above what any group reaches: groups close when nothing is
+   * pending (or, should that fail, at the window). */
+  mn__batcher *bt = make(5000000, 4096, 64);
   job jobs[16];
   int n = 0;
   for (int i = 0; i < 12; i++) {
@@ -435,7 +446,6 @@ static void test_incompatible_not_merged(void **state) {
                 rf.rows[c] == 4 + 8 + 12 || rf.rows[c] == 5 + 9 + 13);
   pthread_mutex_unlock(&rf.lock);
   assert_int_equal(calls, 4 + 3);
-  blocker_stop(bt_thread, &blk);
   mn__batcher_stats st;
   mn__batcher_stats_get(bt, &st);
   assert_int_equal(st.batches, 4);
@@ -449,10 +459,7 @@ static void test_bad_job_does_not_join(void **state) {
   (void)state;
   trng r = {14};
   reset_calls();
-  mn__batcher *bt = make(5000000, 4096, T - 1);
-  pthread_t bt_thread;
-  job blk;
-  blocker_start(&bt_thread, &blk, bt, &r);
+  mn__batcher *bt = make(5000000, 4096, T);
   mn_pipeline_opts o;
   mn_pipeline_opts_init(&o);
   o.normalize = 1;
@@ -473,7 +480,6 @@ static void test_bad_job_does_not_join(void **state) {
   }
   for (int i = 0; i < T; i++)
     job_free(&jobs[i]);
-  blocker_stop(bt_thread, &blk);
   mn__batcher_destroy(bt);
 }
 
@@ -484,9 +490,6 @@ static void test_failed_batch_reruns_alone(void **state) {
   trng r = {15};
   reset_calls();
   mn__batcher *bt = make(5000000, 4096, T);
-  pthread_t bt_thread;
-  job blk;
-  blocker_start(&bt_thread, &blk, bt, &r);
   pthread_mutex_lock(&rf.lock);
   rf.fail_over_rows = 10;
   pthread_mutex_unlock(&rf.lock);
@@ -507,7 +510,6 @@ static void test_failed_batch_reruns_alone(void **state) {
   assert_int_equal(rf.calls, 1 + T);
   assert_int_equal(rf.rows[0], 5 * T);
   pthread_mutex_unlock(&rf.lock);
-  blocker_stop(bt_thread, &blk);
   mn__batcher_stats st;
   mn__batcher_stats_get(bt, &st);
   assert_int_equal(st.batches, 0);
@@ -545,9 +547,6 @@ static void test_window_zero_is_off(void **state) {
   trng r = {17};
   reset_calls();
   mn__batcher *bt = make(0, 4096, T);
-  pthread_t bt_thread;
-  job blk;
-  blocker_start(&bt_thread, &blk, bt, &r);
   mn_pipeline_opts o;
   mn_pipeline_opts_init(&o);
   o.normalize = 1;
@@ -565,7 +564,6 @@ static void test_window_zero_is_off(void **state) {
   pthread_mutex_lock(&rf.lock);
   assert_int_equal(rf.calls, T);
   pthread_mutex_unlock(&rf.lock);
-  blocker_stop(bt_thread, &blk);
   mn__batcher_stats st;
   mn__batcher_stats_get(bt, &st);
   assert_int_equal(st.batches, 0);
@@ -578,10 +576,7 @@ static void test_max_rows(void **state) {
   trng r = {18};
   reset_calls();
   /* Jobs of 16 rows (max_rows / 4), groups of at most 64 rows. */
-  mn__batcher *bt = make(300000, 64, 64);
-  pthread_t bt_thread;
-  job blk;
-  blocker_start(&bt_thread, &blk, bt, &r);
+  mn__batcher *bt = make(5000000, 64, 64);
   mn_pipeline_opts o;
   mn_pipeline_opts_init(&o);
   o.normalize = 1;
@@ -598,10 +593,94 @@ static void test_max_rows(void **state) {
   for (int c = 0; c < rf.calls; c++)
     assert_true(rf.rows[c] <= 64);
   pthread_mutex_unlock(&rf.lock);
-  blocker_stop(bt_thread, &blk);
   mn__batcher_stats st;
   mn__batcher_stats_get(bt, &st);
   assert_true(st.batches >= 2);
+  mn__batcher_destroy(bt);
+}
+
+/* Every worker inside the batcher (the blocker runs, max_jobs 2): a job
+ * from another client, arriving just after the blocker's, has no one to
+ * wait for. */
+static void test_all_workers_inside_no_wait(void **state) {
+  (void)state;
+  trng r = {19};
+  reset_calls();
+  mn__batcher *bt = make(5000000, 4096, 2);
+  pthread_t bt_thread;
+  job blk;
+  blocker_start(&bt_thread, &blk, bt, &r);
+  mn_pipeline_opts o;
+  mn_pipeline_opts_init(&o);
+  o.normalize = 1;
+  job a;
+  job_init(&a, bt, &r, 9, 64, &o, 0);
+  a.src = &a;
+  job_main(&a);
+  assert_int_equal(a.st, MN_OK);
+  assert_int_equal(a.info.jobs, 1);
+  assert_int_equal(a.info.waited, 0);
+  check_alone(&a);
+  job_free(&a);
+  blocker_stop(bt_thread, &blk);
+  mn__batcher_stats st;
+  mn__batcher_stats_get(bt, &st);
+  assert_int_equal(st.lone_waits, 0);
+  mn__batcher_destroy(bt);
+}
+
+/* Nothing pending, but other clients are sending: after client A's job,
+ * client B's leads and waits, and client C's, arriving later, joins it. */
+static void *late_start(void *arg) {
+  job *j = arg;
+  struct timespec ts = {0, 20 * 1000 * 1000}; /* 20 ms */
+  nanosleep(&ts, NULL);
+  return job_main(j);
+}
+
+static void test_other_clients_sending_make_a_leader_wait(void **state) {
+  (void)state;
+  trng r = {20};
+  reset_calls();
+  mn__batcher *bt = make(500000, 4096, 2);
+  mn_pipeline_opts o;
+  mn_pipeline_opts_init(&o);
+  o.normalize = 1;
+  job j[3];
+  for (int i = 0; i < 3; i++) {
+    job_init(&j[i], bt, &r, 2 + i, 64, &o, 0);
+    j[i].src = &j[i];
+    j[i].no_arrive = 1; /* nothing pending: only the arrival rate counts */
+  }
+  job_main(&j[0]); /* the first job ever: nothing to wait for */
+  assert_int_equal(j[0].info.jobs, 1);
+  assert_int_equal(j[0].info.waited, 0);
+  pthread_t tb, tc;
+  assert_int_equal(pthread_create(&tb, NULL, job_main, &j[1]), 0);
+  assert_int_equal(pthread_create(&tc, NULL, late_start, &j[2]), 0);
+  assert_int_equal(pthread_join(tb, NULL), 0);
+  assert_int_equal(pthread_join(tc, NULL), 0);
+  for (int i = 1; i < 3; i++) {
+    assert_int_equal(j[i].info.jobs, 2);
+    assert_int_equal(j[i].info.rows, 3 + 4);
+  }
+  assert_true(j[1].info.leader && j[1].info.waited);
+  for (int i = 0; i < 3; i++) {
+    check_alone(&j[i]);
+    job_free(&j[i]);
+  }
+  /* The same client again and again: never a wait (but for the first
+   * time, when C sent last: that one waits out the 0.5 s window). */
+  for (int i = 0; i < 3; i++) {
+    job k;
+    job_init(&k, bt, &r, 5, 64, &o, 0);
+    k.src = bt;
+    k.no_arrive = 1;
+    job_main(&k);
+    if (i > 0)
+      assert_int_equal(k.info.waited, 0);
+    job_free(&k);
+  }
   mn__batcher_destroy(bt);
 }
 
@@ -630,6 +709,8 @@ int main(void) {
       cmocka_unit_test(test_lone_job_does_not_wait),
       cmocka_unit_test(test_window_zero_is_off),
       cmocka_unit_test(test_max_rows),
+      cmocka_unit_test(test_all_workers_inside_no_wait),
+      cmocka_unit_test(test_other_clients_sending_make_a_leader_wait),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }
