@@ -494,36 +494,3 @@ mn_status mn_pipeline_run(mn_backend *b, const mn_tensor *in,
            res->processing_ms, res->device);
   return MN_OK;
 }
-
-mn_status mn_pipeline_pca_fit(mn_backend *b, const mn_tensor *x, int64_t k,
-                              mn_pca_model **out) {
-  if (!b || !x || !out)
-    return mn__set_error(MN_ERR_INVALID, "backend, input or out is NULL");
-  if (x->device != MN_DEVICE_HOST)
-    return mn__set_error(MN_ERR_INVALID, "PCA input must be in host memory");
-  if (mn_backend_device_kind(b) == MN_DEVICE_HOST)
-    return mn_backend_pca_fit(b, x, k, out);
-  *out = NULL;
-  if (x->dtype != MN_DTYPE_F32 || (!x->data && x->rows > 0) || x->rows < 0 ||
-      x->cols < 1)
-    return mn_backend_pca_fit(b, x, k, out); /* says what is wrong */
-  MN__TRY(mn_tensor_check_finite(x));
-  size_t rb = (size_t)x->cols * sizeof(float);
-  void *d = NULL;
-  MN__TRY(mn_backend_alloc(b, rb * (size_t)x->rows, &d));
-  mn_status s = MN_OK;
-  if (x->stride == (int64_t)rb || x->rows <= 1) {
-    s = mn_backend_upload(b, d, x->data, rb * (size_t)x->rows);
-  } else {
-    for (int64_t r = 0; r < x->rows && s == MN_OK; r++)
-      s = mn_backend_upload(b, (char *)d + (size_t)r * rb, mn_tensor_row(x, r),
-                            rb);
-  }
-  if (s == MN_OK) {
-    mn_tensor t = mn_tensor_host(d, MN_DTYPE_F32, x->rows, x->cols);
-    t.device = MN_DEVICE_GPU;
-    s = mn_backend_pca_fit(b, &t, k, out);
-  }
-  mn_backend_free(b, d);
-  return s;
-}

@@ -156,7 +156,7 @@ mn_status mn__rpc_pipeline(void *rpc, const mn_tensor *in,
 
 mn_status mn__rpc_pca_fit(mn_rpc *r, const mn_tensor *x, int64_t k,
                           mn_pca_model **out, unsigned *flags) {
-  mn_status s = mn_pipeline_pca_fit(r->backend, x, k, out);
+  mn_status s = mn_backend_pca_fit(r->backend, x, k, out);
   if (s == MN_ERR_DEVICE_OOM && r->cpu) {
     char what[96];
     snprintf(what, sizeof what, "a PCA fit of %lld x %lld", (long long)x->rows,

@@ -346,7 +346,7 @@ int mn__check_deadline(mn__call *c);
 mn_status mn__rpc_pipeline(void *rpc, const mn_tensor *in,
                            const mn_pipeline_opts *o, mn_pipeline_result *res,
                            unsigned *flags);
-/** mn_pipeline_pca_fit (host rows, any backend) with the same CPU
+/** mn_backend_pca_fit (host rows on any backend) with the same CPU
  *  retry. */
 mn_status mn__rpc_pca_fit(mn_rpc *r, const mn_tensor *x, int64_t k,
                           mn_pca_model **out, unsigned *flags);
