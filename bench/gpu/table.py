@@ -117,14 +117,20 @@ def rps_many(r):
     return None
 
 
-cb, cn, cpu = run_of("cuda", "batching on"), run_of("cuda", "batching off"), run_of("cpu", "batching on")
+cb, cpu = run_of("cuda", "batching on"), run_of("cpu", "batching on")
+ga, cn = run_of("cuda", "all on gpu, batching on"), run_of("cuda", "all on gpu, batching off")
+line("mnemod 32x768, 1 conn p50, every job on the GPU (ms)", fmt(ga and ga.get("p50_ms_1conn")),
+     fmt(cpu and cpu.get("p50_ms_1conn")), None, "(gpu.min_elements 0; cols: cuda, cpu)")
+rga = rps_many(ga)
+line("mnemod 256 conns req/s: all on GPU + batching vs cpu", fmt(rga, ""), fmt(rps_many(cpu), ""),
+     rga / rps_many(cpu) if rga and rps_many(cpu) else None, "(information)")
 line("mnemod normalize 32x768 binary, 1 conn p50 (ms)", fmt(cb and cb.get("p50_ms_1conn")),
      fmt(cpu and cpu.get("p50_ms_1conn")), None, "< 0.25 ms on cuda (cols: cuda, cpu)")
 rb, rc_ = rps_many(cb), rps_many(cpu)
 line("mnemod 256 conns req/s: cuda+batching vs cpu", fmt(rb, ""), fmt(rc_, ""),
      rb / rc_ if rb and rc_ else None, ">= 5x")
 rn = rps_many(cn)
-line("mnemod 256 conns req/s: cuda, batching off", fmt(rn, ""), fmt(rc_, ""),
+line("mnemod 256 conns req/s: all on GPU, batching off", fmt(rn, ""), fmt(rc_, ""),
      rn / rc_ if rn and rc_ else None, "(information)")
 for r in runs:
     if r.get("failed"):

@@ -27,6 +27,11 @@ typedef struct mn_config {
   char gpu_precision[16];    /* gpu.precision: "float32" | "float16" |
                                 "bfloat16" */
   char gpu_device[16];       /* gpu.device: "auto" | "cpu" | "cuda" */
+  int64_t gpu_min_elements;  /* gpu.min_elements, default 262144: a
+                                processEmbeddings job without PCA and with
+                                fewer values runs on the CPU (a PCIe round
+                                trip costs more than the work); 0 sends
+                                everything to the device */
   /* processing.* */
   int64_t batch_size;      /* processing.batch_size, default 32 */
   uint64_t cache_size;     /* processing.cache_size (size), default 4GB */

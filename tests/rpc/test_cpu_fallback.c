@@ -42,12 +42,15 @@ static int warned(const char *a, const char *b) {
 }
 
 /* ---------------------------------------------------------------- engine */
-static fx *fx_fake_gpu(void) {
+/* min_elements: gpu.min_elements (-1: the default). */
+static fx *fx_fake_gpu_min(int64_t min_elements) {
   fx *f = calloc(1, sizeof *f);
   assert_non_null(f);
   snprintf(f->dir, sizeof f->dir, "/tmp/mnemo-fallback-XXXXXX");
   assert_non_null(mkdtemp(f->dir));
   mn_config_defaults(&f->cfg);
+  if (min_elements >= 0)
+    f->cfg.gpu_min_elements = min_elements;
   snprintf(f->cfg.data_dir, sizeof f->cfg.data_dir, "%s", f->dir);
   mn_backend_opts bo;
   mn_backend_opts_init(&bo);
@@ -58,6 +61,11 @@ static fx *fx_fake_gpu(void) {
   assert_int_equal(mn_metrics_create(&f->m), MN_OK);
   fx_open_engine(f);
   return f;
+}
+
+/* Every job on the fake device, however small (the fallback tests). */
+static fx *fx_fake_gpu(void) {
+  return fx_fake_gpu_min(0);
 }
 
 static char *process_request(const float *x, int64_t rows, int64_t cols,
@@ -283,8 +291,51 @@ static void test_cpu_engine_has_no_fallback(void **state) {
   fx_free(f);
 }
 
+/* gpu.min_elements: small elementwise jobs run on the CPU backend beside
+ * the device (metadata.device says so; no fallback is counted), larger
+ * ones and any job with a PCA go to the device. */
+static void test_small_jobs_stay_on_the_host(void **state) {
+  (void)state;
+  fx *f = fx_fake_gpu_min(-1);
+  assert_int_equal(f->cfg.gpu_min_elements, 262144);
+  float *x = rand_matrix(4, 24);
+  char *req = process_request(x, 4, 24, "{\"normalize\":true}");
+  json_t *rep;
+  json_t *res = fx_ok(f, req, &rep);
+  assert_non_null(strstr(device_of(res), "cpu ("));
+  assert_false(fell_back(res));
+  check_normalized(res, x, 4, 24);
+  json_decref(rep);
+  free(req);
+  free(x);
+  fx_free(f);
+
+  f = fx_fake_gpu_min(96); /* 4 x 24 values: not fewer than 96 */
+  x = rand_matrix(4, 24);
+  req = process_request(x, 4, 24, "{\"normalize\":true}");
+  res = fx_ok(f, req, &rep);
+  assert_non_null(strstr(device_of(res), "fakegpu:0"));
+  check_normalized(res, x, 4, 24);
+  json_decref(rep);
+  free(req);
+  free(x);
+  assert_int_equal(fallbacks_counted(f), 0);
+  /* 3 x 24 is under it, but a PCA goes to the device anyway (whose fit
+   * always runs out of memory: so it falls back, which shows it tried) */
+  x = rand_matrix(3, 24);
+  req = process_request(x, 3, 24, "{\"reduce_dimensions\":2}");
+  res = fx_ok(f, req, &rep);
+  assert_true(fell_back(res));
+  json_decref(rep);
+  free(req);
+  free(x);
+  assert_int_equal(fallbacks_counted(f), 1);
+  fx_free(f);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_small_jobs_stay_on_the_host),
       cmocka_unit_test(test_fallback_and_keep_serving),
       cmocka_unit_test(test_cpu_engine_has_no_fallback),
   };
