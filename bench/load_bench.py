@@ -17,6 +17,18 @@ machine is shared, so figures move from run to run; the note says so.
 
 Writes the table to stdout and bench/out/load.md, raw lines to
 bench/out/load.jsonl.
+
+--batching: dynamic batching instead of the peer. mnemod runs once per
+device in --device (a comma list, default "cpu") and batching window in
+--windows (default "0,200"; 0 = batching off), each time under --conns
+connections (256) of 32 x 768 normalize binary frames in a closed loop,
+plus one lone connection (its p50 must not pay the window). The table
+gives req/s (and the ratio to the first row), p50 / p99 and what mnemod's
+/metrics say was merged (batches, requests merged, rows per batch).
+Written to bench/out/batching.md and batching.jsonl. Examples, short:
+  /usr/bin/python3 bench/load_bench.py --batching --duration 3 --no-pin
+  /usr/bin/python3 bench/load_bench.py --batching --device cpu,cuda \\
+      --windows 0,200 --duration 5 --no-pin     # GPU vs CPU, one table
 """
 import argparse
 import json
@@ -84,6 +96,108 @@ def run_load(load, port, encoding, args, cpu, rate=0, label=""):
     return res
 
 
+def scrape(port):
+    """mnemod's /metrics as {name: value} (unlabelled samples only)."""
+    import urllib.request
+    out = {}
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics",
+                                    timeout=10) as r:
+            for line in r.read().decode().splitlines():
+                m = re.match(r"^([a-z_]+) ([0-9.eE+-]+)$", line)
+                if m:
+                    out[m.group(1)] = float(m.group(2))
+    except OSError:
+        pass
+    return out
+
+
+def batching_main(args, scpu, ccpu, mnemod, load):
+    """mnemod on each device, with each batching window, under many
+    connections and under one."""
+    tmp = tempfile.mkdtemp(prefix="mnemo-batch-")
+    windows = [int(w) for w in args.windows.split(",")]
+    devices = args.device.split(",")
+    rows, raw = [], []
+    try:
+        for dev in devices:
+            for w in windows:
+                name = f"{dev}-{w}"
+                cfg = os.path.join(tmp, f"config-{name}.json")
+                proc = {"batch_window_us": w}
+                if args.workers_batching is not None:
+                    proc["workers"] = args.workers_batching
+                with open(cfg, "w") as f:
+                    json.dump({"server": {"rate_limit": 0,
+                                          "log_level": "warn",
+                                          "max_connections": args.conns + 64},
+                               "processing": proc}, f)
+                srv, port = start(
+                    [mnemod, "--config", cfg, "--port", "0", "--data-dir",
+                     os.path.join(tmp, f"data-{name}"), "--device", dev,
+                     "--log-level", "info"],
+                    r"listening on ws://[^:\s]+:(\d+)", scpu)
+                try:
+                    many = run_load(load, port, "binary", args, ccpu,
+                                    label=f"{dev}, window {w} us, "
+                                    f"{args.conns} conns")
+                    m = scrape(port)  # the many-connection run's counters
+                    one_args = argparse.Namespace(**vars(args))
+                    one_args.conns = 1
+                    one = run_load(load, port, "binary", one_args, ccpu,
+                                   label=f"{dev}, window {w} us, 1 conn")
+                finally:
+                    srv.send_signal(signal.SIGTERM)
+                    srv.wait(30)
+                many["metrics"] = {k: v for k, v in m.items()
+                                   if "batch" in k or "fallback" in k}
+                raw += [many, one]
+                rows.append((dev, w, many, one, m))
+                print(f"{dev}, window {w} us: {fmt(many.get('rps'))} req/s "
+                      f"at {args.conns} connections, lone p50 "
+                      f"{fmt(one.get('p50_ms'), 3)} ms", flush=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    lines = [f"| device | batch_window_us | req/s ({args.conns} conns) "
+             f"| vs first row | p50 / p99 ms | batches | requests merged | "
+             f"rows per batch | lone client p50 / p99 ms |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    base = rows[0][2].get("rps") if rows else None
+    for dev, w, many, one, m in rows:
+        b = m.get("mnemo_batches_total", 0)
+        j = m.get("mnemo_batched_jobs_total", 0)
+        r = m.get("mnemo_batched_rows_total", 0)
+        rel = many.get("rps", 0) / base if base else float("nan")
+        lines.append(
+            f"| {dev} | {w} | {fmt(many.get('rps'))} | {rel:.2f}x | "
+            f"{fmt(many.get('p50_ms'), 2)} / {fmt(many.get('p99_ms'), 2)} | "
+            f"{fmt(b)} | {fmt(j)} | {fmt(r / b if b else None, 1)} | "
+            f"{fmt(one.get('p50_ms'), 3)} / {fmt(one.get('p99_ms'), 3)} |")
+    workers = (args.workers_batching if args.workers_batching is not None
+               else "mnemod's default")
+    head = (f"processEmbeddings normalize {args.rows}x{args.width} float32 "
+            f"binary frames, closed loop, {args.duration:g} s per run after "
+            f"{args.warmup:g} s warm-up; workers: {workers}"
+            + ("" if args.no_pin else
+               f"; server on core {args.server_cpu}, load on core "
+               f"{args.client_cpu}") + f"; {os.cpu_count()} cores.")
+    table = "\n".join(lines)
+    print()
+    print(head)
+    print()
+    print(table)
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "batching.md"), "w") as f:
+        f.write(f"# mnemod dynamic batching\n\n{head}\n\n{table}\n\n"
+                f"Command: `/usr/bin/python3 bench/load_bench.py --batching "
+                f"--device {args.device} --conns {args.conns} --windows "
+                f"{args.windows}`\n")
+    with open(os.path.join(args.out, "batching.jsonl"), "w") as f:
+        for x in raw:
+            f.write(json.dumps(x) + "\n")
+    return 0
+
+
 def fmt(v, nd=0):
     if v is None or v != v:
         return "-"
@@ -105,7 +219,19 @@ def main():
                     help="mnemod processing.workers (one core: 1)")
     ap.add_argument("--no-pin", action="store_true")
     ap.add_argument("--out", default=os.path.join(HERE, "out"))
+    ap.add_argument("--batching", action="store_true",
+                    help="compare batching windows instead of the peer")
+    ap.add_argument("--windows", default="0,200",
+                    help="--batching: processing.batch_window_us values")
+    ap.add_argument("--device", default="cpu",
+                    help="--batching: mnemod --device values, comma-separated "
+                    "(cpu, cuda, auto)")
+    ap.add_argument("--workers-batching", type=int, default=None,
+                    help="--batching: processing.workers (default: "
+                    "mnemod's own)")
     args = ap.parse_args()
+    if args.batching and "--conns" not in sys.argv:
+        args.conns = 256
     scpu = None if args.no_pin else args.server_cpu
     ccpu = None if args.no_pin else args.client_cpu
 
@@ -114,6 +240,8 @@ def main():
     for f in (mnemod, load):
         if not os.path.exists(f):
             sys.exit(f"{f} is missing: build first (make build)")
+    if args.batching:
+        return batching_main(args, scpu, ccpu, mnemod, load)
     os.makedirs(args.out, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix="mnemo-load-")
     cfg = os.path.join(tmp, "config.json")

@@ -119,8 +119,9 @@ static void usage(FILE *f) {
           "  --device D          auto | cpu | cuda (gpu.device)\n"
           "  --log-level L       debug | info | warn | error "
           "(server.log_level)\n"
-          "  --workers N         worker threads, 0 = one per core "
-          "(processing.workers)\n"
+          "  --workers N         worker threads, 0 = one per core, on a "
+          "GPU 4 per\n"
+          "                      core (32 to 64) (processing.workers)\n"
           "  --help              this text\n"
           "  --version           version and exit\n"
           "\n"
@@ -364,6 +365,21 @@ int main(int argc, char **argv) {
   }
   say(MN_LOG_INFO, "mnemod %s: backend %s (%s), data in %s", MNEMO_VERSION,
       mn_backend_name(backend), mn_backend_device(backend), cfg.data_dir);
+  /* A worker runs one request at a time, start to end. On the CPU the
+   * request computes on the worker's core, so one per core. On a GPU a
+   * worker mostly waits for the device, and dynamic batching can only
+   * merge requests that workers hold at the same moment: more workers
+   * keep the device fed and let batches form. 64 is the CUDA plugin's
+   * lane count (cuda.md); past it, callers queue for a lane anyway. */
+  if (cfg.workers == 0 && mn_backend_device_kind(backend) == MN_DEVICE_GPU) {
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    int64_t w = 4 * (int64_t)(ncpu > 0 ? ncpu : 1);
+    cfg.workers = w < 32 ? 32 : w > 64 ? 64 : w;
+    say(MN_LOG_INFO,
+        "GPU backend: %lld workers (processing.workers 0 means 4 per core, "
+        "32 to 64, on a GPU; set it to choose)",
+        (long long)cfg.workers);
+  }
 
   mn_metrics *metrics = NULL;
   if (mn_metrics_create(&metrics) != MN_OK) {

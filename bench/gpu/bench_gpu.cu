@@ -534,6 +534,39 @@ int main(int argc, char **argv) {
       }
       unsetenv("MNEMO_CUDA_CHUNK_ROWS");
     }
+    /* Where the search time goes: cuBLAS alone on one chunk's shape
+     * (262144 rows x 256 queries x 768), float32 scores as the search
+     * writes them and float16 scores; times 39 chunks = N = 10M. */
+    if (!tiny) {
+      cublasHandle_t hg;
+      if (cublasCreate(&hg) != CUBLAS_STATUS_SUCCESS)
+        return 2;
+      const int64_t L = 262144;
+      void *Sg = dev((size_t)L * 256 * 4);
+      __half *qh16 = (__half *)dev(256 * D * 2);
+      fill_f16<<<G, T>>>(qh16, 256 * D, 9, 1.0f / sqrtf((float)D));
+      const float one = 1.f, zero = 0.f;
+      char name[96];
+      for (int out16 = 0; out16 <= 1; out16++) {
+        double ms = median_ms(3, 10, [&] {
+          if (cublasGemmEx(hg, CUBLAS_OP_T, CUBLAS_OP_N, (int)L, 256, (int)D,
+                           &one, db16, CUDA_R_16F, (int)D, qh16, CUDA_R_16F,
+                           (int)D, &zero, Sg, out16 ? CUDA_R_16F : CUDA_R_32F,
+                           (int)L, CUBLAS_COMPUTE_32F,
+                           CUBLAS_GEMM_DEFAULT) != CUBLAS_STATUS_SUCCESS)
+            exit(2);
+          CU(cudaDeviceSynchronize()); /* the host clock times it */
+        });
+        snprintf(name, sizeof name,
+                 "gemm alone 262144x256x768 fp16 in, %s scores",
+                 out16 ? "fp16" : "fp32");
+        emit(name, ms, 2.0 * L * D + (out16 ? 2.0 : 4.0) * L * 256,
+             2.0 * L * 256 * D, "\"query\": \"float16\"");
+      }
+      CU(cudaFree(Sg));
+      CU(cudaFree(qh16));
+      cublasDestroy(hg);
+    }
     CU(cudaFree(db16));
 
     int8_t *db8 = (int8_t *)dev((size_t)N * D);

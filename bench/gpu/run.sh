@@ -136,7 +136,7 @@ step peer_torch 100 python3 bench/gpu/peer_torch.py $QFLAG \
     --out "$OUT/peer_torch.json"
 
 # --- 5. mnemod over loopback, CUDA against CPU -------------------------------
-[ -n "$MNEMOD" ] && step server_load 60 python3 bench/gpu/server_load.py \
+[ -n "$MNEMOD" ] && step server_load 80 python3 bench/gpu/server_load.py \
     --mnemod "$MNEMOD" --load "$LOAD" --out "$OUT/server_load.json"
 
 # --- 6. the store with GPU-resident chunks ------------------------------------

@@ -109,8 +109,12 @@ def main():
     for dev in args.devices.split(","):
         runs.append((dev, "batching on (default window)", {}))
         if dev == "cuda":
-            runs.append((dev, "batching off",
-                         {"processing": {"batch_window_us": 0}}))
+            # every job on the GPU (no small-job routing to the CPU)
+            runs.append((dev, "all on gpu, batching on",
+                         {"gpu": {"min_elements": 0}}))
+            runs.append((dev, "all on gpu, batching off",
+                         {"gpu": {"min_elements": 0},
+                          "processing": {"batch_window_us": 0}}))
     try:
         for dev, label, extra in runs:
             cfg = json.loads(json.dumps(base))

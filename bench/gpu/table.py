@@ -67,6 +67,11 @@ line("search fp16 N=10M Q=256 k=10 (ms)", fmt(ms(o)), fmt(ms(p)), ms(p) / ms(o) 
 chunks = [(r["op"].split("chunk=")[1], r["ms"]) for op, rs in ours.items() if "chunk=" in op for r in rs]
 if chunks:
     print("  (GEMM chunk rows tried: %s; default 262144)" % ", ".join("%s: %.3f ms" % c for c in chunks))
+for out in ("fp32", "fp16"):
+    g = get(ours, "gemm alone 262144x256x768 fp16 in, %s" % out)
+    if g:
+        print("  (cuBLAS alone, one 262144-row chunk, %s scores: %.3f ms, %.0f TFLOP/s; x39 = %.1f ms)"
+              % (out, g["ms"], g.get("TFLOP/s", 0), 39 * g["ms"]))
 o32 = get(ours, "search fp16", lambda r: "Q=256" in r["op"] and "split" in r.get("query", ""))
 line("  same, float32 query (exact, ms)", fmt(ms(o32)), fmt(ms(p)), ms(p) / ms(o32) if o32 and p else None,
      "(information)")
@@ -112,14 +117,20 @@ def rps_many(r):
     return None
 
 
-cb, cn, cpu = run_of("cuda", "batching on"), run_of("cuda", "batching off"), run_of("cpu", "batching on")
+cb, cpu = run_of("cuda", "batching on"), run_of("cpu", "batching on")
+ga, cn = run_of("cuda", "all on gpu, batching on"), run_of("cuda", "all on gpu, batching off")
+line("mnemod 32x768, 1 conn p50, every job on the GPU (ms)", fmt(ga and ga.get("p50_ms_1conn")),
+     fmt(cpu and cpu.get("p50_ms_1conn")), None, "(gpu.min_elements 0; cols: cuda, cpu)")
+rga = rps_many(ga)
+line("mnemod 256 conns req/s: all on GPU + batching vs cpu", fmt(rga, ""), fmt(rps_many(cpu), ""),
+     rga / rps_many(cpu) if rga and rps_many(cpu) else None, "(information)")
 line("mnemod normalize 32x768 binary, 1 conn p50 (ms)", fmt(cb and cb.get("p50_ms_1conn")),
      fmt(cpu and cpu.get("p50_ms_1conn")), None, "< 0.25 ms on cuda (cols: cuda, cpu)")
 rb, rc_ = rps_many(cb), rps_many(cpu)
 line("mnemod 256 conns req/s: cuda+batching vs cpu", fmt(rb, ""), fmt(rc_, ""),
      rb / rc_ if rb and rc_ else None, ">= 5x")
 rn = rps_many(cn)
-line("mnemod 256 conns req/s: cuda, batching off", fmt(rn, ""), fmt(rc_, ""),
+line("mnemod 256 conns req/s: all on GPU, batching off", fmt(rn, ""), fmt(rc_, ""),
      rn / rc_ if rn and rc_ else None, "(information)")
 for r in runs:
     if r.get("failed"):

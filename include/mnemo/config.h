@@ -27,11 +27,17 @@ typedef struct mn_config {
   char gpu_precision[16];    /* gpu.precision: "float32" | "float16" |
                                 "bfloat16" */
   char gpu_device[16];       /* gpu.device: "auto" | "cpu" | "cuda" */
+  int64_t gpu_min_elements;  /* gpu.min_elements, default 262144: a
+                                processEmbeddings job without PCA and with
+                                fewer values runs on the CPU (a PCIe round
+                                trip costs more than the work); 0 sends
+                                everything to the device */
   /* processing.* */
   int64_t batch_size;      /* processing.batch_size, default 32 */
   uint64_t cache_size;     /* processing.cache_size (size), default 4GB */
   int64_t timeout_ms;      /* processing.timeout, default 30000 */
-  int64_t workers;         /* processing.workers, 0 = one per core */
+  int64_t workers;         /* processing.workers, 0 = one per core
+                              (mnemod on a GPU: 4 per core, 32 to 64) */
   int64_t batch_window_us; /* processing.batch_window_us, default 200 */
   int64_t batch_max_rows;  /* processing.batch_max_rows, default 4096 */
   /* server.* */

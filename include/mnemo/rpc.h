@@ -48,7 +48,12 @@ typedef struct mn_rpc_opts {
 
 /**
  * Create the engine: loads persisted PCA models from
- * <data_dir>/pca/. MN_ERR_IO when the data directory is unusable.
+ * <data_dir>/pca/. When `backend` is not the CPU backend, the engine opens
+ * a CPU backend of its own beside it: jobs that fail with
+ * MN_ERR_DEVICE_OOM run again there (counted as cpu_fallbacks). With
+ * processing.batch_window_us > 0 small compatible processEmbeddings jobs
+ * are batched (docs/design.md). MN_ERR_IO when the data directory is
+ * unusable.
  */
 MN_API mn_status mn_rpc_create(const mn_rpc_opts *opts, mn_rpc **out);
 MN_API void mn_rpc_destroy(mn_rpc *r);

@@ -95,11 +95,14 @@ static const key_desc key_table[] = {
     SIZE_KEY("gpu.memory_limit", gpu_memory_limit, 0, "0 means no limit"),
     ENUM_KEY("gpu.precision", gpu_precision, precisions),
     ENUM_KEY("gpu.device", gpu_device, devices),
+    INT_KEY("gpu.min_elements", gpu_min_elements, 0, I32MAX,
+            "values; 0 sends every job to the device"),
     STR_KEY("gpu.plugin_dir", plugin_dir, 0),
     INT_KEY("processing.batch_size", batch_size, 1, I32MAX, "rows"),
     SIZE_KEY("processing.cache_size", cache_size, 0, NULL),
     INT_KEY("processing.timeout", timeout_ms, 1, I32MAX, "milliseconds"),
-    INT_KEY("processing.workers", workers, 0, 1024, "0 means one per core"),
+    INT_KEY("processing.workers", workers, 0, 1024,
+            "0 means one per core (4 per core, 32 to 64, on a GPU)"),
     INT_KEY("processing.batch_window_us", batch_window_us, 0, 1000000,
             "microseconds"),
     INT_KEY("processing.batch_max_rows", batch_max_rows, 1, I32MAX, "rows"),
@@ -137,6 +140,7 @@ void mn_config_defaults(mn_config *c) {
   c->gpu_enabled = 1;
   strcpy(c->gpu_precision, "float32");
   strcpy(c->gpu_device, "auto");
+  c->gpu_min_elements = 262144;
   c->batch_size = 32;
   c->cache_size = 4000000000ull;
   c->timeout_ms = 30000;

@@ -376,6 +376,20 @@ static int plan_quant(mn__call *c, const mn__jv *o, pe_plan *pl) {
   return 0;
 }
 
+/* The batcher's outcome in the metrics registry: a merged run is counted
+ * once, by its leader. */
+static void count_batch(mn_rpc *r, const mn__batch_info *bi, mn_status s) {
+  if (!r->metrics || s != MN_OK)
+    return;
+  if (bi->leader && bi->jobs > 1) {
+    mn_metrics_count(r->metrics, "batches", 1);
+    mn_metrics_count(r->metrics, "batched_jobs", bi->jobs);
+    mn_metrics_count(r->metrics, "batched_rows", bi->rows);
+  }
+  if (bi->waited && bi->jobs == 1)
+    mn_metrics_count(r->metrics, "batch_lone_waits", 1);
+}
+
 static int h_process(mn__call *c, const mn__jv *p, mn__jw *w) {
   char path[80];
   snprintf(path, sizeof path, "%s.embeddings", c->root);
@@ -411,6 +425,8 @@ static int h_process(mn__call *c, const mn__jv *p, mn__jw *w) {
     rc = mn__check_deadline(c);
   mn_pipeline_result res;
   memset(&res, 0, sizeof res);
+  mn__batch_info bi;
+  memset(&bi, 0, sizeof bi);
   if (!rc) {
     mn_pipeline_opts po;
     mn_pipeline_opts_init(&po);
@@ -423,7 +439,13 @@ static int h_process(mn__call *c, const mn__jv *p, mn__jw *w) {
     po.precision = pl.precision;
     po.batch_size = pl.batch_size;
     mn_tensor t = mn_tensor_host(in.data, MN_DTYPE_F32, in.rows, in.cols);
-    mn_status s = mn_pipeline_run(c->r->backend, &t, &po, &res);
+    mn_status s;
+    if (c->r->batcher) {
+      s = mn__batcher_run(c->r->batcher, &t, &po, c->s, &res, &bi);
+      count_batch(c->r, &bi, s);
+    } else {
+      s = mn__rpc_pipeline(c->r, &t, &po, &res, &bi.flags);
+    }
     if (s == MN_ERR_INVALID && in.unchecked)
       rc = mn__tensor_check(c, &in, path); /* NaN / Inf: say where */
     if (s != MN_OK && !rc)
@@ -473,6 +495,10 @@ static int h_process(mn__call *c, const mn__jv *p, mn__jw *w) {
     mn__jw_kint(w, "zero_rows", res.zero_rows);
     mn__jw_kstr(w, "quantization", mn_quant_name(res.quant));
     mn__jw_kbool(w, "normalized", pl.normalize);
+    if (bi.flags & MN__RUN_CPU_FALLBACK)
+      mn__jw_kbool(w, "cpu_fallback", 1);
+    if (bi.jobs > 1)
+      mn__jw_kint(w, "batched_with", bi.jobs - 1);
     if (pl.k) {
       const mn_pca_model *m = pl.model ? &pl.view : res.fitted;
       if (pl.model)
@@ -575,7 +601,7 @@ static int h_fit_pca(mn__call *c, const mn__jv *p, mn__jw *w) {
     return rc;
   mn_tensor t = mn_tensor_host(in.data, MN_DTYPE_F32, in.rows, in.cols);
   mn_pca_model *m = NULL;
-  mn_status s = mn_backend_pca_fit(c->r->backend, &t, k, &m);
+  mn_status s = mn__rpc_pca_fit(c->r, &t, k, &m, NULL);
   if (s != MN_OK)
     return mn__fail_status(c, s, NULL);
   rc = mn__check_deadline(c);
@@ -948,8 +974,11 @@ const mn__method mn__methods[] = {
             "metadata" : {
               "type" : "object",
               "properties" : {
-                "processing_time" :
-                    {"type" : "number", "description" : "Compute time, ms."},
+                "processing_time" : {
+                  "type" : "number",
+                  "description" : "Compute time, ms (of the merged run when "
+                                  "the request was batched)."
+                },
                 "dimensions" : {
                   "type" : "integer",
                   "description" : "Columns of the result."
@@ -970,6 +999,20 @@ const mn__method mn__methods[] = {
                 "explained_variance_ratio" :
                     {"type" : "array", "items" : {"type" : "number"}},
                 "total_explained_variance" : {"type" : "number"},
+                "cpu_fallback" : {
+                  "type" : "boolean",
+                  "description" : "Present (true) when the GPU ran out of "
+                                  "memory and the request was processed on "
+                                  "the CPU instead."
+                },
+                "batched_with" : {
+                  "type" : "integer",
+                  "description" : "Present when dynamic batching ran this "
+                                  "request in one backend call with this "
+                                  "many other requests (same options and "
+                                  "width); the result is still this "
+                                  "request's alone."
+                },
                 "chatId" : {"type" : "string"}
               },
               "required" : [
@@ -1218,7 +1261,30 @@ const mn__method mn__methods[] = {
               "required" : [ "gpu_memory", "cpu_memory", "active_processes" ]
             },
             "pca_models" : {"type" : "integer"},
-            "uptime_s" : {"type" : "number"}
+            "uptime_s" : {"type" : "number"},
+            "counters" : {
+              "type" : "object",
+              "additionalProperties" : {"type" : "integer"},
+              "description" : "Event counts since start (also on /metrics "
+                              "as mnemo_<name>_total). Dynamic batching: "
+                              "batches (backend runs that merged two "
+                              "processEmbeddings requests or more), "
+                              "batched_jobs (requests answered from them), "
+                              "batched_rows (their rows; rows per batch = "
+                              "batched_rows / batches), batch_lone_waits "
+                              "(batching windows that ended with no other "
+                              "request to merge). cpu_fallbacks: jobs the "
+                              "GPU ran out of memory on, done on the CPU. "
+                              "Server: rate_limited, watchdog_timeouts, "
+                              "oversized_messages, invalid_utf8."
+            },
+            "gauges" : {
+              "type" : "object",
+              "additionalProperties" : {"type" : "number"},
+              "description" : "Current values, e.g. jobs_in_flight, "
+                              "job_queue_depth (also on /metrics as "
+                              "mnemo_<name>)."
+            }
           },
           "required" : [ "memory", "hpc" ]
         }),

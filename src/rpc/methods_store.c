@@ -744,7 +744,7 @@ int mn__h_process_chunk(mn__call *c, const mn__jv *p, mn__jw *w) {
     }
     po.precision = MN_DTYPE_F32;
     mn_tensor t = mn_tensor_host(in.data, MN_DTYPE_F32, in.rows, in.cols);
-    mn_status s = mn_pipeline_run(c->r->backend, &t, &po, &res);
+    mn_status s = mn__rpc_pipeline(c->r, &t, &po, &res, NULL);
     if (m)
       mn__pca_store_put(c->r->pca, m);
     if (s != MN_OK)

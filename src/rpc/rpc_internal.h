@@ -17,6 +17,7 @@
 #define MNEMO_RPC_INTERNAL_H
 
 #include "common/internal.h"
+#include "compute/batcher.h"
 #include "mnemo/rpc.h"
 #include "mnemo/store.h"
 
@@ -214,6 +215,9 @@ char *mn__json_join_literals(mn__arena *a, const char *text);
 struct mn_rpc {
   const mn_config *config;
   mn_backend *backend;
+  mn_backend *cpu;      /* owned: where a job goes when `backend` (a device)
+                           runs out of memory; NULL when `backend` is the CPU */
+  mn__batcher *batcher; /* processEmbeddings jobs (NULL: batching off) */
   mn_metrics *metrics;
   mn__pca_store *pca;
   mn_store *store; /* the memory store (methods_store.c) */
@@ -332,6 +336,20 @@ int mn__fail_status(mn__call *c, mn_status s, const char *prefix);
 int mn__status_code(mn_status s);
 /** -32002 when the call's deadline has passed, else 0. */
 int mn__check_deadline(mn__call *c);
+
+/**
+ * mn_pipeline_run on the engine's backend; when that is a device and
+ * reports MN_ERR_DEVICE_OOM, the job runs again on the CPU backend, the
+ * fallback is logged and counted (cpu_fallbacks) and MN__RUN_CPU_FALLBACK
+ * is set in *flags (may be NULL). The batcher's run function.
+ */
+mn_status mn__rpc_pipeline(void *rpc, const mn_tensor *in,
+                           const mn_pipeline_opts *o, mn_pipeline_result *res,
+                           unsigned *flags);
+/** mn_backend_pca_fit (host rows on any backend) with the same CPU
+ *  retry. */
+mn_status mn__rpc_pca_fit(mn_rpc *r, const mn_tensor *x, int64_t k,
+                          mn_pca_model **out, unsigned *flags);
 
 /** Validate `v` against a schema; on failure -32602 naming the path. */
 int mn__schema_check(mn__call *c, const mn__jv *schema, const mn__jv *v,

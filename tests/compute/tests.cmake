@@ -1,7 +1,8 @@
-# Fake backend plugins for test_backend_loader: one MODULE library per
-# tests/compute/fake_plugin_*.c, never linked against libmnemo (a plugin
-# reaches the core only through mn_backend_host). The test finds each one
-# through a compile definition FAKE_PLUGIN_<NAME> holding its path.
+# Fake backend plugins for the tests that load plugins (test_backend_loader,
+# test_cpu_fallback): one MODULE library per tests/compute/fake_plugin_*.c,
+# never linked against libmnemo (a plugin reaches the core only through
+# mn_backend_host). Each such test finds each plugin through a compile
+# definition FAKE_PLUGIN_<NAME> holding its path.
 file(GLOB FAKE_PLUGIN_SOURCES CONFIGURE_DEPENDS
      ${CMAKE_CURRENT_LIST_DIR}/fake_plugin_*.c)
 foreach(src ${FAKE_PLUGIN_SOURCES})
@@ -11,10 +12,12 @@ foreach(src ${FAKE_PLUGIN_SOURCES})
                              ${PROJECT_SOURCE_DIR}/src)
   set_target_properties(${name} PROPERTIES
     LIBRARY_OUTPUT_DIRECTORY ${PROJECT_BINARY_DIR}/tests/fake_plugins)
-  if(TARGET test_backend_loader)
-    string(TOUPPER ${name} def)
-    target_compile_definitions(test_backend_loader PRIVATE
-      ${def}="$<TARGET_FILE:${name}>")
-    add_dependencies(test_backend_loader ${name})
-  endif()
+  string(TOUPPER ${name} def)
+  foreach(consumer test_backend_loader test_cpu_fallback)
+    if(TARGET ${consumer})
+      target_compile_definitions(${consumer} PRIVATE
+        ${def}="$<TARGET_FILE:${name}>")
+      add_dependencies(${consumer} ${name})
+    endif()
+  endforeach()
 endforeach()

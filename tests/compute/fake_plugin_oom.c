@@ -1,0 +1,155 @@
+/*
+ * fake_plugin_oom.c - a "GPU" backend plugin whose device is small: for
+ * test_cpu_fallback. Its tensors are on MN_DEVICE_GPU (plain malloc'd
+ * memory behind the scenes, so the pipeline's upload / download path runs),
+ * normalize works on up to FAKE_OOM_ROWS rows and fails with
+ * MN_ERR_DEVICE_OOM above that, and every other op (quantize, PCA fit and
+ * transform, affine training, search) always fails with
+ * MN_ERR_DEVICE_OOM, as a CUDA backend does when its memory pool cannot
+ * grow. The engine must retry those jobs on the CPU and keep serving.
+ */
+#include "compute/backend_impl.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define EXPORT __attribute__((visibility("default")))
+#define FAKE_OOM_ROWS 16
+#define FAKE_TOTAL (1u << 20)
+
+static const mn_backend_host *host;
+
+static void fake_destroy(mn_backend *b) {
+  free(b);
+}
+
+static mn_status fake_alloc(mn_backend *b, size_t n, void **out) {
+  (void)b;
+  *out = malloc(n ? n : 1);
+  if (!*out)
+    return host->set_error(MN_ERR_DEVICE_OOM,
+                           "fake gpu: no memory for %zu "
+                           "bytes",
+                           n);
+  return MN_OK;
+}
+
+static void fake_free(mn_backend *b, void *p) {
+  (void)b;
+  free(p);
+}
+
+static mn_status fake_copy(mn_backend *b, void *dst, const void *src,
+                           size_t n) {
+  (void)b;
+  memcpy(dst, src, n);
+  return MN_OK;
+}
+
+static mn_status fake_memory_info(mn_backend *b, uint64_t *fr, uint64_t *tot) {
+  (void)b;
+  *tot = FAKE_TOTAL;
+  *fr = 0;
+  return MN_OK;
+}
+
+static mn_status oom(const char *op, int64_t rows, int64_t cols) {
+  return host->set_error(MN_ERR_DEVICE_OOM,
+                         "fake gpu: out of device memory in %s of %lld x "
+                         "%lld (fake_plugin_oom.c:%d)",
+                         op, (long long)rows, (long long)cols, __LINE__);
+}
+
+static mn_status fake_normalize(mn_backend *b, const mn_tensor *x, mn_tensor *y,
+                                int64_t *zero_rows) {
+  (void)b;
+  if (x->rows > FAKE_OOM_ROWS)
+    return oom("normalize", x->rows, x->cols);
+  int64_t zero = 0;
+  for (int64_t r = 0; r < x->rows; r++) {
+    const float *in = (const float *)((const char *)x->data + r * x->stride);
+    float *out = (float *)((char *)y->data + r * y->stride);
+    double s = 0;
+    for (int64_t c = 0; c < x->cols; c++)
+      s += (double)in[c] * in[c];
+    double inv = s > 0 ? 1.0 / sqrt(s) : 0;
+    zero += s == 0;
+    for (int64_t c = 0; c < x->cols; c++)
+      out[c] = (float)(in[c] * inv);
+  }
+  *zero_rows = zero;
+  return MN_OK;
+}
+
+static mn_status fake_pca_fit(mn_backend *b, const mn_tensor *x, int64_t k,
+                              mn_pca_model *out) {
+  (void)b, (void)k, (void)out;
+  return oom("pca_fit", x->rows, x->cols);
+}
+
+static mn_status fake_pca_transform(mn_backend *b, const mn_tensor *x,
+                                    const mn_pca_model *m, int whiten,
+                                    mn_tensor *y) {
+  (void)b, (void)m, (void)whiten, (void)y;
+  return oom("pca_transform", x->rows, x->cols);
+}
+
+static mn_status fake_affine_train(mn_backend *b, const mn_tensor *x,
+                                   mn_affine_params *out) {
+  (void)b, (void)out;
+  return oom("affine_train", x->rows, x->cols);
+}
+
+static mn_status fake_quantize(mn_backend *b, const mn_tensor *x,
+                               mn_quant_kind kind,
+                               const mn_affine_params *affine, mn_tensor *codes,
+                               float *scales) {
+  (void)b, (void)kind, (void)affine, (void)codes, (void)scales;
+  return oom("quantize", x->rows, x->cols);
+}
+
+static mn_status fake_search(mn_backend *b, const mn_tensor *q,
+                             const mn_vecblock *db, mn_metric metric, int64_t k,
+                             int64_t id_base, float *scores, int64_t *ids) {
+  (void)b, (void)db, (void)metric, (void)k, (void)id_base, (void)scores,
+      (void)ids;
+  return oom("search", q->rows, q->cols);
+}
+
+static const mn_backend_iface fake_iface = {
+    .api_version = MN_BACKEND_API_VERSION,
+    .name = "fakegpu",
+    .destroy = fake_destroy,
+    .alloc = fake_alloc,
+    .free = fake_free,
+    .upload = fake_copy,
+    .download = fake_copy,
+    .memory_info = fake_memory_info,
+    .normalize = fake_normalize,
+    .pca_fit = fake_pca_fit,
+    .pca_transform = fake_pca_transform,
+    .affine_train = fake_affine_train,
+    .quantize = fake_quantize,
+    .search = fake_search,
+};
+
+EXPORT int mn_plugin_score(void) {
+  return 1;
+}
+
+EXPORT mn_status mn_plugin_init(const mn_backend_opts *opts,
+                                const mn_backend_host *h, mn_backend **out) {
+  (void)opts;
+  if (!h || h->api_version != MN_BACKEND_API_VERSION)
+    return MN_ERR_VERSION;
+  host = h;
+  mn_backend *b = calloc(1, sizeof *b);
+  if (!b)
+    return h->set_error(MN_ERR_NOMEM, "fake gpu: no memory");
+  b->iface = &fake_iface;
+  b->device_kind = MN_DEVICE_GPU;
+  strcpy(b->device, "fakegpu:0 out-of-memory test device");
+  *out = b;
+  return MN_OK;
+}
