@@ -190,6 +190,17 @@ size_t mn__fmt_f32_list_scalar(char *out, const float *x, size_t n);
 size_t mn__fmt_f32_list_avx512(char *out, const float *x, size_t n);
 /** 1 when mn__fmt_f32_list uses the AVX-512 code. */
 int mn__fmt_have_avx512(void);
+/* The numbers spanning start[i]..end[i] (no separator) for i < n, where
+ * json.c's number_fast reads each exactly, into out[i] as the reader's
+ * fast path makes them (divided by their power of ten already); stops at
+ * the first span it does not take and returns how many it converted. At
+ * least 16 readable bytes must follow each start. AVX-512 (see
+ * json_avx512.c). */
+size_t mn__json_nums_avx512(const char *const *start, const char *const *end,
+                            size_t n, double *out);
+/** Tests: turn the reader's AVX-512 number code on (1) or off (0) where
+ *  the CPU has it, or leave it (-1); returns whether it was on. */
+int mn__json_simd_numbers(int on);
 /** Shortest decimal that reads back as exactly d (at most 32 bytes). */
 size_t mn__fmt_f64(char *out, double d);
 
