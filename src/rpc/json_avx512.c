@@ -12,6 +12,8 @@
  * integer m two, four and eight digits at a time. The value is m / 10^f
  * (f the digits after the '.'): the same correctly rounded division json.c
  * makes, here on 8 numbers at once, and the sign goes on last, as there.
+ * The checks themselves run on 8 numbers at once too: each number's byte
+ * classes (digit, '.', '-', '0') become one 16-bit mask in a 32-bit field.
  * A span this code does not take (longer, an exponent, a space, anything
  * else) ends the batch; json.c reads it its own way and calls again.
  *
@@ -30,45 +32,6 @@ static const double p10[16] = {1e0, 1e1, 1e2,  1e3,  1e4,  1e5,  1e6,  1e7,
 /* Sixteen readable bytes standing for an unused lane. */
 static const char filler[16] = "0";
 
-/*
- * Check one lane (16 bits of each mask, from the lane's first byte) and
- * work out where its digits go. Returns 0 when number_fast would not take
- * exactly this span. *param gets len | skip << 8 | nd << 16: the span's
- * length, the count of digits right of the '.' (16 when there is none:
- * nothing to skip) and the count of digits; *frac the power of ten to
- * divide by; *neg the sign.
- */
-static inline int lane_check(unsigned len, unsigned dig, unsigned dot,
-                             unsigned minus, unsigned zero, uint32_t *param,
-                             int *frac, int *neg) {
-  if (len == 0 || len > 16)
-    return 0;
-  unsigned valid = (1u << len) - 1;
-  unsigned s = minus & 1;
-  unsigned body = valid & ~s;
-  dot &= body;
-  if (((dig | dot) & body) != body || (dot & (dot - 1)))
-    return 0;
-  unsigned nd = len - s - (dot != 0);
-  if (nd < 1 || nd > 15)
-    return 0;
-  unsigned skip = 16;
-  *frac = 0;
-  if (dot) {
-    unsigned d = (unsigned)__builtin_ctz(dot);
-    if (d <= s || d + 1 >= len)
-      return 0; /* no digit before or after the '.' */
-    skip = len - 1 - d;
-    *frac = (int)skip;
-  }
-  /* A leading zero stands alone before the '.' or the end. */
-  if (((zero >> s) & 1) && ((dig & valid) >> (s + 1) & 1))
-    return 0;
-  *neg = (int)s;
-  *param = len | skip << 8 | nd << 16;
-  return 1;
-}
-
 size_t mn__json_nums_avx512(const char *const *start, const char *const *end,
                             size_t n, double *out) {
   const __m512i c0 = _mm512_set1_epi8('0');
@@ -86,66 +49,105 @@ size_t mn__json_nums_avx512(const char *const *start, const char *const *end,
   const __m512i w_100_1 = _mm512_set1_epi32(0x00010064); /* 100, 1 */
   const __m512i w_1e4_1 = _mm512_set1_epi32(0x00012710); /* 10000, 1 */
   const __m512d p10lo = _mm512_loadu_pd(p10), p10hi = _mm512_loadu_pd(p10 + 8);
+  /* Lanes hold numbers 0, 2, 4, 6 (A) and 1, 3, 5, 7 (B), so that the
+   * last step's unpack puts the values back in order; the per-number
+   * checks work on 32-bit fields in that order, "field order". */
+  const __m512i to_fields = _mm512_setr_epi64(0, 2, 4, 6, 1, 3, 5, 7);
+  const __m256i to_numbers = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  const __m512i lanes_a =
+      _mm512_setr_epi32(0, 8, 8, 8, 1, 8, 8, 8, 2, 8, 8, 8, 3, 8, 8, 8);
+  const __m512i lanes_b =
+      _mm512_setr_epi32(4, 8, 8, 8, 5, 8, 8, 8, 6, 8, 8, 8, 7, 8, 8, 8);
+  const __m256i one = _mm256_set1_epi32(1);
+  const __m512i fill_s = _mm512_set1_epi64((long long)(uintptr_t)filler);
+  const __m512i fill_e = _mm512_set1_epi64((long long)(uintptr_t)(filler + 1));
   size_t done = 0;
   while (done < n) {
     size_t cnt = n - done < 8 ? n - done : 8;
-    /* Lanes: numbers 0, 2, 4, 6 in A and 1, 3, 5, 7 in B, so that the
-     * last step's unpack puts the values back in order. */
-    __m128i q[8];
-    unsigned len[8];
-    for (size_t i = 0; i < 8; i++) {
-      if (i < cnt) {
-        const char *s = start[done + i];
-        size_t l = (size_t)(end[done + i] - s);
-        len[i] = l > 16 ? 0 : (unsigned)l;
-        q[i] = _mm_loadu_si128((const __m128i *)(const void *)s);
-      } else {
-        len[i] = 1;
-        q[i] = _mm_loadu_si128((const __m128i *)(const void *)filler);
-      }
-    }
+    __mmask8 live = (__mmask8)((1u << cnt) - 1);
+    /* Unused lanes read the filler, a "0". */
+    __m512i sp = _mm512_mask_loadu_epi64(fill_s, live, start + done);
+    __m512i ep = _mm512_mask_loadu_epi64(fill_e, live, end + done);
+    uint64_t spv[8] __attribute__((aligned(64)));
+    _mm512_store_si512(spv, sp);
     __m512i raw[2];
     for (int h = 0; h < 2; h++) {
-      __m512i v = _mm512_castsi128_si512(q[h]);
-      v = _mm512_inserti32x4(v, q[2 + h], 1);
-      v = _mm512_inserti32x4(v, q[4 + h], 2);
-      raw[h] = _mm512_inserti32x4(v, q[6 + h], 3);
+      const __m128i *q0 = (const __m128i *)(uintptr_t)spv[h];
+      __m512i v = _mm512_castsi128_si512(_mm_loadu_si128(q0));
+      v = _mm512_inserti32x4(
+          v, _mm_loadu_si128((const __m128i *)(uintptr_t)spv[2 + h]), 1);
+      v = _mm512_inserti32x4(
+          v, _mm_loadu_si128((const __m128i *)(uintptr_t)spv[4 + h]), 2);
+      raw[h] = _mm512_inserti32x4(
+          v, _mm_loadu_si128((const __m128i *)(uintptr_t)spv[6 + h]), 3);
     }
-    uint32_t param[8];
-    int frac[8], neg[8];
-    unsigned ok = 0;
-    for (int h = 0; h < 2; h++) {
-      __m512i v = raw[h];
-      uint64_t dig = _mm512_cmplt_epu8_mask(_mm512_sub_epi8(v, c0), ten);
-      uint64_t dot = _mm512_cmpeq_epi8_mask(v, dotc);
-      uint64_t mi = _mm512_cmpeq_epi8_mask(v, minus);
-      uint64_t ze = _mm512_cmpeq_epi8_mask(v, c0);
-      for (int l = 0; l < 4; l++) {
-        int i = 2 * l + h;
-        unsigned sh = 16u * (unsigned)l;
-        param[i] = 0;
-        if (lane_check(
-                len[i], (unsigned)(dig >> sh) & 0xffff,
-                (unsigned)(dot >> sh) & 0xffff, (unsigned)(mi >> sh) & 0xffff,
-                (unsigned)(ze >> sh) & 0xffff, &param[i], &frac[i], &neg[i]))
-          ok |= 1u << i;
-        else
-          param[i] = 1 | 16u << 8 | 1u << 16, frac[i] = 0, neg[i] = 0;
-      }
-    }
-    /* How many, from the first, this batch converts. */
-    unsigned take = (unsigned)__builtin_ctz(~ok);
+    /* Per byte: digit, '.', '-', '0'; 16 bits per number, two numbers'
+     * worth of masks side by side in 64 bits, then one number per 32-bit
+     * field. */
+    __m256i dig = _mm256_cvtepu16_epi32(_mm_set_epi64x(
+        (long long)_mm512_cmplt_epu8_mask(_mm512_sub_epi8(raw[1], c0), ten),
+        (long long)_mm512_cmplt_epu8_mask(_mm512_sub_epi8(raw[0], c0), ten)));
+    __m256i dot = _mm256_cvtepu16_epi32(
+        _mm_set_epi64x((long long)_mm512_cmpeq_epi8_mask(raw[1], dotc),
+                       (long long)_mm512_cmpeq_epi8_mask(raw[0], dotc)));
+    __m256i mi = _mm256_cvtepu16_epi32(
+        _mm_set_epi64x((long long)_mm512_cmpeq_epi8_mask(raw[1], minus),
+                       (long long)_mm512_cmpeq_epi8_mask(raw[0], minus)));
+    __m256i ze = _mm256_cvtepu16_epi32(
+        _mm_set_epi64x((long long)_mm512_cmpeq_epi8_mask(raw[1], c0),
+                       (long long)_mm512_cmpeq_epi8_mask(raw[0], c0)));
+    __m256i len = _mm512_cvtusepi64_epi32(
+        _mm512_permutexvar_epi64(to_fields, _mm512_sub_epi64(ep, sp)));
+    /* The checks of lane_check, on 8 numbers at once. */
+    __m256i valid = _mm256_sub_epi32(_mm256_sllv_epi32(one, len), one);
+    __m256i s = _mm256_and_si256(_mm256_and_si256(mi, valid), one);
+    __m256i body = _mm256_andnot_si256(s, valid);
+    __m256i bad = _mm256_andnot_si256(_mm256_or_si256(dig, dot), body);
+    __m256i dotb = _mm256_and_si256(dot, body);
+    __m256i multi = _mm256_and_si256(dotb, _mm256_sub_epi32(dotb, one));
+    __mmask8 hasdot = _mm256_test_epi32_mask(dotb, dotb);
+    /* The '.''s place: the exponent of its bit as a float. */
+    __m256i d = _mm256_sub_epi32(
+        _mm256_srli_epi32(_mm256_castps_si256(_mm256_cvtepi32_ps(dotb)), 23),
+        _mm256_set1_epi32(127));
+    __m256i nd = _mm256_sub_epi32(_mm256_sub_epi32(len, s),
+                                  _mm256_maskz_mov_epi32(hasdot, one));
+    __m256i after = _mm256_sub_epi32(_mm256_sub_epi32(len, one), d);
+    __m256i skip = _mm256_mask_mov_epi32(_mm256_set1_epi32(16), hasdot, after);
+    __m256i frac = _mm256_maskz_mov_epi32(hasdot, after);
+    /* A leading zero followed by a digit. */
+    __m256i lead =
+        _mm256_and_si256(_mm256_srlv_epi32(ze, s),
+                         _mm256_srlv_epi32(_mm256_and_si256(dig, valid),
+                                           _mm256_add_epi32(s, one)));
+    __mmask8 ok =
+        _mm256_cmpge_epu32_mask(len, one) &
+        _mm256_cmple_epu32_mask(len, _mm256_set1_epi32(16)) &
+        _mm256_testn_epi32_mask(bad, bad) &
+        _mm256_testn_epi32_mask(multi, multi) &
+        _mm256_cmpge_epi32_mask(nd, one) &
+        _mm256_cmple_epi32_mask(nd, _mm256_set1_epi32(15)) &
+        _mm256_testn_epi32_mask(lead, one) &
+        (__mmask8)(~hasdot |
+                   (_mm256_cmpgt_epi32_mask(d, s) &
+                    _mm256_cmplt_epi32_mask(_mm256_add_epi32(d, one), len)));
+    /* Field order back to number order: fields 0..3 are numbers 0, 2, 4,
+     * 6 and fields 4..7 numbers 1, 3, 5, 7. */
+    unsigned okn = _pdep_u32(ok & 0xfu, 0x55u) | _pdep_u32(ok >> 4, 0xaau);
+    unsigned take = (unsigned)__builtin_ctz(~okn);
     if (take > cnt)
       take = (unsigned)cnt;
     if (take == 0)
       return done;
 
+    /* len, skip, nd as the bytes of one 32-bit word per number, broadcast
+     * over that number's lane. */
+    __m512i param = _mm512_castsi256_si512(
+        _mm256_or_si256(_mm256_or_si256(len, _mm256_slli_epi32(skip, 8)),
+                        _mm256_slli_epi32(nd, 16)));
     __m512i val[2];
     for (int h = 0; h < 2; h++) {
-      /* len, skip, nd broadcast over each lane's bytes. */
-      __m512i pr = _mm512_setr_epi32((int)param[h], 0, 0, 0, (int)param[2 + h],
-                                     0, 0, 0, (int)param[4 + h], 0, 0, 0,
-                                     (int)param[6 + h], 0, 0, 0);
+      __m512i pr = _mm512_permutexvar_epi32(h ? lanes_b : lanes_a, param);
       __m512i L = _mm512_shuffle_epi8(pr, b0);
       __m512i S = _mm512_shuffle_epi8(pr, b1);
       __m512i N = _mm512_shuffle_epi8(pr, b2);
@@ -157,10 +159,10 @@ size_t mn__json_nums_avx512(const char *const *start, const char *const *end,
                                  _mm512_set1_epi8(1));
       idx = _mm512_mask_mov_epi8(idx, _mm512_cmpge_epu8_mask(K, N),
                                  _mm512_set1_epi8((char)0x80));
-      __m512i d = _mm512_subs_epu8(_mm512_shuffle_epi8(raw[h], idx), c0);
+      __m512i dd = _mm512_subs_epu8(_mm512_shuffle_epi8(raw[h], idx), c0);
       /* Two, four, eight digits at a time: per lane g0 * 10^8 + g1, where
        * g0, g1 hold the top and bottom eight. */
-      __m512i t2 = _mm512_maddubs_epi16(d, w_10_1);
+      __m512i t2 = _mm512_maddubs_epi16(dd, w_10_1);
       __m512i t4 = _mm512_madd_epi16(t2, w_100_1);
       __m512i t4p = _mm512_packus_epi32(t4, t4);
       val[h] = _mm512_madd_epi16(t4p, w_1e4_1);
@@ -172,13 +174,12 @@ size_t mn__json_nums_avx512(const char *const *start, const char *const *end,
         _mm512_add_epi64(_mm512_mul_epu32(g, _mm512_set1_epi64(100000000)),
                          _mm512_srli_epi64(g, 32));
     __m512d md = _mm512_cvtepu64_pd(m);
-    __m512i fi = _mm512_setr_epi64(frac[0], frac[1], frac[2], frac[3], frac[4],
-                                   frac[5], frac[6], frac[7]);
-    __m512d div = _mm512_permutex2var_pd(p10lo, fi, p10hi);
-    __m512d r = _mm512_div_pd(md, div);
-    __mmask8 negm = 0;
-    for (int i = 0; i < 8; i++)
-      negm |= (__mmask8)((neg[i] & 1) << i);
+    __m512i fi =
+        _mm512_cvtepu32_epi64(_mm256_permutevar8x32_epi32(frac, to_numbers));
+    __m512d r = _mm512_div_pd(md, _mm512_permutex2var_pd(p10lo, fi, p10hi));
+    __mmask8 sf = _mm256_test_epi32_mask(s, s);
+    __mmask8 negm =
+        (__mmask8)(_pdep_u32(sf & 0xfu, 0x55u) | _pdep_u32(sf >> 4, 0xaau));
     /* The sign bit flipped, as -d does (0 becomes -0). */
     r = _mm512_castsi512_pd(_mm512_mask_xor_epi64(
         _mm512_castpd_si512(r), negm, _mm512_castpd_si512(r),
