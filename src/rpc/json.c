@@ -1763,6 +1763,21 @@ char *mn__jw_reserve(mn__jw *w, size_t n) {
   return w->buf + w->len;
 }
 
+void mn__jw_reserve_exact(mn__jw *w, size_t n) {
+  if (w->oom || w->len + n <= w->cap)
+    return;
+  char *nb = malloc(w->len + n);
+  if (!nb) {
+    w->oom = 1;
+    return;
+  }
+  if (w->len)
+    memcpy(nb, w->buf, w->len);
+  free(w->buf);
+  w->buf = nb;
+  w->cap = w->len + n;
+}
+
 void mn__jw_bytes(mn__jw *w, const void *p, size_t n) {
   if (n == 0)
     return;

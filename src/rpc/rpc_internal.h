@@ -138,6 +138,11 @@ void mn__jw_init(mn__jw *w, size_t initial);
 void mn__jw_free(mn__jw *w);
 /** Make room for n more bytes; returns the write position or NULL. */
 char *mn__jw_reserve(mn__jw *w, size_t n);
+/* Make room for exactly n more bytes at once. Unlike mn__jw_reserve's
+ * realloc, which copies the whole old block, only the bytes written so far
+ * move: for a writer sized by a guess and mostly empty when the real need
+ * is known. */
+void mn__jw_reserve_exact(mn__jw *w, size_t n);
 void mn__jw_bytes(mn__jw *w, const void *p, size_t n);
 /* Structure. */
 void mn__jw_obj(mn__jw *w);
