@@ -198,13 +198,17 @@ static const char *const accepted_forms =
 static int row_from_doubles(mn__call *c, const double *src, float *dst,
                             int64_t n, const char *path, int64_t row,
                             int one_d) {
-  float acc = 0.0f;
+  /* Inf (a number beyond the float32 range) by its exponent bits: an OR
+   * the compiler vectorises, where a float sum would be one long chain. */
+  uint32_t bad = 0;
   for (int64_t i = 0; i < n; i++) {
     float f = (float)src[i];
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
     dst[i] = f;
-    acc += f * 0.0f;
+    bad |= (u & 0x7f800000u) == 0x7f800000u;
   }
-  if (acc == 0.0f)
+  if (!bad)
     return 0;
   for (int64_t i = 0; i < n; i++) {
     if (!isfinite(dst[i])) {
