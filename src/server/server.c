@@ -6,7 +6,8 @@
  *
  * DESIGN: everything here runs on the I/O thread inside lws_service(),
  * except mn_server_stop(). A complete message is handed, buffer and all,
- * to the worker pool (workers.c) without being looked at; replies come
+ * to the worker pool (workers.c) without being looked at, together with
+ * the others read in the same round of the loop (flush_jobs); replies come
  * back through the ready list (conn.c), which wakes the loop with
  * lws_cancel_service() and arrives here as LWS_CALLBACK_EVENT_WAIT_CANCELLED.
  * The loop then asks for a writeable callback on each connection with
