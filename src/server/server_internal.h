@@ -159,7 +159,7 @@ struct mn_server {
 
   mn__pool *pool;
   /* I/O thread: jobs read in this round of lws_service(), handed to the
-   * pool together when it returns (or earlier past the bounds below). */
+   * pool together when it returns (or at MN__SUBMIT_MAX_JOBS / _BYTES). */
   mn__job *pend_head, *pend_tail;
   int64_t pend_n;
   size_t pend_bytes;
