@@ -198,13 +198,17 @@ static const char *const accepted_forms =
 static int row_from_doubles(mn__call *c, const double *src, float *dst,
                             int64_t n, const char *path, int64_t row,
                             int one_d) {
-  float acc = 0.0f;
+  /* Inf (a number beyond the float32 range) by its exponent bits: an OR
+   * the compiler vectorises, where a float sum would be one long chain. */
+  uint32_t bad = 0;
   for (int64_t i = 0; i < n; i++) {
     float f = (float)src[i];
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
     dst[i] = f;
-    acc += f * 0.0f;
+    bad |= (u & 0x7f800000u) == 0x7f800000u;
   }
-  if (acc == 0.0f)
+  if (!bad)
     return 0;
   for (int64_t i = 0; i < n; i++) {
     if (!isfinite(dst[i])) {
@@ -837,6 +841,15 @@ static int encode(mn__call *c, mn__jw *w, mn_tensor *t, mn__enc enc, int one_d,
                   int take) {
   int vec = one_d && t->rows == 1;
   if (enc == MN__ENC_JSON) {
+    /* Room for every row's worst case (what json_row reserves, and a
+     * separator) at once: growing by doubling as the rows come would
+     * copy the reply written so far, about once per reply. Not for huge
+     * tensors, where the worst case is far beyond the text. */
+    int fl = t->dtype == MN_DTYPE_F32 || t->dtype == MN_DTYPE_F16 ||
+             t->dtype == MN_DTYPE_BF16;
+    size_t per_row = (size_t)t->cols * (fl ? 25 : 5) + (fl ? 35 : 3);
+    if (t->rows > 0 && per_row <= ((size_t)64 << 20) / (size_t)t->rows)
+      mn__jw_reserve_exact(w, per_row * (size_t)t->rows + 2);
     if (vec) {
       json_row(w, t, 0);
     } else {

@@ -62,6 +62,18 @@ size_t mn__fmt_f32_list_avx512(char *out, const float *x, size_t n) {
   const __m512i pw_lo = _mm512_loadu_si512(pow10_tab);
   const __m512i pw_hi = _mm512_loadu_si512(pow10_tab + 8);
   const double *p10 = mn__p10_tab + 60; /* p10[k] = 10^k */
+  /* The same powers held in registers, for batches whose exponents all
+   * lie in a window (embeddings mostly do): permutes instead of gathers,
+   * which are slow on some CPUs. t_e: 10^-13..10^2, looked up by
+   * e10 + 13 (e10 in [-13, 0]) and e10 + 14; t_k: 10^7..10^22, by
+   * 1 - e10 once corrected (then in [-14, 1]); t_j: 10^-15..10^0, by
+   * 15 - j. */
+  const __m512d te_lo = _mm512_loadu_pd(p10 - 13),
+                te_hi = _mm512_loadu_pd(p10 - 5);
+  const __m512d tk_lo = _mm512_loadu_pd(p10 + 7),
+                tk_hi = _mm512_loadu_pd(p10 + 15);
+  const __m512d tj_lo = _mm512_loadu_pd(p10 - 15),
+                tj_hi = _mm512_loadu_pd(p10 - 7);
   char *o = out;
   size_t i = 0;
   for (; i + 8 <= n; i += 8) {
@@ -85,14 +97,30 @@ size_t mn__fmt_f32_list_avx512(char *out, const float *x, size_t n) {
         _mm256_sub_epi32(_mm256_srli_epi32(mag, 23), _mm256_set1_epi32(127));
     __m256i e10 =
         _mm256_srai_epi32(_mm256_mullo_epi32(e2, _mm256_set1_epi32(78913)), 18);
-    __m512d plo = _mm512_i32gather_pd(e10, p10, 8);
-    __m512d phi = _mm512_i32gather_pd(_mm256_add_epi32(e10, one32), p10, 8);
+    /* Every number taken here has e10 in [-13, 0]: the registers. */
+    __m256i ei = _mm256_add_epi32(e10, _mm256_set1_epi32(13));
+    int window = (_mm256_cmpgt_epu32_mask(ei, _mm256_set1_epi32(13)) &
+                  (__mmask8)~apart) == 0;
+    __m512d plo, phi, sc;
+    if (window) {
+      __m512i eq = _mm512_cvtepu32_epi64(ei);
+      plo = _mm512_permutex2var_pd(te_lo, eq, te_hi);
+      phi = _mm512_permutex2var_pd(
+          te_lo, _mm512_add_epi64(eq, _mm512_set1_epi64(1)), te_hi);
+    } else {
+      plo = _mm512_i32gather_pd(e10, p10, 8);
+      phi = _mm512_i32gather_pd(_mm256_add_epi32(e10, one32), p10, 8);
+    }
     __mmask8 inc = _mm512_cmp_pd_mask(v, phi, _CMP_GE_OQ);
     __mmask8 dec = _mm512_cmp_pd_mask(v, plo, _CMP_LT_OQ);
     e10 = _mm256_mask_add_epi32(e10, inc, e10, one32);
     e10 = _mm256_mask_sub_epi32(e10, dec, e10, one32);
     __m256i k = _mm256_sub_epi32(_mm256_set1_epi32(8), e10);
-    __m512d sc = _mm512_i32gather_pd(k, p10, 8);
+    if (window)
+      sc = _mm512_permutex2var_pd(
+          tk_lo, _mm512_cvtepi32_epi64(_mm256_sub_epi32(one32, e10)), tk_hi);
+    else
+      sc = _mm512_i32gather_pd(k, p10, 8);
     __m512d vs = _mm512_mul_pd(v, sc);
     __m512d los = _mm512_add_pd(fence_pd(_mm512_mul_pd(lo, sc)), eps);
     __m512d his = _mm512_sub_pd(fence_pd(_mm512_mul_pd(hi, sc)), eps);
@@ -116,8 +144,8 @@ size_t mn__fmt_f32_list_avx512(char *out, const float *x, size_t n) {
       j = _mm512_mask_add_epi64(j, go, j, one64);
     }
     /* The nearest decimal with that many zeros, kept inside. */
-    __m512d pj = _mm512_i64gather_pd(
-        _mm512_sub_epi64(_mm512_setzero_si512(), j), p10, 8);
+    __m512d pj = _mm512_permutex2var_pd(
+        tj_lo, _mm512_sub_epi64(_mm512_set1_epi64(15), j), tj_hi);
     __m512i m = _mm512_cvttpd_epu64(
         _mm512_add_pd(fence_pd(_mm512_mul_pd(vs, pj)), half));
     m = _mm512_max_epu64(m, _mm512_add_epi64(lq, one64));

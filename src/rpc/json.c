@@ -860,61 +860,118 @@ static inline uint64_t separators64(const char *p) {
 #endif
 }
 
+/* The AVX-512 number code (json_avx512.c), where the CPU has every
+ * extension it is compiled for (the _avx512.c flags in CMakeLists.txt);
+ * chosen once. */
+static int nums_simd = -1;
+
+static int nums_simd_on(void) {
+  int on = __atomic_load_n(&nums_simd, __ATOMIC_RELAXED);
+  if (on < 0) {
+    on = mn__fmt_have_avx512(); /* the same extensions */
+    __atomic_store_n(&nums_simd, on, __ATOMIC_RELAXED);
+  }
+  return on;
+}
+
+int mn__json_simd_numbers(int on) {
+  int was = nums_simd_on();
+  if (on >= 0)
+    __atomic_store_n(&nums_simd, on && mn__fmt_have_avx512(), __ATOMIC_RELAXED);
+  return was;
+}
+
 /*
  * Numbers of an array written without spaces ("0.5,-1.25,3]"), many at a
  * time. Read one by one, each number's start waits on the end of the one
  * before, a chain of dependent loads and scans; here the separators of 64
  * bytes are found at once, so every number's span is known in advance and
- * the CPU works on several of them together. A span is taken only when
- * number_fast reads exactly it and its value needs no strtod; at the first
- * that is not, the run stops and the general code goes on from the
- * separator before it. Appends to P->nums / P->divs as parse_array does;
- * returns how many, with P->p on the separator after the last one (','
- * or ']'), or 0 with P->p unchanged.
+ * the numbers of a block are read together: 8 at a time by the AVX-512
+ * code where there is one, else one by one with number_fast, whose
+ * instructions for several numbers overlap. A span is taken only when it
+ * is exactly one number of number_fast's form whose value needs no
+ * strtod; at the first that is not, the run stops and the general code
+ * goes on from the separator before it. Appends to P->nums / P->divs as
+ * parse_array does; returns how many, with P->p on the separator after
+ * the last one (',' or ']'), or 0 with P->p unchanged.
  */
 static size_t number_run(jparser *P) {
+  enum { MAX_SPANS = 128 };
   const char *start = P->p, *end = P->end, *c = P->p;
+  const int simd = nums_simd_on();
   size_t n = 0;
-  while (end - c >= 64 + 48) {
-    if (stack_reserve(&P->nums, 64) || stack_reserve(&P->divs, 64))
+  for (;;) {
+    /* The spans of up to MAX_SPANS numbers, found block by block; a span
+     * may begin in the block before. At least 48 readable bytes follow
+     * each start. */
+    const char *s0[MAX_SPANS + 64], *s1[MAX_SPANS + 64];
+    size_t ns = 0;
+    int closed = 0, more = 1;
+    while (ns < MAX_SPANS) {
+      if (end - c < 64 + 48) {
+        more = 0;
+        break;
+      }
+      for (uint64_t sep = separators64(c); sep; sep &= sep - 1) {
+        const char *at = c + __builtin_ctzll(sep);
+        s0[ns] = start;
+        s1[ns++] = at;
+        start = at + 1;
+        if (*at == ']') {
+          closed = 1;
+          break;
+        }
+      }
+      if (closed)
+        break;
+      c += 64;
+      /* No number of the fast form is this long: something else is
+       * here. */
+      if (c - start > 40) {
+        more = 0;
+        break;
+      }
+    }
+    if (stack_reserve(&P->nums, ns) || stack_reserve(&P->divs, ns))
       break; /* the general code reports the lack of memory */
     double *nums = (double *)P->nums.p + P->nums.len;
     int8_t *divs = (int8_t *)P->divs.p + P->divs.len;
     size_t k = 0;
-    uint64_t sep = separators64(c);
-    for (; sep; sep &= sep - 1) {
-      const char *at = c + __builtin_ctzll(sep);
+    while (k < ns) {
+      if (simd) {
+        size_t got = mn__json_nums_avx512(s0 + k, s1 + k, ns - k, nums + k);
+        memset(divs + k, 0, got);
+        k += got;
+        if (k == ns)
+          break;
+      }
       const char *next;
       int neg, nd, frac, is_int;
       uint64_t m;
-      if (!number_fast(start, &next, &neg, &m, &nd, &frac, &is_int) ||
-          next != at || m > (1ull << 53))
-        goto stop;
+      if (!number_fast(s0[k], &next, &neg, &m, &nd, &frac, &is_int) ||
+          next != s1[k] || m > (1ull << 53)) {
+        /* Not ours: the general code reads it, from its separator. */
+        P->nums.len += k;
+        P->divs.len += k;
+        n += k;
+        if (n)
+          P->p = s0[k] - 1;
+        return n;
+      }
       double d = (double)m;
       nums[k] = neg ? -d : d;
       divs[k] = (int8_t)(m ? frac : 0); /* 10^-frac, applied later */
       k++;
-      if (*at == ']') {
-        P->nums.len += k;
-        P->divs.len += k;
-        P->p = at;
-        return n + k;
-      }
-      start = at + 1;
     }
     P->nums.len += k;
     P->divs.len += k;
     n += k;
-    c += 64;
-    /* No number of the fast form is this long: something else is here. */
-    if (c - start > 40)
+    if (closed) {
+      P->p = s1[ns - 1];
+      return n;
+    }
+    if (!more)
       break;
-    continue;
-  stop:
-    P->nums.len += k;
-    P->divs.len += k;
-    n += k;
-    break;
   }
   if (n)
     P->p = start - 1;
@@ -1704,6 +1761,21 @@ char *mn__jw_reserve(mn__jw *w, size_t n) {
     w->cap = nc;
   }
   return w->buf + w->len;
+}
+
+void mn__jw_reserve_exact(mn__jw *w, size_t n) {
+  if (w->oom || w->len + n <= w->cap)
+    return;
+  char *nb = malloc(w->len + n);
+  if (!nb) {
+    w->oom = 1;
+    return;
+  }
+  if (w->len)
+    memcpy(nb, w->buf, w->len);
+  free(w->buf);
+  w->buf = nb;
+  w->cap = w->len + n;
 }
 
 void mn__jw_bytes(mn__jw *w, const void *p, size_t n) {

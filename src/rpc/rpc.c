@@ -564,24 +564,6 @@ static void handle_request(msg_ctx *mc, const mn__jv *req, mn__jw *w,
   record(mc, m->name, rc, t0);
 }
 
-/* Make room for exactly n more bytes. Unlike mn__jw_reserve's realloc,
- * which copies the whole old block, only the bytes written so far move
- * (a binary reply's buffer is sized for the request, mostly unused when
- * the payload is appended). */
-static void reserve_exact(mn__jw *w, size_t n) {
-  if (w->oom || w->len + n <= w->cap)
-    return;
-  char *nb = malloc(w->len + n);
-  if (!nb) {
-    w->oom = 1;
-    return;
-  }
-  memcpy(nb, w->buf, w->len);
-  free(w->buf);
-  w->buf = nb;
-  w->cap = w->len + n;
-}
-
 /* Turn the writer into the reply: text, or a binary frame (u32 length,
  * JSON padded with spaces so the payload starts 8-byte aligned, payload).
  * The first mc->head bytes of the writer are the session's headroom; the
@@ -623,7 +605,7 @@ static void finish(mn__jw *w, msg_ctx *mc, int reserved_header,
     mn__jw_free(w);
     *w = nw;
   }
-  reserve_exact(w, 8 + pay);
+  mn__jw_reserve_exact(w, 8 + pay);
   while (!w->oom && ((w->len - head) & 7) != 0)
     mn__jw_bytes(w, " ", 1);
   uint32_t n = (uint32_t)(w->len - head - 4);

@@ -139,6 +139,11 @@ void mn__jw_init(mn__jw *w, size_t initial);
 void mn__jw_free(mn__jw *w);
 /** Make room for n more bytes; returns the write position or NULL. */
 char *mn__jw_reserve(mn__jw *w, size_t n);
+/* Make room for exactly n more bytes at once. Unlike mn__jw_reserve's
+ * realloc, which copies the whole old block, only the bytes written so far
+ * move: for a writer sized by a guess and mostly empty when the real need
+ * is known. */
+void mn__jw_reserve_exact(mn__jw *w, size_t n);
 void mn__jw_bytes(mn__jw *w, const void *p, size_t n);
 /* Structure. */
 void mn__jw_obj(mn__jw *w);
@@ -191,6 +196,17 @@ size_t mn__fmt_f32_list_scalar(char *out, const float *x, size_t n);
 size_t mn__fmt_f32_list_avx512(char *out, const float *x, size_t n);
 /** 1 when mn__fmt_f32_list uses the AVX-512 code. */
 int mn__fmt_have_avx512(void);
+/* The numbers spanning start[i]..end[i] (no separator) for i < n, where
+ * json.c's number_fast reads each exactly, into out[i] as the reader's
+ * fast path makes them (divided by their power of ten already); stops at
+ * the first span it does not take and returns how many it converted. At
+ * least 16 readable bytes must follow each start. AVX-512 (see
+ * json_avx512.c). */
+size_t mn__json_nums_avx512(const char *const *start, const char *const *end,
+                            size_t n, double *out);
+/** Tests: turn the reader's AVX-512 number code on (1) or off (0) where
+ *  the CPU has it, or leave it (-1); returns whether it was on. */
+int mn__json_simd_numbers(int on);
 /** Shortest decimal that reads back as exactly d (at most 32 bytes). */
 size_t mn__fmt_f64(char *out, double d);
 

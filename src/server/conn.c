@@ -66,6 +66,15 @@ void mn__conn_unref(mn__conn *c) {
   free(c);
 }
 
+void mn__server_wake(mn_server *s) {
+  pthread_mutex_lock(&s->ready_lock);
+  if (!s->wake_pending && s->ctx_alive) {
+    s->wake_pending = 1;
+    lws_cancel_service(s->ctx);
+  }
+  pthread_mutex_unlock(&s->ready_lock);
+}
+
 void mn__conn_mark_ready(mn__conn *c) {
   mn_server *s = c->srv;
   pthread_mutex_lock(&s->ready_lock);

@@ -6,7 +6,8 @@
  *
  * DESIGN: everything here runs on the I/O thread inside lws_service(),
  * except mn_server_stop(). A complete message is handed, buffer and all,
- * to the worker pool (workers.c) without being looked at; replies come
+ * to the worker pool (workers.c) without being looked at, together with
+ * the others read in the same round of the loop (flush_jobs); replies come
  * back through the ready list (conn.c), which wakes the loop with
  * lws_cancel_service() and arrives here as LWS_CALLBACK_EVENT_WAIT_CANCELLED.
  * The loop then asks for a writeable callback on each connection with
@@ -397,6 +398,34 @@ static int close_too_big(mn_server *s, struct lws *wsi, mn__conn *c,
   return -1;
 }
 
+/* Hand the jobs gathered so far to the pool: one lock and one wake-up
+ * for the lot. On a core shared with the workers, a wake-up per message
+ * let each worker preempt the loop after every read (about two context
+ * switches per request). */
+static void flush_jobs(mn_server *s) {
+  if (!s->pend_head)
+    return;
+  mn__pool_submit_list(s->pool, s->pend_head, s->pend_tail, s->pend_n);
+  s->pend_head = s->pend_tail = NULL;
+  s->pend_n = 0;
+  s->pend_bytes = 0;
+}
+
+/* The loop ended with jobs never handed over: drop them. */
+static void drop_jobs(mn_server *s) {
+  while (s->pend_head) {
+    mn__job *j = s->pend_head;
+    s->pend_head = j->next;
+    pthread_mutex_lock(&j->conn->lock);
+    j->conn->inflight--;
+    pthread_mutex_unlock(&j->conn->lock);
+    mn__job_free(j);
+  }
+  s->pend_tail = NULL;
+  s->pend_n = 0;
+  s->pend_bytes = 0;
+}
+
 static void submit_message(mn_server *s, mn__conn *c) {
   mn__job *j = calloc(1, sizeof *j);
   if (!j) {
@@ -423,7 +452,16 @@ static void submit_message(mn_server *s, mn__conn *c) {
   int inflight = ++c->inflight;
   size_t out_bytes = c->out_bytes;
   pthread_mutex_unlock(&c->lock);
-  mn__pool_submit(s->pool, j);
+  j->next = NULL;
+  if (s->pend_tail)
+    s->pend_tail->next = j;
+  else
+    s->pend_head = j;
+  s->pend_tail = j;
+  s->pend_n++;
+  s->pend_bytes += j->len;
+  if (s->pend_n >= MN__SUBMIT_MAX_JOBS || s->pend_bytes >= MN__SUBMIT_MAX_BYTES)
+    flush_jobs(s);
   update_flow(c, inflight, out_bytes);
 reset:
   c->rx = NULL;
@@ -570,6 +608,7 @@ static int all_written(mn_server *s) {
 }
 
 static void advance_state(mn_server *s) {
+  flush_jobs(s); /* the pool's counts below must see every message */
   uint64_t now = mn_time_ns();
   int req = atomic_load(&s->stop_requested);
   if (s->state == MN__SRV_SERVING && req) {
@@ -723,8 +762,8 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason,
 /* 0: the HTTP routes and WebSocket clients that ask for no subprotocol
  * (lws binds those to the vhost's first protocol). 1: "mcp". */
 static const struct lws_protocols protocols[] = {
-    {"mnemo", callback, sizeof(pss), 64 * 1024, 0, NULL, MN__TX_FRAGMENT},
-    {"mcp", callback, sizeof(pss), 64 * 1024, 1, NULL, MN__TX_FRAGMENT},
+    {"mnemo", callback, sizeof(pss), MN__RX_CHUNK, 0, NULL, MN__TX_FRAGMENT},
+    {"mcp", callback, sizeof(pss), MN__RX_CHUNK, 1, NULL, MN__TX_FRAGMENT},
     {NULL, NULL, 0, 0, 0, NULL, 0}};
 
 /* ------------------------------------------------------------------------
@@ -770,7 +809,7 @@ mn_status mn_server_create(const mn_server_opts *opts, mn_server **out) {
   info.options =
       LWS_SERVER_OPTION_EXPLICIT_VHOSTS | LWS_SERVER_OPTION_DISABLE_OS_CA_CERTS;
   info.user = s;
-  info.pt_serv_buf_size = 256 * 1024;
+  info.pt_serv_buf_size = MN__RX_CHUNK;
   info.max_http_header_data = 8192;
   info.max_http_header_pool = 256;
   info.timeout_secs = 10;
@@ -843,7 +882,9 @@ mn_status mn_server_run(mn_server *s) {
   while (s->state != MN__SRV_DONE) {
     if (lws_service(s->ctx, 0) < 0)
       break;
+    flush_jobs(s);
   }
+  drop_jobs(s);
   lws_sul_cancel(&s->tick);
   /* No more wake-ups: the context is about to go. */
   pthread_mutex_lock(&s->ready_lock);

@@ -31,6 +31,12 @@
  * below half of each. */
 #define MN__CONN_MAX_INFLIGHT 64
 #define MN__CONN_MAX_OUT_BYTES (64u << 20)
+/* The most lws reads from a socket at a time (its rx_buffer_size and
+ * per-thread buffer). A 32 x 768 float32 request (98 KB) then arrives in
+ * one read and one callback instead of two. lws also sets each
+ * connection's SO_SNDBUF to this (the kernel doubles it), so a reply of
+ * that size leaves in one send. */
+#define MN__RX_CHUNK (256u * 1024u)
 /* Replies are written in frames of at most this size so that one large
  * reply does not hold the loop while other connections wait. */
 #define MN__TX_FRAGMENT (1u << 20)
@@ -40,6 +46,11 @@
  * behind headroom; larger ones are sent from their own buffer, the first
  * fragment through a scratch buffer. */
 #define MN__TX_HEADROOM_MAX (4u << 20)
+/* Messages read in one round of the event loop go to the workers
+ * together when the round ends, not one wake-up each, unless this many
+ * jobs or bytes gather first (a bound on how long the first one waits). */
+#define MN__SUBMIT_MAX_JOBS 16
+#define MN__SUBMIT_MAX_BYTES (1u << 20)
 /* A job still running this long past its deadline is answered by the
  * watchdog with -32002. */
 #define MN__WATCHDOG_GRACE_NS 1000000000ull
@@ -147,6 +158,11 @@ struct mn_server {
   int ctx_alive;
 
   mn__pool *pool;
+  /* I/O thread: jobs read in this round of lws_service(), handed to the
+   * pool together when it returns (or at MN__SUBMIT_MAX_JOBS / _BYTES). */
+  mn__job *pend_head, *pend_tail;
+  int64_t pend_n;
+  size_t pend_bytes;
   int drain_timed_out;
   int drain_rejected; /* queued jobs were told to answer -32004 */
 };
@@ -164,6 +180,9 @@ void mn__conn_complete(mn__conn *c, mn_rpc_reply *reply, int job_done);
 void mn__conn_fail(mn__conn *c, int code, const char *reason);
 /* Put c on the ready list and wake the loop (any thread). */
 void mn__conn_mark_ready(mn__conn *c);
+/* Wake the loop with nothing on the ready list, so that it looks at the
+ * shutdown state again (any thread). */
+void mn__server_wake(mn_server *s);
 /* Token bucket: take n tokens; 0 when allowed, else milliseconds until
  * they would be available. */
 int64_t mn__conn_rate_take(mn__conn *c, int64_t n, int64_t per_minute);
@@ -175,7 +194,9 @@ void mn__conn_out_state(mn__conn *c, size_t *count, size_t *bytes,
 
 /* workers.c */
 mn_status mn__pool_start(mn_server *s, int nworkers, mn__pool **out);
-void mn__pool_submit(mn__pool *p, mn__job *j);
+/* Queue n jobs linked through ->next, first to last, in one step. */
+void mn__pool_submit_list(mn__pool *p, mn__job *first, mn__job *last,
+                          int64_t n);
 /* Jobs queued or running. */
 int64_t mn__pool_inflight(mn__pool *p);
 /* Mark every job still queued to be answered "shutting down" instead of

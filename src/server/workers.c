@@ -199,8 +199,18 @@ static void *worker_main(void *arg) {
   mn__pool *p = wa->pool;
   int index = wa->index;
   free(wa);
+  int finished = 0; /* the last job, answered but not yet uncounted */
   for (;;) {
     pthread_mutex_lock(&p->lock);
+    if (finished) {
+      /* Uncounted only now that its reply is queued on the connection:
+       * the drain must not find the pool idle with a reply still in the
+       * worker's hands. */
+      p->inflight--;
+      finished = 0;
+      if (p->inflight == 0 && atomic_load(&p->srv->stop_requested))
+        mn__server_wake(p->srv); /* the drain may be over */
+    }
     while (!p->stop && !p->head)
       pthread_cond_wait(&p->cond, &p->lock);
     if (p->stop) {
@@ -225,7 +235,6 @@ static void *worker_main(void *arg) {
     pthread_mutex_lock(&p->lock);
     p->slots[index].job = NULL;
     int late = j->answered && !skip;
-    p->inflight--;
     pthread_mutex_unlock(&p->lock);
 
     if (late) {
@@ -239,6 +248,7 @@ static void *worker_main(void *arg) {
       mn__conn_complete(j->conn, &reply, 1);
     }
     mn__job_free(j);
+    finished = 1;
   }
   return NULL;
 }
@@ -374,18 +384,25 @@ mn_status mn__pool_start(mn_server *s, int nworkers, mn__pool **out) {
   return MN_OK;
 }
 
-void mn__pool_submit(mn__pool *p, mn__job *j) {
-  j->next = NULL;
+/* The wake-ups come after the unlock: a worker woken while the lock is
+ * still held would only block on it again, and on a shared core that
+ * costs two extra context switches per job. A worker that waits before
+ * the append gets a signal; one that looks after it sees the jobs. */
+void mn__pool_submit_list(mn__pool *p, mn__job *first, mn__job *last,
+                          int64_t n) {
+  last->next = NULL;
   pthread_mutex_lock(&p->lock);
   if (p->tail)
-    p->tail->next = j;
+    p->tail->next = first;
   else
-    p->head = j;
-  p->tail = j;
-  p->depth++;
-  p->inflight++;
-  pthread_cond_signal(&p->cond);
+    p->head = first;
+  p->tail = last;
+  p->depth += n;
+  p->inflight += n;
+  int wake = n < p->nworkers ? (int)n : p->nworkers;
   pthread_mutex_unlock(&p->lock);
+  while (wake-- > 0)
+    pthread_cond_signal(&p->cond);
 }
 
 int64_t mn__pool_inflight(mn__pool *p) {

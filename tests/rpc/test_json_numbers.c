@@ -9,6 +9,9 @@
  * of every length up to 200 so that runs end at every position relative
  * to the 64-byte blocks and to the end of the message, and nested. Bad
  * numbers anywhere in a long array must fail the parse at that number.
+ * All of it twice: with the numbers read one at a time, and 8 at a time
+ * by the AVX-512 code (where the CPU has it), which is also given random
+ * spans directly.
  */
 #include "rpc_fixture.h"
 
@@ -200,11 +203,114 @@ static void test_bad_numbers_in_runs(void **state) {
   }
 }
 
+/* The form the AVX-512 code takes: -?(0|[1-9][0-9]*)(.[0-9]+)?, at most
+ * 16 bytes and 15 digits. Written out independently of both readers. */
+static int simd_form(const char *t, size_t len) {
+  if (len == 0 || len > 16)
+    return 0;
+  size_t i = 0, digits = 0, dots = 0;
+  if (t[0] == '-')
+    i = 1;
+  if (i >= len || t[i] < '0' || t[i] > '9')
+    return 0;
+  if (t[i] == '0' && i + 1 < len && t[i + 1] >= '0' && t[i + 1] <= '9')
+    return 0;
+  for (; i < len; i++) {
+    if (t[i] >= '0' && t[i] <= '9') {
+      digits++;
+    } else if (t[i] == '.') {
+      if (dots++ || i + 1 >= len || t[i + 1] < '0' || t[i + 1] > '9')
+        return 0;
+    } else {
+      return 0;
+    }
+  }
+  return digits <= 15;
+}
+
+/* Random strings of digits, '-', '.', 'e' and ' ', 1 to 18 bytes: each is
+ * taken by the AVX-512 code exactly when it has simd_form, with strtod's
+ * value; in a list, the code stops at the first it does not take. */
+static void test_simd_kernel(void **state) {
+  (void)state;
+  if (!mn__json_simd_numbers(-1)) {
+    print_message("no AVX-512: the vector number code is not tested\n");
+    return;
+  }
+  static const char alpha[] = "0123456789000000--..e ";
+  char buf[8][64];
+  const char *st[8], *en[8];
+  double out[8];
+  size_t taken = 0;
+  for (int rep = 0; rep < 200000; rep++) {
+    size_t n = 1 + rnd() % 8;
+    size_t first_bad = n;
+    for (size_t i = 0; i < n; i++) {
+      char *t = buf[i];
+      size_t len = 1 + rnd() % 18;
+      int kind = (int)(rnd() % 4);
+      for (size_t j = 0; j < len; j++)
+        t[j] = kind == 0 ? alpha[rnd() % (sizeof alpha - 1)]
+                         : (char)('0' + rnd() % 10);
+      if (kind >= 2 && len > 2) /* a '.' somewhere, maybe a sign */
+        t[1 + rnd() % (len - 1)] = '.';
+      if (kind == 3)
+        t[0] = '-';
+      if (rnd() % 3 == 0)
+        t[kind == 3 && len > 1] = '0';
+      memset(t + len, ',', sizeof buf[i] - len);
+      st[i] = t;
+      en[i] = t + len;
+      if (first_bad == n && !simd_form(t, len))
+        first_bad = i;
+    }
+    size_t got = mn__json_nums_avx512(st, en, n, out);
+    if (got != first_bad)
+      fail_msg("took %zu of %zu; the first not of the form is %zu (%.*s)", got,
+               n, first_bad,
+               first_bad < n ? (int)(en[first_bad] - st[first_bad]) : 0,
+               first_bad < n ? st[first_bad] : "");
+    for (size_t i = 0; i < got; i++) {
+      char t[32];
+      memcpy(t, st[i], (size_t)(en[i] - st[i]));
+      t[en[i] - st[i]] = 0;
+      double want = strtod(t, NULL);
+      if (memcmp(&want, &out[i], 8) != 0)
+        fail_msg("%s read as %.17g; strtod says %.17g", t, out[i], want);
+    }
+    taken += got;
+  }
+  assert_true(taken > 100000);
+}
+
+static int simd_off(void **state) {
+  (void)state;
+  mn__json_simd_numbers(0);
+  return 0;
+}
+
+static int simd_on(void **state) {
+  (void)state;
+  mn__json_simd_numbers(1);
+  return 0;
+}
+
 int main(void) {
-  const struct CMUnitTest tests[] = {
+  /* Every reader test with the one-at-a-time number code, then with the
+   * AVX-512 code where the CPU has it. */
+  const struct CMUnitTest scalar[] = {
       cmocka_unit_test(test_arrays),
       cmocka_unit_test(test_nested_and_mixed),
       cmocka_unit_test(test_bad_numbers_in_runs),
   };
-  return cmocka_run_group_tests(tests, NULL, NULL);
+  const struct CMUnitTest vector[] = {
+      cmocka_unit_test(test_simd_kernel),
+      cmocka_unit_test(test_arrays),
+      cmocka_unit_test(test_nested_and_mixed),
+      cmocka_unit_test(test_bad_numbers_in_runs),
+  };
+  int rc =
+      cmocka_run_group_tests_name("scalar numbers", scalar, simd_off, NULL);
+  rc |= cmocka_run_group_tests_name("vector numbers", vector, simd_on, NULL);
+  return rc;
 }
