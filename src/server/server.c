@@ -87,25 +87,36 @@ static void lws_log_emit(int level, const char *line) {
 /* ------------------------------------------------------------------------
  * HTTP routes.
  * ---------------------------------------------------------------------- */
+/* Headers and body in one write, then the transaction is complete (lws
+ * keeps and sends whatever the socket did not take at once). The body
+ * used to follow in a later writeable callback; on the GPU machine a
+ * /ready answered while draining then arrived as headers alone, the
+ * connection closed before its 34-byte body. */
 static int http_respond(struct lws *wsi, pss *ps, unsigned status,
                         const char *ctype, const char *body, size_t len) {
-  free(ps->body);
-  ps->body = malloc(LWS_PRE + len + 1);
-  if (!ps->body)
+  (void)ps;
+  size_t cap = LWS_PRE + 512 + len + 1;
+  unsigned char *buf = malloc(cap);
+  if (!buf)
     return -1;
-  memcpy(ps->body + LWS_PRE, body, len);
-  ps->body_len = len;
-  unsigned char hdr[LWS_PRE + 512];
-  unsigned char *start = hdr + LWS_PRE, *p = start;
-  unsigned char *end = hdr + sizeof hdr - 1;
+  unsigned char *start = buf + LWS_PRE, *p = start;
+  unsigned char *end = buf + cap - 1;
   if (lws_add_http_common_headers(wsi, status, ctype, len, &p, end) ||
       lws_add_http_header_by_name(wsi, (const unsigned char *)"cache-control:",
                                   (const unsigned char *)"no-store", 8, &p,
                                   end) ||
-      lws_finalize_write_http_header(wsi, start, &p, end))
+      lws_finalize_http_header(wsi, &p, end) ||
+      (size_t)(end - p) < len) {
+    free(buf);
     return -1;
-  lws_callback_on_writable(wsi);
-  return 0;
+  }
+  memcpy(p, body, len);
+  p += len;
+  int n = lws_write(wsi, start, (size_t)(p - start), LWS_WRITE_HTTP_HEADERS);
+  free(buf);
+  if (n < 0)
+    return -1;
+  return lws_http_transaction_completed(wsi) ? -1 : 0;
 }
 
 static int http_route(mn_server *s, struct lws *wsi, pss *ps, const char *uri) {
