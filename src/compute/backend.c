@@ -478,9 +478,9 @@ static mn_status pca_fit_staged(mn_backend *b, const mn_tensor *x, int64_t k,
     s = mn_backend_upload(b, d, x->data, n);
   } else {
     for (int64_t r = 0; r < x->rows && s == MN_OK; r++)
-      s = mn_backend_upload(b, (char *)d + (size_t)r * rb,
-                            (const char *)x->data + (size_t)r * (size_t)x->stride,
-                            rb);
+      s = mn_backend_upload(
+          b, (char *)d + (size_t)r * rb,
+          (const char *)x->data + (size_t)r * (size_t)x->stride, rb);
   }
   if (s == MN_OK) {
     mn_tensor t = *x;

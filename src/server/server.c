@@ -40,7 +40,7 @@ typedef struct pss {
   size_t body_len;
 } pss;
 
-static const char placeholder_html[] =
+static const char index_html[] =
     "<!doctype html>\n"
     "<html lang=\"en\"><head><meta charset=\"utf-8\">"
     "<title>mnemo</title>"
@@ -105,8 +105,7 @@ static int http_respond(struct lws *wsi, pss *ps, unsigned status,
       lws_add_http_header_by_name(wsi, (const unsigned char *)"cache-control:",
                                   (const unsigned char *)"no-store", 8, &p,
                                   end) ||
-      lws_finalize_http_header(wsi, &p, end) ||
-      (size_t)(end - p) < len) {
+      lws_finalize_http_header(wsi, &p, end) || (size_t)(end - p) < len) {
     free(buf);
     return -1;
   }
@@ -156,7 +155,7 @@ static int http_route(mn_server *s, struct lws *wsi, pss *ps, const char *uri) {
   }
   if (!strcmp(uri, "/") || !strcmp(uri, "/index.html"))
     return http_respond(wsi, ps, HTTP_STATUS_OK, "text/html; charset=utf-8",
-                        placeholder_html, sizeof placeholder_html - 1);
+                        index_html, sizeof index_html - 1);
   char msg[300];
   int n = snprintf(msg, sizeof msg,
                    "no such page: %.200s (try /, /health, /ready or "

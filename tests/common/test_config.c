@@ -734,7 +734,8 @@ static void test_unknown_keys(void **state) {
   /* Nothing close: the section's keys are listed. */
   m = load_fails("{\"gpu\": {\"zzzzzzzz\": 1}}", MN_ERR_INVALID);
   assert_contains(m, "\"gpu.zzzzzzzz\"");
-  assert_contains(m, "enabled, memory_limit, precision, device, min_elements, plugin_dir");
+  assert_contains(
+      m, "enabled, memory_limit, precision, device, min_elements, plugin_dir");
   m = load_fails("{\"gpu\": {\"memory\": {\"limit\": 1}}}", MN_ERR_INVALID);
   assert_contains(m, "\"gpu.memory\"");
   m = load_fails("{\"gpus\": {\"enabled\": true}}", MN_ERR_INVALID);

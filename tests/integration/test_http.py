@@ -78,7 +78,7 @@ def test_metrics_is_prometheus_text_and_counts_requests(server):
         assert name in types or base in types, name
 
 
-def test_placeholder_page_links_health_and_metrics(server):
+def test_index_page_links_health_and_metrics(server):
     status, headers, body = server.http("/")
     assert status == 200
     assert headers["Content-Type"].startswith("text/html")

@@ -125,7 +125,8 @@ static void test_batch_larger_than_the_bucket(void **state) {
 static void test_bucket_last_refill_in_the_future(void **state) {
   (void)state;
   mn__conn *c = bucket_conn(0);
-  c->tokens_ns = mn_time_ns() + 1000000000ull; /* another worker's later clock */
+  c->tokens_ns =
+      mn_time_ns() + 1000000000ull; /* another worker's later clock */
   assert_true(mn__conn_rate_take(c, 1, 20) > 0);
   assert_true(c->tokens < 1.0);
   pthread_mutex_destroy(&c->lock);

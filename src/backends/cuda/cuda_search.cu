@@ -123,8 +123,7 @@ __global__ void __launch_bounds__(256) select_kernel(SelArgs a) {
   const int64_t per = ((a.m + nsplit - 1) / nsplit + 127) & ~(int64_t)127;
   const int64_t c0 = (int64_t)split * per;
   const int64_t c1 = c0 + per < a.m ? c0 + per : a.m;
-  const bool vec = DENSE && (a.ldS & 3) == 0 &&
-                   ((uintptr_t)a.S & 15) == 0;
+  const bool vec = DENSE && (a.ldS & 3) == 0 && ((uintptr_t)a.S & 15) == 0;
   if (DENSE && vec) {
     /* Two float4 loads per lane in flight (1 KB per warp): the select ran
      * at about 1.2 TB/s with four scalar loads (third H200 run). Reads
