@@ -266,6 +266,16 @@ static double run_peer(int64_t n, int64_t dim, int reps, double *sq8_ms) {
   return flat;
 }
 
+/* Until every vector is in memory after a reopen; the last stats. */
+static void wait_warm(mn_store *s, mn_store_stats *sst) {
+  for (;;) {
+    mn_store_get_stats(s, sst);
+    if (!sst->warming)
+      return;
+    usleep(20000);
+  }
+}
+
 /* --gpu (see opt_gpu). Returns the exit code. */
 static int gpu_main(void) {
   mn_backend_opts bo;
@@ -313,12 +323,7 @@ static int gpu_main(void) {
   mn_backend_close(g_backend);
   g_backend = NULL; /* the same data on the CPU backend */
   open_store(&s, dir);
-  for (;;) {
-    mn_store_get_stats(s, &sst);
-    if (!sst.warming)
-      break;
-    usleep(20000);
-  }
+  wait_warm(s, &sst);
   for (int c = 0; c < 2; c++) {
     ms[c][1] = search_ms(s, names[c], opt_queries);
     memcpy(ids[c][1], last_ids, sizeof last_ids);
@@ -513,12 +518,7 @@ int main(int argc, char **argv) {
   t0 = now_s() - reopen_s;
   double first_ms = search_ms(s, "f32", 1);
   mn_store_stats sst;
-  for (;;) {
-    mn_store_get_stats(s, &sst);
-    if (!sst.warming)
-      break;
-    usleep(20000);
-  }
+  wait_warm(s, &sst);
   double warm_s = now_s() - t0;
   double after_ms = search_ms(s, "f32", opt_queries);
   mn_store_get_stats(s, &sst);
