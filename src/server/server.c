@@ -35,9 +35,7 @@
 
 /* Per-wsi storage, for both HTTP transactions and WebSocket sessions. */
 typedef struct pss {
-  mn__conn *conn;      /* WebSocket: the connection state */
-  unsigned char *body; /* HTTP: LWS_PRE + body waiting to be written */
-  size_t body_len;
+  mn__conn *conn; /* WebSocket: the connection state */
 } pss;
 
 static const char index_html[] =
@@ -92,9 +90,8 @@ static void lws_log_emit(int level, const char *line) {
  * used to follow in a later writeable callback; on the GPU machine a
  * /ready answered while draining then arrived as headers alone, the
  * connection closed before its 34-byte body. */
-static int http_respond(struct lws *wsi, pss *ps, unsigned status,
-                        const char *ctype, const char *body, size_t len) {
-  (void)ps;
+static int http_respond(struct lws *wsi, unsigned status, const char *ctype,
+                        const char *body, size_t len) {
   size_t cap = LWS_PRE + 512 + len + 1;
   unsigned char *buf = malloc(cap);
   if (!buf)
@@ -118,7 +115,7 @@ static int http_respond(struct lws *wsi, pss *ps, unsigned status,
   return lws_http_transaction_completed(wsi) ? -1 : 0;
 }
 
-static int http_route(mn_server *s, struct lws *wsi, pss *ps, const char *uri) {
+static int http_route(mn_server *s, struct lws *wsi, const char *uri) {
   if (lws_hdr_total_length(wsi, WSI_TOKEN_GET_URI) <= 0) {
     /* Answered at once, headers and body in one write: a request with a
      * body would otherwise hold back the writeable callback. */
@@ -131,8 +128,8 @@ static int http_route(mn_server *s, struct lws *wsi, pss *ps, const char *uri) {
     char *doc = mn_rpc_health_json(s->rpc);
     if (!doc)
       return -1;
-    int rc = http_respond(wsi, ps, HTTP_STATUS_OK, "application/json", doc,
-                          strlen(doc));
+    int rc =
+        http_respond(wsi, HTTP_STATUS_OK, "application/json", doc, strlen(doc));
     free(doc);
     return rc;
   }
@@ -141,40 +138,28 @@ static int http_route(mn_server *s, struct lws *wsi, pss *ps, const char *uri) {
     const char *doc = ready ? "{\"ready\":true,\"state\":\"serving\"}"
                             : "{\"ready\":false,\"state\":\"draining\"}";
     return http_respond(
-        wsi, ps, ready ? HTTP_STATUS_OK : HTTP_STATUS_SERVICE_UNAVAILABLE,
+        wsi, ready ? HTTP_STATUS_OK : HTTP_STATUS_SERVICE_UNAVAILABLE,
         "application/json", doc, strlen(doc));
   }
   if (!strcmp(uri, "/metrics")) {
     char *doc = s->metrics ? mn_metrics_prometheus(s->metrics) : NULL;
     const char *text = doc ? doc : "";
-    int rc = http_respond(wsi, ps, HTTP_STATUS_OK,
+    int rc = http_respond(wsi, HTTP_STATUS_OK,
                           "text/plain; version=0.0.4; charset=utf-8", text,
                           strlen(text));
     free(doc);
     return rc;
   }
   if (!strcmp(uri, "/") || !strcmp(uri, "/index.html"))
-    return http_respond(wsi, ps, HTTP_STATUS_OK, "text/html; charset=utf-8",
+    return http_respond(wsi, HTTP_STATUS_OK, "text/html; charset=utf-8",
                         index_html, sizeof index_html - 1);
   char msg[300];
   int n = snprintf(msg, sizeof msg,
                    "no such page: %.200s (try /, /health, /ready or "
                    "/metrics)\n",
                    uri);
-  return http_respond(wsi, ps, HTTP_STATUS_NOT_FOUND,
-                      "text/plain; charset=utf-8", msg, (size_t)n);
-}
-
-static int http_write(struct lws *wsi, pss *ps) {
-  if (!ps->body)
-    return 0;
-  int n =
-      lws_write(wsi, ps->body + LWS_PRE, ps->body_len, LWS_WRITE_HTTP_FINAL);
-  free(ps->body);
-  ps->body = NULL;
-  if (n < 0)
-    return -1;
-  return lws_http_transaction_completed(wsi) ? -1 : 0;
+  return http_respond(wsi, HTTP_STATUS_NOT_FOUND, "text/plain; charset=utf-8",
+                      msg, (size_t)n);
 }
 
 /* ------------------------------------------------------------------------
@@ -360,7 +345,6 @@ static void begin_close(mn__conn *c, int code, const char *reason) {
 
 static int on_established(mn_server *s, struct lws *wsi, pss *ps) {
   ps->conn = NULL;
-  ps->body = NULL;
   /* Normally refused at the upgrade already; this catches any path that
    * skipped it. */
   if (s->state != MN__SRV_SERVING ||
@@ -731,16 +715,7 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason,
   pss *ps = user;
   switch (reason) {
   case LWS_CALLBACK_HTTP:
-    return http_route(s, wsi, ps, in ? (const char *)in : "/");
-  case LWS_CALLBACK_HTTP_WRITEABLE:
-    return http_write(wsi, ps);
-  case LWS_CALLBACK_CLOSED_HTTP:
-  case LWS_CALLBACK_HTTP_DROP_PROTOCOL:
-    if (ps) {
-      free(ps->body);
-      ps->body = NULL;
-    }
-    break;
+    return http_route(s, wsi, in ? (const char *)in : "/");
   case LWS_CALLBACK_HTTP_CONFIRM_UPGRADE:
     return confirm_upgrade(s, wsi, in);
   case LWS_CALLBACK_ESTABLISHED:
