@@ -281,36 +281,71 @@ static mn_status non_finite(const mn_tensor *x, int64_t r) {
  * row, which its kernel left unwritten; the lowest of the threads' first
  * bad rows (reduction min) is then the first in the tensor, and is scanned
  * once more to find the column.
+ *
+ * A team of one runs the block itself, outside OpenMP: a request-sized
+ * tensor (32 x 768) is one thread's work, and even a one-thread parallel
+ * region ends in a futex call in libgomp, about as long as the
+ * normalisation itself.
  */
+static int64_t normalize_block(const mn__elem_kernels *k, const mn_tensor *x,
+                               mn_tensor *y, int64_t r0, int64_t r1, int nt,
+                               int64_t *zeros) {
+  const int64_t n = x->cols;
+  for (int64_t r = r0; r < r1; r++) {
+    int z = k->normalize(ROW(x, r, const float), ROW(y, r, float), n, nt);
+    if (z == MN__ELEM_BAD)
+      return r;
+    *zeros += z;
+  }
+  return INT64_MAX;
+}
+
+/* Rows [t * rows / T, (t + 1) * rows / T): thread t's block of T. */
+#define BLOCK_LO(rows, t, T) ((rows) * (t) / (T))
+#define BLOCK_HI(rows, t, T) ((rows) * ((t) + 1) / (T))
+
 mn_status mn__cpu_normalize(mn_backend *b, const mn_tensor *x, mn_tensor *y,
                             int64_t *zero_rows) {
   mn_cpu_level lvl;
   const mn__elem_kernels *k = kernels(&lvl);
-  const int64_t rows = x->rows, n = x->cols;
+  const int64_t rows = x->rows;
   const int nt = stream_output(y);
-  const int team = team_size(b, rows, n);
+  const int team = team_size(b, rows, x->cols);
   int64_t zeros = 0, bad = INT64_MAX;
-#pragma omp parallel num_threads(team) if (team > 1)
-  {
-#pragma omp for schedule(static) reduction(+ : zeros) reduction(min : bad)     \
-    nowait
-    for (int64_t r = 0; r < rows; r++) {
-      if (bad != INT64_MAX)
-        continue;
-      int z = k->normalize(ROW(x, r, const float), ROW(y, r, float), n, nt);
-      if (z == MN__ELEM_BAD)
-        bad = r;
-      else
-        zeros += z;
+  if (team <= 1) {
+    bad = normalize_block(k, x, y, 0, rows, nt, &zeros);
+  } else {
+#pragma omp parallel num_threads(team) reduction(+ : zeros) reduction(min : bad)
+    {
+      int t = omp_get_thread_num(), T = omp_get_num_threads();
+      bad = normalize_block(k, x, y, BLOCK_LO(rows, t, T), BLOCK_HI(rows, t, T),
+                            nt, &zeros);
+      if (nt)
+        _mm_sfence();
     }
-    if (nt)
-      _mm_sfence();
   }
+  if (nt)
+    _mm_sfence();
   if (bad != INT64_MAX)
     return non_finite(x, bad);
   if (zero_rows)
     *zero_rows = zeros;
   return MN_OK;
+}
+
+/* Thread t's min / max over its block, in part[2 n t ...]. */
+static int64_t minmax_block(const mn__elem_kernels *k, const mn_tensor *x,
+                            float *part, int t, int T) {
+  const int64_t rows = x->rows, n = x->cols;
+  float *lo = part + 2 * (size_t)n * (size_t)t, *hi = lo + n;
+  for (int64_t d = 0; d < n; d++) {
+    lo[d] = INFINITY;
+    hi[d] = -INFINITY;
+  }
+  for (int64_t r = BLOCK_LO(rows, t, T); r < BLOCK_HI(rows, t, T); r++)
+    if (k->minmax(ROW(x, r, const float), lo, hi, n) == MN__ELEM_BAD)
+      return r;
+  return INT64_MAX;
 }
 
 mn_status mn__cpu_affine_train(mn_backend *b, const mn_tensor *x,
@@ -328,23 +363,15 @@ mn_status mn__cpu_affine_train(mn_backend *b, const mn_tensor *x,
                          (long long)n);
   int used = 1;
   int64_t bad = INT64_MAX;
-#pragma omp parallel num_threads(team) if (team > 1) reduction(min : bad)
-  {
-    int t = omp_get_thread_num();
-    float *lo = part + 2 * (size_t)n * (size_t)t, *hi = lo + n;
-    int64_t r0 = rows * t / omp_get_num_threads();
-    int64_t r1 = rows * (t + 1) / omp_get_num_threads();
-    if (t == 0)
-      used = omp_get_num_threads();
-    for (int64_t d = 0; d < n; d++) {
-      lo[d] = INFINITY;
-      hi[d] = -INFINITY;
-    }
-    for (int64_t r = r0; r < r1; r++) {
-      if (k->minmax(ROW(x, r, const float), lo, hi, n) == MN__ELEM_BAD) {
-        bad = r;
-        break;
-      }
+  if (team <= 1) {
+    bad = minmax_block(k, x, part, 0, 1);
+  } else {
+#pragma omp parallel num_threads(team) reduction(min : bad)
+    {
+      int t = omp_get_thread_num(), T = omp_get_num_threads();
+      if (t == 0)
+        used = T;
+      bad = minmax_block(k, x, part, t, T);
     }
   }
   if (bad != INT64_MAX) {
@@ -366,102 +393,145 @@ mn_status mn__cpu_affine_train(mn_backend *b, const mn_tensor *x,
   return MN_OK;
 }
 
+typedef struct quant_job {
+  const mn__elem_kernels *k;
+  mn_cpu_level lvl;
+  mn_quant_kind kind;
+  const mn_affine_params *affine;
+  int nt;
+} quant_job;
+
+static int64_t quantize_block(const quant_job *j, const mn_tensor *x,
+                              mn_tensor *codes, float *scales, int64_t r0,
+                              int64_t r1) {
+  const mn__elem_kernels *k = j->k;
+  const int64_t n = x->cols;
+  const int nt = j->nt;
+  for (int64_t r = r0; r < r1; r++) {
+    const float *xr = ROW(x, r, const float);
+    void *cr = mn_tensor_row(codes, r);
+    int st = 0;
+    switch (j->kind) {
+    case MN_QUANT_INT8:
+      st = k->quant_i8(xr, cr, n, nt, &scales[r]);
+      break;
+    case MN_QUANT_INT4:
+      st = k->quant_i4(xr, cr, n, &scales[r]);
+      break;
+    case MN_QUANT_INT8_AFFINE:
+      st = k->quant_u8(xr, cr, j->affine->vmin, j->affine->scale, n, nt);
+      break;
+    case MN_QUANT_BINARY:
+      st = k->quant_bin(xr, cr, n);
+      break;
+    case MN_QUANT_FP16:
+      st = k->quant_f16(xr, cr, n, nt);
+      break;
+    case MN_QUANT_BF16:
+      st = k->quant_bf16(xr, cr, n, nt);
+      break;
+    default:
+      break;
+    }
+    if (st == MN__ELEM_BAD)
+      return r;
+  }
+  return INT64_MAX;
+}
+
 mn_status mn__cpu_quantize(mn_backend *b, const mn_tensor *x,
                            mn_quant_kind kind, const mn_affine_params *affine,
                            mn_tensor *codes, float *scales) {
-  mn_cpu_level lvl;
-  const mn__elem_kernels *k = kernels(&lvl);
-  const int64_t rows = x->rows, n = x->cols;
-  const int nt = stream_output(codes);
-  const int team = team_size(b, rows, n);
+  quant_job j;
+  j.k = kernels(&j.lvl);
+  j.kind = kind;
+  j.affine = affine;
+  j.nt = stream_output(codes);
+  const int64_t rows = x->rows;
+  const int team = team_size(b, rows, x->cols);
   int64_t bad = INT64_MAX;
   if ((unsigned)kind > MN_QUANT_BINARY || kind == MN_QUANT_NONE)
     return mn__set_error(MN_ERR_INVALID, "quantization kind %d is not valid",
                          (int)kind);
-#pragma omp parallel num_threads(team) if (team > 1)
-  {
-#pragma omp for schedule(static) reduction(min : bad) nowait
-    for (int64_t r = 0; r < rows; r++) {
-      if (bad != INT64_MAX)
-        continue;
-      const float *xr = ROW(x, r, const float);
-      void *cr = mn_tensor_row(codes, r);
-      int st = 0;
-      switch (kind) {
-      case MN_QUANT_INT8:
-        st = k->quant_i8(xr, cr, n, nt, &scales[r]);
-        break;
-      case MN_QUANT_INT4:
-        st = k->quant_i4(xr, cr, n, &scales[r]);
-        break;
-      case MN_QUANT_INT8_AFFINE:
-        st = k->quant_u8(xr, cr, affine->vmin, affine->scale, n, nt);
-        break;
-      case MN_QUANT_BINARY:
-        st = k->quant_bin(xr, cr, n);
-        break;
-      case MN_QUANT_FP16:
-        st = k->quant_f16(xr, cr, n, nt);
-        break;
-      case MN_QUANT_BF16:
-        st = k->quant_bf16(xr, cr, n, nt);
-        break;
-      default:
-        break;
-      }
-      if (st == MN__ELEM_BAD)
-        bad = r;
+  if (team <= 1) {
+    bad = quantize_block(&j, x, codes, scales, 0, rows);
+  } else {
+#pragma omp parallel num_threads(team) reduction(min : bad)
+    {
+      int t = omp_get_thread_num(), T = omp_get_num_threads();
+      bad = quantize_block(&j, x, codes, scales, BLOCK_LO(rows, t, T),
+                           BLOCK_HI(rows, t, T));
+      if (j.nt)
+        _mm_sfence();
     }
-    if (nt)
-      _mm_sfence();
   }
+  if (j.nt)
+    _mm_sfence();
   if (bad != INT64_MAX)
     return non_finite(x, bad);
   return MN_OK;
 }
 
+static void dequantize_block(const quant_job *j, const mn_tensor *codes,
+                             const float *scales, mn_tensor *y, int64_t r0,
+                             int64_t r1) {
+  const mn__elem_kernels *k = j->k;
+  const int64_t n = codes->cols;
+  const int nt = j->nt;
+  for (int64_t r = r0; r < r1; r++) {
+    const void *cr = mn_tensor_row(codes, r);
+    float *yr = ROW(y, r, float);
+    switch (j->kind) {
+    case MN_QUANT_INT8:
+      k->deq_i8(cr, yr, scales[r], n, nt);
+      break;
+    case MN_QUANT_INT4:
+      k->deq_i4(cr, yr, scales[r], n, nt);
+      break;
+    case MN_QUANT_INT8_AFFINE:
+      k->deq_u8(cr, yr, j->affine->vmin, j->affine->scale, n, nt);
+      break;
+    case MN_QUANT_BINARY:
+      k->deq_bin(cr, yr, n, nt);
+      break;
+    case MN_QUANT_FP16:
+      mn__f16_to_f32_lvl((int)j->lvl, cr, yr, (size_t)n);
+      break;
+    case MN_QUANT_BF16:
+      mn__bf16_to_f32_lvl((int)j->lvl, cr, yr, (size_t)n);
+      break;
+    default:
+      break;
+    }
+  }
+}
+
 mn_status mn__cpu_dequantize(mn_backend *b, const mn_tensor *codes,
                              mn_quant_kind kind, const float *scales,
                              const mn_affine_params *affine, mn_tensor *y) {
-  mn_cpu_level lvl;
-  const mn__elem_kernels *k = kernels(&lvl);
-  const int64_t rows = codes->rows, n = codes->cols;
-  const int nt = stream_output(y);
-  const int team = team_size(b, rows, n);
+  quant_job j;
+  j.k = kernels(&j.lvl);
+  j.kind = kind;
+  j.affine = affine;
+  j.nt = stream_output(y);
+  const int64_t rows = codes->rows;
+  const int team = team_size(b, rows, codes->cols);
   if ((unsigned)kind > MN_QUANT_BINARY || kind == MN_QUANT_NONE)
     return mn__set_error(MN_ERR_INVALID, "quantization kind %d is not valid",
                          (int)kind);
-#pragma omp parallel num_threads(team) if (team > 1)
-  {
-#pragma omp for schedule(static) nowait
-    for (int64_t r = 0; r < rows; r++) {
-      const void *cr = mn_tensor_row(codes, r);
-      float *yr = ROW(y, r, float);
-      switch (kind) {
-      case MN_QUANT_INT8:
-        k->deq_i8(cr, yr, scales[r], n, nt);
-        break;
-      case MN_QUANT_INT4:
-        k->deq_i4(cr, yr, scales[r], n, nt);
-        break;
-      case MN_QUANT_INT8_AFFINE:
-        k->deq_u8(cr, yr, affine->vmin, affine->scale, n, nt);
-        break;
-      case MN_QUANT_BINARY:
-        k->deq_bin(cr, yr, n, nt);
-        break;
-      case MN_QUANT_FP16:
-        mn__f16_to_f32_lvl((int)lvl, cr, yr, (size_t)n);
-        break;
-      case MN_QUANT_BF16:
-        mn__bf16_to_f32_lvl((int)lvl, cr, yr, (size_t)n);
-        break;
-      default:
-        break;
-      }
+  if (team <= 1) {
+    dequantize_block(&j, codes, scales, y, 0, rows);
+  } else {
+#pragma omp parallel num_threads(team)
+    {
+      int t = omp_get_thread_num(), T = omp_get_num_threads();
+      dequantize_block(&j, codes, scales, y, BLOCK_LO(rows, t, T),
+                       BLOCK_HI(rows, t, T));
+      if (j.nt)
+        _mm_sfence();
     }
-    if (nt)
-      _mm_sfence();
   }
+  if (j.nt)
+    _mm_sfence();
   return MN_OK;
 }
