@@ -450,7 +450,18 @@ mn_status mn_pipeline_run(mn_backend *b, const mn_tensor *in,
     opts = &defaults;
   }
   MN__TRY(check_args(b, in, opts));
-  MN__TRY(mn_tensor_check_finite(in));
+  /* On a host backend the input's first reader is always a backend op
+   * (normalize, the PCA, a quantizer), and every one of them refuses NaN
+   * and Inf, the CPU's in the same pass that computes. A separate scan
+   * first would read the whole input once more for nothing. Only a float32
+   * pass-through, or a device backend (rows go to it by upload), needs the
+   * scan here. */
+  int op_checks =
+      mn_backend_device_kind(b) == MN_DEVICE_HOST &&
+      (opts->normalize || opts->pca || opts->reduce_dims > 0 ||
+       opts->quant != MN_QUANT_NONE || opts->precision != MN_DTYPE_F32);
+  if (!op_checks)
+    MN__TRY(mn_tensor_check_finite(in));
 
   pipe p;
   memset(&p, 0, sizeof p);
@@ -479,6 +490,14 @@ mn_status mn_pipeline_run(mn_backend *b, const mn_tensor *in,
 
   mn_status s = run(&p, opts);
   pipe_free(&p);
+  if (s == MN_ERR_INVALID && op_checks) {
+    /* An op refused the input, and named a row of its batch; the scan
+     * names it in the whole input, as it would have up front. */
+    char msg[1024];
+    snprintf(msg, sizeof msg, "%s", mn_errmsg());
+    if (mn_tensor_check_finite(in) == MN_OK)
+      mn__set_error(s, "%s", msg);
+  }
   if (s != MN_OK) {
     mn_pipeline_result_free(res);
     memset(res, 0, sizeof *res);
