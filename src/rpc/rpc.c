@@ -276,14 +276,16 @@ mn_status mn_rpc_create(const mn_rpc_opts *opts, mn_rpc **out) {
     bo.pref = MN_BACKEND_CPU;
     s = mn_backend_open_cpu(&bo, &r->cpu);
   }
-  if (s == MN_OK && opts->config->batch_window_us > 0) {
-    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+  long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+  int max_jobs = opts->config->workers > 0 ? (int)opts->config->workers
+                 : ncpu > 0                ? (int)ncpu
+                                           : 1;
+  /* One worker never has a second job to merge with: no batcher, rather
+   * than a group of one set up and taken down for every request. */
+  if (s == MN_OK && opts->config->batch_window_us > 0 && max_jobs > 1) {
     mn__batcher_opts bo = {.window_us = opts->config->batch_window_us,
                            .max_rows = opts->config->batch_max_rows,
-                           .max_jobs = opts->config->workers > 0
-                                           ? (int)opts->config->workers
-                                       : ncpu > 0 ? (int)ncpu
-                                                  : 1,
+                           .max_jobs = max_jobs,
                            .run = mn__rpc_pipeline,
                            .ctx = r};
     s = mn__batcher_create(&bo, &r->batcher);
