@@ -40,6 +40,10 @@ typedef struct mn_config {
                               (mnemod on a GPU: 4 per core, 32 to 64) */
   int64_t batch_window_us; /* processing.batch_window_us, default 200 */
   int64_t batch_max_rows;  /* processing.batch_max_rows, default 4096 */
+  int64_t queue_limit;     /* processing.queue_limit: requests queued or
+                              running over all connections before mnemod
+                              stops reading new ones; 0 = 4 per worker,
+                              at least 64 */
   /* server.* */
   char host[256];            /* server.host, default "127.0.0.1" */
   int port;                  /* server.port, default 3001 */

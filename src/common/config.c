@@ -106,6 +106,8 @@ static const key_desc key_table[] = {
     INT_KEY("processing.batch_window_us", batch_window_us, 0, 1000000,
             "microseconds"),
     INT_KEY("processing.batch_max_rows", batch_max_rows, 1, I32MAX, "rows"),
+    INT_KEY("processing.queue_limit", queue_limit, 0, I32MAX,
+            "requests; 0 means 4 per worker, at least 64"),
     STR_KEY("server.host", host, 1),
     INT_KEY("server.port", port, 0, 65535, "0 picks a free port"),
     INT_KEY("server.max_connections", max_connections, 1, 1000000, NULL),

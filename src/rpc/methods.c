@@ -1276,7 +1276,11 @@ const mn__method mn__methods[] = {
                               "request to merge). cpu_fallbacks: jobs the "
                               "GPU ran out of memory on, done on the CPU. "
                               "Server: rate_limited, watchdog_timeouts, "
-                              "oversized_messages, invalid_utf8."
+                              "oversized_messages, invalid_utf8, "
+                              "read_pauses (times a connection stopped "
+                              "being read: too much in flight on it, or "
+                              "processing.queue_limit requests in the "
+                              "whole server)."
             },
             "gauges" : {
               "type" : "object",

@@ -319,18 +319,43 @@ static void conn_unlink(mn_server *s, mn__conn *c) {
 }
 
 /* Stop reading from a connection that has too much in flight or too much
- * waiting to be written; resume below half of both. */
-static void update_flow(mn__conn *c, int inflight, size_t out_bytes) {
+ * waiting to be written, or while the whole server is at its queue limit;
+ * resume below half of both, and below three quarters of the limit. */
+static void update_flow(mn_server *s, mn__conn *c, int inflight,
+                        size_t out_bytes) {
   if (!c->wsi)
     return;
-  if (!c->rx_paused && (inflight >= MN__CONN_MAX_INFLIGHT ||
-                        out_bytes >= MN__CONN_MAX_OUT_BYTES)) {
+  int64_t backlog = atomic_load(&s->backlog);
+  if (!c->rx_paused &&
+      (inflight >= MN__CONN_MAX_INFLIGHT ||
+       out_bytes >= MN__CONN_MAX_OUT_BYTES || backlog >= s->queue_limit)) {
     c->rx_paused = 1;
+    s->n_paused++;
+    if (s->metrics)
+      mn_metrics_count(s->metrics, "read_pauses", 1);
     lws_rx_flow_control(c->wsi, 0);
   } else if (c->rx_paused && inflight < MN__CONN_MAX_INFLIGHT / 2 &&
-             out_bytes < MN__CONN_MAX_OUT_BYTES / 2) {
+             out_bytes < MN__CONN_MAX_OUT_BYTES / 2 &&
+             backlog < s->queue_limit - s->queue_limit / 4) {
     c->rx_paused = 0;
+    s->n_paused--;
     lws_rx_flow_control(c->wsi, 1 | LWS_RXFLOW_REASON_FLAG_PROCESS_NOW);
+  }
+}
+
+/* The backlog fell: let paused connections read again (those still over
+ * their own limits stay paused). */
+static void resume_paused(mn_server *s) {
+  if (!s->n_paused ||
+      atomic_load(&s->backlog) >= s->queue_limit - s->queue_limit / 4)
+    return;
+  for (mn__conn *c = s->conns; c && s->n_paused; c = c->next) {
+    if (!c->rx_paused)
+      continue;
+    size_t bytes;
+    int inflight;
+    mn__conn_out_state(c, NULL, &bytes, &inflight);
+    update_flow(s, c, inflight, bytes);
   }
 }
 
@@ -413,6 +438,7 @@ static void drop_jobs(mn_server *s) {
     pthread_mutex_lock(&j->conn->lock);
     j->conn->inflight--;
     pthread_mutex_unlock(&j->conn->lock);
+    atomic_fetch_sub(&s->backlog, 1);
     mn__job_free(j);
   }
   s->pend_tail = NULL;
@@ -446,6 +472,7 @@ static void submit_message(mn_server *s, mn__conn *c) {
   int inflight = ++c->inflight;
   size_t out_bytes = c->out_bytes;
   pthread_mutex_unlock(&c->lock);
+  atomic_fetch_add(&s->backlog, 1);
   j->next = NULL;
   if (s->pend_tail)
     s->pend_tail->next = j;
@@ -456,7 +483,7 @@ static void submit_message(mn_server *s, mn__conn *c) {
   s->pend_bytes += j->len;
   if (s->pend_n >= MN__SUBMIT_MAX_JOBS || s->pend_bytes >= MN__SUBMIT_MAX_BYTES)
     flush_jobs(s);
-  update_flow(c, inflight, out_bytes);
+  update_flow(s, c, inflight, out_bytes);
 reset:
   c->rx = NULL;
   c->rx_len = c->rx_cap = c->rx_pad = 0;
@@ -522,19 +549,31 @@ static int on_receive(mn_server *s, struct lws *wsi, mn__conn *c,
   return 0;
 }
 
-/* One frame per writeable callback (the lws rule: a second write could
- * find the socket full while lws still holds the first). A reply larger
- * than MN__TX_FRAGMENT goes out as several frames of one message, one per
- * callback, so that other connections get their turn in between. */
+/* Frames go out while the socket takes them, up to MN__TX_FRAGMENT bytes
+ * per writeable callback, so that other connections get their turn in
+ * between; a reply larger than that goes out as several frames of one
+ * message. Before each frame after the first, lws_send_pipe_choked()
+ * says whether the socket has room and lws holds nothing back (a second
+ * write while lws still buffers part of the first would be refused). One
+ * frame per callback was not enough: a read brings in up to 256 KB, two or
+ * three requests, and replies then piled up faster than they left. */
 static int on_writeable(mn_server *s, struct lws *wsi, mn__conn *c) {
-  mn__outmsg *m = mn__conn_out_peek(c);
-  if (m && m->close_code) {
-    lws_close_reason(wsi, (enum lws_close_status)m->close_code,
-                     (unsigned char *)m->close_reason, strlen(m->close_reason));
-    return -1;
-  }
-  if (m) {
+  size_t sent = 0;
+  for (int frames = 0; sent < MN__TX_FRAGMENT; frames++) {
+    mn__outmsg *m = mn__conn_out_peek(c);
+    if (!m)
+      break;
+    if (m->close_code) {
+      lws_close_reason(wsi, (enum lws_close_status)m->close_code,
+                       (unsigned char *)m->close_reason,
+                       strlen(m->close_reason));
+      return -1;
+    }
+    if (frames > 0 && lws_send_pipe_choked(wsi))
+      break;
     size_t n = m->len - m->off;
+    if (n > MN__TX_FRAGMENT - sent && frames > 0)
+      n = MN__TX_FRAGMENT - sent;
     if (n > MN__TX_FRAGMENT)
       n = MN__TX_FRAGMENT;
     unsigned char *p = m->payload + m->off;
@@ -552,6 +591,7 @@ static int on_writeable(mn_server *s, struct lws *wsi, mn__conn *c) {
       return -1;
     }
     m->off += n;
+    sent += n;
     c->last_activity_ns = mn_time_ns();
     if (m->off == m->len) {
       if (s->metrics)
@@ -570,7 +610,7 @@ static int on_writeable(mn_server *s, struct lws *wsi, mn__conn *c) {
                      (unsigned char *)r, strlen(r));
     return -1;
   }
-  update_flow(c, inflight, bytes);
+  update_flow(s, c, inflight, bytes);
   return 0;
 }
 
@@ -580,6 +620,9 @@ static void on_closed(mn_server *s, pss *ps) {
     return;
   ps->conn = NULL;
   conn_unlink(s, c);
+  if (c->rx_paused)
+    s->n_paused--;
+  c->rx_paused = 0;
   c->wsi = NULL;
   atomic_store(&c->closed, 1);
   if (s->metrics)
@@ -672,10 +715,11 @@ static void on_wake(mn_server *s) {
       mn__conn_out_state(c, &count, &bytes, &inflight);
       if (count)
         lws_callback_on_writable(c->wsi);
-      update_flow(c, inflight, bytes);
+      update_flow(s, c, inflight, bytes);
     }
     mn__conn_unref(c);
   }
+  resume_paused(s);
   advance_state(s);
 }
 
@@ -842,6 +886,11 @@ mn_status mn_server_create(const mn_server_opts *opts, mn_server **out) {
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
     nworkers = ncpu > 0 ? (int)ncpu : 1;
   }
+  s->queue_limit = cfg->queue_limit > 0         ? cfg->queue_limit
+                   : 4 * (int64_t)nworkers > 64 ? 4 * (int64_t)nworkers
+                                                : 64;
+  if (s->metrics)
+    mn_metrics_count(s->metrics, "read_pauses", 0);
   mn_status st = mn__pool_start(s, nworkers, &s->pool);
   if (st != MN_OK) {
     mn_server_destroy(s);
@@ -849,8 +898,9 @@ mn_status mn_server_create(const mn_server_opts *opts, mn_server **out) {
   }
   MN__LOGI("server",
            "listening on ws://%s:%d (subprotocol mcp or none; "
-           "HTTP /health /ready /metrics), %d worker(s)",
-           cfg->host[0] ? cfg->host : "*", s->port, nworkers);
+           "HTTP /health /ready /metrics), %d worker(s), queue limit %lld",
+           cfg->host[0] ? cfg->host : "*", s->port, nworkers,
+           (long long)s->queue_limit);
   *out = s;
   return MN_OK;
 }

@@ -165,6 +165,15 @@ struct mn_server {
   size_t pend_bytes;
   int drain_timed_out;
   int drain_rejected; /* queued jobs were told to answer -32004 */
+
+  /* Overload: jobs handed over and not yet answered, over all
+   * connections (the loop adds, workers subtract). At queue_limit the
+   * loop stops reading from connections (TCP pushes back on the clients)
+   * until it falls to three quarters; a backlog of thousands of read
+   * messages only made every one of them cold in the caches. */
+  atomic_llong backlog;
+  int64_t queue_limit;
+  int64_t n_paused; /* I/O thread: connections with rx_paused set */
 };
 
 /* conn.c */

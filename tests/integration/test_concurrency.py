@@ -2,6 +2,7 @@
 pipelined requests on one connection answered by id."""
 import asyncio
 import json
+import urllib.request
 
 import numpy as np
 
@@ -68,3 +69,59 @@ def test_pipelined_requests_on_one_connection(server):
     for i, x in enumerate(xs):
         assert rel_err(decode_tensor(out[i]["processed"]),
                        normalize_ref(x)) < 1e-6
+
+
+def test_overload_is_pushed_back_and_every_request_is_answered(start_server):
+    """More pipelined work than processing.queue_limit: the server stops
+    reading (TCP pushes back) instead of buffering it all, answers every
+    request with its own result, and another client is served meanwhile."""
+    srv = start_server({"server": {"rate_limit": 0},
+                        "processing": {"workers": 1, "queue_limit": 4}})
+    rng = np.random.default_rng(7)
+    conns, per_conn, width = 6, 60, 768
+    xs = [[rng.standard_normal((32, width)).astype(np.float32)
+           for _ in range(per_conn)] for _ in range(conns)]
+
+    async def flood(k):
+        async with connect(srv.url, max_size=None) as ws:
+            for i, x in enumerate(xs[k]):
+                header = {"jsonrpc": "2.0", "id": f"{k}-{i}",
+                          "method": "processEmbeddings",
+                          "params": {"embeddings": {
+                              "dtype": "float32", "shape": list(x.shape),
+                              "buffer": {"offset": 0, "length": x.nbytes}},
+                              "options": {"normalize": True}}}
+                await ws.send(binary_frame(header, x.tobytes()))
+            got = {}
+            for _ in xs[k]:
+                head, payload = split_binary(await ws.recv())
+                got[head["id"]] = decode_tensor(head["result"]["processed"],
+                                                payload)
+            return k, got
+
+    async def bystander():
+        # While the flood is queued: a small request still gets through.
+        await asyncio.sleep(0.05)
+        async with connect(srv.url) as ws:
+            t0 = asyncio.get_running_loop().time()
+            reply = await call(ws, "processEmbeddings", {
+                "embeddings": [[3.0, 4.0]], "options": {"normalize": True}})
+            assert np.allclose(result_of(reply)["processed"], [[0.6, 0.8]])
+            return asyncio.get_running_loop().time() - t0
+
+    async def go():
+        return await asyncio.gather(*[flood(k) for k in range(conns)],
+                                    bystander())
+
+    *floods, waited = asyncio.run(go())
+    assert waited < 10
+    for k, got in floods:
+        assert sorted(got) == sorted(f"{k}-{i}" for i in range(per_conn))
+        for i, x in enumerate(xs[k]):
+            assert rel_err(got[f"{k}-{i}"], normalize_ref(x)) < 1e-6
+    metrics = urllib.request.urlopen(
+        f"http://127.0.0.1:{srv.port}/metrics", timeout=10).read().decode()
+    pauses = [float(line.split()[1]) for line in metrics.splitlines()
+              if line.startswith("mnemo_read_pauses_total ")]
+    # 360 requests against a limit of 4: reading must have stopped.
+    assert pauses and pauses[0] > 0, metrics[:2000]
