@@ -123,6 +123,10 @@ static void usage(FILE *f) {
           "GPU 4 per\n"
           "                      core (32 to 64) (processing.workers)\n"
           "  --help              this text\n"
+          "  --help-config       every configuration key: type, default, "
+          "allowed\n"
+          "                      values, environment variable (also in "
+          "docs/config.md)\n"
           "  --version           version and exit\n"
           "\n"
           "Precedence: defaults < --config file < MNEMO_* environment "
@@ -234,6 +238,7 @@ int main(int argc, char **argv) {
       {"log-level", required_argument, NULL, 'l'},
       {"workers", required_argument, NULL, 'w'},
       {"help", no_argument, NULL, 'h'},
+      {"help-config", no_argument, NULL, 'K'},
       {"version", no_argument, NULL, 'V'},
       {NULL, 0, NULL, 0}};
   const char *config_path = NULL;
@@ -269,6 +274,16 @@ int main(int argc, char **argv) {
     case 'h':
       usage(stdout);
       return 0;
+    case 'K': {
+      char *ref = mn_config_keys_text();
+      if (!ref) {
+        fprintf(stderr, "mnemod: %s\n", mn_errmsg());
+        return 1;
+      }
+      fputs(ref, stdout);
+      free(ref);
+      return 0;
+    }
     case 'V':
       printf("mnemod %s (libwebsockets %s)\n", MNEMO_VERSION,
              LWS_LIBRARY_VERSION);

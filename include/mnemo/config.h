@@ -92,6 +92,17 @@ MN_API mn_status mn_config_set(mn_config *c, const char *key,
 /** Check cross-key consistency (port range, sizes, ...). */
 MN_API mn_status mn_config_validate(const mn_config *c);
 
+/**
+ * The reference of every key (name, type, default, allowed values,
+ * environment variable, what it does), drawn from the same table the
+ * loader uses: as plain text for `mnemod --help-config`, and as the
+ * Markdown of docs/config.md (tables plus an example file holding every
+ * default). malloc'd, to be freed; NULL when out of memory.
+ */
+MN_API char *mn_config_keys_text(void);
+/** As mn_config_keys_text, as docs/config.md. */
+MN_API char *mn_config_keys_markdown(void);
+
 #ifdef __cplusplus
 }
 #endif

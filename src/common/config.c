@@ -57,6 +57,7 @@ typedef struct key_desc {
   size_t cap;                 /* KT_LIST: bytes per item */
   int nonempty;               /* KT_STR: "" is refused */
   const char *note;           /* appended to range messages */
+  const char *help;           /* what the key does, for the reference */
 } key_desc;
 
 static const char *const precisions[] = {"float32", "float16", "bfloat16",
@@ -67,67 +68,141 @@ static const char *const log_levels[] = {"debug", "info", "warn",
                                          "error", "none", NULL};
 
 /* Row makers: .off and .size always come from the same field, so a key can
- * never be read or written with the wrong width. */
+ * never be read or written with the wrong width. The last argument says
+ * what the key does; `mnemod --help-config` and docs/config.md print it. */
 #define OFFS(f)                                                                \
   .off = offsetof(mn_config, f), .size = sizeof(((mn_config *)0)->f)
-#define BOOL_KEY(n, f)                                                         \
-  { .name = n, .type = KT_BOOL, OFFS(f) }
-#define INT_KEY(n, f, l, h, why)                                               \
-  { .name = n, .type = KT_INT, OFFS(f), .lo = l, .hi = h, .note = why }
-#define SIZE_KEY(n, f, l, why)                                                 \
-  { .name = n, .type = KT_SIZE, OFFS(f), .lo = l, .note = why }
-#define STR_KEY(n, f, ne)                                                      \
-  { .name = n, .type = KT_STR, OFFS(f), .nonempty = ne }
-#define ENUM_KEY(n, f, ch)                                                     \
-  { .name = n, .type = KT_ENUM, OFFS(f), .choices = ch }
-#define LIST_KEY(n, f, count, max)                                             \
+#define BOOL_KEY(n, f, h)                                                      \
+  { .name = n, .type = KT_BOOL, OFFS(f), .help = h }
+#define INT_KEY(n, f, l, u, why, h)                                            \
+  {                                                                            \
+    .name = n, .type = KT_INT, OFFS(f), .lo = l, .hi = u, .note = why,         \
+    .help = h                                                                  \
+  }
+#define SIZE_KEY(n, f, l, why, h)                                              \
+  { .name = n, .type = KT_SIZE, OFFS(f), .lo = l, .note = why, .help = h }
+#define STR_KEY(n, f, ne, h)                                                   \
+  { .name = n, .type = KT_STR, OFFS(f), .nonempty = ne, .help = h }
+#define ENUM_KEY(n, f, ch, h)                                                  \
+  { .name = n, .type = KT_ENUM, OFFS(f), .choices = ch, .help = h }
+#define LIST_KEY(n, f, count, max, h)                                          \
   {                                                                            \
     .name = n, .type = KT_LIST, OFFS(f),                                       \
     .count_off = offsetof(mn_config, count), .max_items = max,                 \
-    .cap = sizeof(((mn_config *)0)->f[0])                                      \
+    .cap = sizeof(((mn_config *)0)->f[0]), .help = h                           \
   }
 #define I32MAX INT32_MAX
 
 /* The order is the order of config.h; 0-means-something notes repeat what
  * config.h promises. */
 static const key_desc key_table[] = {
-    BOOL_KEY("gpu.enabled", gpu_enabled),
-    SIZE_KEY("gpu.memory_limit", gpu_memory_limit, 0, "0 means no limit"),
-    ENUM_KEY("gpu.precision", gpu_precision, precisions),
-    ENUM_KEY("gpu.device", gpu_device, devices),
+    BOOL_KEY("gpu.enabled", gpu_enabled,
+             "Use a GPU when one is found. false keeps gpu.device \"auto\" on "
+             "the CPU (and gpu.device \"cuda\" is then refused)."),
+    SIZE_KEY("gpu.memory_limit", gpu_memory_limit, 0, "0 means no limit",
+             "Device memory mnemo may use: the CUDA plugin's memory pool and "
+             "the store's GPU tier (L1)."),
+    ENUM_KEY("gpu.precision", gpu_precision, precisions,
+             "Arithmetic on the GPU. float32 keeps results float32-exact; "
+             "float16 and bfloat16 (treated alike) let the CUDA plugin use "
+             "faster reduced-precision products (TF32, float16) in PCA and "
+             "search. No effect on the CPU backend."),
+    ENUM_KEY("gpu.device", gpu_device, devices,
+             "Backend: auto loads the CUDA plugin when a usable GPU is there "
+             "and uses the CPU otherwise; cpu never loads it; cuda makes "
+             "start-up fail without a GPU."),
     INT_KEY("gpu.min_elements", gpu_min_elements, 0, I32MAX,
-            "values; 0 sends every job to the device"),
-    STR_KEY("gpu.plugin_dir", plugin_dir, 0),
-    INT_KEY("processing.batch_size", batch_size, 1, I32MAX, "rows"),
-    SIZE_KEY("processing.cache_size", cache_size, 0, NULL),
-    INT_KEY("processing.timeout", timeout_ms, 1, I32MAX, "milliseconds"),
+            "values; 0 sends every job to the device",
+            "A processEmbeddings job without PCA that has fewer values (rows "
+            "x columns) runs on the CPU even with a GPU backend: for small "
+            "jobs the PCIe round trip costs more than the work."),
+    STR_KEY("gpu.plugin_dir", plugin_dir, 0,
+            "Directory searched first for the CUDA plugin "
+            "(libmnemo-cuda.so); then come mnemod's own directory, ../lib "
+            "next to it and the directories in MNEMO_BACKEND_PATH."),
+    INT_KEY("processing.batch_size", batch_size, 1, I32MAX, "rows",
+            "Rows per backend call in processEmbeddings when the request "
+            "does not set options.batch_size."),
+    SIZE_KEY("processing.cache_size", cache_size, 0, NULL,
+             "Host memory budget: request buffers, working-memory chunks and "
+             "the store's host tier (L2). A request that would go over it "
+             "fails with -32000. 0 means no limit."),
+    INT_KEY("processing.timeout", timeout_ms, 1, I32MAX, "milliseconds",
+            "Deadline of one request, counted from its arrival; a request "
+            "still queued or running after it fails with a timeout error."),
     INT_KEY("processing.workers", workers, 0, 1024,
-            "0 means one per core (4 per core, 32 to 64, on a GPU)"),
+            "0 means one per core (4 per core, 32 to 64, on a GPU)",
+            "Worker threads; each runs one request at a time, start to "
+            "end."),
     INT_KEY("processing.batch_window_us", batch_window_us, 0, 1000000,
-            "microseconds"),
-    INT_KEY("processing.batch_max_rows", batch_max_rows, 1, I32MAX, "rows"),
+            "microseconds",
+            "Dynamic batching: how long a processEmbeddings job waits for "
+            "others to share one backend call. 0 turns batching off (so "
+            "does a single worker)."),
+    INT_KEY("processing.batch_max_rows", batch_max_rows, 1, I32MAX, "rows",
+            "Dynamic batching: the most rows merged into one backend call."),
     INT_KEY("processing.queue_limit", queue_limit, 0, I32MAX,
-            "requests; 0 means 4 per worker, at least 64"),
-    STR_KEY("server.host", host, 1),
-    INT_KEY("server.port", port, 0, 65535, "0 picks a free port"),
-    INT_KEY("server.max_connections", max_connections, 1, 1000000, NULL),
-    SIZE_KEY("server.max_message_size", max_message_size, 1024, NULL),
+            "requests; 0 means 4 per worker, at least 64",
+            "Requests queued or running over all connections before mnemod "
+            "stops reading new ones until the backlog drains (back "
+            "pressure)."),
+    STR_KEY("server.host", host, 1,
+            "Address to listen on; 0.0.0.0 listens on every IPv4 "
+            "interface."),
+    INT_KEY("server.port", port, 0, 65535, "0 picks a free port",
+            "TCP port for WebSocket (JSON-RPC / MCP) and HTTP (/health, "
+            "/ready, /metrics)."),
+    INT_KEY("server.max_connections", max_connections, 1, 1000000, NULL,
+            "WebSocket connections open at once; the next handshake is "
+            "refused with HTTP 503."),
+    SIZE_KEY("server.max_message_size", max_message_size, 1024, NULL,
+             "Largest incoming WebSocket message; a larger one closes the "
+             "connection with code 1009."),
     INT_KEY("server.rate_limit", rate_limit, 0, I32MAX,
-            "requests per minute per client, 0 turns it off"),
-    INT_KEY("server.max_json_depth", max_json_depth, 1, 2048, NULL),
-    INT_KEY("server.idle_timeout", idle_timeout_s, 1, I32MAX, "seconds"),
-    INT_KEY("server.drain_timeout", drain_timeout_ms, 1, I32MAX, "ms"),
+            "requests per minute per client, 0 turns it off",
+            "Requests per minute per connection; requests over it fail "
+            "with -32003 and say when to retry."),
+    INT_KEY("server.max_json_depth", max_json_depth, 1, 2048, NULL,
+            "Deepest nesting of arrays and objects accepted in a request."),
+    INT_KEY("server.idle_timeout", idle_timeout_s, 1, I32MAX, "seconds",
+            "A connection with nothing in flight and no traffic for this "
+            "long is closed."),
+    INT_KEY("server.drain_timeout", drain_timeout_ms, 1, I32MAX, "ms",
+            "On SIGINT / SIGTERM, how long requests in flight may take to "
+            "finish before mnemod closes the connections and exits."),
     LIST_KEY("server.auth_tokens", auth_tokens, n_auth_tokens,
-             MN_CONFIG_MAX_TOKENS),
+             MN_CONFIG_MAX_TOKENS,
+             "When not empty, a WebSocket client must send one of these "
+             "tokens (Authorization: Bearer TOKEN, or ?token=TOKEN) or is "
+             "refused with HTTP 401. Empty: no authentication."),
     LIST_KEY("server.allowed_origins", allowed_origins, n_allowed_origins,
-             MN_CONFIG_MAX_ORIGINS),
-    STR_KEY("server.tls_cert", tls_cert, 0),
-    STR_KEY("server.tls_key", tls_key, 0),
-    ENUM_KEY("server.log_level", log_level, log_levels),
-    STR_KEY("storage.data_dir", data_dir, 1),
-    SIZE_KEY("storage.disk_limit", disk_limit, 0, "0 means no limit"),
-    ENUM_KEY("storage.sync", sync, syncs),
-    INT_KEY("storage.chunk_ttl", chunk_ttl_s, 1, I32MAX, "seconds"),
+             MN_CONFIG_MAX_ORIGINS,
+             "When not empty, a WebSocket handshake whose Origin header is "
+             "not in the list (case-insensitive; \"*\" allows any) is refused "
+             "with HTTP 403. Clients that send no Origin are let in."),
+    STR_KEY("server.tls_cert", tls_cert, 0,
+            "PEM certificate for wss://, set together with server.tls_key. "
+            "mnemod does not serve TLS yet and refuses to start when it is "
+            "set; terminate TLS in a proxy in front of it."),
+    STR_KEY("server.tls_key", tls_key, 0,
+            "PEM private key that goes with server.tls_cert (not served "
+            "yet, as above)."),
+    ENUM_KEY("server.log_level", log_level, log_levels,
+             "Least severe level logged (JSON lines on stderr); none logs "
+             "nothing."),
+    STR_KEY("storage.data_dir", data_dir, 1,
+            "Directory of the store (LMDB) and saved PCA models; created "
+            "when missing."),
+    SIZE_KEY("storage.disk_limit", disk_limit, 0, "0 means no limit",
+             "Disk budget of the store (tier L3); a write that would go "
+             "over it fails."),
+    ENUM_KEY("storage.sync", sync, syncs,
+             "durable: a write returns only after its commit is flushed to "
+             "disk (fdatasync); none: no flush, faster, but a crash may "
+             "lose the latest writes."),
+    INT_KEY("storage.chunk_ttl", chunk_ttl_s, 1, I32MAX, "seconds",
+            "Working-memory chunks (allocateMemory) unused for this long "
+            "are freed."),
 };
 #define N_KEYS (sizeof key_table / sizeof key_table[0])
 
@@ -1084,4 +1159,341 @@ mn_status mn_config_validate(const mn_config *c) {
                          "set gpu.enabled to true, or gpu.device to \"cpu\" "
                          "or \"auto\"");
   return MN_OK;
+}
+
+/* ------------------------------------------------------------------------
+ * The reference: `mnemod --help-config` and docs/config.md, both drawn
+ * from key_table and the defaults above.
+ * ---------------------------------------------------------------------- */
+
+typedef struct sbuf {
+  char *p;
+  size_t n, cap;
+  int oom;
+} sbuf;
+
+static void sb_add(sbuf *b, const char *s, size_t n) {
+  if (b->oom)
+    return;
+  if (b->n + n + 1 > b->cap) {
+    size_t cap = b->cap ? b->cap : 4096;
+    while (b->n + n + 1 > cap)
+      cap *= 2;
+    char *np = realloc(b->p, cap);
+    if (!np) {
+      b->oom = 1;
+      return;
+    }
+    b->p = np;
+    b->cap = cap;
+  }
+  memcpy(b->p + b->n, s, n);
+  b->n += n;
+  b->p[b->n] = '\0';
+}
+
+static void sb_str(sbuf *b, const char *s) {
+  sb_add(b, s, strlen(s));
+}
+
+__attribute__((format(printf, 2, 3))) static void
+sb_printf(sbuf *b, const char *fmt, ...) {
+  char tmp[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
+  va_end(ap);
+  if (n > 0)
+    sb_add(b, tmp, MN__MIN((size_t)n, sizeof tmp - 1));
+}
+
+static char *sb_finish(sbuf *b, const char *what) {
+  if (b->oom || !b->p) {
+    free(b->p);
+    mn__set_error(MN_ERR_NOMEM, "config: out of memory writing the %s", what);
+    return NULL;
+  }
+  return b->p;
+}
+
+/* A size as the shortest exact text: 4000000000 is "4GB", 1024 "1KiB". */
+static void size_text(uint64_t v, char *buf, size_t len) {
+  static const struct {
+    const char *unit;
+    uint64_t mult;
+  } units[] = {{"EiB", 1ull << 60}, {"EB", 1000000000000000000ull},
+               {"PiB", 1ull << 50}, {"PB", 1000000000000000ull},
+               {"TiB", 1ull << 40}, {"TB", 1000000000000ull},
+               {"GiB", 1ull << 30}, {"GB", 1000000000ull},
+               {"MiB", 1ull << 20}, {"MB", 1000000ull},
+               {"KiB", 1024ull},    {"KB", 1000ull}};
+  for (size_t i = 0; v && i < sizeof units / sizeof units[0]; i++) {
+    if (v % units[i].mult == 0) {
+      snprintf(buf, len, "%llu%s", (unsigned long long)(v / units[i].mult),
+               units[i].unit);
+      return;
+    }
+  }
+  snprintf(buf, len, "%llu", (unsigned long long)v);
+}
+
+/* A key's value in c as JSON, the way a configuration file writes it. */
+static json_t *value_json(const mn_config *c, const key_desc *k) {
+  switch (k->type) {
+  case KT_BOOL:
+    return json_boolean(*(const int *)cfield(c, k));
+  case KT_INT:
+    return json_integer(get_int(c, k));
+  case KT_SIZE: {
+    uint64_t v = *(const uint64_t *)cfield(c, k);
+    if (v == 0)
+      return json_integer(0);
+    char t[48];
+    size_text(v, t, sizeof t);
+    return json_string(t);
+  }
+  case KT_STR:
+  case KT_ENUM:
+    return json_string(cfield(c, k));
+  case KT_LIST: {
+    json_t *a = json_array();
+    int n = *(const int *)((const char *)c + k->count_off);
+    for (int j = 0; a && j < n; j++)
+      json_array_append_new(
+          a, json_string((const char *)cfield(c, k) + (size_t)j * k->cap));
+    return a;
+  }
+  }
+  return NULL;
+}
+
+/* The default of a key as compact JSON ("4GB" in quotes, true, []). */
+static void default_text(const mn_config *d, const key_desc *k, char *buf,
+                         size_t len) {
+  json_t *v = value_json(d, k);
+  char *s = v ? json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT) : NULL;
+  snprintf(buf, len, "%s", s ? s : "?");
+  free(s);
+  json_decref(v);
+}
+
+static const char *type_name(const key_desc *k) {
+  switch (k->type) {
+  case KT_BOOL:
+    return "bool";
+  case KT_INT:
+    return "integer";
+  case KT_SIZE:
+    return "size";
+  case KT_STR:
+    return "string";
+  case KT_ENUM:
+    return "enum";
+  case KT_LIST:
+    return "string list";
+  }
+  return "?";
+}
+
+/* What a key accepts, short: "1 to 65535 (...)", "float32, float16". In
+ * Markdown (md) the choices are in backticks. */
+static void allowed_text(const key_desc *k, int md, char *buf, size_t len) {
+  const char *q = md ? "`" : "";
+  char note[160] = "";
+  if (k->note)
+    snprintf(note, sizeof note, " (%s)", k->note);
+  switch (k->type) {
+  case KT_BOOL:
+    snprintf(buf, len, "%strue%s or %sfalse%s", q, q, q, q);
+    break;
+  case KT_INT:
+    snprintf(buf, len, "%lld to %lld%s", (long long)k->lo, (long long)k->hi,
+             note);
+    break;
+  case KT_SIZE: {
+    char least[48];
+    size_text((uint64_t)k->lo, least, sizeof least);
+    snprintf(buf, len, "%s%s%s", k->lo ? "at least " : "any size",
+             k->lo ? least : "", note);
+    break;
+  }
+  case KT_STR:
+    snprintf(buf, len, "%sat most %zu bytes", k->nonempty ? "not empty, " : "",
+             k->size - 1);
+    break;
+  case KT_ENUM: {
+    size_t o = 0;
+    buf[0] = '\0';
+    for (int i = 0; k->choices[i] && o < len; i++)
+      o += (size_t)snprintf(buf + o, len - o, "%s%s%s%s", i ? ", " : "", q,
+                            k->choices[i], q);
+    break;
+  }
+  case KT_LIST:
+    snprintf(buf, len, "at most %d items of at most %zu bytes", k->max_items,
+             k->cap - 1);
+    break;
+  }
+}
+
+/* The words of s, from column `col` on (the caller wrote what comes
+ * before), wrapped at `width` with `indent` spaces before each further
+ * line. */
+static void sb_wrap(sbuf *b, const char *s, int col, int indent, int width) {
+  int first = 1;
+  while (*s) {
+    while (*s == ' ')
+      s++;
+    size_t w = strcspn(s, " ");
+    if (!w)
+      break;
+    if (!first && col + 1 + (int)w > width) {
+      sb_add(b, "\n", 1);
+      for (int i = 0; i < indent; i++)
+        sb_add(b, " ", 1);
+      col = indent;
+    } else if (!first) {
+      sb_add(b, " ", 1);
+      col++;
+    }
+    sb_add(b, s, w);
+    col += (int)w;
+    s += w;
+    first = 0;
+  }
+  sb_add(b, "\n", 1);
+}
+
+char *mn_config_keys_text(void) {
+  mn_config d;
+  mn_config_defaults(&d);
+  sbuf b = {0};
+  sb_str(&b,
+         "mnemod configuration keys (the same list is in docs/config.md).\n"
+         "\n"
+         "Set a key in the JSON file given with --config, as\n"
+         "{\"section\": {\"key\": value}}, or with its environment variable,\n"
+         "which takes text: booleans as true, false, 1, 0, yes or no, lists\n"
+         "as comma-separated items. Precedence: defaults < file <\n"
+         "environment < command-line flags. Sizes are a number of bytes or\n"
+         "a string such as \"20GB\" (powers of 1000) or \"512MiB\" (powers\n"
+         "of 1024). Defaults are shown as JSON.\n");
+  for (size_t i = 0; i < N_KEYS; i++) {
+    const key_desc *k = &key_table[i];
+    char def[160], allowed[256], env[KEY_NAME_MAX + 8];
+    default_text(&d, k, def, sizeof def);
+    allowed_text(k, 0, allowed, sizeof allowed);
+    env_name(k, env, sizeof env);
+    sb_printf(&b, "\n%s (%s, default %s)\n", k->name, type_name(k), def);
+    sb_printf(&b, "    env:     %s\n", env);
+    sb_str(&b, "    allowed: ");
+    sb_wrap(&b, allowed, 13, 13, 78);
+    sb_str(&b, "    ");
+    sb_wrap(&b, k->help, 4, 4, 78);
+  }
+  return sb_finish(&b, "configuration reference");
+}
+
+/* Text for a Markdown table cell: '|' escaped. */
+static void sb_cell(sbuf *b, const char *s) {
+  for (; *s; s++) {
+    if (*s == '|')
+      sb_str(b, "\\|");
+    else
+      sb_add(b, s, 1);
+  }
+}
+
+char *mn_config_keys_markdown(void) {
+  mn_config d;
+  mn_config_defaults(&d);
+  sbuf b = {0};
+  sb_str(&b,
+         "# Configuration\n"
+         "\n"
+         "<!-- Generated from the key table in src/common/config.c: edit "
+         "the table, then\n"
+         "     `cmake --build build --target config_docs`. test_config_doc "
+         "fails when this\n"
+         "     file is out of date. -->\n"
+         "\n"
+         "`mnemod --config FILE` reads a JSON file of the keys below, "
+         "written\n"
+         "`{\"section\": {\"key\": value}}` (or flat, `{\"section.key\": "
+         "value}`).\n"
+         "A key that is not in this list, a wrong type or a value out of "
+         "range\n"
+         "stops mnemod at start-up with a message naming the key.\n"
+         "\n"
+         "Precedence, lowest first: built-in defaults, the file, `MNEMO_*`\n"
+         "environment variables, command-line flags (`mnemod --help`). A "
+         "key's\n"
+         "environment variable is `MNEMO_` plus its name upper-cased with "
+         "`.`\n"
+         "turned into `_`; it takes text: booleans as `true`, `false`, "
+         "`1`,\n"
+         "`0`, `yes` or `no`, lists as comma-separated items.\n"
+         "\n"
+         "Sizes are a number of bytes or a string such as `\"20GB\"` (GB, "
+         "MB, KB,\n"
+         "TB are powers of 1000) or `\"512MiB\"` (GiB, MiB, KiB, TiB: "
+         "powers of\n"
+         "1024). Defaults are written as in the file.\n"
+         "\n"
+         "`mnemod --help-config` prints the same reference.\n");
+  for (int si = 0; sections[si]; si++) {
+    sb_printf(&b,
+              "\n## %s\n\n"
+              "| Key | Type | Default | Allowed | Environment variable | "
+              "What it does |\n"
+              "|---|---|---|---|---|---|\n",
+              sections[si]);
+    size_t sl = strlen(sections[si]);
+    for (size_t i = 0; i < N_KEYS; i++) {
+      const key_desc *k = &key_table[i];
+      if (strncmp(k->name, sections[si], sl) != 0 || k->name[sl] != '.')
+        continue;
+      char def[160], allowed[256], env[KEY_NAME_MAX + 8];
+      default_text(&d, k, def, sizeof def);
+      allowed_text(k, 1, allowed, sizeof allowed);
+      env_name(k, env, sizeof env);
+      sb_printf(&b, "| `%s` | %s | `", k->name, type_name(k));
+      sb_cell(&b, def);
+      sb_str(&b, "` | ");
+      sb_cell(&b, allowed);
+      sb_printf(&b, " | `%s` | ", env);
+      sb_cell(&b, k->help);
+      sb_str(&b, " |\n");
+    }
+  }
+
+  /* Every key at its default, in the layout of the file. */
+  json_t *root = json_object();
+  for (int si = 0; root && sections[si]; si++) {
+    json_t *sect = json_object();
+    size_t sl = strlen(sections[si]);
+    for (size_t i = 0; sect && i < N_KEYS; i++) {
+      const key_desc *k = &key_table[i];
+      if (strncmp(k->name, sections[si], sl) == 0 && k->name[sl] == '.')
+        json_object_set_new(sect, k->name + sl + 1, value_json(&d, k));
+    }
+    json_object_set_new(root, sections[si], sect);
+  }
+  char *example =
+      root ? json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER) : NULL;
+  json_decref(root);
+  if (!example)
+    b.oom = 1;
+  sb_str(&b, "\n## Example file\n"
+             "\n"
+             "Every key at its default; paste it, keep the keys you change "
+             "and\n"
+             "delete the rest.\n"
+             "\n"
+             "```json\n");
+  if (example)
+    sb_str(&b, example);
+  sb_str(&b, "\n```\n");
+  free(example);
+  return sb_finish(&b, "configuration reference");
 }

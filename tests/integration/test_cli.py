@@ -26,6 +26,34 @@ def test_help_lists_every_flag():
         assert flag in r.stdout, flag
 
 
+def header_keys():
+    """The dotted keys include/mnemo/config.h documents, read from its text."""
+    import re
+    root = os.path.join(os.path.dirname(__file__), "..", "..")
+    with open(os.path.join(root, "include", "mnemo", "config.h")) as f:
+        text = f.read()
+    return sorted(set(re.findall(
+        r"(?<![\w.])((?:gpu|processing|server|storage)\.[a-z0-9_]+)", text)))
+
+
+def test_help_config_lists_every_key():
+    assert "--help-config" in run(["--help"]).stdout
+    r = run(["--help-config"])
+    assert r.returncode == 0
+    keys = header_keys()
+    assert len(keys) >= 30
+    for key in keys:
+        env = "MNEMO_" + key.upper().replace(".", "_")
+        block = r.stdout.split("\n" + key + " (", 1)
+        assert len(block) == 2, key
+        entry = block[1].split("\n\n", 1)[0]
+        assert "default " in entry.splitlines()[0], key
+        assert "env:     " + env in entry, key
+        assert "allowed: " in entry, key
+    # Exactly those keys, no others.
+    assert r.stdout.count("\n    env:     MNEMO_") == len(keys)
+
+
 def test_version():
     r = run(["--version"])
     assert r.returncode == 0
