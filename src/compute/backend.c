@@ -224,7 +224,12 @@ static mn_status try_plugin(const char *path, const mn_backend_opts *opts,
     return MN_ERR_NOT_FOUND;
   *found_any = 1;
   mn_status s = mn_backend_open_plugin(path, opts, out);
-  if (s != MN_OK)
+  /* No usable GPU (the plugin's score is 0) is the normal case on a CPU
+   * machine, not something to warn about; a plugin that fails to load or
+   * start is. */
+  if (s == MN_ERR_UNSUPPORTED)
+    MN__LOGI(MOD, "CUDA plugin %s not used: %s", path, mn_errmsg());
+  else if (s != MN_OK)
     MN__LOGW(MOD, "CUDA plugin %s not used: %s", path, mn_errmsg());
   return s;
 }
