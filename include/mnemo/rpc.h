@@ -50,7 +50,9 @@ typedef struct mn_rpc_opts {
  * Create the engine: loads persisted PCA models from
  * <data_dir>/pca/. When `backend` is not the CPU backend, the engine opens
  * a CPU backend of its own beside it: jobs that fail with
- * MN_ERR_DEVICE_OOM run again there (counted as cpu_fallbacks). With
+ * MN_ERR_DEVICE_OOM run again there (counted as cpu_fallbacks; a
+ * searchMemories that runs out of device memory is finished by the store
+ * on its own CPU backend and counted the same way). With
  * processing.batch_window_us > 0 small compatible processEmbeddings jobs
  * are batched (docs/design.md). MN_ERR_IO when the data directory is
  * unusable.

@@ -18,6 +18,10 @@
  * LMDB always holds every memory, so moving a chunk down never loses one.
  * Least-recently-used chunks move down when a tier's budget would be
  * crossed and come back up when a search uses them and there is room.
+ * Device out of memory is not an error: a search finishes on the CPU
+ * (mn_search_result_cpu_fallback says so) with the same results, and L1
+ * gets a lower ceiling (mn_store_stats.l1_cap) so that the device's own
+ * work has room again.
  *
  * Pressure (the seed's states) is read from L2 usage against its budget:
  * normal below 60 %, high_load from 60 % to 80 %, recovery above 80 %. In
@@ -404,6 +408,14 @@ MN_API const mn_search_hit *mn_search_result_hits(const mn_search_result *r,
                                                   int64_t q, int64_t *n);
 /** The embedding width of included embeddings. */
 MN_API int64_t mn_search_result_width(const mn_search_result *r);
+/**
+ * NULL when the search ran where its chunks live. Otherwise the device ran
+ * out of memory during it, and what was left of it (every chunk from then
+ * on, device-resident ones read back from LMDB) ran on the CPU: the
+ * device's message. The results are the same either way. Borrowed, valid
+ * until mn_search_result_free().
+ */
+MN_API const char *mn_search_result_cpu_fallback(const mn_search_result *r);
 MN_API void mn_search_result_free(mn_search_result *r);
 
 /**
@@ -413,7 +425,9 @@ MN_API void mn_search_result_free(mn_search_result *r);
  *         1..4096, dim not the collection's, NaN or Inf in a query, a
  *         metadata filter that is not an object of scalars, a negative
  *         decay or weight, since after until); MN_ERR_IO; MN_ERR_NOMEM;
- *         what the backend returns (MN_ERR_DEVICE...).
+ *         what the backend returns (MN_ERR_DEVICE...), except
+ *         MN_ERR_DEVICE_OOM, after which the search goes on on the CPU
+ *         (mn_search_result_cpu_fallback).
  */
 MN_API mn_status mn_store_search(mn_store *s, const char *coll,
                                  const mn_search_params *p,
@@ -528,6 +542,9 @@ typedef struct mn_store_stats {
   uint64_t map_size; /* current LMDB map size */
   int64_t map_grows; /* times the map grew */
   int64_t promotions, demotions;
+  uint64_t l1_cap; /* UINT64_MAX; after device out of memory, the most
+                      bytes L1 chunks may take from then on (besides
+                      budget[MN_TIER_DEVICE]; it only goes down) */
   int64_t stale_readers_cleared; /* at open */
   int warming;    /* 1 while chunks are still being read into memory after
                      open (searches are exact meanwhile, reading from disk

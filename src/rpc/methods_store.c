@@ -624,6 +624,15 @@ int mn__h_search_memories(mn__call *c, const mn__jv *p, mn__jw *w) {
   if (s != MN_OK)
     return sfail(c, s);
   double ms = (double)(mn_time_ns() - t0) * 1e-6;
+  /* Device out of memory: the store finished the search on the CPU, with
+   * the same results; logged and counted as the engine's own retries. */
+  const char *fb = mn_search_result_cpu_fallback(res);
+  if (fb) {
+    char what[200];
+    snprintf(what, sizeof what, "a searchMemories of %lld quer%s in '%s'",
+             (long long)sp.n_queries, sp.n_queries == 1 ? "y" : "ies", coll);
+    mn__rpc_note_fallback(c->r, what, fb);
+  }
   mn__jw_obj(w);
   mn__jw_key(w, "results");
   mn__jw_arr(w);
@@ -661,6 +670,8 @@ int mn__h_search_memories(mn__call *c, const mn__jv *p, mn__jw *w) {
   mn__jw_kdouble(w, "search_time", floor(ms * 1000) / 1000);
   mn__jw_kint(w, "queries", mn_search_result_queries(res));
   mn__jw_kint(w, "k", sp.k);
+  if (fb)
+    mn__jw_kbool(w, "cpu_fallback", 1);
   mn__jw_obj_end(w);
   mn__jw_obj_end(w);
   mn_search_result_free(res);
@@ -871,6 +882,8 @@ void mn__write_store_status(mn_rpc *r, mn__jw *w) {
   mn__jw_kint(w, "map_grows", st.map_grows);
   mn__jw_kint(w, "promotions", st.promotions);
   mn__jw_kint(w, "demotions", st.demotions);
+  if (st.l1_cap != UINT64_MAX) /* device out of memory lowered it */
+    mn__jw_kint(w, "l1_cap", (int64_t)st.l1_cap);
   mn__jw_obj_end(w);
 }
 

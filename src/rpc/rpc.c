@@ -125,15 +125,17 @@ int mn__check_deadline(mn__call *c) {
 /* ------------------------------------------------------------------------
  * Compute with a CPU fallback
  * ---------------------------------------------------------------------- */
-/* A device out of memory: say so once per job, with the device's words,
- * and count it. */
-static void note_fallback(mn_rpc *r, const char *what) {
+void mn__rpc_note_fallback(mn_rpc *r, const char *what, const char *why) {
   MN__LOGW(MOD,
            "%s ran out of device memory on %s (%s); running it on the CPU "
            "instead",
-           what, mn_backend_device(r->backend), mn_errmsg());
+           what, mn_backend_device(r->backend), why ? why : mn_errmsg());
   if (r->metrics)
     mn_metrics_count(r->metrics, "cpu_fallbacks", 1);
+}
+
+static void note_fallback(mn_rpc *r, const char *what) {
+  mn__rpc_note_fallback(r, what, NULL);
 }
 
 mn_status mn__rpc_pipeline(void *rpc, const mn_tensor *in,

@@ -366,6 +366,12 @@ mn_status mn__rpc_pipeline(void *rpc, const mn_tensor *in,
  *  retry. */
 mn_status mn__rpc_pca_fit(mn_rpc *r, const mn_tensor *x, int64_t k,
                           mn_pca_model **out, unsigned *flags);
+/** A job that ran out of device memory and was done on the CPU: logged (a
+ *  warning naming `what`, the device and `why`, the device's message;
+ *  NULL: mn_errmsg()) and counted (cpu_fallbacks). The store's searches
+ *  fall back by themselves (mn_search_result_cpu_fallback); their handler
+ *  reports it here. */
+void mn__rpc_note_fallback(mn_rpc *r, const char *what, const char *why);
 
 /** Validate `v` against a schema; on failure -32602 naming the path. */
 int mn__schema_check(mn__call *c, const mn__jv *schema, const mn__jv *v,

@@ -407,6 +407,7 @@ mn_status mn_store_open(const mn_store_opts *opts, mn_store **out) {
   s->l1_enabled = mn_backend_device_kind(s->backend) == MN_DEVICE_GPU;
   s->budget[MN_TIER_HOST] = opts->l2_budget;
   s->budget[MN_TIER_DISK] = opts->l3_budget;
+  s->l1_cap = UINT64_MAX;
   if (s->l1_enabled) {
     uint64_t fr = 0, tot = 0;
     s->budget[MN_TIER_DEVICE] = opts->l1_budget;
@@ -649,6 +650,7 @@ void mn_store_get_stats(mn_store *s, mn_store_stats *st) {
     st->chunks[t] = s->tier_chunks[t];
   }
   st->pressure = mn__st_pressure_locked(s);
+  st->l1_cap = s->l1_cap;
   st->promotions = s->promotions;
   st->demotions = s->demotions;
   pthread_mutex_unlock(&s->tier_mu);

@@ -18,6 +18,21 @@
  * would only move the scan's own misses around (the classic LRU-on-a-scan
  * thrash), so a collection larger than a tier keeps a stable resident
  * part and reads the rest from below.
+ *
+ * Device out of memory lowers L1's ceiling (s->l1_cap) rather than
+ * turning L1 off: the chunks are the only device memory the store can
+ * give back, and what it gives back is what the device's work (a search's
+ * queries and scores, the backend's workspace, other requests) lacked,
+ * while a device that was short once keeps most of its chunks. A chunk
+ * allocation that fails caps L1 at what it holds then (it grows no
+ * further; a newer chunk may still take an older one's place). A search
+ * that fails for lack of device memory (store_search.c finishes it on the
+ * CPU) caps L1 at three quarters of what it holds and moves the least
+ * recently used chunks down to fit (pinned ones when released), so a
+ * device that stays short converges to the L1 size it can afford, and
+ * the chunks moved down are read from L2 directly by the searches that
+ * still fall back. The ceiling only ever goes down: it holds until the
+ * store is reopened.
  */
 #include "store/store_internal.h"
 
@@ -229,7 +244,10 @@ static uint64_t chunk_limit(const mn_store *s, int tier) {
     return s->budget[MN_TIER_HOST] ? (uint64_t)(MN_PRESSURE_RECOVERY_FRAC *
                                                 (double)s->budget[MN_TIER_HOST])
                                    : UINT64_MAX;
-  return s->budget[tier] ? s->budget[tier] : UINT64_MAX;
+  uint64_t b = s->budget[tier] ? s->budget[tier] : UINT64_MAX;
+  if (tier == MN_TIER_DEVICE && s->l1_cap < b)
+    b = s->l1_cap;
+  return b;
 }
 
 static uint64_t chunk_tier_bytes(const st_chunk *ch, int tier) {
@@ -326,7 +344,18 @@ static int to_device(mn_store *s, st_chunk *ch, const void *codes,
   if (!make_room(s, MN_TIER_DEVICE, b, chunk_limit(s, MN_TIER_DEVICE), pr))
     return 0;
   void *d = NULL;
-  if (mn_backend_alloc(s->backend, (size_t)b, &d) != MN_OK) {
+  mn_status as = mn_backend_alloc(s->backend, (size_t)b, &d);
+  if (as == MN_ERR_DEVICE_OOM && s->used[MN_TIER_DEVICE] < s->l1_cap) {
+    /* The device is full at what L1 holds now: L1 grows no further. */
+    s->l1_cap = s->used[MN_TIER_DEVICE];
+    MN__LOGW(ST_MOD,
+             "device out of memory for a chunk of %llu bytes (%s); it stays "
+             "in host memory, and L1 chunks are limited to the %llu bytes "
+             "they hold now",
+             (unsigned long long)b, mn_errmsg(), (unsigned long long)s->l1_cap);
+    return 0;
+  }
+  if (as != MN_OK) {
     MN__LOGW(ST_MOD,
              "device allocation of %llu bytes failed (%s); chunk "
              "stays in host memory",
@@ -603,7 +632,7 @@ mn_status mn__st_chunk_load_rows(mn_store *s, st_chunk *ch, int32_t n,
 }
 
 mn_status mn__st_chunk_acquire(mn_store *s, st_chunk *ch, uint64_t op_tick,
-                               int32_t n, void **scratch,
+                               int32_t n, int promote, void **scratch,
                                const void **codes_host, const void **dev) {
   st_protect pr = {op_tick, ch->coll};
   *scratch = NULL;
@@ -611,7 +640,7 @@ mn_status mn__st_chunk_acquire(mn_store *s, st_chunk *ch, uint64_t op_tick,
   *dev = NULL;
   pthread_mutex_lock(&s->tier_mu);
   lru_touch(s, ch, op_tick);
-  if (ch->tier == MN_TIER_HOST && s->l1_enabled && ch->pins == 0) {
+  if (promote && ch->tier == MN_TIER_HOST && s->l1_enabled && ch->pins == 0) {
     /* Come back up to the device on use when there is room. */
     void *host = ch->host;
     int t = ch->tier;
@@ -678,7 +707,37 @@ void mn__st_chunk_release(mn_store *s, st_chunk *ch, void *scratch) {
   }
   pthread_mutex_lock(&s->tier_mu);
   ch->pins--;
+  /* Over the L1 ceiling that device out of memory set while it was read
+   * (mn__st_l1_oom): down it goes now. */
+  if (ch->pins == 0 && ch->tier == MN_TIER_DEVICE &&
+      s->used[MN_TIER_DEVICE] > chunk_limit(s, MN_TIER_DEVICE))
+    demote(s, ch, &no_protect);
   pthread_mutex_unlock(&s->tier_mu);
+}
+
+void mn__st_l1_oom(mn_store *s) {
+  pthread_mutex_lock(&s->tier_mu);
+  uint64_t held = s->used[MN_TIER_DEVICE];
+  uint64_t cap = held - held / 4;
+  if (cap < s->l1_cap)
+    s->l1_cap = cap;
+  int64_t moved = 0;
+  for (st_chunk *v = s->lru_tail[MN_TIER_DEVICE];
+       v && s->used[MN_TIER_DEVICE] > s->l1_cap;) {
+    st_chunk *prev = v->lru_prev; /* demote touches only L1's v and L2 */
+    if (v->pins == 0) {
+      demote(s, v, &no_protect);
+      moved++;
+    }
+    v = prev;
+  }
+  cap = s->l1_cap;
+  pthread_mutex_unlock(&s->tier_mu);
+  MN__LOGW(ST_MOD,
+           "out of device memory during a search: L1 chunks are limited to "
+           "%llu bytes from now on (they held %llu); %lld chunk(s) moved "
+           "down now, those being read follow when released",
+           (unsigned long long)cap, (unsigned long long)held, (long long)moved);
 }
 
 /* Free a chunk that no one can reach any more (collection freed). */

@@ -366,6 +366,8 @@ struct mn_store {
   st_chunk *lru_head[MN_TIER_COUNT], *lru_tail[MN_TIER_COUNT];
   uint64_t used[MN_TIER_COUNT]; /* L1 / L2 chunk bytes (L2 also working) */
   uint64_t budget[MN_TIER_COUNT];
+  uint64_t l1_cap; /* UINT64_MAX, or the ceiling device out of memory has
+                      put on L1 chunks (store_chunk.c, mn__st_l1_oom) */
   int64_t tier_chunks[MN_TIER_COUNT];
   atomic_uint_fast64_t tick;
   int64_t promotions, demotions;
@@ -453,9 +455,10 @@ mn_status mn__st_chunk_append(mn_store *s, st_chunk *ch, int32_t at,
                               const void *codes, int32_t n);
 int mn__st_chunk_find(const st_coll *c, uint64_t seq, int32_t *row);
 mn_status mn__st_chunk_acquire(mn_store *s, st_chunk *ch, uint64_t op_tick,
-                               int32_t n, void **scratch,
+                               int32_t n, int promote, void **scratch,
                                const void **codes_host, const void **dev);
 void mn__st_chunk_release(mn_store *s, st_chunk *ch, void *scratch);
+void mn__st_l1_oom(mn_store *s);
 uint64_t mn__st_dev_scale_off(const st_chunk *ch);
 mn_status mn__st_chunk_load_rows(mn_store *s, st_chunk *ch, int32_t n,
                                  void *dst);

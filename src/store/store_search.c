@@ -17,6 +17,17 @@
  * rows of every chunk are stable; chunks are scanned in parallel (OpenMP,
  * one heap per thread and query, merged at the end); each chunk is pinned
  * while read. Ties order by insertion (older first).
+ *
+ * Device out of memory (the queries' or the scores' device buffers, or a
+ * chunk's similarity / search on the device) is not an error: from then
+ * on the search runs on the CPU backend, the same code that scans host
+ * and disk chunks. A device-resident chunk is then read back from LMDB
+ * as a disk chunk is (nothing more is asked of the device), and what was
+ * already merged from device chunks stays: a failed backend call leaves
+ * the heaps as they were, and both backends score alike (within float
+ * rounding). Chunks are not promoted for the rest of that search, the
+ * result says it fell back (mn_search_result_cpu_fallback), and L1 makes
+ * room (store_chunk.c, mn__st_l1_oom).
  */
 #include "store/store_internal.h"
 
@@ -100,7 +111,8 @@ struct mn_search_result {
   int64_t width;
   int64_t *counts;
   mn_search_hit **hits;
-  uint64_t **seqs; /* the hits' row sequence numbers (for reinforcement) */
+  uint64_t **seqs;    /* the hits' row sequence numbers (for reinforcement) */
+  char *cpu_fallback; /* the device's message, or NULL */
   st_arena arena;
 };
 
@@ -124,9 +136,14 @@ int64_t mn_search_result_width(const mn_search_result *r) {
   return r ? r->width : 0;
 }
 
+const char *mn_search_result_cpu_fallback(const mn_search_result *r) {
+  return r ? r->cpu_fallback : NULL;
+}
+
 void mn_search_result_free(mn_search_result *r) {
   if (!r)
     return;
+  free(r->cpu_fallback);
   free(r->counts);
   free(r->hits);
   free(r->seqs);
@@ -216,11 +233,14 @@ typedef struct st_ctx {
   uint32_t chat;
   double now;
   uint64_t tick;
-  int64_t cap;     /* candidates kept per query: k, or more when a
-                      metadata filter is applied afterwards */
-  json_t *filter;  /* metadata filter */
-  int meta_inline; /* evaluate the metadata filter during the scan */
-  int empty;       /* nothing can match (unknown chat) */
+  int64_t cap;       /* candidates kept per query: k, or more when a
+                        metadata filter is applied afterwards */
+  json_t *filter;    /* metadata filter */
+  int meta_inline;   /* evaluate the metadata filter during the scan */
+  int empty;         /* nothing can match (unknown chat) */
+  atomic_int oom;    /* the device ran out of memory: on the CPU from now */
+  char oom_msg[512]; /* the device's message (written once, by whoever
+                        set oom; read after the scan) */
 } st_ctx;
 
 typedef struct st_tstate {
@@ -232,6 +252,16 @@ typedef struct st_tstate {
   int64_t *fids;  /* nq x cap */
   void *dsims;    /* nq x cap on the device */
 } st_tstate;
+
+/* The device ran out of memory (mn_errmsg() says how): the rest of the
+ * search runs on the CPU. The first thread to see it keeps the message and
+ * has L1 make room. */
+static void device_oom(st_ctx *x) {
+  if (atomic_exchange(&x->oom, 1))
+    return;
+  snprintf(x->oom_msg, sizeof x->oom_msg, "%s", mn_errmsg());
+  mn__st_l1_oom(x->s);
+}
 
 static double to_similarity(mn_metric m, float v) {
   if (m == MN_METRIC_L2)
@@ -285,30 +315,18 @@ static int64_t row_mask(st_ctx *x, st_tstate *t, st_chunk *ch, int32_t n,
   return pass;
 }
 
-static mn_status scan_chunk(st_ctx *x, st_tstate *t, st_chunk *ch) {
+/* Score a pinned chunk's first n rows (codes on the device with on_dev,
+ * else on the host) into the thread's heaps. A failing backend call
+ * leaves the heaps as they were. */
+static mn_status scan_codes(st_ctx *x, st_tstate *t, st_chunk *ch, int32_t n,
+                            int32_t live, const void *codes, int on_dev) {
   mn_store *s = x->s;
   st_coll *c = x->c;
   const mn_search_params *p = x->p;
-  /* `live` before `n`: a racing append can only make dead rows look more
-   * numerous (store_internal.h, DESIGN), never fewer. */
-  const int32_t live = st_chunk_live(ch);
-  const int32_t n = st_chunk_n(ch);
-  if (live == 0)
-    return MN_OK;
-  mn_status st = MN_OK;
-  if (!x->fast) {
-    /* A chunk none of whose rows can match is not read at all. */
-    if (row_mask(x, t, ch, n, &st) == 0)
-      return st;
-  }
-  void *scratch;
-  const void *host, *dev;
-  MN__TRY(mn__st_chunk_acquire(s, ch, x->tick, n, &scratch, &host, &dev));
   mn_vecblock db;
   memset(&db, 0, sizeof db);
-  int on_dev = dev != NULL;
   mn_backend *b = on_dev ? s->backend : s->cpu;
-  db.codes.data = on_dev ? (void *)dev : (void *)host;
+  db.codes.data = (void *)codes;
   db.codes.dtype = c->dtype;
   db.codes.rows = n;
   db.codes.cols = c->width;
@@ -316,7 +334,7 @@ static mn_status scan_chunk(st_ctx *x, st_tstate *t, st_chunk *ch) {
   db.codes.device = on_dev ? MN_DEVICE_GPU : MN_DEVICE_HOST;
   if (c->dtype == MN_DTYPE_I8)
     db.scales =
-        on_dev ? (const float *)((const char *)dev + mn__st_dev_scale_off(ch))
+        on_dev ? (const float *)((const char *)codes + mn__st_dev_scale_off(ch))
                : ch->scale;
   if (!on_dev && c->dtype != MN_DTYPE_BIN)
     db.norms = ch->norm;
@@ -327,6 +345,7 @@ static mn_status scan_chunk(st_ctx *x, st_tstate *t, st_chunk *ch) {
   } else {
     q = mn_tensor_host((void *)x->q_host, MN_DTYPE_F32, x->nq, c->width);
   }
+  mn_status st = MN_OK;
   const int has_min = p->has_min_similarity;
   const double minsim = p->min_similarity;
   if (x->fast) {
@@ -382,6 +401,49 @@ static mn_status scan_chunk(st_ctx *x, st_tstate *t, st_chunk *ch) {
       }
     }
   }
+  return st;
+}
+
+static mn_status scan_chunk(st_ctx *x, st_tstate *t, st_chunk *ch) {
+  mn_store *s = x->s;
+  st_coll *c = x->c;
+  /* `live` before `n`: a racing append can only make dead rows look more
+   * numerous (store_internal.h, DESIGN), never fewer. */
+  const int32_t live = st_chunk_live(ch);
+  const int32_t n = st_chunk_n(ch);
+  if (live == 0)
+    return MN_OK;
+  mn_status st = MN_OK;
+  if (!x->fast) {
+    /* A chunk none of whose rows can match is not read at all. */
+    if (row_mask(x, t, ch, n, &st) == 0)
+      return st;
+  }
+  /* After device out of memory: no promotion, and the CPU reads. */
+  int cpu = atomic_load(&x->oom);
+  void *scratch, *copy = NULL;
+  const void *host, *dev;
+  MN__TRY(mn__st_chunk_acquire(s, ch, x->tick, n, !cpu, &scratch, &host, &dev));
+  if (dev && !cpu && x->q_dev && (x->fast || t->dsims)) {
+    st = scan_codes(x, t, ch, n, live, dev, 1);
+    if (st != MN_ERR_DEVICE_OOM) {
+      mn__st_chunk_release(s, ch, scratch);
+      return st;
+    }
+    device_oom(x);
+    st = MN_OK;
+  }
+  if (!host) {
+    /* A device chunk read on the host: its rows from LMDB, as for a
+     * chunk on disk. */
+    copy = mn_malloc((size_t)n * (size_t)c->row_bytes);
+    st = copy ? mn__st_chunk_load_rows(s, ch, n, copy)
+              : mn__set_error(MN_ERR_NOMEM, "out of memory reading a chunk");
+    host = copy;
+  }
+  if (st == MN_OK)
+    st = scan_codes(x, t, ch, n, live, host, 0);
+  mn_free(copy);
   mn__st_chunk_release(s, ch, scratch);
   return st;
 }
@@ -425,9 +487,16 @@ static mn_status tstate_init(st_ctx *x, st_tstate *t) {
     t->sims = malloc(sizeof(float) * cap * nq);
     if (!t->sims)
       return mn__set_error(MN_ERR_NOMEM, "out of memory");
-    if (x->q_dev)
-      MN__TRY(
-          mn_backend_alloc(x->s->backend, sizeof(float) * cap * nq, &t->dsims));
+    if (x->q_dev && !atomic_load(&x->oom)) {
+      mn_status st =
+          mn_backend_alloc(x->s->backend, sizeof(float) * cap * nq, &t->dsims);
+      if (st != MN_OK)
+        t->dsims = NULL;
+      if (st == MN_ERR_DEVICE_OOM)
+        device_oom(x); /* this thread's device chunks: on the host */
+      else if (st != MN_OK)
+        return st;
+    }
   }
   return MN_OK;
 }
@@ -689,6 +758,7 @@ mn_status mn_store_search(mn_store *s, const char *coll,
   }
   st_ctx x;
   memset(&x, 0, sizeof x);
+  atomic_init(&x.oom, 0);
   x.s = s;
   x.c = c;
   x.p = p;
@@ -713,8 +783,18 @@ mn_status mn_store_search(mn_store *s, const char *coll,
   if (st == MN_OK && s->l1_enabled) {
     size_t qb = sizeof(float) * (size_t)(x.nq * c->width);
     st = mn_backend_alloc(s->backend, qb, &x.q_dev);
-    if (st == MN_OK)
+    if (st != MN_OK)
+      x.q_dev = NULL;
+    else
       st = mn_backend_upload(s->backend, x.q_dev, qproc, qb);
+    if (st == MN_ERR_DEVICE_OOM) {
+      /* No room for the queries: the whole search runs on the CPU. */
+      device_oom(&x);
+      if (x.q_dev)
+        mn_backend_free(s->backend, x.q_dev);
+      x.q_dev = NULL;
+      st = MN_OK;
+    }
   }
 
   pthread_rwlock_rdlock(&c->lock);
@@ -791,6 +871,10 @@ mn_status mn_store_search(mn_store *s, const char *coll,
   free(qbuf);
   json_decref(filter);
   mn__st_coll_unref(c);
+  if (st == MN_OK && atomic_load(&x.oom) &&
+      !(res->cpu_fallback =
+            strdup(x.oom_msg[0] ? x.oom_msg : "device out of memory")))
+    st = mn__set_error(MN_ERR_NOMEM, "out of memory");
   if (st != MN_OK) {
     mn_search_result_free(res);
     return st;

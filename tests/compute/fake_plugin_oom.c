@@ -4,7 +4,7 @@
  * memory behind the scenes, so the pipeline's upload / download path runs),
  * normalize works on up to FAKE_OOM_ROWS rows and fails with
  * MN_ERR_DEVICE_OOM above that, and every other op (quantize, PCA fit and
- * transform, affine training, search) always fails with
+ * transform, affine training, similarity, search) always fails with
  * MN_ERR_DEVICE_OOM, as a CUDA backend does when its memory pool cannot
  * grow. The engine must retry those jobs on the CPU and keep serving.
  */
@@ -109,6 +109,13 @@ static mn_status fake_quantize(mn_backend *b, const mn_tensor *x,
   return oom("quantize", x->rows, x->cols);
 }
 
+static mn_status fake_similarity(mn_backend *b, const mn_tensor *q,
+                                 const mn_vecblock *db, mn_metric metric,
+                                 mn_tensor *out) {
+  (void)b, (void)metric, (void)out;
+  return oom("similarity", q->rows, db->codes.rows);
+}
+
 static mn_status fake_search(mn_backend *b, const mn_tensor *q,
                              const mn_vecblock *db, mn_metric metric, int64_t k,
                              int64_t id_base, float *scores, int64_t *ids) {
@@ -131,6 +138,7 @@ static const mn_backend_iface fake_iface = {
     .pca_transform = fake_pca_transform,
     .affine_train = fake_affine_train,
     .quantize = fake_quantize,
+    .similarity = fake_similarity,
     .search = fake_search,
 };
 

@@ -11,7 +11,10 @@
  *  - stale reader slots of a killed process cleared at open;
  *  - L1 with a stand-in GPU backend (device memory emulated on the host):
  *    chunks uploaded, demoted to L2 when L1 is full, promoted on use, and
- *    searches exact against a double reference.
+ *    searches exact against a double reference;
+ *  - device out of memory (the stand-in's ops or allocations failing):
+ *    searches finish on the CPU with the same exact results and say so,
+ *    and L1's ceiling comes down step by step.
  */
 #define _GNU_SOURCE
 #include <setjmp.h>
@@ -24,6 +27,7 @@
 #include <cmocka.h>
 #include <lmdb.h>
 
+#include "common/internal.h"
 #include "compute/backend_impl.h"
 #include "store_helpers.h"
 
@@ -512,6 +516,11 @@ typedef struct fake_gpu {
   mn_backend base;
   mn_backend *cpu;
   int64_t live_allocs, searches, uploads;
+  /* out-of-memory injection: similarity and search fail; allocations
+   * larger than alloc_max fail (SIZE_MAX: none) */
+  int oom_ops;
+  size_t alloc_max;
+  int64_t ooms;
 } fake_gpu;
 
 static void fg_destroy(mn_backend *b) {
@@ -519,6 +528,13 @@ static void fg_destroy(mn_backend *b) {
   free(b);
 }
 static mn_status fg_alloc(mn_backend *b, size_t n, void **out) {
+  fake_gpu *g = (fake_gpu *)b;
+  if (g->alloc_max != 0 && n > g->alloc_max) {
+    g->ooms++;
+    return mn__set_error(MN_ERR_DEVICE_OOM,
+                         "stand-in gpu: no room for %zu bytes (at most %zu)", n,
+                         g->alloc_max);
+  }
   *out = malloc(n ? n : 1);
   ((fake_gpu *)b)->live_allocs++;
   return *out ? MN_OK : MN_ERR_DEVICE_OOM;
@@ -550,6 +566,11 @@ static mn_tensor on_host(const mn_tensor *t) {
 static mn_status fg_similarity(mn_backend *b, const mn_tensor *q,
                                const mn_vecblock *db, mn_metric m,
                                mn_tensor *out) {
+  if (((fake_gpu *)b)->oom_ops) {
+    ((fake_gpu *)b)->ooms++;
+    return mn__set_error(MN_ERR_DEVICE_OOM, "stand-in gpu: similarity "
+                                            "out of memory");
+  }
   mn_tensor hq = on_host(q), ho = on_host(out);
   mn_vecblock hb = *db;
   hb.codes = on_host(&db->codes);
@@ -558,6 +579,11 @@ static mn_status fg_similarity(mn_backend *b, const mn_tensor *q,
 static mn_status fg_search(mn_backend *b, const mn_tensor *q,
                            const mn_vecblock *db, mn_metric m, int64_t k,
                            int64_t base, float *sc, int64_t *ids) {
+  if (((fake_gpu *)b)->oom_ops) {
+    ((fake_gpu *)b)->ooms++;
+    return mn__set_error(MN_ERR_DEVICE_OOM, "stand-in gpu: search out of "
+                                            "memory");
+  }
   ((fake_gpu *)b)->searches++;
   mn_tensor hq = on_host(q);
   mn_vecblock hb = *db;
@@ -577,6 +603,15 @@ static const mn_backend_iface fake_iface = {
     .similarity = fg_similarity,
     .search = fg_search,
 };
+
+static fake_gpu *fake_gpu_new(void) {
+  fake_gpu *g = calloc(1, sizeof *g);
+  g->base.iface = &fake_iface;
+  g->base.device_kind = MN_DEVICE_GPU;
+  snprintf(g->base.device, sizeof g->base.device, "fake gpu");
+  ST_OK(mn_backend_open_cpu(NULL, &g->cpu));
+  return g;
+}
 
 static void test_l1_device(void **state) {
   (void)state;
@@ -706,6 +741,165 @@ static void test_l1_device(void **state) {
   free(dir);
 }
 
+/* The search against a double reference over the stored vectors: each hit
+ * has its reference score, and no more than j memories score better than
+ * the j-th hit. */
+static void check_search(mn_store *s, const char *coll, const float *x,
+                         const float *sig, int64_t n, int64_t dim,
+                         const float *q, int64_t nq, int64_t k, double w,
+                         const char *want_fallback) {
+  mn_search_params p;
+  mn_search_params_init(&p);
+  p.queries = q;
+  p.n_queries = nq;
+  p.dim = dim;
+  p.k = k;
+  p.significance_weight = w; /* > 0: the general path */
+  mn_search_result *res;
+  ST_OK(mn_store_search(s, coll, &p, &res));
+  const char *fb = mn_search_result_cpu_fallback(res);
+  if (want_fallback) {
+    if (!fb || !strstr(fb, want_fallback))
+      fail_msg("fallback message \"%s\", expected one with \"%s\"",
+               fb ? fb : "(none)", want_fallback);
+  } else if (fb) {
+    fail_msg("unexpected fallback: %s", fb);
+  }
+  double *sc = malloc(sizeof(double) * (size_t)n);
+  for (int64_t qi = 0; qi < nq; qi++) {
+    const float *qv = q + qi * dim;
+    for (int64_t i = 0; i < n; i++) {
+      double d = 0, qq = 0, xx = 0;
+      for (int64_t c = 0; c < dim; c++) {
+        d += (double)qv[c] * x[i * dim + c];
+        qq += (double)qv[c] * qv[c];
+        xx += (double)x[i * dim + c] * x[i * dim + c];
+      }
+      sc[i] = d / sqrt(qq * xx) * (w > 0 ? pow(sig[i], w) : 1.0);
+    }
+    int64_t nh;
+    const mn_search_hit *h = mn_search_result_hits(res, qi, &nh);
+    assert_int_equal(nh, k);
+    for (int64_t j = 0; j < k; j++) {
+      int64_t i = strtoll(h[j].id + 1, NULL, 10);
+      assert_true(i >= 0 && i < n);
+      if (!(fabs(h[j].score - sc[i]) <= 1e-5))
+        fail_msg("query %lld hit %lld (%s): score %.9g, reference %.9g",
+                 (long long)qi, (long long)j, h[j].id, h[j].score, sc[i]);
+      int64_t better = 0;
+      for (int64_t t = 0; t < n; t++)
+        better += sc[t] > sc[i] + 1e-5;
+      assert_true(better <= j);
+    }
+  }
+  free(sc);
+  mn_search_result_free(res);
+}
+
+static void test_l1_device_oom(void **state) {
+  (void)state;
+  fake_gpu *g = fake_gpu_new();
+  char *dir = make_tmpdir();
+  mn_store_opts o;
+  test_opts(&o, dir);
+  o.backend = &g->base;
+  o.chunk_rows = 64;
+  mn_store *s;
+  ST_OK(mn_store_open(&o, &s));
+  const int64_t dim = 32, n = 4 * 64, nq = 2, k = 12;
+  /* Device chunk: float32 codes (8 KiB) and norms. */
+  const uint64_t dev_chunk = 64 * 32 * 4 + 64 * 4;
+  mn_collection_opts co = coll_opts("o", dim, MN_METRIC_COSINE, MN_DTYPE_F32);
+  ST_OK(mn_store_collection_create(s, &co, NULL));
+  float *x = malloc(sizeof(float) * (size_t)((n + 64) * dim));
+  add_rows(s, "o", dim, n, 0, 31, x);
+  mn_store_stats st;
+  mn_store_get_stats(s, &st);
+  assert_int_equal(st.chunks[MN_TIER_DEVICE], 4);
+  assert_true(st.l1_cap == UINT64_MAX);
+  rng r = {77};
+  float q[2 * 32];
+  rng_vec(&r, q, nq * dim);
+
+  /* A chunk that finds no room on the device stays in L2, and L1 is
+   * capped at what it holds: it takes no more. */
+  g->alloc_max = 1024;
+  add_rows(s, "o", dim, 64, n, 32, x + n * dim);
+  const int64_t nall = n + 64;
+  float *sig = malloc(sizeof(float) * (size_t)nall);
+  const char **ids = malloc(sizeof(char *) * (size_t)nall);
+  char(*idb)[24] = malloc(24 * (size_t)nall);
+  for (int64_t i = 0; i < nall; i++) {
+    snprintf(idb[i], 24, "x%lld", (long long)i);
+    ids[i] = idb[i];
+  }
+  mn_memory_list *l;
+  ST_OK(mn_store_get(s, "o", ids, nall, 0, &l));
+  for (int64_t i = 0; i < nall; i++)
+    sig[i] = (float)mn_memory_list_at(l, i)->significance;
+  mn_memory_list_free(l);
+  mn_store_get_stats(s, &st);
+  assert_int_equal(st.chunks[MN_TIER_DEVICE], 4);
+  assert_int_equal(st.chunks[MN_TIER_HOST], 1);
+  assert_int_equal(st.l1_cap, 4 * dev_chunk);
+  assert_int_equal(g->ooms, 1);
+  int64_t searches = g->searches;
+  check_search(s, "o", x, sig, nall, dim, q, nq, k, 0, NULL);
+  assert_true(g->searches > searches); /* L1 chunks still on the device */
+  mn_store_get_stats(s, &st);
+  assert_int_equal(st.chunks[MN_TIER_DEVICE], 4); /* no promotion */
+  g->alloc_max = 0;
+
+  /* The fused search runs out of memory: the CPU finishes the search,
+   * L1 gives back a quarter. */
+  g->oom_ops = 1;
+  int64_t promotions = st.promotions;
+  check_search(s, "o", x, sig, nall, dim, q, nq, k, 0, "search out of memory");
+  mn_store_get_stats(s, &st);
+  assert_int_equal(st.l1_cap, 3 * dev_chunk);
+  assert_int_equal(st.chunks[MN_TIER_DEVICE], 3);
+  assert_int_equal(st.chunks[MN_TIER_HOST], 2);
+  assert_int_equal(st.promotions, promotions);
+  /* The same for the similarity of the general path. */
+  check_search(s, "o", x, sig, nall, dim, q, nq, k, 0.5,
+               "similarity out of memory");
+  mn_store_get_stats(s, &st);
+  assert_int_equal(st.l1_cap, 3 * dev_chunk - 3 * dev_chunk / 4);
+  assert_int_equal(st.chunks[MN_TIER_DEVICE], 2);
+  g->oom_ops = 0;
+
+  /* No room for the scores on the device (the queries fit: 256 bytes,
+   * the scores of a chunk do not: 512), then not even for the queries:
+   * all of it on the CPU. */
+  g->alloc_max = 300;
+  check_search(s, "o", x, sig, nall, dim, q, nq, k, 0.5, "at most 300");
+  mn_store_get_stats(s, &st);
+  assert_int_equal(st.chunks[MN_TIER_DEVICE], 1);
+  g->alloc_max = 100;
+  check_search(s, "o", x, sig, nall, dim, q, nq, k, 0, "at most 100");
+  mn_store_get_stats(s, &st);
+  assert_int_equal(st.chunks[MN_TIER_DEVICE], 0);
+  assert_int_equal(st.used[MN_TIER_DEVICE], 0);
+  assert_int_equal(st.l1_cap, dev_chunk - dev_chunk / 4); /* < a chunk */
+  assert_int_equal(st.chunks[MN_TIER_HOST], 5);
+  g->alloc_max = 0;
+
+  /* The device works again, but the ceiling stays: L2 serves. */
+  check_search(s, "o", x, sig, nall, dim, q, nq, k, 0, NULL);
+  check_search(s, "o", x, sig, nall, dim, q, nq, k, 0.5, NULL);
+  mn_store_get_stats(s, &st);
+  assert_int_equal(st.chunks[MN_TIER_DEVICE], 0);
+  assert_int_equal(g->live_allocs, 0);
+  mn_store_close(s);
+  mn_backend_close(&g->base);
+  free(x);
+  free(sig);
+  free(ids);
+  free(idb);
+  rm_rf(dir);
+  free(dir);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_pressure_states),
@@ -716,6 +910,7 @@ int main(void) {
       cmocka_unit_test(test_map_growth),
       cmocka_unit_test(test_stale_readers),
       cmocka_unit_test(test_l1_device),
+      cmocka_unit_test(test_l1_device_oom),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
