@@ -76,7 +76,7 @@ def test_overload_is_pushed_back_and_every_request_is_answered(start_server):
     reading (TCP pushes back) instead of buffering it all, answers every
     request with its own result, and another client is served meanwhile."""
     srv = start_server({"server": {"rate_limit": 0},
-                        "processing": {"workers": 1, "queue_limit": 4}})
+                        "processing": {"workers": 1, "queue_limit": 1}})
     rng = np.random.default_rng(7)
     conns, per_conn, width = 6, 60, 768
     xs = [[rng.standard_normal((32, width)).astype(np.float32)
@@ -123,5 +123,5 @@ def test_overload_is_pushed_back_and_every_request_is_answered(start_server):
         f"http://127.0.0.1:{srv.port}/metrics", timeout=10).read().decode()
     pauses = [float(line.split()[1]) for line in metrics.splitlines()
               if line.startswith("mnemo_read_pauses_total ")]
-    # 360 requests against a limit of 4: reading must have stopped.
+    # 360 requests against a limit of 1: reading must have stopped.
     assert pauses and pauses[0] > 0, metrics[:2000]
