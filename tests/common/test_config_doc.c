@@ -13,6 +13,8 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include "common/doc_file.h"
+
 #include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,26 +31,8 @@
 #define HEADER_PATH MNEMO_SOURCE_DIR "/include/mnemo/config.h"
 #define MAX_KEYS 64
 
-static char *slurp(const char *path) {
-  FILE *f = fopen(path, "rb");
-  if (!f)
-    return NULL;
-  fseek(f, 0, SEEK_END);
-  long n = ftell(f);
-  fseek(f, 0, SEEK_SET);
-  char *b = malloc((size_t)n + 1);
-  if (b && fread(b, 1, (size_t)n, f) != (size_t)n) {
-    free(b);
-    b = NULL;
-  }
-  if (b)
-    b[n] = '\0';
-  fclose(f);
-  return b;
-}
-
 static char *doc(void) {
-  char *d = slurp(DOC_PATH);
+  char *d = doc_slurp(DOC_PATH);
   if (!d)
     fail_msg("%s is missing: generate it with `cmake --build build --target "
              "config_docs` and commit it",
@@ -59,7 +43,7 @@ static char *doc(void) {
 /* The dotted key names config.h mentions ("gpu.memory_limit"), each once,
  * read from the header text rather than taken from the library. */
 static int header_keys(char keys[][48]) {
-  char *h = slurp(HEADER_PATH);
+  char *h = doc_slurp(HEADER_PATH);
   assert_non_null(h);
   static const char *const sects[] = {"gpu.", "processing.", "server.",
                                       "storage."};
@@ -158,14 +142,8 @@ static void test_committed_copy_is_current(void **state) {
   char *want = mn_config_keys_markdown();
   assert_non_null(want);
   char *have = doc();
-  if (strcmp(want, have) != 0) {
-    int line = 1;
-    size_t i = 0;
-    while (want[i] && want[i] == have[i]) {
-      if (want[i] == '\n')
-        line++;
-      i++;
-    }
+  int line = doc_first_difference(want, have);
+  if (line) {
     fail_msg("docs/config.md differs from the key table from line %d on: "
              "regenerate it with `cmake --build build --target config_docs` "
              "and commit it",

@@ -10,6 +10,8 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include "common/doc_file.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,44 +20,20 @@
 #include "rpc/rpc_internal.h"
 
 #ifndef MNEMO_SOURCE_DIR
-#error "MNEMO_SOURCE_DIR must be defined (tests/rpc/tests.cmake)"
+#error "MNEMO_SOURCE_DIR must be defined (tests/common/tests.cmake)"
 #endif
-
-static char *slurp(const char *path) {
-  FILE *f = fopen(path, "rb");
-  if (!f)
-    return NULL;
-  fseek(f, 0, SEEK_END);
-  long n = ftell(f);
-  fseek(f, 0, SEEK_SET);
-  char *b = malloc((size_t)n + 1);
-  if (b && fread(b, 1, (size_t)n, f) != (size_t)n) {
-    free(b);
-    b = NULL;
-  }
-  if (b)
-    b[n] = '\0';
-  fclose(f);
-  return b;
-}
 
 static void test_committed_copy_is_current(void **state) {
   char *want = mn_rpc_api_markdown(NULL);
   assert_non_null(want);
   const char *path = MNEMO_SOURCE_DIR "/docs/API.md";
-  char *have = slurp(path);
+  char *have = doc_slurp(path);
   if (!have)
     fail_msg("%s is missing: generate it with `cmake --build build --target "
              "api_docs` and commit it",
              path);
-  if (strcmp(want, have) != 0) {
-    int line = 1;
-    size_t i = 0;
-    while (want[i] && want[i] == have[i]) {
-      if (want[i] == '\n')
-        line++;
-      i++;
-    }
+  int line = doc_first_difference(want, have);
+  if (line) {
     fail_msg("docs/API.md differs from the method table from line %d on: "
              "regenerate it with `cmake --build build --target api_docs` "
              "and commit it",
