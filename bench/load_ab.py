@@ -56,7 +56,11 @@ def one_run(build, load, args):
         if args.rate > 0:
             cmd += ["--rate", str(args.rate)]
         c0, f0 = proc_stat(srv.pid)
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        # Exit status 3: some requests were still unanswered at the end
+        # (an overloaded open loop); the figures are printed all the same.
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        if out.returncode not in (0, 3) or not out.stdout.strip():
+            raise RuntimeError(f"load failed ({out.returncode}): {out.stderr}")
         c1, f1 = proc_stat(srv.pid)
     finally:
         srv.terminate()
