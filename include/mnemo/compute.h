@@ -245,6 +245,41 @@ MN_API mn_status mn_backend_search(mn_backend *b, const mn_tensor *q,
                                    int64_t k, int64_t id_base, float *scores,
                                    int64_t *ids);
 
+/** One block of a batched search: its stored rows, how many best rows are
+ *  wanted from it, and host arrays of q->rows * k for them. */
+typedef struct mn_search_block {
+  mn_vecblock db;
+  int64_t k;
+  float *scores;
+  int64_t *ids;
+} mn_search_block;
+
+/**
+ * mn_backend_search over several blocks at once for the same queries: each
+ * block gets its own top-k (its own k, 1..4096; ids are row indices into
+ * that block, layout and tail as in mn_backend_search). The blocks may have
+ * different row counts (0 included) but share the query's width. A device
+ * backend enqueues every block's work and synchronises once, which is the
+ * point when the blocks are small (the store's 4096-row chunks); a backend
+ * without a batched implementation is called block by block. On failure the
+ * output arrays are unspecified.
+ */
+MN_API mn_status mn_backend_search_many(mn_backend *b, const mn_tensor *q,
+                                        mn_search_block *blocks,
+                                        int64_t nblocks, mn_metric metric);
+
+/**
+ * mn_backend_similarity over several blocks at once: `out` is q->rows x
+ * (the sum of the blocks' rows), block i's scores in the columns after
+ * those of blocks 0..i-1, as if the blocks were one. Synchronised once on
+ * a device backend; block by block on a backend without a batched
+ * implementation.
+ */
+MN_API mn_status mn_backend_similarity_many(mn_backend *b, const mn_tensor *q,
+                                            const mn_vecblock *dbs,
+                                            int64_t nblocks, mn_metric metric,
+                                            mn_tensor *out);
+
 /**
  * Top-k over rows of a host score matrix (rows x cols float32), best
  * first; `largest` = 0 selects the smallest. Same output layout as search.

@@ -694,6 +694,92 @@ mn_status mn_backend_search(mn_backend *b, const mn_tensor *q,
   return b->iface->search(b, q, db, metric, k, id_base, scores, ids);
 }
 
+/* check_vecblock for block i of a batch: the message names the block. */
+static mn_status check_block_of(const mn_backend *b, const mn_tensor *q,
+                                const mn_vecblock *db, mn_metric metric,
+                                int64_t i) {
+  mn_status s = check_vecblock(b, q, db, metric);
+  if (s != MN_OK)
+    return mn__set_error(s, "block %lld: %s", (long long)i, mn_errmsg());
+  return MN_OK;
+}
+
+mn_status mn_backend_search_many(mn_backend *b, const mn_tensor *q,
+                                 mn_search_block *blocks, int64_t nblocks,
+                                 mn_metric metric) {
+  if (!b || (nblocks > 0 && !blocks))
+    return mn__set_error(MN_ERR_INVALID, "search_many: NULL argument");
+  if (nblocks < 0)
+    return mn__set_error(MN_ERR_INVALID,
+                         "search_many: %lld blocks is not a count",
+                         (long long)nblocks);
+  MN__TRY(check_input(b, q, "query"));
+  for (int64_t i = 0; i < nblocks; i++) {
+    const mn_search_block *bl = &blocks[i];
+    MN__TRY(check_block_of(b, q, &bl->db, metric, i));
+    if (bl->k < 1 || bl->k > MN__MAX_K)
+      return mn__set_error(MN_ERR_INVALID,
+                           "block %lld: k must be between 1 and %d, got %lld",
+                           (long long)i, MN__MAX_K, (long long)bl->k);
+    if (!bl->scores || !bl->ids)
+      return mn__set_error(MN_ERR_INVALID,
+                           "block %lld: scores or ids array is NULL",
+                           (long long)i);
+  }
+  if (nblocks == 0 || q->rows == 0)
+    return MN_OK;
+  if (b->iface->search_many)
+    return b->iface->search_many(b, q, blocks, nblocks, metric);
+  MN__NEED_OP(b, search);
+  for (int64_t i = 0; i < nblocks; i++) {
+    mn_search_block *bl = &blocks[i];
+    MN__TRY(
+        b->iface->search(b, q, &bl->db, metric, bl->k, 0, bl->scores, bl->ids));
+  }
+  return MN_OK;
+}
+
+mn_status mn_backend_similarity_many(mn_backend *b, const mn_tensor *q,
+                                     const mn_vecblock *dbs, int64_t nblocks,
+                                     mn_metric metric, mn_tensor *out) {
+  if (!b || (nblocks > 0 && !dbs))
+    return mn__set_error(MN_ERR_INVALID, "similarity_many: NULL argument");
+  if (nblocks < 0)
+    return mn__set_error(MN_ERR_INVALID,
+                         "similarity_many: %lld blocks is not a count",
+                         (long long)nblocks);
+  MN__TRY(check_input(b, q, "query"));
+  int64_t total = 0;
+  for (int64_t i = 0; i < nblocks; i++) {
+    MN__TRY(check_block_of(b, q, &dbs[i], metric, i));
+    total += dbs[i].codes.rows;
+  }
+  if (total == 0 || q->rows == 0)
+    return MN_OK;
+  MN__TRY(check_tensor(b, out, "output", MN_DTYPE_F32));
+  if (out->rows != q->rows || out->cols != total)
+    return mn__set_error(MN_ERR_INVALID,
+                         "similarity output must be [%lld, %lld] (queries, "
+                         "the blocks' rows together), got [%lld, %lld]",
+                         (long long)q->rows, (long long)total,
+                         (long long)out->rows, (long long)out->cols);
+  if (b->iface->similarity_many)
+    return b->iface->similarity_many(b, q, dbs, nblocks, metric, out);
+  MN__NEED_OP(b, similarity);
+  int64_t off = 0;
+  for (int64_t i = 0; i < nblocks; i++) {
+    const int64_t n = dbs[i].codes.rows;
+    if (n == 0)
+      continue;
+    mn_tensor part = *out;
+    part.data = (char *)out->data + (size_t)off * sizeof(float);
+    part.cols = n;
+    MN__TRY(b->iface->similarity(b, q, &dbs[i], metric, &part));
+    off += n;
+  }
+  return MN_OK;
+}
+
 mn_status mn_topk(const mn_tensor *scores, int64_t k, int largest,
                   float *out_scores, int64_t *out_ids) {
   if (!scores || !scores->data || scores->dtype != MN_DTYPE_F32 ||

@@ -20,7 +20,9 @@
 
 #include "mnemo/compute.h"
 
-#define MN_BACKEND_API_VERSION 1
+/* 2: search_many and similarity_many (a version 1 plugin's vtable is
+ * shorter than the core would read). */
+#define MN_BACKEND_API_VERSION 2
 
 typedef struct mn_backend_iface {
   int api_version; /* MN_BACKEND_API_VERSION */
@@ -60,6 +62,16 @@ typedef struct mn_backend_iface {
 
   /* MN_BACKEND_CAP_* bits. */
   unsigned caps;
+
+  /* OPTIONAL batched forms (API version 2): every block already checked,
+   * at least one block, `out` q->rows x the blocks' total rows. Without
+   * them the wrappers call search / similarity block by block. */
+  mn_status (*search_many)(mn_backend *b, const mn_tensor *q,
+                           mn_search_block *blocks, int64_t nblocks,
+                           mn_metric metric);
+  mn_status (*similarity_many)(mn_backend *b, const mn_tensor *q,
+                               const mn_vecblock *dbs, int64_t nblocks,
+                               mn_metric metric, mn_tensor *out);
 } mn_backend_iface;
 
 /*

@@ -16,18 +16,23 @@
  * DESIGN: the collection's read lock is held for the whole scan, so the
  * rows of every chunk are stable; chunks are scanned in parallel (OpenMP,
  * one heap per thread and query, merged at the end); each chunk is pinned
- * while read. Ties order by insertion (older first).
+ * while read. Ties order by insertion (older first). Host and disk chunks
+ * are scored one at a time on the store's CPU backend; device (L1) chunks
+ * are gathered per thread into groups scored in one backend call each
+ * (mn_backend_search_many / similarity_many: one synchronisation per
+ * group instead of per chunk) and merged exactly as a single chunk is.
  *
- * Device out of memory (the queries' or the scores' device buffers, or a
- * chunk's similarity / search on the device) is not an error: from then
+ * Device out of memory (the queries' or a group's score buffers, or a
+ * group's similarity / search on the device) is not an error: from then
  * on the search runs on the CPU backend, the same code that scans host
  * and disk chunks. A device-resident chunk is then read back from LMDB
- * as a disk chunk is (nothing more is asked of the device), and what was
- * already merged from device chunks stays: a failed backend call leaves
- * the heaps as they were, and both backends score alike (within float
- * rounding). Chunks are not promoted for the rest of that search, the
- * result says it fell back (mn_search_result_cpu_fallback), and L1 makes
- * room (store_chunk.c, mn__st_l1_oom).
+ * as a disk chunk is (nothing more is asked of the device; a group that
+ * failed goes there whole), and what was already merged from device
+ * chunks stays: a failed backend call leaves the heaps as they were, and
+ * both backends score alike (within float rounding). Chunks are not promoted
+ * for the rest of that search, the result says it fell back
+ * (mn_search_result_cpu_fallback), and L1 makes room (store_chunk.c,
+ * mn__st_l1_oom).
  */
 #include "store/store_internal.h"
 
@@ -241,16 +246,45 @@ typedef struct st_ctx {
   atomic_int oom;    /* the device ran out of memory: on the CPU from now */
   char oom_msg[512]; /* the device's message (written once, by whoever
                         set oom; read after the scan) */
+  int group_max;     /* device chunks per backend call (1 without L1) */
 } st_ctx;
+
+/* Device-resident chunks are not scored one backend call each (a launch, a
+ * copy and a stream sync, ~20 us on a GPU: 244 of them for 1M rows): a
+ * thread keeps the ones it acquires pinned in a group and scores the group
+ * in one call (mn_backend_search_many / similarity_many), up to
+ * ST_GROUP_CHUNKS chunks and ST_GROUP_SCORES scores, or when it runs out
+ * of chunks. */
+#define ST_GROUP_CHUNKS 64
+#define ST_GROUP_SCORES ((int64_t)1 << 22)
+
+/* A pinned device chunk waiting for its group's call. */
+typedef struct st_pend {
+  st_chunk *ch;
+  void *scratch;
+  const void *host, *dev;
+  int32_t n, live;
+} st_pend;
 
 typedef struct st_tstate {
   st_heap *heaps; /* nq */
   int64_t *seen;  /* nq: candidates that passed the row filters */
-  uint8_t *mask;  /* cap rows: passes the row filters */
+  uint8_t *mask;  /* group_max x cap rows: passes the row filters (one slot
+                     per pending chunk, the next slot for the chunk at hand) */
   float *sims;    /* nq x cap (host) */
   float *fscores; /* nq x cap */
   int64_t *fids;  /* nq x cap */
-  void *dsims;    /* nq x cap on the device */
+  /* the pending group */
+  st_pend *pend; /* group_max */
+  int npend;
+  int64_t pend_scores;  /* scores its call will produce */
+  mn_search_block *blk; /* group_max */
+  mn_vecblock *vbs;     /* group_max */
+  float *gscores;       /* fast: nq x the blocks' k; general: nq x rows */
+  int64_t *gids;        /* fast */
+  int64_t gcap;         /* entries gscores (and gids) hold */
+  void *gdsims;         /* general: nq x rows on the device */
+  int64_t gdcap;
 } st_tstate;
 
 /* The device ran out of memory (mn_errmsg() says how): the rest of the
@@ -272,7 +306,7 @@ static double to_similarity(mn_metric m, float v) {
 /* Which rows of a chunk pass the filters that do not depend on the query
  * (live, chat, time range, and the metadata filter when evaluated inline).
  * Returns how many do. */
-static int64_t row_mask(st_ctx *x, st_tstate *t, st_chunk *ch, int32_t n,
+static int64_t row_mask(st_ctx *x, uint8_t *mask, st_chunk *ch, int32_t n,
                         mn_status *st) {
   const mn_search_params *p = x->p;
   int64_t pass = 0;
@@ -281,7 +315,7 @@ static int64_t row_mask(st_ctx *x, st_tstate *t, st_chunk *ch, int32_t n,
     if (ok && ((p->has_since && ch->ts[r] < p->since) ||
                (p->has_until && ch->ts[r] > p->until)))
       ok = 0;
-    t->mask[r] = (uint8_t)ok;
+    mask[r] = (uint8_t)ok;
     pass += ok;
   }
   if (!x->meta_inline || pass == 0)
@@ -293,7 +327,7 @@ static int64_t row_mask(st_ctx *x, st_tstate *t, st_chunk *ch, int32_t n,
     return 0;
   pass = 0;
   for (int32_t r = 0; r < n && *st == MN_OK; r++) {
-    if (!t->mask[r])
+    if (!mask[r])
       continue;
     uint8_t key[12];
     mn__st_key_seq(key, x->c->cid, ch->seq[r]);
@@ -306,7 +340,7 @@ static int64_t row_mask(st_ctx *x, st_tstate *t, st_chunk *ch, int32_t n,
         meta_match(x->filter, meta, ml)) {
       pass++;
     } else {
-      t->mask[r] = 0;
+      mask[r] = 0;
       if (rc && rc != MDB_NOTFOUND)
         *st = mn__st_lmdb(rc, "read a record");
     }
@@ -315,135 +349,283 @@ static int64_t row_mask(st_ctx *x, st_tstate *t, st_chunk *ch, int32_t n,
   return pass;
 }
 
-/* Score a pinned chunk's first n rows (codes on the device with on_dev,
- * else on the host) into the thread's heaps. A failing backend call
- * leaves the heaps as they were. */
-static mn_status scan_codes(st_ctx *x, st_tstate *t, st_chunk *ch, int32_t n,
-                            int32_t live, const void *codes, int on_dev) {
-  mn_store *s = x->s;
-  st_coll *c = x->c;
-  const mn_search_params *p = x->p;
-  mn_vecblock db;
-  memset(&db, 0, sizeof db);
-  mn_backend *b = on_dev ? s->backend : s->cpu;
-  db.codes.data = (void *)codes;
-  db.codes.dtype = c->dtype;
-  db.codes.rows = n;
-  db.codes.cols = c->width;
-  db.codes.stride = c->row_bytes;
-  db.codes.device = on_dev ? MN_DEVICE_GPU : MN_DEVICE_HOST;
+/* The stored rows of a pinned chunk's first n rows, on the device
+ * (`codes` is the chunk's device buffer) or on the host. */
+static void chunk_vecblock(const st_ctx *x, const st_chunk *ch, int32_t n,
+                           const void *codes, int on_dev, mn_vecblock *db) {
+  const st_coll *c = x->c;
+  memset(db, 0, sizeof *db);
+  db->codes.data = (void *)codes;
+  db->codes.dtype = c->dtype;
+  db->codes.rows = n;
+  db->codes.cols = c->width;
+  db->codes.stride = c->row_bytes;
+  db->codes.device = on_dev ? MN_DEVICE_GPU : MN_DEVICE_HOST;
   if (c->dtype == MN_DTYPE_I8)
-    db.scales =
+    db->scales =
         on_dev ? (const float *)((const char *)codes + mn__st_dev_scale_off(ch))
                : ch->scale;
   if (!on_dev && c->dtype != MN_DTYPE_BIN)
-    db.norms = ch->norm;
+    db->norms = ch->norm;
+}
+
+/* The queries as the backend of `on_dev` takes them. */
+static mn_tensor query_tensor(const st_ctx *x, int on_dev) {
   mn_tensor q;
   if (on_dev) {
-    q = mn_tensor_host(x->q_dev, MN_DTYPE_F32, x->nq, c->width);
+    q = mn_tensor_host(x->q_dev, MN_DTYPE_F32, x->nq, x->c->width);
     q.device = MN_DEVICE_GPU;
   } else {
-    q = mn_tensor_host((void *)x->q_host, MN_DTYPE_F32, x->nq, c->width);
+    q = mn_tensor_host((void *)x->q_host, MN_DTYPE_F32, x->nq, x->c->width);
   }
-  mn_status st = MN_OK;
+  return q;
+}
+
+/* Best rows asked of a chunk's fused search: k + its dead rows, so that at
+ * least k live ones come back. */
+static int64_t fast_k(const st_ctx *x, int32_t n, int32_t live) {
+  return MN__MIN((int64_t)n, x->k + (n - live));
+}
+
+/* Merge a chunk's fused-search lists (nq x kc, best first) into the heaps. */
+static void merge_fast(st_ctx *x, st_tstate *t, st_chunk *ch, int32_t n,
+                       int64_t kc, const float *scores, const int64_t *ids) {
+  const mn_search_params *p = x->p;
+  const mn_metric metric = x->c->metric;
   const int has_min = p->has_min_similarity;
   const double minsim = p->min_similarity;
-  if (x->fast) {
-    int64_t kc = MN__MIN((int64_t)n, x->k + (n - live));
-    st = mn_backend_search(b, &q, &db, c->metric, kc, 0, t->fscores, t->fids);
-    for (int64_t qi = 0; qi < x->nq && st == MN_OK; qi++) {
-      for (int64_t j = 0; j < kc; j++) {
-        int64_t id = t->fids[qi * kc + j];
-        if (id < 0 || id >= n)
-          break;
-        int32_t r = (int32_t)id;
-        if (!st_row_live(ch, r))
-          continue;
-        double sim = to_similarity(c->metric, t->fscores[qi * kc + j]);
-        if (has_min && sim < minsim)
-          continue;
-        st_cand cd = {sim,        1.0,        ch->ts[r],  ch->seq[r],
-                      (float)sim, ch->sig[r], ch->chat[r]};
-        if (heap_push(&t->heaps[qi], &cd) != 0) {
-          st = mn__set_error(MN_ERR_NOMEM, "out of memory");
-          break;
-        }
-      }
-    }
-  } else {
-    mn_tensor out = mn_tensor_host(t->sims, MN_DTYPE_F32, x->nq, n);
-    if (on_dev) {
-      out.data = t->dsims;
-      out.device = MN_DEVICE_GPU;
-    }
-    st = mn_backend_similarity(b, &q, &db, c->metric, &out);
-    if (st == MN_OK && on_dev)
-      st = mn_backend_download(s->backend, t->sims, t->dsims,
-                               sizeof(float) * (size_t)(x->nq * n));
-    const double rate = p->time_decay, w = p->significance_weight;
-    for (int32_t r = 0; r < n && st == MN_OK; r++) {
-      if (!t->mask[r])
+  for (int64_t qi = 0; qi < x->nq; qi++) {
+    for (int64_t j = 0; j < kc; j++) {
+      int64_t id = ids[qi * kc + j];
+      if (id < 0 || id >= n)
+        break;
+      int32_t r = (int32_t)id;
+      if (!st_row_live(ch, r))
         continue;
-      double ts = ch->ts[r];
-      double decay = rate > 0 ? exp(-rate * fmax(0.0, x->now - ts)) : 1.0;
-      double sigf = w > 0 ? pow((double)ch->sig[r], w) : 1.0;
-      for (int64_t qi = 0; qi < x->nq; qi++) {
-        double sim = to_similarity(c->metric, t->sims[qi * n + r]);
-        if (has_min && sim < minsim)
-          continue;
-        t->seen[qi]++;
-        st_cand cd = {sim * sigf * decay, decay,      ts,         ch->seq[r],
-                      (float)sim,         ch->sig[r], ch->chat[r]};
-        if (heap_push(&t->heaps[qi], &cd) != 0) {
-          st = mn__set_error(MN_ERR_NOMEM, "out of memory");
-          break;
-        }
-      }
+      double sim = to_similarity(metric, scores[qi * kc + j]);
+      if (has_min && sim < minsim)
+        continue;
+      st_cand cd = {sim,        1.0,        ch->ts[r],  ch->seq[r],
+                    (float)sim, ch->sig[r], ch->chat[r]};
+      heap_push(&t->heaps[qi], &cd);
     }
   }
+}
+
+/* Merge a chunk's similarities (query qi, row r at sims[qi * ld + r]) of
+ * the rows that pass `mask` into the heaps, scored with significance and
+ * decay. */
+static void merge_general(st_ctx *x, st_tstate *t, st_chunk *ch, int32_t n,
+                          const uint8_t *mask, const float *sims, int64_t ld) {
+  const mn_search_params *p = x->p;
+  const mn_metric metric = x->c->metric;
+  const int has_min = p->has_min_similarity;
+  const double minsim = p->min_similarity;
+  const double rate = p->time_decay, w = p->significance_weight;
+  for (int32_t r = 0; r < n; r++) {
+    if (!mask[r])
+      continue;
+    double ts = ch->ts[r];
+    double decay = rate > 0 ? exp(-rate * fmax(0.0, x->now - ts)) : 1.0;
+    double sigf = w > 0 ? pow((double)ch->sig[r], w) : 1.0;
+    for (int64_t qi = 0; qi < x->nq; qi++) {
+      double sim = to_similarity(metric, sims[qi * ld + r]);
+      if (has_min && sim < minsim)
+        continue;
+      t->seen[qi]++;
+      st_cand cd = {sim * sigf * decay, decay,      ts,         ch->seq[r],
+                    (float)sim,         ch->sig[r], ch->chat[r]};
+      heap_push(&t->heaps[qi], &cd);
+    }
+  }
+}
+
+/* Score a pinned chunk's first n rows, held on the host, on the store's CPU
+ * backend into the thread's heaps (`mask`: the row filters, general path).
+ * A failing backend call leaves the heaps as they were. */
+static mn_status scan_host(st_ctx *x, st_tstate *t, st_chunk *ch, int32_t n,
+                           int32_t live, const void *codes,
+                           const uint8_t *mask) {
+  mn_store *s = x->s;
+  st_coll *c = x->c;
+  mn_vecblock db;
+  chunk_vecblock(x, ch, n, codes, 0, &db);
+  mn_tensor q = query_tensor(x, 0);
+  mn_status st;
+  if (x->fast) {
+    int64_t kc = fast_k(x, n, live);
+    st = mn_backend_search(s->cpu, &q, &db, c->metric, kc, 0, t->fscores,
+                           t->fids);
+    if (st == MN_OK)
+      merge_fast(x, t, ch, n, kc, t->fscores, t->fids);
+  } else {
+    mn_tensor out = mn_tensor_host(t->sims, MN_DTYPE_F32, x->nq, n);
+    st = mn_backend_similarity(s->cpu, &q, &db, c->metric, &out);
+    if (st == MN_OK)
+      merge_general(x, t, ch, n, mask, t->sims, n);
+  }
+  return st;
+}
+
+/* scan_host for a chunk whose vectors may be on the device only: those are
+ * read back from LMDB, as for a chunk on disk. */
+static mn_status scan_host_any(st_ctx *x, st_tstate *t, st_chunk *ch, int32_t n,
+                               int32_t live, const void *host,
+                               const uint8_t *mask) {
+  void *copy = NULL;
+  mn_status st = MN_OK;
+  if (!host) {
+    copy = mn_malloc((size_t)n * (size_t)x->c->row_bytes);
+    st = copy ? mn__st_chunk_load_rows(x->s, ch, n, copy)
+              : mn__set_error(MN_ERR_NOMEM, "out of memory reading a chunk");
+    host = copy;
+  }
+  if (st == MN_OK)
+    st = scan_host(x, t, ch, n, live, host, mask);
+  mn_free(copy);
+  return st;
+}
+
+/* Room for `n` entries in the group's host result arrays. */
+static mn_status group_room(st_ctx *x, st_tstate *t, int64_t n) {
+  if (n <= t->gcap)
+    return MN_OK;
+  free(t->gscores);
+  free(t->gids);
+  t->gids = NULL;
+  t->gcap = 0;
+  t->gscores = malloc(sizeof(float) * (size_t)n);
+  if (x->fast)
+    t->gids = malloc(sizeof(int64_t) * (size_t)n);
+  if (!t->gscores || (x->fast && !t->gids))
+    return mn__set_error(MN_ERR_NOMEM,
+                         "out of memory for %lld scores of a chunk group",
+                         (long long)n);
+  t->gcap = n;
+  return MN_OK;
+}
+
+/* The pending group on the device in one backend call, merged into the
+ * heaps when (and only when) the call succeeds. */
+static mn_status group_device(st_ctx *x, st_tstate *t) {
+  mn_store *s = x->s;
+  st_coll *c = x->c;
+  const int np = t->npend;
+  mn_tensor q = query_tensor(x, 1);
+  MN__TRY(group_room(x, t, t->pend_scores));
+  int64_t off = 0;
+  for (int i = 0; i < np; i++) {
+    const st_pend *pd = &t->pend[i];
+    chunk_vecblock(x, pd->ch, pd->n, pd->dev, 1, &t->vbs[i]);
+    if (x->fast) {
+      mn_search_block *b = &t->blk[i];
+      b->db = t->vbs[i];
+      b->k = fast_k(x, pd->n, pd->live);
+      b->scores = t->gscores + off;
+      b->ids = t->gids + off;
+      off += x->nq * b->k;
+    }
+  }
+  if (x->fast) {
+    MN__TRY(mn_backend_search_many(s->backend, &q, t->blk, np, c->metric));
+    for (int i = 0; i < np; i++)
+      merge_fast(x, t, t->pend[i].ch, t->pend[i].n, t->blk[i].k,
+                 t->blk[i].scores, t->blk[i].ids);
+    return MN_OK;
+  }
+  /* general: the group's similarities side by side, one download */
+  int64_t rows = 0;
+  for (int i = 0; i < np; i++)
+    rows += t->pend[i].n;
+  const int64_t n = x->nq * rows;
+  if (n > t->gdcap) {
+    if (t->gdsims)
+      mn_backend_free(s->backend, t->gdsims);
+    t->gdsims = NULL;
+    t->gdcap = 0;
+    MN__TRY(
+        mn_backend_alloc(s->backend, sizeof(float) * (size_t)n, &t->gdsims));
+    t->gdcap = n;
+  }
+  mn_tensor out = mn_tensor_host(t->gdsims, MN_DTYPE_F32, x->nq, rows);
+  out.device = MN_DEVICE_GPU;
+  MN__TRY(
+      mn_backend_similarity_many(s->backend, &q, t->vbs, np, c->metric, &out));
+  MN__TRY(mn_backend_download(s->backend, t->gscores, t->gdsims,
+                              sizeof(float) * (size_t)n));
+  const size_t cap = (size_t)s->opts.chunk_rows;
+  int64_t col = 0;
+  for (int i = 0; i < np; i++) {
+    const st_pend *pd = &t->pend[i];
+    merge_general(x, t, pd->ch, pd->n, t->mask + (size_t)i * cap,
+                  t->gscores + col, rows);
+    col += pd->n;
+  }
+  return MN_OK;
+}
+
+/* Score the pending group and unpin its chunks. Device out of memory (in
+ * the call or its buffers) sends the whole group to the CPU; after an
+ * earlier error (`st`) the chunks are only released. */
+static mn_status group_flush(st_ctx *x, st_tstate *t, mn_status st) {
+  const int np = t->npend;
+  if (np == 0)
+    return st;
+  int done = 0;
+  if (st == MN_OK && !atomic_load(&x->oom)) {
+    st = group_device(x, t);
+    if (st == MN_ERR_DEVICE_OOM) {
+      device_oom(x);
+      st = MN_OK;
+    } else {
+      done = 1;
+    }
+  }
+  const size_t cap = (size_t)x->s->opts.chunk_rows;
+  for (int i = 0; i < np && st == MN_OK && !done; i++) {
+    const st_pend *pd = &t->pend[i];
+    st = scan_host_any(x, t, pd->ch, pd->n, pd->live, pd->host,
+                       t->mask + (size_t)i * cap);
+  }
+  for (int i = 0; i < np; i++)
+    mn__st_chunk_release(x->s, t->pend[i].ch, t->pend[i].scratch);
+  t->npend = 0;
+  t->pend_scores = 0;
   return st;
 }
 
 static mn_status scan_chunk(st_ctx *x, st_tstate *t, st_chunk *ch) {
   mn_store *s = x->s;
-  st_coll *c = x->c;
   /* `live` before `n`: a racing append can only make dead rows look more
    * numerous (store_internal.h, DESIGN), never fewer. */
   const int32_t live = st_chunk_live(ch);
   const int32_t n = st_chunk_n(ch);
   if (live == 0)
     return MN_OK;
+  /* Were this chunk on the device, would the group hold it? */
+  const int64_t scores = x->nq * (x->fast ? fast_k(x, n, live) : n);
+  if (t->npend > 0 &&
+      (t->npend == x->group_max || t->pend_scores + scores > ST_GROUP_SCORES))
+    MN__TRY(group_flush(x, t, MN_OK));
+  uint8_t *mask = t->mask + (size_t)t->npend * (size_t)s->opts.chunk_rows;
   mn_status st = MN_OK;
   if (!x->fast) {
     /* A chunk none of whose rows can match is not read at all. */
-    if (row_mask(x, t, ch, n, &st) == 0)
+    if (row_mask(x, mask, ch, n, &st) == 0)
       return st;
   }
   /* After device out of memory: no promotion, and the CPU reads. */
   int cpu = atomic_load(&x->oom);
-  void *scratch, *copy = NULL;
+  void *scratch;
   const void *host, *dev;
   MN__TRY(mn__st_chunk_acquire(s, ch, x->tick, n, !cpu, &scratch, &host, &dev));
-  if (dev && !cpu && x->q_dev && (x->fast || t->dsims)) {
-    st = scan_codes(x, t, ch, n, live, dev, 1);
-    if (st != MN_ERR_DEVICE_OOM) {
-      mn__st_chunk_release(s, ch, scratch);
-      return st;
-    }
-    device_oom(x);
-    st = MN_OK;
+  if (dev && !cpu && x->q_dev) {
+    /* pinned until its group is scored */
+    t->pend[t->npend++] = (st_pend){ch, scratch, host, dev, n, live};
+    t->pend_scores += scores;
+    return MN_OK;
   }
-  if (!host) {
-    /* A device chunk read on the host: its rows from LMDB, as for a
-     * chunk on disk. */
-    copy = mn_malloc((size_t)n * (size_t)c->row_bytes);
-    st = copy ? mn__st_chunk_load_rows(s, ch, n, copy)
-              : mn__set_error(MN_ERR_NOMEM, "out of memory reading a chunk");
-    host = copy;
-  }
-  if (st == MN_OK)
-    st = scan_codes(x, t, ch, n, live, host, 0);
-  mn_free(copy);
+  st = scan_host_any(x, t, ch, n, live, host, mask);
   mn__st_chunk_release(s, ch, scratch);
   return st;
 }
@@ -460,17 +642,26 @@ static void tstate_free(mn_store *s, st_tstate *t, int64_t nq) {
   free(t->sims);
   free(t->fscores);
   free(t->fids);
-  if (t->dsims)
-    mn_backend_free(s->backend, t->dsims);
+  free(t->pend);
+  free(t->blk);
+  free(t->vbs);
+  free(t->gscores);
+  free(t->gids);
+  if (t->gdsims)
+    mn_backend_free(s->backend, t->gdsims);
 }
 
 static mn_status tstate_init(st_ctx *x, st_tstate *t) {
   memset(t, 0, sizeof *t);
   size_t cap = (size_t)x->s->opts.chunk_rows, nq = (size_t)x->nq;
+  size_t gm = (size_t)x->group_max;
   t->heaps = calloc(nq, sizeof *t->heaps);
   t->seen = calloc(nq, sizeof *t->seen);
-  t->mask = malloc(cap);
-  if (!t->heaps || !t->seen || !t->mask)
+  t->mask = malloc(cap * gm);
+  t->pend = malloc(sizeof *t->pend * gm);
+  t->blk = malloc(sizeof *t->blk * gm);
+  t->vbs = malloc(sizeof *t->vbs * gm);
+  if (!t->heaps || !t->seen || !t->mask || !t->pend || !t->blk || !t->vbs)
     return mn__set_error(MN_ERR_NOMEM, "out of memory");
   for (size_t i = 0; i < nq; i++) {
     t->heaps[i].cap = x->cap;
@@ -487,16 +678,6 @@ static mn_status tstate_init(st_ctx *x, st_tstate *t) {
     t->sims = malloc(sizeof(float) * cap * nq);
     if (!t->sims)
       return mn__set_error(MN_ERR_NOMEM, "out of memory");
-    if (x->q_dev && !atomic_load(&x->oom)) {
-      mn_status st =
-          mn_backend_alloc(x->s->backend, sizeof(float) * cap * nq, &t->dsims);
-      if (st != MN_OK)
-        t->dsims = NULL;
-      if (st == MN_ERR_DEVICE_OOM)
-        device_oom(x); /* this thread's device chunks: on the host */
-      else if (st != MN_OK)
-        return st;
-    }
   }
   return MN_OK;
 }
@@ -693,11 +874,13 @@ static mn_status run_scan(st_ctx *x, st_heap **out, int64_t **seen_out) {
   {
     st_tstate *t = &ts[omp_get_thread_num()];
     mn_status ts_st = tstate_init(x, t);
-#pragma omp for schedule(dynamic, 1)
+#pragma omp for schedule(dynamic, 1) nowait
     for (int64_t i = 0; i < nch; i++) {
       if (ts_st == MN_OK)
         ts_st = scan_chunk(x, t, st_chunk_at(c, i));
     }
+    /* the device chunks this thread still holds (released on error too) */
+    ts_st = group_flush(x, t, ts_st);
     if (ts_st != MN_OK) {
 #pragma omp critical(mn_store_search_err)
       {
@@ -803,6 +986,7 @@ mn_status mn_store_search(mn_store *s, const char *coll,
   else if (p->chat_id)
     x.use_chat = 1;
   x.tick = atomic_fetch_add(&s->tick, 1) + 1;
+  x.group_max = x.q_dev ? ST_GROUP_CHUNKS : 1;
   /* With a metadata filter, keep more candidates than k and read their
    * records afterwards; if that is not enough, scan again evaluating the
    * filter on every row that passes the others. */

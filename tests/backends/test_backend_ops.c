@@ -36,10 +36,13 @@
  *                             storage type); int8 / uint8 / int4 3e-4 (a
  *                             backend may quantise the query to 8 bits);
  *                             binary 1e-12 (integer scores)
- *   search                    each returned score within 4 sqrt(NMSE
+ *   search, search_many       each returned score within 4 sqrt(NMSE
  *                             threshold) x rms score of the reference
  *                             score of its id, ranked no worse than the
  *                             reference ranking allows within that slack
+ *                             (search_many: per block, against the
+ *                             block's own reference)
+ *   similarity_many           as similarity, per block of the output
  *   topk (host)               exact
  */
 #include <setjmp.h>
@@ -836,6 +839,221 @@ static void test_search(void **state) {
   }
 }
 
+/* Batched search and similarity: blocks of different row counts (one row,
+ * none, more than a GEMM chunk of the emulated plugin's tests), each with
+ * its own k (1, larger than the block, larger than the device's fused
+ * top-k), for 1, 3 and 20 queries (20: the device's GEMM path for blocks
+ * of 1024 rows or more), each block against its own double reference. */
+#define NMANY 6
+static const int64_t many_rows[NMANY] = {1, 300, 0, 4100, 37, 1100};
+static const int64_t many_k[NMANY] = {5, 400, 3, 10, 1, 1100};
+
+static void many_make(const tb *t, trng *r, mn_dtype dt, int64_t cols,
+                      int with_norms, store *ss, dstore *ds) {
+  for (int i = 0; i < NMANY; i++) {
+    store_make(r, &ss[i], dt, many_rows[i], cols);
+    dstore_make(t, &ss[i], with_norms, &ds[i]);
+  }
+}
+
+static void many_free(const tb *t, store *ss, dstore *ds) {
+  for (int i = 0; i < NMANY; i++) {
+    dstore_free(t, &ds[i]);
+    store_free(&ss[i]);
+  }
+}
+
+static void test_search_many(void **state) {
+  (void)state;
+  const int64_t nqs[] = {1, 3, 20};
+  const int64_t cols = 67;
+  for (int bi = 0; bi < nbackends; bi++) {
+    const tb *t = &backends[bi];
+    use(t);
+    trng r = {seed + 9};
+    for (size_t di = 0; di < NSTORE; di++)
+      for (size_t qi = 0; qi < sizeof nqs / sizeof nqs[0]; qi++) {
+        const int64_t nq = nqs[qi];
+        const int with_norms = (int)(qi & 1);
+        store ss[NMANY];
+        dstore ds[NMANY];
+        many_make(t, &r, store_dts[di], cols, with_norms, ss, ds);
+        float *q = ref_random(&r, nq, cols, 1.0, 0);
+        mn_tensor dq = dev_tensor(t, q, MN_DTYPE_F32, nq, cols, 0);
+        for (int metric = 0; metric <= MN_METRIC_L2; metric++) {
+          mn_search_block blocks[NMANY];
+          for (int i = 0; i < NMANY; i++) {
+            size_t n = (size_t)(nq * many_k[i]);
+            blocks[i].db = ds[i].vb;
+            blocks[i].k = many_k[i];
+            blocks[i].scores = malloc(sizeof(float) * n);
+            blocks[i].ids = malloc(sizeof(int64_t) * n);
+            memset(blocks[i].scores, 0xff, sizeof(float) * n);
+            memset(blocks[i].ids, 0x7f, sizeof(int64_t) * n);
+          }
+          must(t,
+               mn_backend_search_many(t->b, &dq, blocks, NMANY,
+                                      (mn_metric)metric),
+               "search_many");
+          /* the slack scales with the rms score over all blocks (a block
+           * of one row may score near zero) */
+          double *refs[NMANY], rms = 0;
+          int64_t cnt = 0;
+          for (int i = 0; i < NMANY; i++) {
+            refs[i] = ref_scores(q, nq, &ss[i], (mn_metric)metric);
+            for (int64_t e = 0; e < nq * many_rows[i]; e++)
+              rms += refs[i][e] * refs[i][e];
+            cnt += nq * many_rows[i];
+          }
+          rms = sqrt(rms / (double)cnt);
+          const double tol =
+              4 * sqrt(sim_threshold(store_dts[di])) * rms + 1e-6 * rms;
+          for (int i = 0; i < NMANY; i++) {
+            const int64_t rows = many_rows[i], k = many_k[i];
+            double *ref = refs[i];
+            char what[96];
+            snprintf(what, sizeof what,
+                     "search_many %s %s Q=%lld block %d (%lld rows) k=%lld",
+                     mn_dtype_name(ss[i].dt), mn_metric_name((mn_metric)metric),
+                     (long long)nq, i, (long long)rows, (long long)k);
+            for (int64_t j = 0; j < nq; j++)
+              check_topk(t, what, blocks[i].scores + j * k,
+                         blocks[i].ids + j * k, k, ref + j * rows, rows, 0,
+                         metric != MN_METRIC_L2, tol);
+            ncases++;
+            free(ref);
+            free(blocks[i].scores);
+            free(blocks[i].ids);
+          }
+        }
+        dev_free(t, dq.data);
+        free(q);
+        many_free(t, ss, ds);
+      }
+  }
+}
+
+static void test_similarity_many(void **state) {
+  (void)state;
+  const int64_t nqs[] = {1, 5, 20};
+  const int64_t cols = 96, pad = 5;
+  int64_t total = 0;
+  for (int i = 0; i < NMANY; i++)
+    total += many_rows[i];
+  for (int bi = 0; bi < nbackends; bi++) {
+    const tb *t = &backends[bi];
+    use(t);
+    trng r = {seed + 10};
+    for (size_t di = 0; di < NSTORE; di++)
+      for (size_t qi = 0; qi < sizeof nqs / sizeof nqs[0]; qi++) {
+        const int64_t nq = nqs[qi];
+        const int with_norms = (int)(qi & 1);
+        store ss[NMANY];
+        dstore ds[NMANY];
+        many_make(t, &r, store_dts[di], cols, with_norms, ss, ds);
+        mn_vecblock vbs[NMANY];
+        for (int i = 0; i < NMANY; i++)
+          vbs[i] = ds[i].vb;
+        float *q = ref_random(&r, nq, cols, 1.0, 0);
+        mn_tensor dq = dev_tensor(t, q, MN_DTYPE_F32, nq, cols, 0);
+        for (int metric = 0; metric <= MN_METRIC_L2; metric++) {
+          /* rows of the output `pad` columns longer than the blocks need */
+          mn_tensor dout =
+              dev_tensor(t, NULL, MN_DTYPE_F32, nq, total + pad, 0xff);
+          dout.cols = total;
+          must(t,
+               mn_backend_similarity_many(t->b, &dq, vbs, NMANY,
+                                          (mn_metric)metric, &dout),
+               "similarity_many");
+          dout.cols = total + pad;
+          float *y = fetch(t, &dout);
+          /* the reference: each block's scores in its own columns */
+          double *ref = malloc(sizeof(double) * (size_t)(nq * total));
+          int64_t col = 0;
+          for (int i = 0; i < NMANY; i++) {
+            const int64_t rows = many_rows[i];
+            double *bref = ref_scores(q, nq, &ss[i], (mn_metric)metric);
+            for (int64_t j = 0; j < nq; j++)
+              memcpy(ref + j * total + col, bref + j * rows,
+                     sizeof(double) * (size_t)rows);
+            free(bref);
+            col += rows;
+          }
+          char what[96];
+          snprintf(what, sizeof what, "similarity_many %s %s Q=%lld%s",
+                   mn_dtype_name(store_dts[di]),
+                   mn_metric_name((mn_metric)metric), (long long)nq,
+                   with_norms ? " norms" : "");
+          report(t, what, ref_nmse(y, total + pad, ref, nq, total),
+                 sim_threshold(store_dts[di]));
+          free(ref);
+          free(y);
+          dev_free(t, dout.data);
+        }
+        dev_free(t, dq.data);
+        free(q);
+        many_free(t, ss, ds);
+      }
+  }
+}
+
+/* Bad batches are refused naming the block. */
+static void test_many_errors(void **state) {
+  (void)state;
+  const tb *t = &backends[0];
+  use(t);
+  trng r = {seed + 11};
+  store s;
+  store_make(&r, &s, MN_DTYPE_I8, 10, 8);
+  float q[8] = {1, 0, 0, 0, 0, 0, 0, 0};
+  mn_tensor hq = mn_tensor_host(q, MN_DTYPE_F32, 1, 8);
+  mn_search_block bl[2];
+  float sc[2 * 10];
+  int64_t ids[2 * 10];
+  for (int i = 0; i < 2; i++) {
+    bl[i].db.codes = mn_tensor_host(s.codes, MN_DTYPE_I8, 10, 8);
+    bl[i].db.scales = s.scales;
+    bl[i].db.affine = NULL;
+    bl[i].db.norms = NULL;
+    bl[i].k = 10;
+    bl[i].scores = sc + 10 * i;
+    bl[i].ids = ids + 10 * i;
+  }
+  bl[1].db.scales = NULL;
+  assert_int_equal(mn_backend_search_many(t->b, &hq, bl, 2, MN_METRIC_IP),
+                   MN_ERR_INVALID);
+  assert_non_null(strstr(mn_errmsg(), "block 1"));
+  assert_non_null(strstr(mn_errmsg(), "scales"));
+  bl[1].db.scales = s.scales;
+  bl[0].k = 0;
+  assert_int_equal(mn_backend_search_many(t->b, &hq, bl, 2, MN_METRIC_IP),
+                   MN_ERR_INVALID);
+  assert_non_null(strstr(mn_errmsg(), "block 0: k must be"));
+  bl[0].k = 10;
+  bl[1].db.codes.cols = 7;
+  assert_int_equal(mn_backend_search_many(t->b, &hq, bl, 2, MN_METRIC_IP),
+                   MN_ERR_INVALID);
+  assert_non_null(strstr(mn_errmsg(), "block 1"));
+  bl[1].db.codes.cols = 8;
+  assert_int_equal(mn_backend_search_many(t->b, &hq, bl, -1, MN_METRIC_IP),
+                   MN_ERR_INVALID);
+  assert_int_equal(mn_backend_search_many(t->b, &hq, bl, 2, MN_METRIC_IP),
+                   MN_OK);
+  mn_vecblock vb[2] = {bl[0].db, bl[1].db};
+  float out[20];
+  mn_tensor ho = mn_tensor_host(out, MN_DTYPE_F32, 1, 19);
+  assert_int_equal(
+      mn_backend_similarity_many(t->b, &hq, vb, 2, MN_METRIC_IP, &ho),
+      MN_ERR_INVALID);
+  assert_non_null(strstr(mn_errmsg(), "[1, 20]"));
+  ho.cols = 20;
+  assert_int_equal(
+      mn_backend_similarity_many(t->b, &hq, vb, 2, MN_METRIC_IP, &ho), MN_OK);
+  for (int j = 0; j < 10; j++)
+    assert_true(out[j] == out[10 + j]);
+  store_free(&s);
+}
+
 /* mn_topk: host scores with many ties, exact selection. */
 static void test_topk(void **state) {
   (void)state;
@@ -873,10 +1091,17 @@ static void test_topk(void **state) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_normalize),     cmocka_unit_test(test_pca_fit),
-      cmocka_unit_test(test_pca_transform), cmocka_unit_test(test_quantize),
-      cmocka_unit_test(test_dequantize),    cmocka_unit_test(test_similarity),
-      cmocka_unit_test(test_search),        cmocka_unit_test(test_topk),
+      cmocka_unit_test(test_normalize),
+      cmocka_unit_test(test_pca_fit),
+      cmocka_unit_test(test_pca_transform),
+      cmocka_unit_test(test_quantize),
+      cmocka_unit_test(test_dequantize),
+      cmocka_unit_test(test_similarity),
+      cmocka_unit_test(test_search),
+      cmocka_unit_test(test_search_many),
+      cmocka_unit_test(test_similarity_many),
+      cmocka_unit_test(test_many_errors),
+      cmocka_unit_test(test_topk),
   };
   int failed = cmocka_run_group_tests(tests, setup, teardown);
   /* The group setup fails only when no backend at all could be opened. */

@@ -17,8 +17,12 @@
 #include <unistd.h>
 #include <cmocka.h>
 
+#include "compute/backend_impl.h"
 #include "compute/refops.h"
 #include "mnemo/compute.h"
+
+#define STR_(x) #x
+#define STR(x) STR_(x)
 
 #ifndef FAKE_PLUGIN_GOOD
 #error "tests/compute/tests.cmake passes the fake plugins' paths"
@@ -147,7 +151,7 @@ static void expect_plugin_error(const char *path, mn_status want, const char *a,
 static void test_open_plugin_errors(void **state) {
   (void)state;
   expect_plugin_error(FAKE_PLUGIN_BADVER, MN_ERR_VERSION, "API version 999",
-                      "needs 1");
+                      "needs " STR(MN_BACKEND_API_VERSION));
   expect_plugin_error(FAKE_PLUGIN_ZERO, MN_ERR_UNSUPPORTED,
                       "not usable on this machine", "score 0");
   expect_plugin_error(FAKE_PLUGIN_NOSYM, MN_ERR_VERSION, "mn_plugin_init",

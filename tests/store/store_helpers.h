@@ -109,4 +109,152 @@ static inline mn_collection_opts coll_opts(const char *name, int64_t dim,
   return o;
 }
 
+/* ------------------------------------------------------------------------
+ * A pair of stores holding the same memories (ids "x<i>", explicit
+ * timestamps, significances and chats), to compare one search path with
+ * another: a store with L1 on a device backend against a CPU-only one.
+ * ---------------------------------------------------------------------- */
+static inline void pair_add(mn_store *a, mn_store *b, const char *coll,
+                            int64_t dim, int64_t n, int64_t base,
+                            uint64_t seed) {
+  rng r = {seed};
+  float *v = malloc(sizeof(float) * (size_t)(n * dim));
+  mn_memory_in *m = calloc((size_t)n, sizeof *m);
+  char(*ids)[24] = malloc(24 * (size_t)n);
+  static const char *const chats[] = {"c0", "c1", "c2"};
+  rng_vec(&r, v, n * dim);
+  for (int64_t i = 0; i < n; i++) {
+    snprintf(ids[i], 24, "x%lld", (long long)(base + i));
+    m[i].id = ids[i];
+    m[i].embedding = v + i * dim;
+    m[i].chat_id = chats[(base + i) % 3];
+    m[i].has_timestamp = 1;
+    m[i].timestamp = 1000.0 + (double)(base + i);
+    m[i].has_significance = 1;
+    m[i].significance = 0.05 + 0.9 * rng_unif(&r);
+  }
+  ST_OK(mn_store_add(a, coll, m, n, NULL));
+  ST_OK(mn_store_add(b, coll, m, n, NULL));
+  free(v);
+  free(m);
+  free(ids);
+}
+
+/* Delete x<i> for i in [0, n) with i % every == phase from both stores
+ * (dead rows in every chunk: the fast path asks for k + dead rows). */
+static inline void pair_delete(mn_store *a, mn_store *b, const char *coll,
+                               int64_t n, int every, int phase) {
+  const char **ids = malloc(sizeof(char *) * (size_t)n);
+  char(*buf)[24] = malloc(24 * (size_t)n);
+  int64_t m = 0;
+  for (int64_t i = phase; i < n; i += every) {
+    snprintf(buf[m], 24, "x%lld", (long long)i);
+    ids[m] = buf[m];
+    m++;
+  }
+  int64_t da = 0, db = 0;
+  ST_OK(mn_store_delete(a, coll, ids, m, &da, NULL));
+  ST_OK(mn_store_delete(b, coll, ids, m, &db, NULL));
+  assert_int_equal(da, m);
+  assert_int_equal(db, m);
+  free(ids);
+  free(buf);
+}
+
+/* `got` and `want` give the same hits up to float rounding: as many per
+ * query, rank by rank scores within tol (relative to 1 + |score|), and
+ * each hit of `got` either in `want` with its score or, where rounding
+ * may swap near-ties at the cut, scoring as the last hit of `want`. */
+static inline void results_agree(const mn_search_result *got,
+                                 const mn_search_result *want, double tol,
+                                 const char *what) {
+  assert_int_equal(mn_search_result_queries(got),
+                   mn_search_result_queries(want));
+  for (int64_t qi = 0; qi < mn_search_result_queries(want); qi++) {
+    int64_t ng, nw;
+    const mn_search_hit *g = mn_search_result_hits(got, qi, &ng);
+    const mn_search_hit *w = mn_search_result_hits(want, qi, &nw);
+    if (ng != nw)
+      fail_msg("%s: query %lld has %lld hits, the reference %lld", what,
+               (long long)qi, (long long)ng, (long long)nw);
+    for (int64_t j = 0; j < nw; j++) {
+      double t = tol * (1 + fabs(w[j].score));
+      if (!(fabs(g[j].score - w[j].score) <= t))
+        fail_msg("%s: query %lld rank %lld scores %.9g (%s), the reference "
+                 "%.9g (%s)",
+                 what, (long long)qi, (long long)j, g[j].score, g[j].id,
+                 w[j].score, w[j].id);
+      int64_t f = -1;
+      for (int64_t i = 0; i < nw && f < 0; i++)
+        if (strcmp(w[i].id, g[j].id) == 0)
+          f = i;
+      if (f >= 0 ? !(fabs(g[j].score - w[f].score) <= t)
+                 : !(fabs(g[j].score - w[nw - 1].score) <= t))
+        fail_msg("%s: query %lld rank %lld is %s (%.9g), %s in the "
+                 "reference",
+                 what, (long long)qi, (long long)j, g[j].id, g[j].score,
+                 f >= 0 ? "scored otherwise" : "missing");
+    }
+  }
+}
+
+/* The searches a pair is compared on: fast path (k from 1 to more than a
+ * chunk, min_similarity) and general path (significance weight, decay,
+ * chat and time filters), for `nq` queries. */
+static inline void pair_searches(mn_store *dev, mn_store *cpu, const char *coll,
+                                 int64_t dim, int64_t nq, int64_t big_k,
+                                 uint64_t seed, double tol) {
+  rng r = {seed};
+  float *q = malloc(sizeof(float) * (size_t)(nq * dim));
+  rng_vec(&r, q, nq * dim);
+  const int64_t ks[] = {1, 10, big_k};
+  for (int variant = 0; variant < 7; variant++) {
+    mn_search_params p;
+    mn_search_params_init(&p);
+    p.queries = q;
+    p.n_queries = nq;
+    p.dim = dim;
+    p.k = ks[variant % 3];
+    p.now = 5000;
+    const char *name = "fast";
+    switch (variant) {
+    case 3:
+      p.has_min_similarity = 1;
+      p.min_similarity = 0.05;
+      name = "fast, min_similarity";
+      break;
+    case 4:
+      p.significance_weight = 0.5;
+      name = "significance";
+      break;
+    case 5:
+      p.chat_id = "c1";
+      p.time_decay = 1e-4;
+      name = "chat, decay";
+      break;
+    case 6:
+      p.has_since = p.has_until = 1;
+      p.since = 1100;
+      p.until = 1000 + 1e9;
+      name = "since";
+      break;
+    default:
+      break;
+    }
+    mn_search_result *a, *b;
+    ST_OK(mn_store_search(dev, coll, &p, &a));
+    ST_OK(mn_store_search(cpu, coll, &p, &b));
+    if (mn_search_result_cpu_fallback(a))
+      fail_msg("%s: unexpected CPU fallback: %s", name,
+               mn_search_result_cpu_fallback(a));
+    char what[128];
+    snprintf(what, sizeof what, "%s %s nq=%lld k=%lld", coll, name,
+             (long long)nq, (long long)p.k);
+    results_agree(a, b, tol, what);
+    mn_search_result_free(a);
+    mn_search_result_free(b);
+  }
+  free(q);
+}
+
 #endif /* MNEMO_TEST_STORE_HELPERS_H */

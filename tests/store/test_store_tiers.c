@@ -26,6 +26,7 @@
 
 #include <cmocka.h>
 #include <lmdb.h>
+#include <omp.h>
 
 #include "common/internal.h"
 #include "compute/backend_impl.h"
@@ -521,6 +522,8 @@ typedef struct fake_gpu {
   int oom_ops;
   size_t alloc_max;
   int64_t ooms;
+  /* batched calls, and the blocks they carried */
+  int64_t many_calls, many_blocks;
 } fake_gpu;
 
 static void fg_destroy(mn_backend *b) {
@@ -591,6 +594,34 @@ static mn_status fg_search(mn_backend *b, const mn_tensor *q,
   return mn_backend_search(((fake_gpu *)b)->cpu, &hq, &hb, m, k, base, sc, ids);
 }
 
+/* The batched ops as a device backend has them: one call for several
+ * blocks (counted), each scored as a single block would be. */
+static mn_status fg_search_many(mn_backend *b, const mn_tensor *q,
+                                mn_search_block *bl, int64_t nb, mn_metric m) {
+  fake_gpu *g = (fake_gpu *)b;
+  g->many_calls++;
+  g->many_blocks += nb;
+  for (int64_t i = 0; i < nb; i++)
+    MN__TRY(fg_search(b, q, &bl[i].db, m, bl[i].k, 0, bl[i].scores, bl[i].ids));
+  return MN_OK;
+}
+static mn_status fg_similarity_many(mn_backend *b, const mn_tensor *q,
+                                    const mn_vecblock *dbs, int64_t nb,
+                                    mn_metric m, mn_tensor *out) {
+  fake_gpu *g = (fake_gpu *)b;
+  g->many_calls++;
+  g->many_blocks += nb;
+  int64_t col = 0;
+  for (int64_t i = 0; i < nb; i++) {
+    mn_tensor part = *out;
+    part.data = (float *)out->data + col;
+    part.cols = dbs[i].codes.rows;
+    MN__TRY(fg_similarity(b, q, &dbs[i], m, &part));
+    col += dbs[i].codes.rows;
+  }
+  return MN_OK;
+}
+
 static const mn_backend_iface fake_iface = {
     .api_version = MN_BACKEND_API_VERSION,
     .name = "fakegpu",
@@ -602,6 +633,8 @@ static const mn_backend_iface fake_iface = {
     .memory_info = fg_info,
     .similarity = fg_similarity,
     .search = fg_search,
+    .search_many = fg_search_many,
+    .similarity_many = fg_similarity_many,
 };
 
 static fake_gpu *fake_gpu_new(void) {
@@ -900,6 +933,126 @@ static void test_l1_device_oom(void **state) {
   free(dir);
 }
 
+/* Device chunks are scored in groups, one backend call per group, and the
+ * grouped path returns what the CPU path does: a store with every chunk in
+ * L1 (the stand-in) against a CPU-only store with the same memories, some
+ * deleted, on both search paths. */
+static void test_l1_grouped(void **state) {
+  (void)state;
+  fake_gpu *g = fake_gpu_new();
+  char *dir = make_tmpdir(), *dir2 = make_tmpdir();
+  mn_store_opts o, o2;
+  test_opts(&o, dir);
+  test_opts(&o2, dir2);
+  o.backend = &g->base;
+  o.chunk_rows = o2.chunk_rows = 64;
+  o.l1_budget = 1 << 24;
+  mn_store *s, *cpu;
+  ST_OK(mn_store_open(&o, &s));
+  ST_OK(mn_store_open(&o2, &cpu));
+  const int64_t dim = 24, n = 10 * 64 + 17;
+  const mn_dtype dts[] = {MN_DTYPE_F32, MN_DTYPE_I8};
+  const mn_metric ms[] = {MN_METRIC_COSINE, MN_METRIC_L2};
+  for (int v = 0; v < 2; v++) {
+    const char *name = v ? "g1" : "g0";
+    mn_collection_opts co = coll_opts(name, dim, ms[v], dts[v]);
+    ST_OK(mn_store_collection_create(s, &co, NULL));
+    ST_OK(mn_store_collection_create(cpu, &co, NULL));
+    pair_add(s, cpu, name, dim, n, 0, 40 + (uint64_t)v);
+    pair_delete(s, cpu, name, n, 7, 3);
+    mn_collection_info ci;
+    ST_OK(mn_store_collection_get(s, name, &ci));
+    assert_int_equal(ci.chunks_tier[MN_TIER_DEVICE], 11);
+
+    /* one thread: the eleven device chunks in one call per search */
+    int threads = omp_get_max_threads();
+    omp_set_num_threads(1);
+    int64_t calls = g->many_calls, blocks = g->many_blocks;
+    float q[2 * 24];
+    rng r = {7};
+    rng_vec(&r, q, 2 * dim);
+    mn_search_params p;
+    mn_search_params_init(&p);
+    p.queries = q;
+    p.n_queries = 2;
+    p.dim = dim;
+    p.k = 5;
+    mn_search_result *res;
+    ST_OK(mn_store_search(s, name, &p, &res));
+    mn_search_result_free(res);
+    assert_int_equal(g->many_calls - calls, 1);
+    assert_int_equal(g->many_blocks - blocks, 11);
+    p.significance_weight = 1; /* the general path: similarity_many */
+    ST_OK(mn_store_search(s, name, &p, &res));
+    mn_search_result_free(res);
+    assert_int_equal(g->many_calls - calls, 2);
+    assert_int_equal(g->many_blocks - blocks, 22);
+    pair_searches(s, cpu, name, dim, 3, 100, 50 + (uint64_t)v, 1e-5);
+    omp_set_num_threads(threads);
+    /* as many threads as there are: still the CPU path's results */
+    pair_searches(s, cpu, name, dim, 1, 100, 60 + (uint64_t)v, 1e-5);
+    pair_searches(s, cpu, name, dim, 4, 70, 70 + (uint64_t)v, 1e-5);
+  }
+  /* The best rows all in one chunk, half of them deleted: that chunk must
+   * be asked for k + its dead rows, or live ones are missed. */
+  {
+    const char *name = "g2";
+    mn_collection_opts co = coll_opts(name, dim, MN_METRIC_IP, MN_DTYPE_F32);
+    ST_OK(mn_store_collection_create(s, &co, NULL));
+    ST_OK(mn_store_collection_create(cpu, &co, NULL));
+    pair_add(s, cpu, name, dim, n, 0, 80);
+    float base[24];
+    rng r = {81};
+    rng_vec(&r, base, dim);
+    /* x<n>..: a near copy of base each, all in the next chunks */
+    float *v = malloc(sizeof(float) * 64 * (size_t)dim);
+    mn_memory_in m[64];
+    char ids[64][24];
+    for (int i = 0; i < 64; i++) {
+      mn_memory_in_init(&m[i]);
+      for (int c = 0; c < dim; c++)
+        v[i * dim + c] = base[c] * (float)(4 + 0.001 * i);
+      snprintf(ids[i], 24, "x%lld", (long long)(n + i));
+      m[i].id = ids[i];
+      m[i].embedding = v + i * dim;
+      m[i].has_timestamp = 1;
+      m[i].timestamp = 1000;
+      m[i].has_significance = 1;
+      m[i].significance = 0.5;
+    }
+    ST_OK(mn_store_add(s, name, m, 64, NULL));
+    ST_OK(mn_store_add(cpu, name, m, 64, NULL));
+    pair_delete(s, cpu, name, n + 64, 2, 1);
+    mn_search_params p;
+    mn_search_params_init(&p);
+    p.queries = base;
+    p.n_queries = 1;
+    p.dim = dim;
+    p.k = 20;
+    mn_search_result *a, *b;
+    ST_OK(mn_store_search(s, name, &p, &a));
+    ST_OK(mn_store_search(cpu, name, &p, &b));
+    results_agree(a, b, 1e-5, "g2 one chunk holds the best");
+    int64_t nh;
+    const mn_search_hit *h = mn_search_result_hits(a, 0, &nh);
+    assert_int_equal(nh, 20);
+    for (int j = 0; j < 20; j++) {
+      long long id = strtoll(h[j].id + 1, NULL, 10);
+      assert_true(id >= n && id % 2 == 0);
+    }
+    mn_search_result_free(a);
+    mn_search_result_free(b);
+    free(v);
+  }
+  mn_store_close(s);
+  mn_store_close(cpu);
+  mn_backend_close(&g->base);
+  rm_rf(dir);
+  rm_rf(dir2);
+  free(dir);
+  free(dir2);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_pressure_states),
@@ -911,6 +1064,7 @@ int main(void) {
       cmocka_unit_test(test_stale_readers),
       cmocka_unit_test(test_l1_device),
       cmocka_unit_test(test_l1_device_oom),
+      cmocka_unit_test(test_l1_grouped),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -537,6 +537,8 @@ static const mn_backend_iface cuda_iface = {
     mn__cuda_search,
     0u, /* caps: device input is not host memory, the wrappers' finiteness
            scan does not apply */
+    mn__cuda_search_many,
+    mn__cuda_similarity_many,
 };
 
 /* ---------------------------------------------------------------------------

@@ -276,6 +276,12 @@ mn_status mn__cuda_similarity(mn_backend *b, const mn_tensor *q,
 mn_status mn__cuda_search(mn_backend *b, const mn_tensor *q,
                           const mn_vecblock *db, mn_metric metric, int64_t k,
                           int64_t id_base, float *scores, int64_t *ids);
+mn_status mn__cuda_search_many(mn_backend *b, const mn_tensor *q,
+                               mn_search_block *blocks, int64_t nblocks,
+                               mn_metric metric);
+mn_status mn__cuda_similarity_many(mn_backend *b, const mn_tensor *q,
+                                   const mn_vecblock *dbs, int64_t nblocks,
+                                   mn_metric metric, mn_tensor *out);
 
 /* One-time kernel attribute setup (dynamic shared memory opt-in). */
 mn_status mn__cuda_search_setup(mnc_backend *cb);

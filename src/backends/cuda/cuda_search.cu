@@ -38,6 +38,7 @@
 
 #include <limits.h>
 #include <math.h>
+#include <new>
 #include <stdlib.h>
 #include <string.h>
 
@@ -430,6 +431,7 @@ struct Ctx {
   Db db = {};
   Qry q = {};
   bool gemm = false, split = false, need_norm = false;
+  bool has_q = false; /* queries prepared or borrowed (batched calls) */
   int ldh = 0;
   const float *qmul = nullptr;
   const __half *qh = nullptr, *ql = nullptr;
@@ -437,8 +439,11 @@ struct Ctx {
   MncBuf b_qn, b_qf, b_q8, b_q8s, b_qb, b_qh, b_ql, b_qmul;
 };
 
-mn_status ctx_init(Ctx &c, mnc_backend *cb, mnc_lane *l, const mn_tensor *q,
-                   const mn_vecblock *vb, int metric, bool want_gemm) {
+/* The stored block's side of a call: its layout, its per-row arrays on the
+ * device, and the path (scan or GEMM) it takes. Launches nothing (uploads
+ * host scales / norms / affine parameters synchronously). */
+mn_status ctx_db(Ctx &c, mnc_backend *cb, mnc_lane *l, const mn_tensor *q,
+                 const mn_vecblock *vb, int metric, bool want_gemm) {
   c.cb = cb;
   c.l = l;
   c.s = l->stream;
@@ -476,8 +481,15 @@ mn_status ctx_init(Ctx &c, mnc_backend *cb, mnc_lane *l, const mn_tensor *q,
       (c.dt == MN_DTYPE_F32 || c.dt == MN_DTYPE_F16 || c.dt == MN_DTYPE_I8) &&
       t->stride / elem <= INT_MAX && c.d <= 65536;
   c.split = c.gemm && c.dt != MN_DTYPE_F32 && !cb->allow_f16;
+  return MN_OK;
+}
 
-  /* prepared queries */
+/* The queries' side: prepared on the device for c's dtype and path (one
+ * kernel on c.s). */
+mn_status ctx_query(Ctx &c, const mn_tensor *q) {
+  mnc_backend *cb = c.cb;
+  mnc_lane *l = c.l;
+  Db &db = c.db;
   PrepArgs pa = {};
   pa.q = (const char *)q->data;
   pa.qs = q->stride;
@@ -526,6 +538,28 @@ mn_status ctx_init(Ctx &c, mnc_backend *cb, mnc_lane *l, const mn_tensor *q,
   prep_kernel<<<c.Q, 256, 0, c.s>>>(pa);
   MNC_LAUNCHED("prep_kernel");
   return MN_OK;
+}
+
+mn_status ctx_init(Ctx &c, mnc_backend *cb, mnc_lane *l, const mn_tensor *q,
+                   const mn_vecblock *vb, int metric, bool want_gemm) {
+  MNC_CHECK(ctx_db(c, cb, l, q, vb, metric, want_gemm));
+  return ctx_query(c, q);
+}
+
+/* Whether c can use the queries `from` prepared: the layout of prepared
+ * queries depends only on the storage dtype (and width, the same for every
+ * block of a call) and the path. */
+bool ctx_query_fits(const Ctx &c, const Ctx &from) {
+  return c.dt == from.dt && c.gemm == from.gemm && c.split == from.split;
+}
+
+/* Borrow the queries `from` prepared (which must outlive c's use). */
+void ctx_share_query(Ctx &c, const Ctx &from) {
+  c.q = from.q;
+  c.ldh = from.ldh;
+  c.qmul = from.qmul;
+  c.qh = from.qh;
+  c.ql = from.ql;
 }
 
 /* Per-query bytes of staged query data in the scan kernel. */
@@ -600,20 +634,42 @@ size_t select_smem(const mnc_backend *cb, int P, int *nw) {
   return (size_t)*nw * P * 8;
 }
 
-/* Scan-path search: best lists for every query into bk / bi ([Q][k]). */
-mn_status scan_search(Ctx &c, int k, float *bk, int *bi) {
+/* A scan-path search's launch plan: passes of qb queries (the last one
+ * maybe fewer), and the most per-block candidate list entries a pass
+ * writes (the scratch it needs). */
+struct ScanPlan {
+  int qb;
+  ScanCfg full, last;
+  size_t lists;
+};
+
+mn_status scan_plan(const Ctx &c, int k, ScanPlan *p) {
   /* one query per pass when there is only one or k is large (pools of
    * 2k entries per query would crowd shared memory), else QB_MAX */
-  const int qb = (c.Q == 1 || k > 128) ? 1 : QB_MAX;
-  scan_fn fn = scan_kernel_for(c.dt, qb);
-  for (int q0 = 0; q0 < c.Q; q0 += qb) {
-    const int nq = c.Q - q0 < qb ? c.Q - q0 : qb;
-    ScanCfg cfg;
-    MNC_CHECK(scan_config(c, true, k, qb, nq, fn, &cfg));
-    MncBuf pk, pi;
-    size_t lists = (size_t)nq * cfg.grid * k;
-    MNC_CHECK(pk.alloc(c.cb, c.l, lists * sizeof(float)));
-    MNC_CHECK(pi.alloc(c.cb, c.l, lists * sizeof(int)));
+  p->qb = (c.Q == 1 || k > 128) ? 1 : QB_MAX;
+  scan_fn fn = scan_kernel_for(c.dt, p->qb);
+  const int nfull = c.Q / p->qb, rest = c.Q % p->qb;
+  p->lists = 0;
+  if (nfull > 0) {
+    MNC_CHECK(scan_config(c, true, k, p->qb, p->qb, fn, &p->full));
+    p->lists = (size_t)p->qb * p->full.grid * k;
+  }
+  if (rest > 0) {
+    MNC_CHECK(scan_config(c, true, k, p->qb, rest, fn, &p->last));
+    size_t n = (size_t)rest * p->last.grid * k;
+    p->lists = n > p->lists ? n : p->lists;
+  }
+  return MN_OK;
+}
+
+/* Scan-path search: best lists for every query into bk / bi ([Q][k]), on
+ * c.s, with pk / pi (plan.lists entries each) as the blocks' lists. */
+mn_status scan_enqueue(Ctx &c, const ScanPlan &p, int k, float *bk, int *bi,
+                       float *pk, int *pi) {
+  scan_fn fn = scan_kernel_for(c.dt, p.qb);
+  for (int q0 = 0; q0 < c.Q; q0 += p.qb) {
+    const int nq = c.Q - q0 < p.qb ? c.Q - q0 : p.qb;
+    const ScanCfg &cfg = nq == p.qb ? p.full : p.last;
     ScanArgs a = scan_args(c);
     a.q0 = q0;
     a.nq = nq;
@@ -621,14 +677,14 @@ mn_status scan_search(Ctx &c, int k, float *bk, int *bi) {
     a.qsmem = (int)cfg.qsmem;
     a.k = k;
     a.P = cfg.P;
-    a.out_key = pk.as<float>();
-    a.out_id = pi.as<int>();
+    a.out_key = pk;
+    a.out_id = pi;
     fn<<<cfg.grid, cfg.nw * 32, cfg.smem, c.s>>>(a);
     MNC_LAUNCHED("scan_kernel");
 
     SelArgs sa = {};
-    sa.ckey = pk.as<float>();
-    sa.cid = pi.as<int>();
+    sa.ckey = pk;
+    sa.cid = pi;
     sa.ldc = (int64_t)cfg.grid * k;
     sa.m = sa.ldc;
     sa.k = k;
@@ -641,6 +697,15 @@ mn_status scan_search(Ctx &c, int k, float *bk, int *bi) {
     MNC_LAUNCHED("select_kernel");
   }
   return MN_OK;
+}
+
+mn_status scan_search(Ctx &c, int k, float *bk, int *bi) {
+  ScanPlan p;
+  MNC_CHECK(scan_plan(c, k, &p));
+  MncBuf pk, pi;
+  MNC_CHECK(pk.alloc(c.cb, c.l, p.lists * sizeof(float)));
+  MNC_CHECK(pi.alloc(c.cb, c.l, p.lists * sizeof(int)));
+  return scan_enqueue(c, p, k, bk, bi, pk.as<float>(), pi.as<int>());
 }
 
 /* One chunk's dot products into S ([Q][ldS] floats): cuBLAS on c.s. */
@@ -720,33 +785,52 @@ int64_t chunk_of(const Ctx &c) {
   return C < c.N ? C : c.N;
 }
 
-/* GEMM-path search: chunks pipelined over the lane's two streams. */
-mn_status gemm_search(Ctx &c, int k, float *bk, int *bi) {
+/* A GEMM-path search's shape: rows per chunk, and how many parts each
+ * chunk's select is split into (few queries: more blocks). */
+struct GemmPlan {
+  int64_t C;
+  int splits;
+};
+
+GemmPlan gemm_plan(const Ctx &c) {
+  GemmPlan g;
+  g.C = chunk_of(c);
+  g.splits = 1;
+  if (c.Q < 2 * c.cb->sm_count) {
+    int64_t want = (2 * c.cb->sm_count + c.Q - 1) / c.Q;
+    int64_t most = g.C / 2048 > 1 ? g.C / 2048 : 1;
+    g.splits = (int)(want < most ? want : most);
+  }
+  return g;
+}
+
+/* Device scratch of a GEMM-path search, two of each per-chunk buffer for
+ * the pipelined form (the serial form uses [0] only). Sizes in elements:
+ * S Q*C, wide C*ldh (int8), xn C (row norms needed), part Q*splits*k,
+ * best Q*k. */
+struct GemmWs {
+  float *S[2];
+  __half *wide[2];
+  float *xn[2];
+  float *part_k, *best_k;
+  int *part_i, *best_i;
+};
+
+/* GEMM-path search. Pipelined: each chunk's GEMM on c.s, its select on the
+ * lane's second stream, the next chunk's GEMM overlapping it; the caller
+ * synchronises both streams. Serial: everything on c.s, one set of
+ * scratch, so that a caller may enqueue several blocks' searches reusing
+ * the same scratch and synchronise once. */
+mn_status gemm_enqueue(Ctx &c, int k, const GemmPlan &g, const GemmWs &w,
+                       bool serial, float *bk, int *bi) {
   mnc_backend *cb = c.cb;
   mnc_lane *l = c.l;
-  int64_t C = chunk_of(c);
-  int splits = 1;
-  if (c.Q < 2 * cb->sm_count) {
-    int64_t want = (2 * cb->sm_count + c.Q - 1) / c.Q;
-    int64_t most = C / 2048 > 1 ? C / 2048 : 1;
-    splits = (int)(want < most ? want : most);
-  }
-  MncBuf S[2], wide[2], xn[2], part_k, part_i, best_k, best_i;
-  for (int b = 0; b < 2; b++) {
-    MNC_CHECK(S[b].alloc(cb, l, (size_t)c.Q * C * sizeof(float)));
-    if (c.dt == MN_DTYPE_I8)
-      MNC_CHECK(wide[b].alloc(cb, l, (size_t)C * c.ldh * sizeof(__half)));
-    if (c.need_norm)
-      MNC_CHECK(xn[b].alloc(cb, l, (size_t)C * sizeof(float)));
-  }
-  const size_t lists = (size_t)c.Q * splits * k;
-  MNC_CHECK(part_k.alloc(cb, l, lists * sizeof(float)));
-  MNC_CHECK(part_i.alloc(cb, l, lists * sizeof(int)));
-  MNC_CHECK(best_k.alloc(cb, l, (size_t)c.Q * k * sizeof(float)));
-  MNC_CHECK(best_i.alloc(cb, l, (size_t)c.Q * k * sizeof(int)));
+  const int64_t C = g.C;
+  const int splits = g.splits;
   const int P = pow2_at_least(k + 32);
   int snw;
   const size_t ssm = select_smem(cb, P, &snw);
+  cudaStream_t sel = serial ? c.s : l->aux;
   /* ping-pong between bk/bi (the caller's) and best_k/best_i so that the
    * last chunk lands in bk/bi */
   int64_t nchunks = (c.N + C - 1) / C;
@@ -754,24 +838,25 @@ mn_status gemm_search(Ctx &c, int k, float *bk, int *bi) {
   int *outi[2];
   outk[(nchunks - 1) & 1] = bk;
   outi[(nchunks - 1) & 1] = bi;
-  outk[nchunks & 1] = best_k.as<float>();
-  outi[nchunks & 1] = best_i.as<int>();
+  outk[nchunks & 1] = w.best_k;
+  outi[nchunks & 1] = w.best_i;
 
   for (int64_t i = 0; i < nchunks; i++) {
-    const int b = (int)(i & 1);
+    const int b = serial ? 0 : (int)(i & 1);
     const int64_t r0 = i * C, len = c.N - r0 < C ? c.N - r0 : C;
-    if (i >= 2)
+    if (!serial && i >= 2)
       MNC_TRY(cudaStreamWaitEvent(l->stream, l->ev[2 + b], 0));
-    MNC_CHECK(chunk_gemm(c, r0, len, S[b].as<float>(), C, wide[b].as<__half>(),
-                         xn[b].as<float>()));
-    MNC_TRY(cudaEventRecord(l->ev[b], l->stream));
-    MNC_TRY(cudaStreamWaitEvent(l->aux, l->ev[b], 0));
+    MNC_CHECK(chunk_gemm(c, r0, len, w.S[b], C, w.wide[b], w.xn[b]));
+    if (!serial) {
+      MNC_TRY(cudaEventRecord(l->ev[b], l->stream));
+      MNC_TRY(cudaStreamWaitEvent(l->aux, l->ev[b], 0));
+    }
 
     SelArgs sa = {};
-    sa.S = S[b].as<float>();
+    sa.S = w.S[b];
     sa.ldS = C;
     sa.id0 = (int)r0;
-    sa.epi = chunk_epi(c, r0, xn[b].as<float>());
+    sa.epi = chunk_epi(c, r0, w.xn[b]);
     sa.m = len;
     sa.k = k;
     sa.P = P;
@@ -782,16 +867,16 @@ mn_status gemm_search(Ctx &c, int k, float *bk, int *bi) {
       sa.prev_id = prev_i;
       sa.out_key = outk[i & 1];
       sa.out_id = outi[i & 1];
-      select_kernel<true><<<dim3(c.Q, 1), snw * 32, ssm, l->aux>>>(sa);
+      select_kernel<true><<<dim3(c.Q, 1), snw * 32, ssm, sel>>>(sa);
       MNC_LAUNCHED("select_kernel");
     } else {
-      sa.out_key = part_k.as<float>();
-      sa.out_id = part_i.as<int>();
-      select_kernel<true><<<dim3(c.Q, splits), snw * 32, ssm, l->aux>>>(sa);
+      sa.out_key = w.part_k;
+      sa.out_id = w.part_i;
+      select_kernel<true><<<dim3(c.Q, splits), snw * 32, ssm, sel>>>(sa);
       MNC_LAUNCHED("select_kernel");
       SelArgs m = {};
-      m.ckey = part_k.as<float>();
-      m.cid = part_i.as<int>();
+      m.ckey = w.part_k;
+      m.cid = w.part_i;
       m.ldc = (int64_t)splits * k;
       m.m = m.ldc;
       m.prev_key = prev_k;
@@ -800,11 +885,46 @@ mn_status gemm_search(Ctx &c, int k, float *bk, int *bi) {
       m.P = P;
       m.out_key = outk[i & 1];
       m.out_id = outi[i & 1];
-      select_kernel<false><<<dim3(c.Q, 1), snw * 32, ssm, l->aux>>>(m);
+      select_kernel<false><<<dim3(c.Q, 1), snw * 32, ssm, sel>>>(m);
       MNC_LAUNCHED("select_kernel");
     }
-    MNC_TRY(cudaEventRecord(l->ev[2 + b], l->aux));
+    if (!serial)
+      MNC_TRY(cudaEventRecord(l->ev[2 + b], l->aux));
   }
+  return MN_OK;
+}
+
+/* GEMM-path search of one block: chunks pipelined over the lane's two
+ * streams. */
+mn_status gemm_search(Ctx &c, int k, float *bk, int *bi) {
+  mnc_backend *cb = c.cb;
+  mnc_lane *l = c.l;
+  const GemmPlan g = gemm_plan(c);
+  const int64_t C = g.C;
+  MncBuf S[2], wide[2], xn[2], part_k, part_i, best_k, best_i;
+  GemmWs w = {};
+  for (int b = 0; b < 2; b++) {
+    MNC_CHECK(S[b].alloc(cb, l, (size_t)c.Q * C * sizeof(float)));
+    w.S[b] = S[b].as<float>();
+    if (c.dt == MN_DTYPE_I8) {
+      MNC_CHECK(wide[b].alloc(cb, l, (size_t)C * c.ldh * sizeof(__half)));
+      w.wide[b] = wide[b].as<__half>();
+    }
+    if (c.need_norm) {
+      MNC_CHECK(xn[b].alloc(cb, l, (size_t)C * sizeof(float)));
+      w.xn[b] = xn[b].as<float>();
+    }
+  }
+  const size_t lists = (size_t)c.Q * g.splits * k;
+  MNC_CHECK(part_k.alloc(cb, l, lists * sizeof(float)));
+  MNC_CHECK(part_i.alloc(cb, l, lists * sizeof(int)));
+  MNC_CHECK(best_k.alloc(cb, l, (size_t)c.Q * k * sizeof(float)));
+  MNC_CHECK(best_i.alloc(cb, l, (size_t)c.Q * k * sizeof(int)));
+  w.part_k = part_k.as<float>();
+  w.part_i = part_i.as<int>();
+  w.best_k = best_k.as<float>();
+  w.best_i = best_i.as<int>();
+  MNC_CHECK(gemm_enqueue(c, k, g, w, false, bk, bi));
   MNC_TRY(cudaStreamSynchronize(l->aux));
   MNC_TRY(cudaStreamSynchronize(l->stream));
   return MN_OK;
@@ -824,22 +944,36 @@ mn_status search_block(Ctx &c, int k, float *hkey, int *hid) {
   return MN_OK;
 }
 
-/* Similarity into a device matrix (rows = queries), 4-byte aligned. */
-mn_status similarity_impl(Ctx &c, float *out, int64_t ldo) {
-  if (c.gemm && ldo <= INT_MAX) {
+/* Whether similarity takes the GEMM path for c with this output. */
+bool similarity_gemm(const Ctx &c, int64_t ldo) {
+  return c.gemm && ldo <= INT_MAX;
+}
+
+/* Similarity into a device matrix (rows = queries), 4-byte aligned, on
+ * c.s. The GEMM path needs per-chunk scratch (chunk_of(c) rows: int8
+ * widened rows, row norms): `ws` when given (reused in stream order),
+ * else its own. */
+mn_status similarity_impl(Ctx &c, float *out, int64_t ldo,
+                          const GemmWs *ws = nullptr) {
+  if (similarity_gemm(c, ldo)) {
     int64_t C = chunk_of(c);
     MncBuf wide, xn;
-    if (c.dt == MN_DTYPE_I8)
+    __half *wp = ws ? ws->wide[0] : nullptr;
+    float *xp = ws ? ws->xn[0] : nullptr;
+    if (!ws && c.dt == MN_DTYPE_I8) {
       MNC_CHECK(wide.alloc(c.cb, c.l, (size_t)C * c.ldh * sizeof(__half)));
-    if (c.need_norm)
+      wp = wide.as<__half>();
+    }
+    if (!ws && c.need_norm) {
       MNC_CHECK(xn.alloc(c.cb, c.l, (size_t)C * sizeof(float)));
+      xp = xn.as<float>();
+    }
     for (int64_t r0 = 0; r0 < c.N; r0 += C) {
       int64_t len = c.N - r0 < C ? c.N - r0 : C;
-      MNC_CHECK(chunk_gemm(c, r0, len, out + r0, ldo, wide.as<__half>(),
-                           xn.as<float>()));
+      MNC_CHECK(chunk_gemm(c, r0, len, out + r0, ldo, wp, xp));
       unsigned g = mnc_grid(c.cb, ((int64_t)c.Q * len + 255) / 256, 16);
       epilogue_kernel<<<g, 256, 0, c.s>>>(out + r0, ldo, c.Q, len,
-                                          chunk_epi(c, r0, xn.as<float>()));
+                                          chunk_epi(c, r0, xp));
       MNC_LAUNCHED("epilogue_kernel");
     }
     return MN_OK;
@@ -1072,4 +1206,297 @@ mn_status mn__cuda_search(mn_backend *b, const mn_tensor *q,
   free(tmp_s);
   free(tmp_i);
   return st;
+}
+
+/* ---------------------------------------------------------------------------
+ * Batched ops: several blocks for the same queries, enqueued on one lane's
+ * stream and synchronised once (the store's 4096-row chunks: one call per
+ * chunk was a launch, a copy and a stream sync each, ~20 us).
+ * ------------------------------------------------------------------------- */
+namespace {
+
+/* The contexts of a batched call, one per block (or segment). They live
+ * until the call has synchronised: they own host arrays' uploads and the
+ * prepared queries that later contexts borrow. */
+struct CtxArray {
+  Ctx *v = nullptr;
+  CtxArray() = default;
+  CtxArray(const CtxArray &) = delete;
+  CtxArray &operator=(const CtxArray &) = delete;
+  ~CtxArray() {
+    delete[] v;
+  }
+  mn_status make(int64_t n) {
+    v = new (std::nothrow) Ctx[n];
+    return v ? MN_OK
+             : MNC_ERR(MN_ERR_NOMEM, "out of host memory for %lld blocks",
+                       (long long)n);
+  }
+};
+
+inline size_t zmax(size_t a, size_t b) {
+  return a > b ? a : b;
+}
+
+struct HostMem {
+  void *p = nullptr;
+  HostMem() = default;
+  HostMem(const HostMem &) = delete;
+  HostMem &operator=(const HostMem &) = delete;
+  ~HostMem() {
+    free(p);
+  }
+  mn_status alloc(size_t n) {
+    p = malloc(n ? n : 1);
+    return p ? MN_OK
+             : MNC_ERR(MN_ERR_NOMEM, "out of host memory (%zu bytes)", n);
+  }
+};
+
+/* Context i's queries: borrowed from an earlier context of the call with
+ * the same layout (usually the one before), else prepared. */
+mn_status ctx_query_batched(Ctx *cs, int64_t i, const mn_tensor *q) {
+  for (int64_t j = i - 1; j >= 0; j--)
+    if (cs[j].has_q && ctx_query_fits(cs[i], cs[j])) {
+      ctx_share_query(cs[i], cs[j]);
+      cs[i].has_q = true;
+      return MN_OK;
+    }
+  MNC_CHECK(ctx_query(cs[i], q));
+  cs[i].has_q = true;
+  return MN_OK;
+}
+
+/* A block the batch takes: rows in one segment, k within the fused
+ * kernels. The others go through mn__cuda_search on their own. */
+bool batchable(const mn_search_block *bl) {
+  return bl->db.codes.rows > 0 && bl->db.codes.rows <= SEGMENT &&
+         bl->k <= MNC_MAX_FUSED_K;
+}
+
+struct BlockPlan {
+  ScanPlan scan;
+  GemmPlan gemm;
+  int64_t off; /* first entry of its lists in the call's output */
+};
+
+/* Every batchable block: scored and selected on one stream into one device
+ * buffer of [Q][k] lists, downloaded once, converted to scores / ids. */
+mn_status search_batch(mnc_backend *cb, const mn_tensor *q,
+                       mn_search_block *blocks, int64_t nb, int metric) {
+  int64_t nbat = 0;
+  for (int64_t i = 0; i < nb; i++)
+    nbat += batchable(&blocks[i]);
+  if (nbat == 0)
+    return MN_OK;
+  const int Q = (int)q->rows;
+  MncLane lane;
+  MNC_CHECK(lane.get(cb));
+  mnc_lane *l = lane.l;
+  CtxArray cs;
+  MNC_CHECK(cs.make(nb));
+  HostMem plan_mem;
+  MNC_CHECK(plan_mem.alloc((size_t)nb * sizeof(BlockPlan)));
+  BlockPlan *plans = (BlockPlan *)plan_mem.p;
+
+  /* contexts, prepared queries, and the scratch the largest block needs */
+  size_t lists = 0, s_elems = 0, wide_elems = 0, xn_elems = 0, part = 0,
+         best = 0;
+  int64_t total = 0;
+  for (int64_t i = 0; i < nb; i++) {
+    const mn_search_block *bl = &blocks[i];
+    if (!batchable(bl))
+      continue;
+    Ctx &c = cs.v[i];
+    const int k = (int)bl->k;
+    MNC_CHECK(ctx_db(c, cb, l, q, &bl->db, metric, true));
+    MNC_CHECK(ctx_query_batched(cs.v, i, q));
+    BlockPlan &p = plans[i];
+    if (c.gemm) {
+      p.gemm = gemm_plan(c);
+      const size_t C = (size_t)p.gemm.C;
+      s_elems = zmax(s_elems, (size_t)Q * C);
+      if (c.dt == MN_DTYPE_I8)
+        wide_elems = zmax(wide_elems, C * (size_t)c.ldh);
+      if (c.need_norm)
+        xn_elems = zmax(xn_elems, C);
+      part = zmax(part, (size_t)Q * p.gemm.splits * k);
+      best = zmax(best, (size_t)Q * k);
+    } else {
+      MNC_CHECK(scan_plan(c, k, &p.scan));
+      lists = zmax(lists, p.scan.lists);
+    }
+    p.off = total;
+    total += (int64_t)Q * k;
+  }
+
+  MncBuf out, pk, pi, S, wide, xn, part_k, part_i, best_k, best_i;
+  MNC_CHECK(out.alloc(cb, l, (size_t)total * (sizeof(float) + sizeof(int))));
+  float *okey = out.as<float>();
+  int *oid = (int *)(okey + total);
+  if (lists) {
+    MNC_CHECK(pk.alloc(cb, l, lists * sizeof(float)));
+    MNC_CHECK(pi.alloc(cb, l, lists * sizeof(int)));
+  }
+  GemmWs w = {};
+  if (s_elems) {
+    MNC_CHECK(S.alloc(cb, l, s_elems * sizeof(float)));
+    MNC_CHECK(part_k.alloc(cb, l, part * sizeof(float)));
+    MNC_CHECK(part_i.alloc(cb, l, part * sizeof(int)));
+    MNC_CHECK(best_k.alloc(cb, l, best * sizeof(float)));
+    MNC_CHECK(best_i.alloc(cb, l, best * sizeof(int)));
+    w.S[0] = w.S[1] = S.as<float>();
+    w.part_k = part_k.as<float>();
+    w.part_i = part_i.as<int>();
+    w.best_k = best_k.as<float>();
+    w.best_i = best_i.as<int>();
+  }
+  if (wide_elems) {
+    MNC_CHECK(wide.alloc(cb, l, wide_elems * sizeof(__half)));
+    w.wide[0] = w.wide[1] = wide.as<__half>();
+  }
+  if (xn_elems) {
+    MNC_CHECK(xn.alloc(cb, l, xn_elems * sizeof(float)));
+    w.xn[0] = w.xn[1] = xn.as<float>();
+  }
+
+  /* enqueue: the scratch is reused block after block in stream order */
+  for (int64_t i = 0; i < nb; i++) {
+    const mn_search_block *bl = &blocks[i];
+    if (!batchable(bl))
+      continue;
+    Ctx &c = cs.v[i];
+    const BlockPlan &p = plans[i];
+    const int k = (int)bl->k;
+    if (c.gemm)
+      MNC_CHECK(gemm_enqueue(c, k, p.gemm, w, true, okey + p.off, oid + p.off));
+    else
+      MNC_CHECK(scan_enqueue(c, p.scan, k, okey + p.off, oid + p.off,
+                             pk.as<float>(), pi.as<int>()));
+  }
+
+  /* one download (it waits for the stream), then keys -> scores */
+  HostMem host;
+  MNC_CHECK(host.alloc((size_t)total * (sizeof(float) + sizeof(int))));
+  MNC_CHECK(mn__cuda_d2h(l, host.p, out.p,
+                         (size_t)total * (sizeof(float) + sizeof(int))));
+  const float *hkey = (const float *)host.p;
+  const int *hid = (const int *)(hkey + total);
+  const float tail = metric == MN_METRIC_L2 ? INFINITY : -INFINITY;
+  for (int64_t i = 0; i < nb; i++) {
+    mn_search_block *bl = &blocks[i];
+    if (!batchable(bl))
+      continue;
+    const int64_t off = plans[i].off, n = (int64_t)Q * bl->k;
+    for (int64_t e = 0; e < n; e++) {
+      const int id = hid[off + e];
+      if (id < 0 || id == INT_MAX) {
+        bl->scores[e] = tail;
+        bl->ids[e] = -1;
+      } else {
+        bl->ids[e] = id;
+        bl->scores[e] = metric == MN_METRIC_L2 ? -hkey[off + e] : hkey[off + e];
+      }
+    }
+  }
+  return MN_OK;
+}
+
+} // namespace
+
+mn_status mn__cuda_search_many(mn_backend *b, const mn_tensor *q,
+                               mn_search_block *blocks, int64_t nblocks,
+                               mn_metric metric) {
+  mnc_backend *cb = mnc_of(b);
+  for (int64_t i = 0; i < nblocks; i++)
+    MNC_CHECK(check_search_args(q, &blocks[i].db));
+  if (q->rows == 0)
+    return MN_OK;
+  MNC_CHECK(search_batch(cb, q, blocks, nblocks, metric));
+  /* the rest one by one, after the batch has given its lane back */
+  const float tail = metric == MN_METRIC_L2 ? INFINITY : -INFINITY;
+  for (int64_t i = 0; i < nblocks; i++) {
+    mn_search_block *bl = &blocks[i];
+    if (batchable(bl))
+      continue;
+    if (bl->db.codes.rows == 0) {
+      for (int64_t e = 0; e < q->rows * bl->k; e++) {
+        bl->scores[e] = tail;
+        bl->ids[e] = -1;
+      }
+      continue;
+    }
+    MNC_CHECK(
+        mn__cuda_search(b, q, &bl->db, metric, bl->k, 0, bl->scores, bl->ids));
+  }
+  return MN_OK;
+}
+
+mn_status mn__cuda_similarity_many(mn_backend *b, const mn_tensor *q,
+                                   const mn_vecblock *dbs, int64_t nblocks,
+                                   mn_metric metric, mn_tensor *out) {
+  mnc_backend *cb = mnc_of(b);
+  MNC_CHECK(mn__cuda_check_layout(out, "output"));
+  int64_t total = 0, pieces = 0;
+  for (int64_t i = 0; i < nblocks; i++) {
+    MNC_CHECK(check_search_args(q, &dbs[i]));
+    total += dbs[i].codes.rows;
+    pieces += (dbs[i].codes.rows + SEGMENT - 1) / SEGMENT;
+  }
+  if (q->rows == 0 || total == 0)
+    return MN_OK;
+  const int64_t ldo = q->rows > 1 ? out->stride / 4 : total;
+  MncLane lane;
+  MNC_CHECK(lane.get(cb));
+  CtxArray cs;
+  MNC_CHECK(cs.make(pieces));
+  /* blocks of more than SEGMENT rows in segments, as mn__cuda_similarity */
+  size_t wide_elems = 0, xn_elems = 0;
+  for (int pass = 0; pass < 2; pass++) {
+    GemmWs w = {};
+    MncBuf wide, xn;
+    if (pass == 1) {
+      if (wide_elems) {
+        MNC_CHECK(wide.alloc(cb, lane.l, wide_elems * sizeof(__half)));
+        w.wide[0] = w.wide[1] = wide.as<__half>();
+      }
+      if (xn_elems) {
+        MNC_CHECK(xn.alloc(cb, lane.l, xn_elems * sizeof(float)));
+        w.xn[0] = w.xn[1] = xn.as<float>();
+      }
+    }
+    int64_t p = 0, col = 0;
+    for (int64_t i = 0; i < nblocks; i++) {
+      const mn_vecblock *db = &dbs[i];
+      for (int64_t r0 = 0; r0 < db->codes.rows; r0 += SEGMENT, p++) {
+        int64_t n =
+            db->codes.rows - r0 < SEGMENT ? db->codes.rows - r0 : SEGMENT;
+        Ctx &c = cs.v[p];
+        if (pass == 0) {
+          mn_vecblock seg = *db;
+          seg.codes.data = (char *)db->codes.data + r0 * db->codes.stride;
+          seg.codes.rows = n;
+          if (seg.scales)
+            seg.scales += r0;
+          if (seg.norms)
+            seg.norms += r0;
+          MNC_CHECK(ctx_db(c, cb, lane.l, q, &seg, metric, true));
+          MNC_CHECK(ctx_query_batched(cs.v, p, q));
+          if (similarity_gemm(c, ldo)) {
+            const size_t C = (size_t)chunk_of(c);
+            if (c.dt == MN_DTYPE_I8)
+              wide_elems = zmax(wide_elems, C * (size_t)c.ldh);
+            if (c.need_norm)
+              xn_elems = zmax(xn_elems, C);
+          }
+        } else {
+          MNC_CHECK(similarity_impl(c, (float *)out->data + col + r0, ldo, &w));
+        }
+      }
+      col += db->codes.rows;
+    }
+    if (pass == 1)
+      MNC_TRY(cudaStreamSynchronize(lane.s()));
+  }
+  return MN_OK;
 }
