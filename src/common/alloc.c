@@ -3,9 +3,11 @@
  * host allocations made through mn_malloc are counted under MN_TIER_HOST.
  *
  * DESIGN: counters are C11 atomics, so any thread may allocate. mn_malloc
- * keeps the block size in a 64-byte header in front of the returned pointer
- * so that mn_free can subtract it; the pointer handed out stays 64-byte
- * aligned for AVX-512 loads.
+ * keeps the block size in a header in front of the returned pointer so
+ * that mn_free can subtract it; the pointer handed out stays 64-byte
+ * aligned for AVX-512 loads. The header is 64 bytes, or more when asked
+ * for (mn__malloc_front): its last 16 bytes hold its own size and the
+ * block's, so mn_free finds the start of any block.
  */
 #include "common/internal.h"
 
@@ -40,21 +42,45 @@ int64_t mn_account_peak(mn_tier tier) {
   return atomic_load(&tier_peak[tier]);
 }
 
-void *mn_malloc(size_t bytes) {
-  if (bytes > SIZE_MAX - 2 * MN__ALLOC_HEADER) {
+void *mn__malloc_front(size_t bytes, size_t front) {
+  front =
+      front <= MN__ALLOC_HEADER ? MN__ALLOC_HEADER : (front + 63) & ~(size_t)63;
+  if (front > SIZE_MAX / 4 || bytes > SIZE_MAX - 2 * front) {
     mn__set_error(MN_ERR_NOMEM, "allocation of %zu bytes is too large", bytes);
     return NULL;
   }
-  size_t total = (bytes + MN__ALLOC_HEADER + 63) & ~(size_t)63;
+  size_t total = (bytes + front + 63) & ~(size_t)63;
   char *base = aligned_alloc(64, total);
   if (!base) {
     mn__set_error(MN_ERR_NOMEM, "out of host memory allocating %zu bytes",
                   bytes);
     return NULL;
   }
-  memcpy(base, &total, sizeof total);
+  char *p = base + front;
+  memcpy(p - 16, &front, sizeof front);
+  memcpy(p - 8, &total, sizeof total);
   mn_account_add(MN_TIER_HOST, (int64_t)total);
-  return base + MN__ALLOC_HEADER;
+  return p;
+}
+
+void *mn_malloc(size_t bytes) {
+  return mn__malloc_front(bytes, MN__ALLOC_HEADER);
+}
+
+size_t mn__alloc_front(const void *p) {
+  size_t front;
+  memcpy(&front, (const char *)p - 16, sizeof front);
+  return front;
+}
+
+void *mn__alloc_detach(void *p, size_t *front) {
+  size_t f, total;
+  memcpy(&f, (char *)p - 16, sizeof f);
+  memcpy(&total, (char *)p - 8, sizeof total);
+  mn_account_add(MN_TIER_HOST, -(int64_t)total);
+  if (front)
+    *front = f;
+  return (char *)p - f;
 }
 
 void *mn_calloc(size_t n, size_t size) {
@@ -72,9 +98,5 @@ void *mn_calloc(size_t n, size_t size) {
 void mn_free(void *p) {
   if (!p)
     return;
-  char *base = (char *)p - MN__ALLOC_HEADER;
-  size_t total;
-  memcpy(&total, base, sizeof total);
-  mn_account_add(MN_TIER_HOST, -(int64_t)total);
-  free(base);
+  free(mn__alloc_detach(p, NULL));
 }

@@ -34,4 +34,17 @@ void mn__log(mn_log_level level, const char *module, const char *fmt, ...)
       return mn__s;                                                            \
   } while (0)
 
+/* mn_malloc with `front` bytes (rounded up to 64, at least 64) in front of
+ * the block, freed with mn_free like any other. Large result tensors get
+ * MN__TENSOR_FRONT: a binary reply then writes its header there instead of
+ * copying the tensor behind the header (rpc.c, finish). */
+#define MN__TENSOR_FRONT 4096
+void *mn__malloc_front(size_t bytes, size_t front);
+/* The room in front of an mn_malloc block (bytes before the pointer). */
+size_t mn__alloc_front(const void *p);
+/* Take an mn_malloc block out of mn_free's hands: it is no longer counted,
+ * and the pointer returned (the start of the block, *front bytes before p)
+ * is freed with free(). */
+void *mn__alloc_detach(void *p, size_t *front);
+
 #endif /* MNEMO_INTERNAL_H */

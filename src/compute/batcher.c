@@ -316,7 +316,8 @@ static mn_status take_rows(const group *g, const member *m,
   const mn_pipeline_result *all = &g->res;
   int64_t n = m->in->rows;
   size_t rb = mn_dtype_row_bytes(all->out.dtype, all->out.cols);
-  void *data = mn_malloc(rb * (size_t)n);
+  size_t bytes = rb * (size_t)n;
+  void *data = mn__malloc_front(bytes, bytes >= 16384 ? MN__TENSOR_FRONT : 0);
   float *scales = NULL;
   if (all->scales)
     scales = mn_malloc(sizeof(float) * (size_t)n);

@@ -403,7 +403,11 @@ static mn_status run(pipe *p, const mn_pipeline_opts *o) {
   mn_dtype odt =
       o->quant != MN_QUANT_NONE ? mn_quant_dtype(o->quant) : o->precision;
   size_t orb = mn_dtype_row_bytes(odt, p->out_cols);
-  void *odata = mn_malloc(orb * (size_t)p->rows);
+  /* Room in front of a large output: a binary reply puts its header there
+   * rather than copying the tensor behind it. */
+  size_t obytes = orb * (size_t)p->rows;
+  void *odata =
+      mn__malloc_front(obytes, obytes >= 16384 ? MN__TENSOR_FRONT : 0);
   if (!odata)
     return MN_ERR_NOMEM;
   res->out = mn_tensor_host(odata, odt, p->rows, p->out_cols);

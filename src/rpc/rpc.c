@@ -595,6 +595,33 @@ static void finish(mn__jw *w, msg_ctx *mc, int reserved_header,
     return;
   }
   size_t pay = mc->payload_out.len;
+  if (reserved_header && mc->payload_out.adopted && pay) {
+    /* The payload is one result tensor with room in front of it (see
+     * MN__TENSOR_FRONT): the length and the JSON go there, and the tensor
+     * is not copied. */
+    size_t json = w->len - head - 4;
+    size_t pad = (8 - ((4 + json) & 7)) & 7;
+    size_t lead = 4 + json + pad;
+    if (mn__alloc_front(mc->payload_out.p) >= head + lead) {
+      size_t front;
+      unsigned char *base = mn__alloc_detach(mc->payload_out.p, &front);
+      unsigned char *h = mc->payload_out.p - lead;
+      uint32_t n = (uint32_t)(lead - 4);
+      h[0] = (unsigned char)(n & 0xff);
+      h[1] = (unsigned char)((n >> 8) & 0xff);
+      h[2] = (unsigned char)((n >> 16) & 0xff);
+      h[3] = (unsigned char)(n >> 24);
+      memcpy(h + 4, w->buf + head + 4, json);
+      memset(h + 4 + json, ' ', pad);
+      out->data = h;
+      out->len = lead + pay;
+      out->binary = 1;
+      out->headroom = (size_t)(h - base);
+      memset(&mc->payload_out, 0, sizeof mc->payload_out);
+      mn__jw_free(w);
+      return;
+    }
+  }
   if (!reserved_header) {
     /* A text request whose reply carries binary tensors. */
     mn__jw nw;

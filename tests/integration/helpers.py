@@ -191,7 +191,11 @@ def binary_frame(header, payload=b""):
 
 
 def split_binary(frame):
+    """A binary reply: its JSON header and its payload. The server pads the
+    JSON so that the payload starts at a multiple of 8 bytes (docs/API.md);
+    every reply the tests read is checked for it."""
     (n,) = struct.unpack_from("<I", frame, 0)
+    assert (4 + n) % 8 == 0, f"payload at byte {4 + n}, not a multiple of 8"
     return json.loads(frame[4:4 + n]), frame[4 + n:]
 
 
