@@ -601,7 +601,8 @@ static int h_fit_pca(mn__call *c, const mn__jv *p, mn__jw *w) {
     return rc;
   mn_tensor t = mn_tensor_host(in.data, MN_DTYPE_F32, in.rows, in.cols);
   mn_pca_model *m = NULL;
-  mn_status s = mn__rpc_pca_fit(c->r, &t, k, &m, NULL);
+  unsigned flags = 0;
+  mn_status s = mn__rpc_pca_fit(c->r, &t, k, &m, &flags);
   if (s != MN_OK)
     return mn__fail_status(c, s, NULL);
   rc = mn__check_deadline(c);
@@ -632,6 +633,8 @@ static int h_fit_pca(mn__call *c, const mn__jv *p, mn__jw *w) {
   write_floats(w, ratios, k);
   mn__jw_kdouble(w, "total_explained_variance", total);
   mn__jw_kbool(w, "replaced", replaced);
+  if (flags & MN__RUN_CPU_FALLBACK)
+    mn__jw_kbool(w, "cpu_fallback", 1);
   mn__jw_obj_end(w);
   return 0;
 }
@@ -1103,7 +1106,12 @@ const mn__method mn__methods[] = {
             "explained_variance_ratio" :
                 {"type" : "array", "items" : {"type" : "number"}},
             "total_explained_variance" : {"type" : "number"},
-            "replaced" : {"type" : "boolean"}
+            "replaced" : {"type" : "boolean"},
+            "cpu_fallback" : {
+              "type" : "boolean",
+              "description" : "Present (true) when the GPU ran out of "
+                              "memory and the fit ran on the CPU instead."
+            }
           },
           "required" : [
             "name", "n_components", "input_dim", "explained_variance_ratio",

@@ -723,6 +723,7 @@ int mn__h_process_chunk(mn__call *c, const mn__jv *p, mn__jw *w) {
   if ((rc = mn__tensor_decode(c, mn__jobj_get(p, "embeddings"), path, &in)))
     return rc;
   const mn__jv *o = mn__jobj_get(p, "options");
+  unsigned flags = 0;
   const mn__jv *nz = opt(o, "normalize");
   const char *model = cstr(c, opt(o, "pca_model"));
   const float *rows = in.data;
@@ -755,7 +756,7 @@ int mn__h_process_chunk(mn__call *c, const mn__jv *p, mn__jw *w) {
     }
     po.precision = MN_DTYPE_F32;
     mn_tensor t = mn_tensor_host(in.data, MN_DTYPE_F32, in.rows, in.cols);
-    mn_status s = mn__rpc_pipeline(c->r, &t, &po, &res, NULL);
+    mn_status s = mn__rpc_pipeline(c->r, &t, &po, &res, &flags);
     if (m)
       mn__pca_store_put(c->r->pca, m);
     if (s != MN_OK)
@@ -776,6 +777,8 @@ int mn__h_process_chunk(mn__call *c, const mn__jv *p, mn__jw *w) {
   mn__jw_kint(w, "used", (int64_t)info.used);
   mn__jw_kint(w, "size", (int64_t)info.size);
   mn__jw_kint(w, "written", in.rows);
+  if (flags & MN__RUN_CPU_FALLBACK)
+    mn__jw_kbool(w, "cpu_fallback", 1);
   mn__jw_obj_end(w);
   return 0;
 }

@@ -239,6 +239,7 @@ static void test_fallback_and_keep_serving(void **state) {
   sb_add(&b, "}}");
   res = fx_ok(f, b.p, &rep);
   assert_int_equal(json_integer_value(json_object_get(res, "n_components")), k);
+  assert_true(json_is_true(json_object_get(res, "cpu_fallback")));
   json_decref(rep);
   free(b.p);
   assert_int_equal(fallbacks_counted(f), 3);
@@ -278,6 +279,44 @@ static void test_fallback_and_keep_serving(void **state) {
   free(x);
   assert_int_equal(fallbacks_counted(f), 4);
 
+  /* processChunk: normalising 40 rows fails on the device; the CPU does
+   * it, the reply says so, and the chunk holds the normalised rows. */
+  res = fx_ok(f,
+              "{\"jsonrpc\":\"2.0\",\"id\":5,\"method\":\"allocateMemory\","
+              "\"params\":{\"size\":8192}}",
+              &rep);
+  char chunk[64];
+  snprintf(chunk, sizeof chunk, "%s",
+           json_string_value(json_object_get(res, "chunkId")));
+  json_decref(rep);
+  x = rand_matrix(40, cols);
+  b = (sbuf){0};
+  sb_add(&b,
+         "{\"jsonrpc\":\"2.0\",\"id\":6,\"method\":\"processChunk\","
+         "\"params\":{\"chunkId\":\"%s\",\"options\":{\"normalize\":true},"
+         "\"embeddings\":",
+         chunk);
+  sb_matrix(&b, x, 40, cols);
+  sb_add(&b, "}}");
+  res = fx_ok(f, b.p, &rep);
+  assert_int_equal(json_integer_value(json_object_get(res, "written")), 40);
+  assert_true(json_is_true(json_object_get(res, "cpu_fallback")));
+  json_decref(rep);
+  free(b.p);
+  assert_int_equal(fallbacks_counted(f), 5);
+  b = (sbuf){0};
+  sb_add(&b,
+         "{\"jsonrpc\":\"2.0\",\"id\":7,\"method\":\"readChunk\","
+         "\"params\":{\"chunkId\":\"%s\"}}",
+         chunk);
+  res = fx_ok(f, b.p, &rep);
+  json_t *emb = json_object_get(res, "embeddings");
+  json_object_set(res, "processed", emb);
+  check_normalized(res, x, 40, cols);
+  json_decref(rep);
+  free(b.p);
+  free(x);
+
   /* And the device still serves what fits. */
   x = rand_matrix(16, cols);
   req = process_request(x, 16, cols, "{\"normalize\":true}");
@@ -288,7 +327,7 @@ static void test_fallback_and_keep_serving(void **state) {
   json_decref(rep);
   free(req);
   free(x);
-  assert_int_equal(fallbacks_counted(f), 4);
+  assert_int_equal(fallbacks_counted(f), 5);
 
   fx_free(f);
   mn_log_set(NULL, NULL);
