@@ -31,8 +31,10 @@
  * recently used chunks down to fit (pinned ones when released), so a
  * device that stays short converges to the L1 size it can afford, and
  * the chunks moved down are read from L2 directly by the searches that
- * still fall back. The ceiling only ever goes down: it holds until the
- * store is reopened.
+ * still fall back. The ceiling is lifted ST_L1_RETRY_S seconds after it
+ * was last lowered (device memory that another process held may be free
+ * again); if the device is still short, the next chunk allocation or
+ * search finds out and lowers it again, at the cost of one fallback.
  */
 #include "store/store_internal.h"
 
@@ -238,6 +240,19 @@ static void lru_touch(mn_store *s, st_chunk *ch, uint64_t tick) {
   lru_push(s, ch, t);
 }
 
+#define ST_L1_RETRY_S 60.0
+
+/* tier_mu held: lift L1's ceiling once it has stood ST_L1_RETRY_S. */
+static void l1_cap_expire(mn_store *s) {
+  if (s->l1_cap == UINT64_MAX || mn__st_now(s) - s->l1_cap_at < ST_L1_RETRY_S)
+    return;
+  MN__LOGI(ST_MOD,
+           "lifting the L1 ceiling of %llu bytes that device out of memory "
+           "set %.0f s ago: chunks may move to the device again",
+           (unsigned long long)s->l1_cap, mn__st_now(s) - s->l1_cap_at);
+  s->l1_cap = UINT64_MAX;
+}
+
 /* The limit memory chunks may fill a tier to (UINT64_MAX: none). */
 static uint64_t chunk_limit(const mn_store *s, int tier) {
   if (tier == MN_TIER_HOST)
@@ -341,6 +356,7 @@ static int to_device(mn_store *s, st_chunk *ch, const void *codes,
   if (!s->l1_enabled)
     return 0;
   uint64_t b = dev_bytes(ch);
+  l1_cap_expire(s);
   if (!make_room(s, MN_TIER_DEVICE, b, chunk_limit(s, MN_TIER_DEVICE), pr))
     return 0;
   void *d = NULL;
@@ -348,6 +364,7 @@ static int to_device(mn_store *s, st_chunk *ch, const void *codes,
   if (as == MN_ERR_DEVICE_OOM && s->used[MN_TIER_DEVICE] < s->l1_cap) {
     /* The device is full at what L1 holds now: L1 grows no further. */
     s->l1_cap = s->used[MN_TIER_DEVICE];
+    s->l1_cap_at = mn__st_now(s);
     MN__LOGW(ST_MOD,
              "device out of memory for a chunk of %llu bytes (%s); it stays "
              "in host memory, and L1 chunks are limited to the %llu bytes "
@@ -721,6 +738,7 @@ void mn__st_l1_oom(mn_store *s) {
   uint64_t cap = held - held / 4;
   if (cap < s->l1_cap)
     s->l1_cap = cap;
+  s->l1_cap_at = mn__st_now(s);
   int64_t moved = 0;
   for (st_chunk *v = s->lru_tail[MN_TIER_DEVICE];
        v && s->used[MN_TIER_DEVICE] > s->l1_cap;) {
@@ -735,9 +753,10 @@ void mn__st_l1_oom(mn_store *s) {
   pthread_mutex_unlock(&s->tier_mu);
   MN__LOGW(ST_MOD,
            "out of device memory during a search: L1 chunks are limited to "
-           "%llu bytes from now on (they held %llu); %lld chunk(s) moved "
+           "%llu bytes for %.0f s (they held %llu); %lld chunk(s) moved "
            "down now, those being read follow when released",
-           (unsigned long long)cap, (unsigned long long)held, (long long)moved);
+           (unsigned long long)cap, ST_L1_RETRY_S, (unsigned long long)held,
+           (long long)moved);
 }
 
 /* Free a chunk that no one can reach any more (collection freed). */

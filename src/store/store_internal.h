@@ -366,8 +366,9 @@ struct mn_store {
   st_chunk *lru_head[MN_TIER_COUNT], *lru_tail[MN_TIER_COUNT];
   uint64_t used[MN_TIER_COUNT]; /* L1 / L2 chunk bytes (L2 also working) */
   uint64_t budget[MN_TIER_COUNT];
-  uint64_t l1_cap; /* UINT64_MAX, or the ceiling device out of memory has
-                      put on L1 chunks (store_chunk.c, mn__st_l1_oom) */
+  uint64_t l1_cap;  /* UINT64_MAX, or the ceiling device out of memory has
+                       put on L1 chunks (store_chunk.c, mn__st_l1_oom) */
+  double l1_cap_at; /* mn__st_now() when it was last lowered */
   int64_t tier_chunks[MN_TIER_COUNT];
   atomic_uint_fast64_t tick;
   int64_t promotions, demotions;

@@ -837,6 +837,9 @@ static void test_l1_device_oom(void **state) {
   test_opts(&o, dir);
   o.backend = &g->base;
   o.chunk_rows = 64;
+  test_clock clk = {1000.0};
+  o.clock = test_clock_fn;
+  o.clock_user = &clk;
   mn_store *s;
   ST_OK(mn_store_open(&o, &s));
   const int64_t dim = 32, n = 4 * 64, nq = 2, k = 12;
@@ -917,12 +920,32 @@ static void test_l1_device_oom(void **state) {
   assert_int_equal(st.chunks[MN_TIER_HOST], 5);
   g->alloc_max = 0;
 
-  /* The device works again, but the ceiling stays: L2 serves. */
+  /* The device works again, but the ceiling stays for a minute: L2
+   * serves. */
+  clk.now += 59;
   check_search(s, "o", x, sig, nall, dim, q, nq, k, 0, NULL);
   check_search(s, "o", x, sig, nall, dim, q, nq, k, 0.5, NULL);
   mn_store_get_stats(s, &st);
   assert_int_equal(st.chunks[MN_TIER_DEVICE], 0);
   assert_int_equal(g->live_allocs, 0);
+
+  /* A minute after it was last lowered the ceiling is lifted: searches
+   * bring chunks back to the device, with the same results. */
+  clk.now += 2;
+  searches = g->searches;
+  check_search(s, "o", x, sig, nall, dim, q, nq, k, 0, NULL);
+  check_search(s, "o", x, sig, nall, dim, q, nq, k, 0, NULL);
+  mn_store_get_stats(s, &st);
+  assert_true(st.l1_cap == UINT64_MAX);
+  assert_true(st.chunks[MN_TIER_DEVICE] > 0);
+  assert_true(g->searches > searches);
+  check_search(s, "o", x, sig, nall, dim, q, nq, k, 0.5, NULL);
+  /* Still short: the next failure lowers it again. */
+  g->oom_ops = 1;
+  check_search(s, "o", x, sig, nall, dim, q, nq, k, 0, "search out of memory");
+  mn_store_get_stats(s, &st);
+  assert_true(st.l1_cap != UINT64_MAX);
+  g->oom_ops = 0;
   mn_store_close(s);
   mn_backend_close(&g->base);
   free(x);
