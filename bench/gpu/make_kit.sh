@@ -16,13 +16,15 @@ KIT=$B/kit
 cmake -S . -B "$B" -DCMAKE_BUILD_TYPE=Release -DMNEMO_CUDA=ON \
   -DMNEMO_CUDA_ARCHS=90-real -DMNEMO_WERROR=ON >/dev/null
 cmake --build "$B" -j"$(nproc)" --target mnemod mnemo-cuda bench_gpu \
-  bench_store load test_cuda_backend test_backend_ops >/dev/null
+  bench_store load test_cuda_backend test_backend_ops test_store_device \
+  >/dev/null
 rm -rf "$KIT"
 mkdir -p "$KIT/bin" "$KIT/bench" "$KIT/tests" "$KIT/lib" "$KIT/py"
 cp -P "$B"/bin/libmnemo.so* "$B/bin/libmnemo-cuda.so" "$B/bin/mnemod" \
   "$KIT/bin/"
 cp "$B/bench/bench_gpu" "$B/bench/bench_store" "$B/bench/load" "$KIT/bench/"
-cp "$B/tests/test_cuda_backend" "$B/tests/test_backend_ops" "$KIT/tests/"
+cp "$B/tests/test_cuda_backend" "$B/tests/test_backend_ops" \
+  "$B/tests/test_store_device" "$KIT/tests/"
 # Every shared library they use except glibc's own and CUDA's (the device
 # has its own CUDA 13 libraries, matched to its driver).
 for f in "$KIT"/bin/mnemod "$KIT"/bin/libmnemo.so "$KIT"/tests/* \

@@ -12,8 +12,10 @@
 #      core's shared libraries beside them) when they run there; otherwise the plugin and
 #      bench_gpu straight from nvcc (the tests then need libmnemo and are
 #      reported as not built)
-#   3. test_cuda_backend (the plugin against the CPU backend) and
-#      test_backend_ops (every op on every backend, double references)
+#   3. test_cuda_backend (the plugin against the CPU backend),
+#      test_backend_ops (every op on every backend, double references) and
+#      test_store_device (the store's L1 on the device against a CPU store,
+#      grouped chunk search included)
 #   4. bench_gpu (the plugin) and peer_torch.py (PyTorch), same run
 #   5. mnemod over loopback: CUDA against CPU backend (server_load.py)
 #   6. the store's search with GPU-resident chunks (bench_store --gpu)
@@ -86,7 +88,7 @@ note "machine"
 
 # --- 2. the binaries -----------------------------------------------------------
 KIT=/tmp/mnemo-kit/kit
-PLUGIN="" BENCH="" MNEMOD="" LOAD="" BSTORE="" TCUDA="" TOPS=""
+PLUGIN="" BENCH="" MNEMOD="" LOAD="" BSTORE="" TCUDA="" TOPS="" TSTORE=""
 if [ -f gpu-kit/kit.tar.xz ]; then
   rm -rf /tmp/mnemo-kit && mkdir -p /tmp/mnemo-kit &&
     tar xJf gpu-kit/kit.tar.xz -C /tmp/mnemo-kit
@@ -99,6 +101,7 @@ if [ -x "$KIT/bin/mnemod" ]; then
     PLUGIN=$KIT/bin/libmnemo-cuda.so BENCH=$KIT/bench/bench_gpu
     MNEMOD=$KIT/bin/mnemod LOAD=$KIT/bench/load BSTORE=$KIT/bench/bench_store
     TCUDA=$KIT/tests/test_cuda_backend TOPS=$KIT/tests/test_backend_ops
+    TSTORE=$KIT/tests/test_store_device
   fi
 fi
 if [ -z "$PLUGIN" ]; then
@@ -125,6 +128,8 @@ if [ -n "$TCUDA" ]; then
       CMOCKA_MESSAGE_OUTPUT=stdout "$TCUDA"
   step test_ops 90 env MNEMO_BACKEND_PATH="$PLUGIN" \
       CMOCKA_MESSAGE_OUTPUT=stdout "$TOPS"
+  [ -x "${TSTORE:-}" ] && step test_store 60 env \
+      MNEMO_TEST_STORE_PLUGIN="$PLUGIN" CMOCKA_MESSAGE_OUTPUT=stdout "$TSTORE"
 else
   SUMMARY+=("$(printf '%-16s %s' tests 'NOT BUILT (no gpu-kit)')")
 fi
