@@ -30,7 +30,7 @@ typedef enum mn_quant_kind {
   MN_QUANT_INT4 = 3,        /* packed int4, one symmetric scale per row */
   MN_QUANT_FP16 = 4,
   MN_QUANT_BF16 = 5,
-  MN_QUANT_BINARY = 6       /* sign bits: 1 where x > 0 */
+  MN_QUANT_BINARY = 6 /* sign bits: 1 where x > 0 */
 } mn_quant_kind;
 
 /** "none", "int8", "int8_affine", "int4", "fp16", "bf16", "binary". */
@@ -72,9 +72,9 @@ MN_API mn_status mn_metric_parse(const char *s, mn_metric *out);
  */
 typedef struct mn_vecblock {
   mn_tensor codes;
-  const float *scales;           /* I8, I4: per row */
+  const float *scales;            /* I8, I4: per row */
   const mn_affine_params *affine; /* U8 */
-  const float *norms;            /* optional */
+  const float *norms;             /* optional */
 } mn_vecblock;
 
 /* ------------------------------------------------------------------------
@@ -83,18 +83,17 @@ typedef struct mn_vecblock {
 typedef struct mn_pca_model {
   int64_t input_dim;
   int64_t n_components;
-  int64_t n_samples;          /* rows the model was fitted on */
-  float *mean;                /* [input_dim] */
-  float *components;          /* [n_components x input_dim], row-major,
-                                 unit rows, by decreasing variance */
-  float *explained_variance;  /* [n_components], eigenvalues (n-1 divisor) */
+  int64_t n_samples;         /* rows the model was fitted on */
+  float *mean;               /* [input_dim] */
+  float *components;         /* [n_components x input_dim], row-major,
+                                unit rows, by decreasing variance */
+  float *explained_variance; /* [n_components], eigenvalues (n-1 divisor) */
   float *explained_variance_ratio; /* [n_components] */
-  double total_variance;      /* trace of the covariance */
+  double total_variance;           /* trace of the covariance */
 } mn_pca_model;
 
 /** Allocate an empty model with arrays sized for (input_dim, k). */
-MN_API mn_status mn_pca_alloc(int64_t input_dim, int64_t k,
-                              mn_pca_model **out);
+MN_API mn_status mn_pca_alloc(int64_t input_dim, int64_t k, mn_pca_model **out);
 MN_API void mn_pca_free(mn_pca_model *m);
 /** Sum of explained_variance_ratio. */
 MN_API double mn_pca_total_ratio(const mn_pca_model *m);
@@ -112,7 +111,7 @@ MN_API mn_status mn_pca_load(const char *path, mn_pca_model **out);
 typedef enum mn_backend_pref {
   MN_BACKEND_AUTO = 0, /* CUDA when a usable device is there, else CPU */
   MN_BACKEND_CPU = 1,
-  MN_BACKEND_CUDA = 2  /* CUDA or fail */
+  MN_BACKEND_CUDA = 2 /* CUDA or fail */
 } mn_backend_pref;
 
 MN_API mn_status mn_backend_pref_parse(const char *s, mn_backend_pref *out);
@@ -136,8 +135,7 @@ MN_API void mn_backend_opts_init(mn_backend_opts *o);
  * @return MN_OK; MN_ERR_UNSUPPORTED when CUDA was required and is not
  *         usable; MN_ERR_NOMEM.
  */
-MN_API mn_status mn_backend_open(const mn_backend_opts *opts,
-                                 mn_backend **out);
+MN_API mn_status mn_backend_open(const mn_backend_opts *opts, mn_backend **out);
 /** Always-available CPU backend. */
 MN_API mn_status mn_backend_open_cpu(const mn_backend_opts *opts,
                                      mn_backend **out);
@@ -163,8 +161,8 @@ MN_API mn_status mn_backend_alloc(mn_backend *b, size_t bytes, void **out);
 MN_API void mn_backend_free(mn_backend *b, void *p);
 MN_API mn_status mn_backend_upload(mn_backend *b, void *dst, const void *src,
                                    size_t bytes);
-MN_API mn_status mn_backend_download(mn_backend *b, void *dst,
-                                     const void *src, size_t bytes);
+MN_API mn_status mn_backend_download(mn_backend *b, void *dst, const void *src,
+                                     size_t bytes);
 MN_API mn_status mn_backend_memory_info(mn_backend *b, uint64_t *free_bytes,
                                         uint64_t *total_bytes);
 MN_API mn_status mn_backend_synchronize(mn_backend *b);
@@ -219,8 +217,7 @@ MN_API mn_status mn_backend_quantize(mn_backend *b, const mn_tensor *x,
 
 /** Inverse of mn_backend_quantize into float32 y (binary: +1 / -1). */
 MN_API mn_status mn_backend_dequantize(mn_backend *b, const mn_tensor *codes,
-                                       mn_quant_kind kind,
-                                       const float *scales,
+                                       mn_quant_kind kind, const float *scales,
                                        const mn_affine_params *affine,
                                        mn_tensor *y);
 
@@ -291,26 +288,26 @@ MN_API mn_status mn_topk(const mn_tensor *scores, int64_t k, int largest,
  * The processing pipeline (processEmbeddings).
  * ---------------------------------------------------------------------- */
 typedef struct mn_pipeline_opts {
-  int normalize;             /* L2-normalise rows first */
-  int64_t reduce_dims;       /* 0: no PCA */
-  const mn_pca_model *pca;   /* named model (borrowed) or NULL: fit on the
-                                batch when reduce_dims > 0 */
+  int normalize;           /* L2-normalise rows first */
+  int64_t reduce_dims;     /* 0: no PCA */
+  const mn_pca_model *pca; /* named model (borrowed) or NULL: fit on the
+                              batch when reduce_dims > 0 */
   int whiten;
   mn_quant_kind quant;
   const mn_affine_params *affine; /* INT8_AFFINE: given, or NULL to train
                                      on the batch */
-  mn_dtype precision;        /* output dtype when quant is NONE: F32, F16
-                                or BF16 */
-  int64_t batch_size;        /* rows per backend call, 0 = all at once */
+  mn_dtype precision;             /* output dtype when quant is NONE: F32, F16
+                                     or BF16 */
+  int64_t batch_size;             /* rows per backend call, 0 = all at once */
 } mn_pipeline_opts;
 
 MN_API void mn_pipeline_opts_init(mn_pipeline_opts *o);
 
 typedef struct mn_pipeline_result {
-  mn_tensor out;       /* host memory owned by the result */
-  float *scales;       /* INT8 / INT4: out.rows entries, else NULL */
+  mn_tensor out;           /* host memory owned by the result */
+  float *scales;           /* INT8 / INT4: out.rows entries, else NULL */
   mn_affine_params affine; /* INT8_AFFINE: the parameters used */
-  mn_pca_model *fitted; /* the model fitted on the batch, or NULL */
+  mn_pca_model *fitted;    /* the model fitted on the batch, or NULL */
   double processing_ms;
   int64_t zero_rows;
   mn_quant_kind quant;
