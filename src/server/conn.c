@@ -150,8 +150,6 @@ void mn__conn_complete(mn__conn *c, mn_rpc_reply *reply, int job_done) {
   if (job_done)
     c->inflight--;
   pthread_mutex_unlock(&c->lock);
-  if (job_done)
-    atomic_fetch_sub(&c->srv->backlog, 1);
   if (m || job_done)
     mn__conn_mark_ready(c);
 }

@@ -167,7 +167,8 @@ struct mn_server {
   int drain_rejected; /* queued jobs were told to answer -32004 */
 
   /* Overload: jobs handed over and not yet answered, over all
-   * connections (the loop adds, workers subtract). At queue_limit the
+   * connections (the loop adds; workers, or the watchdog when it answers a
+   * job first, subtract). At queue_limit the
    * loop stops reading from connections (TCP pushes back on the clients)
    * until it falls to three quarters; a backlog of thousands of read
    * messages only made every one of them cold in the caches. */

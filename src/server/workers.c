@@ -237,6 +237,10 @@ static void *worker_main(void *arg) {
     int late = j->answered && !skip;
     pthread_mutex_unlock(&p->lock);
 
+    /* A job the watchdog answered left the backlog then; any other leaves
+     * it now, before the loop is woken. */
+    if (!skip && !late)
+      atomic_fetch_sub(&p->srv->backlog, 1);
     if (late) {
       MN__LOGW("server",
                "%s: a request finished after the watchdog "
@@ -331,6 +335,10 @@ static void *watchdog_main(void *arg) {
                found[k].conn->peer);
       if (s->metrics)
         mn_metrics_count(s->metrics, "watchdog_timeouts", 1);
+      /* Answered: it no longer holds back reading (processing.queue_limit),
+       * even if its worker never comes back; new requests are read and
+       * get their own answers. */
+      atomic_fetch_sub(&s->backlog, 1);
       mn__conn_complete(found[k].conn, &found[k].reply, 0);
       mn__conn_unref(found[k].conn);
     }

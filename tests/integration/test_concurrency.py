@@ -1,12 +1,16 @@
 """64 concurrent clients, each with its own data, checking its own results;
-pipelined requests on one connection answered by id."""
+pipelined requests on one connection answered by id; overload pushed back
+(processing.queue_limit), and a stuck worker that does not stop reading."""
 import asyncio
 import json
+import os
+import time
 import urllib.request
 
 import numpy as np
+import pytest
 
-from helpers import (binary_frame, call, connect, decode_tensor,
+from helpers import (binary_frame, call, connect, decode_tensor, error_of,
                      normalize_ref, rel_err, result_of, split_binary)
 
 
@@ -125,3 +129,56 @@ def test_overload_is_pushed_back_and_every_request_is_answered(start_server):
               if line.startswith("mnemo_read_pauses_total ")]
     # 360 requests against a limit of 1: reading must have stopped.
     assert pauses and pauses[0] > 0, metrics[:2000]
+
+
+def test_a_stuck_worker_does_not_stop_reading(start_server):
+    """The only worker hangs on a device that stopped answering (a fake
+    plugin whose ops sleep 10 s). The watchdog answers that request -32002
+    after processing.timeout + 1 s; from then on it no longer counts against
+    processing.queue_limit, so another client's pipelined requests are still
+    read and each answered (-32002, the worker being stuck) long before the
+    device comes back."""
+    build = os.path.dirname(os.path.dirname(os.environ["MNEMOD"]))
+    plugin = os.path.join(build, "tests", "fake_plugins",
+                          "libfake_plugin_slow.so")
+    if not os.path.exists(plugin):
+        pytest.skip(f"{plugin} is not built")
+    srv = start_server({"server": {"rate_limit": 0, "drain_timeout": 500},
+                        "processing": {"workers": 1, "queue_limit": 1,
+                                       "timeout": 200}},
+                       args=("--device", "cuda"),
+                       env={"MNEMO_BACKEND_PATH": plugin})
+    big = np.ones((400, 768), np.float32)  # over gpu.min_elements: device
+
+    async def go():
+        async with connect(srv.url, max_size=None) as a, \
+                connect(srv.url) as b:
+            header = {"jsonrpc": "2.0", "id": "stuck",
+                      "method": "processEmbeddings",
+                      "params": {"embeddings": {
+                          "dtype": "float32", "shape": list(big.shape),
+                          "buffer": {"offset": 0, "length": big.nbytes}},
+                          "options": {"normalize": True}}}
+            await a.send(binary_frame(header, big.tobytes()))
+            await asyncio.sleep(0.2)
+            t0 = time.monotonic()
+            for i in range(3):
+                await b.send(json.dumps({
+                    "jsonrpc": "2.0", "id": i, "method": "processEmbeddings",
+                    "params": {"embeddings": [[3.0, 4.0]],
+                               "options": {"normalize": True}}}))
+            replies = [json.loads(await asyncio.wait_for(b.recv(), 9))
+                       for _ in range(3)]
+            waited = time.monotonic() - t0
+            stuck = json.loads(await asyncio.wait_for(a.recv(), 9))
+            return replies, waited, stuck
+
+    replies, waited, stuck = asyncio.run(go())
+    assert error_of(stuck, -32002)
+    assert sorted(r["id"] for r in replies) == [0, 1, 2]
+    for r in replies:
+        assert "processing.timeout" in error_of(r, -32002)["message"]
+    # Each waits timeout + 1 s in turn (the worker never frees up): about
+    # 3.6 s for three; without the fix the second is not even read before
+    # the device's 10 s are over.
+    assert waited < 8, waited
