@@ -8,44 +8,10 @@
  * MN_ERR_DEVICE_OOM, as a CUDA backend does when its memory pool cannot
  * grow. The engine must retry those jobs on the CPU and keep serving.
  */
-#include "compute/backend_impl.h"
+#include "fake_plugin.h"
 
-#include <math.h>
-#include <stdlib.h>
-#include <string.h>
-
-#define EXPORT __attribute__((visibility("default")))
 #define FAKE_OOM_ROWS 16
 #define FAKE_TOTAL (1u << 20)
-
-static const mn_backend_host *host;
-
-static void fake_destroy(mn_backend *b) {
-  free(b);
-}
-
-static mn_status fake_alloc(mn_backend *b, size_t n, void **out) {
-  (void)b;
-  *out = malloc(n ? n : 1);
-  if (!*out)
-    return host->set_error(MN_ERR_DEVICE_OOM,
-                           "fake gpu: no memory for %zu "
-                           "bytes",
-                           n);
-  return MN_OK;
-}
-
-static void fake_free(mn_backend *b, void *p) {
-  (void)b;
-  free(p);
-}
-
-static mn_status fake_copy(mn_backend *b, void *dst, const void *src,
-                           size_t n) {
-  (void)b;
-  memcpy(dst, src, n);
-  return MN_OK;
-}
 
 static mn_status fake_memory_info(mn_backend *b, uint64_t *fr, uint64_t *tot) {
   (void)b;
@@ -66,20 +32,7 @@ static mn_status fake_normalize(mn_backend *b, const mn_tensor *x, mn_tensor *y,
   (void)b;
   if (x->rows > FAKE_OOM_ROWS)
     return oom("normalize", x->rows, x->cols);
-  int64_t zero = 0;
-  for (int64_t r = 0; r < x->rows; r++) {
-    const float *in = (const float *)((const char *)x->data + r * x->stride);
-    float *out = (float *)((char *)y->data + r * y->stride);
-    double s = 0;
-    for (int64_t c = 0; c < x->cols; c++)
-      s += (double)in[c] * in[c];
-    double inv = s > 0 ? 1.0 / sqrt(s) : 0;
-    zero += s == 0;
-    for (int64_t c = 0; c < x->cols; c++)
-      out[c] = (float)(in[c] * inv);
-  }
-  *zero_rows = zero;
-  return MN_OK;
+  return fake_normalize_rows(x, y, zero_rows);
 }
 
 static mn_status fake_pca_fit(mn_backend *b, const mn_tensor *x, int64_t k,
@@ -127,7 +80,7 @@ static mn_status fake_search(mn_backend *b, const mn_tensor *q,
 static const mn_backend_iface fake_iface = {
     .api_version = MN_BACKEND_API_VERSION,
     .name = "fakegpu",
-    .destroy = fake_destroy,
+    .destroy = fake_destroy_plain,
     .alloc = fake_alloc,
     .free = fake_free,
     .upload = fake_copy,
@@ -149,15 +102,6 @@ EXPORT int mn_plugin_score(void) {
 EXPORT mn_status mn_plugin_init(const mn_backend_opts *opts,
                                 const mn_backend_host *h, mn_backend **out) {
   (void)opts;
-  if (!h || h->api_version != MN_BACKEND_API_VERSION)
-    return MN_ERR_VERSION;
-  host = h;
-  mn_backend *b = calloc(1, sizeof *b);
-  if (!b)
-    return h->set_error(MN_ERR_NOMEM, "fake gpu: no memory");
-  b->iface = &fake_iface;
-  b->device_kind = MN_DEVICE_GPU;
-  strcpy(b->device, "fakegpu:0 out-of-memory test device");
-  *out = b;
-  return MN_OK;
+  return fake_new(h, &fake_iface, MN_DEVICE_GPU,
+                  "fakegpu:0 out-of-memory test device", out);
 }
