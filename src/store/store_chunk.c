@@ -199,6 +199,9 @@ static uint64_t dev_norm_off(const st_chunk *ch) {
   return dev_codes_bytes(ch) +
          (ch->scale ? ((uint64_t)ch->cap * 4 + 255) & ~(uint64_t)255 : 0);
 }
+uint64_t mn__st_dev_norm_off(const st_chunk *ch) {
+  return dev_norm_off(ch);
+}
 static uint64_t dev_bytes(const st_chunk *ch) {
   return dev_norm_off(ch) + (uint64_t)ch->cap * 4;
 }

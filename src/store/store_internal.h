@@ -460,7 +460,9 @@ mn_status mn__st_chunk_acquire(mn_store *s, st_chunk *ch, uint64_t op_tick,
                                const void **codes_host, const void **dev);
 void mn__st_chunk_release(mn_store *s, st_chunk *ch, void *scratch);
 void mn__st_l1_oom(mn_store *s);
+/* Offsets in a chunk's device buffer of its scales (int8) and norms. */
 uint64_t mn__st_dev_scale_off(const st_chunk *ch);
+uint64_t mn__st_dev_norm_off(const st_chunk *ch);
 mn_status mn__st_chunk_load_rows(mn_store *s, st_chunk *ch, int32_t n,
                                  void *dst);
 int mn__st_chunk_warm(mn_store *s, st_chunk *ch);

@@ -350,7 +350,11 @@ static int64_t row_mask(st_ctx *x, uint8_t *mask, st_chunk *ch, int32_t n,
 }
 
 /* The stored rows of a pinned chunk's first n rows, on the device
- * (`codes` is the chunk's device buffer) or on the host. */
+ * (`codes` is the chunk's device buffer) or on the host, with their scales
+ * (int8) and norms from the same place: the device buffer holds copies of
+ * both for every row below `n` (store_chunk.c, upload_rows), so that the
+ * backend need not recompute the norms cosine and L2 take. Binary rows
+ * have no norms to give (their similarity is a Hamming count). */
 static void chunk_vecblock(const st_ctx *x, const st_chunk *ch, int32_t n,
                            const void *codes, int on_dev, mn_vecblock *db) {
   const st_coll *c = x->c;
@@ -361,12 +365,13 @@ static void chunk_vecblock(const st_ctx *x, const st_chunk *ch, int32_t n,
   db->codes.cols = c->width;
   db->codes.stride = c->row_bytes;
   db->codes.device = on_dev ? MN_DEVICE_GPU : MN_DEVICE_HOST;
+  const char *dev = codes;
   if (c->dtype == MN_DTYPE_I8)
     db->scales =
-        on_dev ? (const float *)((const char *)codes + mn__st_dev_scale_off(ch))
-               : ch->scale;
-  if (!on_dev && c->dtype != MN_DTYPE_BIN)
-    db->norms = ch->norm;
+        on_dev ? (const float *)(dev + mn__st_dev_scale_off(ch)) : ch->scale;
+  if (c->dtype != MN_DTYPE_BIN)
+    db->norms =
+        on_dev ? (const float *)(dev + mn__st_dev_norm_off(ch)) : ch->norm;
 }
 
 /* The queries as the backend of `on_dev` takes them. */

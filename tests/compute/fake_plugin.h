@@ -1,8 +1,9 @@
 /*
  * fake_plugin.h - what the fake backend plugins (fake_plugin_*.c) share:
  * "device" memory that is plain host memory, a double-precision normalize,
- * and the checks and set-up of mn_plugin_init. Each plugin is its own
- * MODULE and includes this once; it reaches the core only through the
+ * the members of the interface they all fill alike, their score (1), and
+ * the checks and set-up of mn_plugin_init. Each plugin is its own MODULE
+ * and includes this once; it reaches the core only through the
  * mn_backend_host it is given.
  */
 #ifndef MNEMO_TESTS_FAKE_PLUGIN_H
@@ -60,6 +61,21 @@ static inline mn_status fake_normalize_rows(const mn_tensor *x, mn_tensor *y,
   }
   *zero_rows = zero;
   return MN_OK;
+}
+
+/* The members of a fake's mn_backend_iface besides its ops: the API
+ * version, its name, its destroy, buffers in host memory, and its
+ * memory_info and normalize (every fake has one). For a designated
+ * initializer; the plugin adds its other ops after it. */
+#define FAKE_IFACE_COMMON(name_, destroy_, memory_info_, normalize_)           \
+  .api_version = MN_BACKEND_API_VERSION, .name = (name_),                      \
+  .destroy = (destroy_), .alloc = fake_alloc, .free = fake_free,               \
+  .upload = fake_copy, .download = fake_copy, .memory_info = (memory_info_),   \
+  .normalize = (normalize_)
+
+/* Every fake that includes this header is usable wherever it is loaded. */
+EXPORT int mn_plugin_score(void) {
+  return 1;
 }
 
 /* mn_plugin_init's common part: the host's API version, then a backend

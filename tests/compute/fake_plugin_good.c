@@ -29,20 +29,8 @@ static mn_status fake_normalize(mn_backend *b, const mn_tensor *x, mn_tensor *y,
 }
 
 static const mn_backend_iface fake_iface = {
-    .api_version = MN_BACKEND_API_VERSION,
-    .name = "fake",
-    .destroy = fake_destroy,
-    .alloc = fake_alloc,
-    .free = fake_free,
-    .upload = fake_copy,
-    .download = fake_copy,
-    .memory_info = fake_memory_info,
-    .normalize = fake_normalize,
+    FAKE_IFACE_COMMON("fake", fake_destroy, fake_memory_info, fake_normalize),
 };
-
-EXPORT int mn_plugin_score(void) {
-  return 1;
-}
 
 EXPORT mn_status mn_plugin_init(const mn_backend_opts *opts,
                                 const mn_backend_host *h, mn_backend **out) {

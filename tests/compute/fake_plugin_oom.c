@@ -78,15 +78,8 @@ static mn_status fake_search(mn_backend *b, const mn_tensor *q,
 }
 
 static const mn_backend_iface fake_iface = {
-    .api_version = MN_BACKEND_API_VERSION,
-    .name = "fakegpu",
-    .destroy = fake_destroy_plain,
-    .alloc = fake_alloc,
-    .free = fake_free,
-    .upload = fake_copy,
-    .download = fake_copy,
-    .memory_info = fake_memory_info,
-    .normalize = fake_normalize,
+    FAKE_IFACE_COMMON("fakegpu", fake_destroy_plain, fake_memory_info,
+                      fake_normalize),
     .pca_fit = fake_pca_fit,
     .pca_transform = fake_pca_transform,
     .affine_train = fake_affine_train,
@@ -94,10 +87,6 @@ static const mn_backend_iface fake_iface = {
     .similarity = fake_similarity,
     .search = fake_search,
 };
-
-EXPORT int mn_plugin_score(void) {
-  return 1;
-}
 
 EXPORT mn_status mn_plugin_init(const mn_backend_opts *opts,
                                 const mn_backend_host *h, mn_backend **out) {

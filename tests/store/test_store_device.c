@@ -14,7 +14,10 @@
  * 1, 3 and 20 queries (20: the device's GEMM path on 1024-row chunks);
  * deleted rows in every chunk (the fast path asks for k + dead rows); k
  * from 1 to more than a chunk; the general path with significance, decay,
- * chat and time filters.
+ * chat and time filters; rows appended to a chunk already on the device.
+ * The store hands the device its row norms (cosine, L2): the scores show
+ * whether the device takes them right (test_store_norms checks the norms
+ * themselves).
  */
 #define _GNU_SOURCE
 #include <setjmp.h>
@@ -88,6 +91,14 @@ static void check_dtype(mn_dtype dt) {
     for (int qi = 0; qi < 3; qi++)
       pair_searches(s, cpu, name, dim, nqs[qi], 1500,
                     200 + (uint64_t)(dt * 9 + mi * 3 + qi), 1e-4);
+    /* Rows appended to the last chunk, already on the device: their codes,
+     * scales and norms go up after it (the store hands the device its
+     * norms for cosine and L2). */
+    pair_add(s, cpu, name, dim, 200, n, 400 + (uint64_t)(dt * 3 + mi));
+    ST_OK(mn_store_collection_get(s, name, &ci));
+    assert_int_equal(ci.chunks_tier[MN_TIER_DEVICE], 4);
+    pair_searches(s, cpu, name, dim, 3, 1500, 500 + (uint64_t)(dt * 3 + mi),
+                  1e-4);
   }
   mn_store_close(s);
   mn_store_close(cpu);
