@@ -1066,8 +1066,9 @@ mn_status gemm_enqueue(Ctx &c, int k, const GemmPlan &g, const GemmWs &w,
  * kc best by an upper bound of each float32 key, and rerank_kernel scores
  * those exactly. Where it cannot prove the k best among them (ties or
  * near-ties across the bound), the block is searched again with float32
- * tiles, so the result is the float32 search's. */
-mn_status gemm_search(Ctx &c, int k, float *bk, int *bi) {
+ * tiles, so the result is the float32 search's. One pass with c's tiles;
+ * `unsure` (float16 tiles): queries whose k best it could not prove. */
+mn_status gemm_pass(Ctx &c, int k, float *bk, int *bi, int *unsure) {
   mnc_backend *cb = c.cb;
   mnc_lane *l = c.l;
   const GemmPlan g = gemm_plan(c);
@@ -1134,18 +1135,26 @@ mn_status gemm_search(Ctx &c, int k, float *bk, int *bi) {
   if (!hf)
     return MNC_ERR(MN_ERR_NOMEM, "out of host memory for search flags");
   mn_status st = mn__cuda_d2h(l, hf, fail.p, (size_t)c.Q * sizeof(int));
-  int unsure = 0;
   for (int j = 0; st == MN_OK && j < c.Q; j++)
-    unsure += hf[j] != 0;
+    *unsure += hf[j] != 0;
   free(hf);
-  MNC_CHECK(st);
-  if (unsure == 0)
-    return MN_OK;
-  MNC_LOGD("search: float16 tiles left %d of %d queries' k best uncertain; "
-           "float32 tiles again",
-           unsure, c.Q);
-  c.tile16 = false;
-  return gemm_search(c, k, bk, bi);
+  return st;
+}
+
+/* GEMM-path search of one block (float16 tiles first where they apply;
+ * their scratch is given back before a float32-tile rerun). */
+mn_status gemm_search(Ctx &c, int k, float *bk, int *bi) {
+  if (c.tile16) {
+    int unsure = 0;
+    MNC_CHECK(gemm_pass(c, k, bk, bi, &unsure));
+    if (unsure == 0)
+      return MN_OK;
+    MNC_LOGD("search: float16 tiles left the k best of %d of %d queries "
+             "unproven; float32 tiles again",
+             unsure, c.Q);
+    c.tile16 = false;
+  }
+  return gemm_pass(c, k, bk, bi, nullptr);
 }
 
 /* Search rows [0, N) of c.db; results to host keys / int32 row ids. */
