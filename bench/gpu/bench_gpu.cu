@@ -533,6 +533,23 @@ int main(int argc, char **argv) {
         I->destroy(bc);
       }
       unsetenv("MNEMO_CUDA_CHUNK_ROWS");
+      /* A/B: the float32 score tiles searches used before float16 tiles
+       * with an exact re-rank (MNEMO_CUDA_TILE, read when a backend
+       * opens) */
+      setenv("MNEMO_CUDA_TILE", "f32", 1);
+      mn_backend *bt = nullptr;
+      MN(init(&o16, &g_host, &bt));
+      double ms = median_ms(2, quick ? 5 : 10, [&] {
+        MN(I->search(bt, &tq, &vb, MN_METRIC_IP, k, 0, sc.data(), id.data()));
+      });
+      verify(256, true);
+      char name[96];
+      snprintf(name, sizeof name, "search fp16 N=%lld Q=256 k=10 tiles=f32",
+               (long long)N);
+      emit(name, ms, 2.0 * N * D, 2.0 * N * D * 256,
+           "\"query\": \"float16, float32 score tiles\"");
+      I->destroy(bt);
+      unsetenv("MNEMO_CUDA_TILE");
     }
     /* Where the search time goes: cuBLAS alone on one chunk's shape
      * (262144 rows x 256 queries x 768), float32 scores as the search

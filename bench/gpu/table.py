@@ -72,6 +72,9 @@ for out in ("fp32", "fp16"):
     if g:
         print("  (cuBLAS alone, one 262144-row chunk, %s scores: %.3f ms, %.0f TFLOP/s; x39 = %.1f ms)"
               % (out, g["ms"], g.get("TFLOP/s", 0), 39 * g["ms"]))
+ot = get(ours, "search fp16", lambda r: "tiles=f32" in r["op"])
+line("  same, float32 score tiles (before, ms)", fmt(ms(ot)), fmt(ms(p)), ms(p) / ms(ot) if ot and p else None,
+     "(information: A/B of float16 tiles)")
 o32 = get(ours, "search fp16", lambda r: "Q=256" in r["op"] and "split" in r.get("query", ""))
 line("  same, float32 query (exact, ms)", fmt(ms(o32)), fmt(ms(p)), ms(p) / ms(o32) if o32 and p else None,
      "(information)")

@@ -591,6 +591,8 @@ static mn_status init_backend(mnc_backend *cb, const mn_backend_opts *opts) {
   const char *env = getenv("MNEMO_CUDA_CHUNK_ROWS");
   if (env && atoll(env) >= 1024)
     cb->chunk_rows = atoll(env);
+  env = getenv("MNEMO_CUDA_TILE");
+  cb->tile16 = !(env && !strcmp(env, "f32"));
   env = getenv("MNEMO_CUDA_EIG");
   cb->eig_mode = env && !strcmp(env, "full")      ? 0
                  : env && !strcmp(env, "partial") ? 1

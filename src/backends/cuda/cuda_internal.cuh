@@ -43,6 +43,7 @@ extern const mn_backend_host *mn__cuda_host;
 
 #define MNC_LOGW(...) mn__cuda_host->log(MN_LOG_WARN, MNC_MOD, __VA_ARGS__)
 #define MNC_LOGI(...) mn__cuda_host->log(MN_LOG_INFO, MNC_MOD, __VA_ARGS__)
+#define MNC_LOGD(...) mn__cuda_host->log(MN_LOG_DEBUG, MNC_MOD, __VA_ARGS__)
 #define MNC_ERR(status, ...) mn__cuda_host->set_error(status, __VA_ARGS__)
 
 /* ---------------------------------------------------------------------------
@@ -110,6 +111,9 @@ typedef struct mnc_backend {
   uint64_t limit;     /* gpu.memory_limit, 0 = none */
   int allow_f16;      /* TF32 / float16 products allowed */
   int64_t chunk_rows; /* rows per GEMM chunk in search (tuning) */
+  int tile16;         /* float16 score tiles + exact re-rank in the GEMM
+                         search where the query is float16 anyway;
+                         MNEMO_CUDA_TILE=f32 turns it off (A/B) */
   int eig_mode;       /* PCA eigensolver: -1 auto (top k by syevdx when
                          k <= d/2), 0 all (syevd), 1 top k (syevdx);
                          MNEMO_CUDA_EIG = auto | full | partial (tuning) */

@@ -19,6 +19,10 @@
  *    L2; a select kernel applies the metric and keeps the top k, merging
  *    with the best of earlier chunks. The next chunk's GEMM runs on the
  *    lane's second stream while the current chunk is selected.
+ *    Where the query is float16 anyway (precision_f16, not split), a
+ *    search writes float16 tiles instead, keeps k + margin candidates by
+ *    an upper bound of their float32 keys, and re-ranks them exactly
+ *    (gemm_search).
  *
  * Top-k pools: a warp owns P = 2^ceil(log2(k + per-step)) entries per
  * query. A candidate enters when it beats the pool's current k-th best
@@ -36,6 +40,7 @@
  */
 #include "cuda_scan.cuh"
 
+#include <float.h>
 #include <limits.h>
 #include <math.h>
 #include <new>
@@ -53,8 +58,9 @@ struct SelArgs {
   const float *ckey; /* explicit candidates [j][ldc] */
   const int *cid;
   int64_t ldc;
-  const float *S; /* dense scores [j][ldS] of one chunk */
+  const void *S; /* dense scores [j][ldS] of one chunk (float / __half) */
   int64_t ldS;
+  float tmul; /* multiplier of the tile's entries (0: none) */
   int id0;
   Epi epi;
   int64_t m;             /* candidates per query */
@@ -82,12 +88,47 @@ int epv_of(int dt) {
   }
 }
 
+/* A float16 tile entry s was rounded from the GEMM's float32 sum: this is
+ * an upper bound of that sum (|rounding| <= 2^-11 |s| for normal s, 2^-25
+ * below; both doubled for the float32 sums' own order). Non-decreasing in
+ * s, and every metric's key is non-decreasing in the dot product, so a
+ * key computed from it bounds the float32 key from above. */
+__device__ __forceinline__ float tile16_up(float s) {
+  if (s == -INFINITY)
+    return -FLT_MAX;
+  return s + fmaf(fabsf(s), 0x1p-10f, 0x1p-24f);
+}
+
+template <class T>
+__device__ __forceinline__ float tile_at(const T *S, int64_t i);
+template <>
+__device__ __forceinline__ float tile_at(const float *S, int64_t i) {
+  return S[i];
+}
+template <>
+__device__ __forceinline__ float tile_at(const __half *S, int64_t i) {
+  return __half2float(S[i]);
+}
+
+/* The key of dense tile entry s at column c (T = __half: its upper bound). */
+template <class T>
+__device__ __forceinline__ float dense_key(const Epi &e, float s, float qmul,
+                                           float qn, int64_t c) {
+  if (sizeof(T) == 2)
+    s = tile16_up(s);
+  float dot = s * qmul;
+  if (e.rscale)
+    dot *= e.rscale[c];
+  float xn = e.xn ? fabsf(e.xn[c]) : 0.f;
+  return to_key(e.metric, metric_value(e.metric, dot, qn, xn, xn * xn));
+}
+
 /* ---------------------------------------------------------------------------
  * Select: top k over candidate lists (explicit) or a dense score tile from
- * a GEMM (metric applied on the fly), optionally merged with a previous
- * top-k list. Block (j, split) writes list [j][split].
+ * a GEMM (metric applied on the fly; T the tile's type), optionally merged
+ * with a previous top-k list. Block (j, split) writes list [j][split].
  * ------------------------------------------------------------------------- */
-template <bool DENSE>
+template <bool DENSE, class T = float>
 __global__ void __launch_bounds__(256) select_kernel(SelArgs a) {
   extern __shared__ __align__(16) unsigned char smem[];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -118,47 +159,57 @@ __global__ void __launch_bounds__(256) select_kernel(SelArgs a) {
     qn = a.epi.qn[j];
     if (a.epi.qmul)
       qmul = a.epi.qmul[j];
+    if (a.tmul > 0.f)
+      qmul *= a.tmul;
   }
-  /* splits start on 128-entry boundaries, so that a dense tile can be
+  const T *tile = (const T *)a.S + (int64_t)j * a.ldS;
+  /* splits start on 256-entry boundaries, so that a dense tile can be
    * read 16 bytes per lane */
-  const int64_t per = ((a.m + nsplit - 1) / nsplit + 127) & ~(int64_t)127;
+  const int64_t per = ((a.m + nsplit - 1) / nsplit + 255) & ~(int64_t)255;
   const int64_t c0 = (int64_t)split * per;
   const int64_t c1 = c0 + per < a.m ? c0 + per : a.m;
-  const bool vec = DENSE && (a.ldS & 3) == 0 && ((uintptr_t)a.S & 15) == 0;
+  constexpr int EPL = 16 / sizeof(T); /* entries per 16-byte load */
+  const bool vec = DENSE && a.ldS % EPL == 0 && ((uintptr_t)a.S & 15) == 0;
   if (DENSE && vec) {
-    /* Two float4 loads per lane in flight (1 KB per warp): the select ran
+    /* Two 16-byte loads per lane in flight (1 KB per warp): the select ran
      * at about 1.2 TB/s with four scalar loads (third H200 run). Reads
-     * past c1 stay inside the row's ldS entries and are masked. */
-    constexpr int V = 2;
-    const float *row = a.S + (int64_t)j * a.ldS;
-    for (int64_t base = c0 + (int64_t)warp * 128 * V; base < c1;
-         base += (int64_t)nw * 128 * V) {
-      float4 v[V];
+     * past c1 stay inside the row's ldS entries and are masked. A group
+     * of loads where no lane holds an entry that could enter its pool is
+     * passed over with one vote. */
+    constexpr int V = 2, SPAN = 32 * EPL;
+    for (int64_t base = c0 + (int64_t)warp * SPAN * V; base < c1;
+         base += (int64_t)nw * SPAN * V) {
+      uint4 v[V];
 #pragma unroll
       for (int u = 0; u < V; u++) {
-        const int64_t c = base + u * 128 + lane * 4;
-        v[u] = c < c1 ? *(const float4 *)(row + c)
-                      : make_float4(0.f, 0.f, 0.f, 0.f);
+        const int64_t c = base + u * SPAN + lane * EPL;
+        v[u] = c < c1 ? *(const uint4 *)(tile + c) : make_uint4(0, 0, 0, 0);
       }
+      float key[V][EPL];
+      bool maybe = false;
 #pragma unroll
       for (int u = 0; u < V; u++) {
-        const float vals[4] = {v[u].x, v[u].y, v[u].z, v[u].w};
+        const T *vals = (const T *)&v[u];
 #pragma unroll
-        for (int e = 0; e < 4; e++) {
-          const int64_t c = base + u * 128 + lane * 4 + e;
-          const bool valid = c < c1;
-          float key = -INFINITY;
-          int id = INT_MAX;
-          if (valid) {
-            float dot = vals[e] * qmul;
-            if (a.epi.rscale)
-              dot *= a.epi.rscale[c];
-            float xn = a.epi.xn ? fabsf(a.epi.xn[c]) : 0.f;
-            key = to_key(a.epi.metric,
-                         metric_value(a.epi.metric, dot, qn, xn, xn * xn));
-            id = a.id0 + (int)c;
+        for (int e = 0; e < EPL; e++) {
+          const int64_t c = base + u * SPAN + lane * EPL + e;
+          key[u][e] = -INFINITY;
+          if (c < c1) {
+            key[u][e] = dense_key<T>(a.epi, tile_at(vals, e), qmul, qn, c);
+            maybe |= key[u][e] >= ps.tk;
           }
-          pool_offer(mk, mi, ps, valid, key, id, lane);
+        }
+      }
+      if (!__ballot_sync(0xffffffffu, maybe))
+        continue;
+#pragma unroll
+      for (int u = 0; u < V; u++) {
+#pragma unroll
+        for (int e = 0; e < EPL; e++) {
+          const int64_t c = base + u * SPAN + lane * EPL + e;
+          const bool valid = c < c1;
+          pool_offer(mk, mi, ps, valid, key[u][e],
+                     valid ? a.id0 + (int)c : INT_MAX, lane);
           if (ps.cnt > P - 32)
             ps = pool_flush(mk, mi, ps, k, P, lane);
         }
@@ -182,12 +233,7 @@ __global__ void __launch_bounds__(256) select_kernel(SelArgs a) {
       id[u] = INT_MAX;
       if (valid[u]) {
         if (DENSE) {
-          float dot = a.S[(int64_t)j * a.ldS + c] * qmul;
-          if (a.epi.rscale)
-            dot *= a.epi.rscale[c];
-          float xn = a.epi.xn ? fabsf(a.epi.xn[c]) : 0.f;
-          key[u] = to_key(a.epi.metric,
-                          metric_value(a.epi.metric, dot, qn, xn, xn * xn));
+          key[u] = dense_key<T>(a.epi, tile_at(tile, c), qmul, qn, c);
           id[u] = a.id0 + (int)c;
         } else {
           key[u] = a.ckey[(int64_t)j * a.ldc + c];
@@ -406,6 +452,84 @@ __global__ void epilogue_kernel(float *out, int64_t ldo, int nq, int64_t len,
   }
 }
 
+/* float16-tile search, last step. Each query's kc candidates (the best by
+ * upper bound of their float32 keys, best first) are scored again exactly
+ * (double sums of the float16 query against the stored row, then the
+ * float32 epilogue's metric), and the k best are written best first. The
+ * result is certain when the k-th exact key beats the kc-th candidate's
+ * bound, which bounds every row left out; else fail[j] = 1 and the caller
+ * searches again with float32 tiles. One block per query. */
+struct RerankArgs {
+  Db db;
+  int dt, metric;
+  const __half *qh;
+  int ldh;
+  const float *qmul, *qn;
+  const float *ckey; /* [j][kc] */
+  const int *cid;
+  int kc, k, P;
+  float *out_key; /* [j][k] */
+  int *out_id;
+  int *fail; /* [j] */
+};
+
+__global__ void __launch_bounds__(256) rerank_kernel(RerankArgs a) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  float *pk = (float *)smem;
+  int *pi = (int *)(pk + a.P);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int nw = blockDim.x >> 5, j = blockIdx.x;
+  const float *ck = a.ckey + (int64_t)j * a.kc;
+  const int *ci = a.cid + (int64_t)j * a.kc;
+  const __half *q = a.qh + (int64_t)j * a.ldh;
+  for (int i = warp; i < a.P; i += nw) {
+    const int id = i < a.kc ? ci[i] : INT_MAX;
+    float key = -INFINITY;
+    if (id != INT_MAX) {
+      const unsigned char *row = a.db.codes + (int64_t)id * a.db.stride;
+      double s = 0.0, xx = 0.0;
+      for (int e = lane; e < a.db.d; e += 32) {
+        double x = a.dt == MN_DTYPE_I8
+                       ? (double)((const int8_t *)row)[e]
+                       : (double)__half2float(((const __half *)row)[e]);
+        s += (double)__half2float(q[e]) * x;
+        xx += x * x;
+      }
+      s = group_sum(s, 32);
+      xx = group_sum(xx, 32);
+      float dot = (float)s * a.qmul[j];
+      double rs = 1.0;
+      if (a.dt == MN_DTYPE_I8) {
+        rs = a.db.scales[id];
+        dot *= a.db.scales[id];
+      }
+      float xn =
+          a.db.norms ? fabsf(a.db.norms[id]) : (float)(sqrt(xx) * fabs(rs));
+      key = to_key(a.metric, metric_value(a.metric, dot, a.qn[j], xn, xn * xn));
+    }
+    if (lane == 0) {
+      pk[i] = key;
+      pi[i] = id;
+    }
+  }
+  __syncthreads();
+  if (warp != 0)
+    return;
+  Pool ps = pool_empty();
+  ps.cnt = a.kc;
+  ps = pool_flush(pk, pi, ps, a.k, a.P, lane);
+  /* a list that is not full holds every row whose bound is a number */
+  const bool full = ci[a.kc - 1] != INT_MAX;
+  const bool sure =
+      !full || (pi[a.k - 1] != INT_MAX && pk[a.k - 1] > ck[a.kc - 1]);
+  for (int i = lane; i < a.k; i += 32) {
+    a.out_key[(int64_t)j * a.k + i] = pk[i];
+    a.out_id[(int64_t)j * a.k + i] = pi[i];
+  }
+  if (lane == 0)
+    a.fail[j] = !sure;
+}
+
 /* ---------------------------------------------------------------------------
  * Host side
  * ------------------------------------------------------------------------- */
@@ -421,6 +545,25 @@ size_t smem_budget(const mnc_backend *cb) {
   return b > ((size_t)200 << 10) ? ((size_t)200 << 10) : b;
 }
 
+/* Candidates a float16-tile search of k best keeps for its exact re-rank
+ * (0: too many for the fused select; float32 tiles then). */
+int tile16_kc(int k) {
+  if (k <= 0)
+    return 0;
+  int kc = k + (k / 4 > 16 ? k / 4 : 16);
+  return kc <= MNC_MAX_FUSED_K ? kc : 0;
+}
+
+/* The power of two the float16 tile's entries are scaled by: the float16
+ * queries (largest element below 2^14) times a row stay below the row's
+ * norm, far inside float16's range. */
+float tile16_alpha(int d) {
+  int e = 14;
+  while ((int64_t)1 << (2 * (e - 14)) < d)
+    e++;
+  return ldexpf(1.f, -e);
+}
+
 /* Everything a search or similarity call prepares once. */
 struct Ctx {
   mnc_backend *cb = nullptr;
@@ -431,6 +574,10 @@ struct Ctx {
   Db db = {};
   Qry q = {};
   bool gemm = false, split = false, need_norm = false;
+  /* float16 score tiles (see gemm_search): asked for by a search of k
+   * best (tile16_k), taken when the path allows it */
+  int tile16_k = 0;
+  bool tile16 = false;
   bool has_q = false; /* queries prepared or borrowed (batched calls) */
   int ldh = 0;
   const float *qmul = nullptr;
@@ -481,6 +628,8 @@ mn_status ctx_db(Ctx &c, mnc_backend *cb, mnc_lane *l, const mn_tensor *q,
       (c.dt == MN_DTYPE_F32 || c.dt == MN_DTYPE_F16 || c.dt == MN_DTYPE_I8) &&
       t->stride / elem <= INT_MAX && c.d <= 65536;
   c.split = c.gemm && c.dt != MN_DTYPE_F32 && !cb->allow_f16;
+  c.tile16 = c.gemm && !c.split && c.dt != MN_DTYPE_F32 && cb->tile16 &&
+             tile16_kc(c.tile16_k) > 0;
   return MN_OK;
 }
 
@@ -550,7 +699,8 @@ mn_status ctx_init(Ctx &c, mnc_backend *cb, mnc_lane *l, const mn_tensor *q,
  * queries depends only on the storage dtype (and width, the same for every
  * block of a call) and the path. */
 bool ctx_query_fits(const Ctx &c, const Ctx &from) {
-  return c.dt == from.dt && c.gemm == from.gemm && c.split == from.split;
+  return c.dt == from.dt && c.gemm == from.gemm && c.split == from.split &&
+         c.tile16 == from.tile16;
 }
 
 /* Borrow the queries `from` prepared (which must outlive c's use). */
@@ -708,8 +858,9 @@ mn_status scan_search(Ctx &c, int k, float *bk, int *bi) {
   return scan_enqueue(c, p, k, bk, bi, pk.as<float>(), pi.as<int>());
 }
 
-/* One chunk's dot products into S ([Q][ldS] floats): cuBLAS on c.s. */
-mn_status chunk_gemm(Ctx &c, int64_t r0, int64_t len, float *S, int64_t ldS,
+/* One chunk's dot products into S ([Q][ldS] floats; float16 times
+ * tile16_alpha when c.tile16): cuBLAS on c.s. */
+mn_status chunk_gemm(Ctx &c, int64_t r0, int64_t len, void *S, int64_t ldS,
                      __half *wide, float *xn) {
   const float one = 1.f, zero = 0.f;
   cublasHandle_t h = c.l->blas;
@@ -735,7 +886,8 @@ mn_status chunk_gemm(Ctx &c, int64_t r0, int64_t len, float *S, int64_t ldS,
                            CUBLAS_COMPUTE_32F_FAST_TF32, CUBLAS_GEMM_DEFAULT));
     else
       MNC_TRY(cublasSgemm(h, CUBLAS_OP_T, CUBLAS_OP_N, (int)len, c.Q, c.d, &one,
-                          A, lda, c.q.qf, c.q.ldq, &zero, S, (int)ldS));
+                          A, lda, c.q.qf, c.q.ldq, &zero, (float *)S,
+                          (int)ldS));
     return MN_OK;
   }
   const void *A;
@@ -746,6 +898,14 @@ mn_status chunk_gemm(Ctx &c, int64_t r0, int64_t len, float *S, int64_t ldS,
   } else {
     A = c.db.codes + r0 * c.db.stride;
     lda = c.N > 1 ? (int)(c.db.stride / 2) : c.d;
+  }
+  if (c.tile16) {
+    const float alpha = tile16_alpha(c.d);
+    MNC_TRY(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, (int)len, c.Q, c.d,
+                         &alpha, A, CUDA_R_16F, lda, c.qh, CUDA_R_16F, c.ldh,
+                         &zero, S, CUDA_R_16F, (int)ldS, CUBLAS_COMPUTE_32F,
+                         CUBLAS_GEMM_DEFAULT));
+    return MN_OK;
   }
   MNC_TRY(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, (int)len, c.Q, c.d, &one, A,
                        CUDA_R_16F, lda, c.qh, CUDA_R_16F, c.ldh, &zero, S,
@@ -809,7 +969,7 @@ GemmPlan gemm_plan(const Ctx &c) {
  * S Q*C, wide C*ldh (int8), xn C (row norms needed), part Q*splits*k,
  * best Q*k. */
 struct GemmWs {
-  float *S[2];
+  void *S[2]; /* float, or __half when c.tile16 */
   __half *wide[2];
   float *xn[2];
   float *part_k, *best_k;
@@ -831,6 +991,8 @@ mn_status gemm_enqueue(Ctx &c, int k, const GemmPlan &g, const GemmWs &w,
   int snw;
   const size_t ssm = select_smem(cb, P, &snw);
   cudaStream_t sel = serial ? c.s : l->aux;
+  void (*dense)(SelArgs) =
+      c.tile16 ? select_kernel<true, __half> : select_kernel<true, float>;
   /* ping-pong between bk/bi (the caller's) and best_k/best_i so that the
    * last chunk lands in bk/bi */
   int64_t nchunks = (c.N + C - 1) / C;
@@ -855,6 +1017,7 @@ mn_status gemm_enqueue(Ctx &c, int k, const GemmPlan &g, const GemmWs &w,
     SelArgs sa = {};
     sa.S = w.S[b];
     sa.ldS = C;
+    sa.tmul = c.tile16 ? 1.f / tile16_alpha(c.d) : 0.f;
     sa.id0 = (int)r0;
     sa.epi = chunk_epi(c, r0, w.xn[b]);
     sa.m = len;
@@ -867,12 +1030,12 @@ mn_status gemm_enqueue(Ctx &c, int k, const GemmPlan &g, const GemmWs &w,
       sa.prev_id = prev_i;
       sa.out_key = outk[i & 1];
       sa.out_id = outi[i & 1];
-      select_kernel<true><<<dim3(c.Q, 1), snw * 32, ssm, sel>>>(sa);
+      dense<<<dim3(c.Q, 1), snw * 32, ssm, sel>>>(sa);
       MNC_LAUNCHED("select_kernel");
     } else {
       sa.out_key = w.part_k;
       sa.out_id = w.part_i;
-      select_kernel<true><<<dim3(c.Q, splits), snw * 32, ssm, sel>>>(sa);
+      dense<<<dim3(c.Q, splits), snw * 32, ssm, sel>>>(sa);
       MNC_LAUNCHED("select_kernel");
       SelArgs m = {};
       m.ckey = w.part_k;
@@ -895,17 +1058,29 @@ mn_status gemm_enqueue(Ctx &c, int k, const GemmPlan &g, const GemmWs &w,
 }
 
 /* GEMM-path search of one block: chunks pipelined over the lane's two
- * streams. */
-mn_status gemm_search(Ctx &c, int k, float *bk, int *bi) {
+ * streams.
+ *
+ * With float16 score tiles (c.tile16: float16 rows or widened int8 codes
+ * against the float16 query, which float16 precision allows) the GEMM
+ * writes half the bytes and the select reads half: the select keeps the
+ * kc best by an upper bound of each float32 key, and rerank_kernel scores
+ * those exactly. Where it cannot prove the k best among them (ties or
+ * near-ties across the bound), the block is searched again with float32
+ * tiles, so the result is the float32 search's. One pass with c's tiles;
+ * `unsure` (float16 tiles): queries whose k best it could not prove. */
+mn_status gemm_pass(Ctx &c, int k, float *bk, int *bi, int *unsure) {
   mnc_backend *cb = c.cb;
   mnc_lane *l = c.l;
   const GemmPlan g = gemm_plan(c);
   const int64_t C = g.C;
-  MncBuf S[2], wide[2], xn[2], part_k, part_i, best_k, best_i;
+  const int kc = c.tile16 ? tile16_kc(k) : k;
+  const size_t tb = c.tile16 ? sizeof(__half) : sizeof(float);
+  MncBuf S[2], wide[2], xn[2], part_k, part_i, best_k, best_i, cand_k, cand_i,
+      fail;
   GemmWs w = {};
   for (int b = 0; b < 2; b++) {
-    MNC_CHECK(S[b].alloc(cb, l, (size_t)c.Q * C * sizeof(float)));
-    w.S[b] = S[b].as<float>();
+    MNC_CHECK(S[b].alloc(cb, l, (size_t)c.Q * C * tb));
+    w.S[b] = S[b].p;
     if (c.dt == MN_DTYPE_I8) {
       MNC_CHECK(wide[b].alloc(cb, l, (size_t)C * c.ldh * sizeof(__half)));
       w.wide[b] = wide[b].as<__half>();
@@ -915,19 +1090,71 @@ mn_status gemm_search(Ctx &c, int k, float *bk, int *bi) {
       w.xn[b] = xn[b].as<float>();
     }
   }
-  const size_t lists = (size_t)c.Q * g.splits * k;
+  const size_t lists = (size_t)c.Q * g.splits * kc;
   MNC_CHECK(part_k.alloc(cb, l, lists * sizeof(float)));
   MNC_CHECK(part_i.alloc(cb, l, lists * sizeof(int)));
-  MNC_CHECK(best_k.alloc(cb, l, (size_t)c.Q * k * sizeof(float)));
-  MNC_CHECK(best_i.alloc(cb, l, (size_t)c.Q * k * sizeof(int)));
+  MNC_CHECK(best_k.alloc(cb, l, (size_t)c.Q * kc * sizeof(float)));
+  MNC_CHECK(best_i.alloc(cb, l, (size_t)c.Q * kc * sizeof(int)));
   w.part_k = part_k.as<float>();
   w.part_i = part_i.as<int>();
   w.best_k = best_k.as<float>();
   w.best_i = best_i.as<int>();
-  MNC_CHECK(gemm_enqueue(c, k, g, w, false, bk, bi));
+  if (!c.tile16) {
+    MNC_CHECK(gemm_enqueue(c, k, g, w, false, bk, bi));
+    MNC_TRY(cudaStreamSynchronize(l->aux));
+    MNC_TRY(cudaStreamSynchronize(l->stream));
+    return MN_OK;
+  }
+  MNC_CHECK(cand_k.alloc(cb, l, (size_t)c.Q * kc * sizeof(float)));
+  MNC_CHECK(cand_i.alloc(cb, l, (size_t)c.Q * kc * sizeof(int)));
+  MNC_CHECK(fail.alloc(cb, l, (size_t)c.Q * sizeof(int)));
+  MNC_CHECK(
+      gemm_enqueue(c, kc, g, w, false, cand_k.as<float>(), cand_i.as<int>()));
+  RerankArgs ra = {};
+  ra.db = c.db;
+  ra.dt = c.dt;
+  ra.metric = c.metric;
+  ra.qh = c.qh;
+  ra.ldh = c.ldh;
+  ra.qmul = c.qmul;
+  ra.qn = c.q.qn;
+  ra.ckey = cand_k.as<float>();
+  ra.cid = cand_i.as<int>();
+  ra.kc = kc;
+  ra.k = k;
+  ra.P = pow2_at_least(kc);
+  ra.out_key = bk;
+  ra.out_id = bi;
+  ra.fail = fail.as<int>();
+  /* after the last select, on its stream */
+  rerank_kernel<<<c.Q, 256, (size_t)ra.P * 8, l->aux>>>(ra);
+  MNC_LAUNCHED("rerank_kernel");
   MNC_TRY(cudaStreamSynchronize(l->aux));
   MNC_TRY(cudaStreamSynchronize(l->stream));
-  return MN_OK;
+  int *hf = (int *)malloc((size_t)c.Q * sizeof(int));
+  if (!hf)
+    return MNC_ERR(MN_ERR_NOMEM, "out of host memory for search flags");
+  mn_status st = mn__cuda_d2h(l, hf, fail.p, (size_t)c.Q * sizeof(int));
+  for (int j = 0; st == MN_OK && j < c.Q; j++)
+    *unsure += hf[j] != 0;
+  free(hf);
+  return st;
+}
+
+/* GEMM-path search of one block (float16 tiles first where they apply;
+ * their scratch is given back before a float32-tile rerun). */
+mn_status gemm_search(Ctx &c, int k, float *bk, int *bi) {
+  if (c.tile16) {
+    int unsure = 0;
+    MNC_CHECK(gemm_pass(c, k, bk, bi, &unsure));
+    if (unsure == 0)
+      return MN_OK;
+    MNC_LOGD("search: float16 tiles left the k best of %d of %d queries "
+             "unproven; float32 tiles again",
+             unsure, c.Q);
+    c.tile16 = false;
+  }
+  return gemm_pass(c, k, bk, bi, nullptr);
 }
 
 /* Search rows [0, N) of c.db; results to host keys / int32 row ids. */
@@ -1046,12 +1273,12 @@ mn_status mn__cuda_search_setup(mnc_backend *cb) {
                                    cudaFuncAttributeMaxDynamicSharedMemorySize,
                                    optin));
   }
-  MNC_TRY(cudaFuncSetAttribute((const void *)select_kernel<true>,
-                               cudaFuncAttributeMaxDynamicSharedMemorySize,
-                               optin));
-  MNC_TRY(cudaFuncSetAttribute((const void *)select_kernel<false>,
-                               cudaFuncAttributeMaxDynamicSharedMemorySize,
-                               optin));
+  const void *selects[] = {(const void *)select_kernel<true, float>,
+                           (const void *)select_kernel<true, __half>,
+                           (const void *)select_kernel<false, float>};
+  for (const void *f : selects)
+    MNC_TRY(cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 optin));
   return MN_OK;
 }
 
@@ -1185,6 +1412,7 @@ mn_status mn__cuda_search(mn_backend *b, const mn_tensor *q,
     if (seg.norms)
       seg.norms += r0;
     Ctx c;
+    c.tile16_k = k;
     st = ctx_init(c, cb, lane.l, q, &seg, metric, true);
     if (st == MN_OK)
       st = search_block(c, k, hkey, hid);
@@ -1345,7 +1573,7 @@ mn_status search_batch(mnc_backend *cb, const mn_tensor *q,
     MNC_CHECK(part_i.alloc(cb, l, part * sizeof(int)));
     MNC_CHECK(best_k.alloc(cb, l, best * sizeof(float)));
     MNC_CHECK(best_i.alloc(cb, l, best * sizeof(int)));
-    w.S[0] = w.S[1] = S.as<float>();
+    w.S[0] = w.S[1] = S.p;
     w.part_k = part_k.as<float>();
     w.part_i = part_i.as<int>();
     w.best_k = best_k.as<float>();

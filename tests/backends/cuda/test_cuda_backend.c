@@ -659,7 +659,10 @@ static const mn_quant_kind kind_of[MN_DTYPE_COUNT] = {
     MN_QUANT_INT8_AFFINE, MN_QUANT_INT4, MN_QUANT_BINARY};
 
 /* n random rows stored as dt (quantised on the CPU), `dup` > 0 repeats the
- * first `dup` rows so that scores tie exactly. */
+ * first `dup` rows so that scores tie exactly; `dup` < 0 makes every row
+ * row 0 with element r % d larger by 2^-9 of itself, so that scores
+ * differ by about 1e-5 of their size (far above float32 rounding, below
+ * float16's), with exact ties between rows r and r + d. */
 static stored make_stored(mn_dtype dt, int64_t n, int64_t d, int64_t pad,
                           int64_t dup) {
   stored s;
@@ -671,6 +674,11 @@ static stored make_stored(mn_dtype dt, int64_t n, int64_t d, int64_t pad,
   if (dup > 0)
     for (int64_t r = dup; r < n; r++)
       memcpy(x + r * d, x + (r % dup) * d, (size_t)d * 4);
+  if (dup < 0)
+    for (int64_t r = 1; r < n; r++) {
+      memcpy(x + r * d, x, (size_t)d * 4);
+      x[r * d + r % d] *= 1.f + 0x1p-9f;
+    }
   mn_tensor hx = host_f32(x, n, d);
   size_t rb = mn_dtype_row_bytes(dt, d);
   if (dt == MN_DTYPE_F32) {
@@ -781,12 +789,26 @@ static void test_similarity(void **state) {
   }
 }
 
+/* Search cases: queries rounded to float16 values first (for a backend
+ * allowed float16 products, so that the CPU's float32 search of the same
+ * values is its reference); ids must equal the CPU's exactly (no near-ties
+ * in the data, only exact ones). */
+static int search_q16, search_exact_ids;
+
 /* Compare one search against the CPU's; see the notes inline. */
 static void check_search_case(const stored *s, int64_t nq, int64_t k,
                               int metric, int variant) {
   const int64_t base = 1000;
   float *q = rand_matrix(nq, s->d, 1.f);
   mn_tensor hq = host_f32(q, nq, s->d);
+  if (search_q16) {
+    mn_tensor h16 =
+        mn_tensor_host(malloc((size_t)(nq * s->d) * 2), MN_DTYPE_F16, nq, s->d);
+    assert_non_null(h16.data);
+    CHECK_OK(mn_backend_quantize(cpu, &hq, MN_QUANT_FP16, NULL, &h16, NULL));
+    CHECK_OK(mn_backend_dequantize(cpu, &h16, MN_QUANT_FP16, NULL, NULL, &hq));
+    free(h16.data);
+  }
   mn_tensor dq = to_dev(gpu, &hq, 0);
   size_t m = (size_t)(nq * k);
   float *cs = malloc(m * 4), *gs = malloc(m * 4);
@@ -858,7 +880,7 @@ static void check_search_case(const stored *s, int64_t nq, int64_t k,
   }
   /* binary scores are integers: exact ties everywhere, so the tie rule
    * decides and the ids must match the CPU's exactly */
-  if (s->dt == MN_DTYPE_BIN)
+  if (s->dt == MN_DTYPE_BIN || search_exact_ids)
     for (size_t i = 0; i < m; i++)
       if (gi[i] != ci[i])
         fail_msg("%s: binary ids differ at %zu: %lld vs cpu %lld", what, i,
@@ -906,6 +928,55 @@ static void test_search(void **state) {
   check_search_case(&u, 4, 50, MN_METRIC_IP, 0);
   check_search_case(&u, 1, 200, MN_METRIC_L2, 1);
   free_stored(&u);
+}
+
+/* precision_f16 search on the GEMM path (float16 and int8 rows): float16
+ * score tiles, whose candidates are scored again exactly. The result must
+ * be the float32 search's: scores within its tolerance, order, ties by id
+ * (the 40-row case has exact ties across the candidates' bound, which only
+ * the float32-tile rerun can settle; its ids must be the CPU's). */
+static void test_search_f16_tiles(void **state) {
+  const char *path = (const char *)*state;
+  mn_backend_opts o;
+  mn_backend_opts_init(&o);
+  o.precision_f16 = 1;
+  mn_backend *g16 = NULL, *saved = gpu;
+  CHECK_OK(mn_backend_open_plugin(path, &o, &g16));
+  gpu = g16;
+  search_q16 = 1;
+  /* (queries, k): k of one; the candidates' margin of 16; a quarter of
+   * k; k whose candidates stop at 1024; above that (float32 tiles) */
+  const int64_t cases[][2] = {
+      {20, 10}, {16, 1}, {33, 100}, {17, 800}, {16, 1000}};
+  const mn_dtype dts[] = {MN_DTYPE_F16, MN_DTYPE_I8};
+  for (int t = 0; t < 2; t++) {
+    stored s = make_stored(dts[t], 3000, 64, 0, 0);
+    for (int c = 0; c < 5; c++)
+      for (int metric = 0; metric <= MN_METRIC_L2; metric++)
+        check_search_case(&s, cases[c][0], cases[c][1], metric,
+                          (c + metric) % 4);
+    free_stored(&s);
+  }
+  /* several chunks, split selects */
+  stored w = make_stored(MN_DTYPE_F16, 9000, 64, 0, 0);
+  for (int metric = 0; metric <= MN_METRIC_L2; metric++)
+    check_search_case(&w, 16, 10, metric, metric);
+  free_stored(&w);
+  search_exact_ids = 1;
+  stored u = make_stored(MN_DTYPE_F16, 3000, 64, 0, 40);
+  check_search_case(&u, 16, 50, MN_METRIC_IP, 0);
+  check_search_case(&u, 16, 10, MN_METRIC_COSINE, 2);
+  free_stored(&u);
+  /* near-ties: float16 scores of many rows round together, and the
+   * candidates by bound and id are not the k best */
+  stored v = make_stored(MN_DTYPE_F16, 2000, 64, 0, -1);
+  check_search_case(&v, 16, 10, MN_METRIC_IP, 0);
+  check_search_case(&v, 16, 10, MN_METRIC_L2, 3);
+  free_stored(&v);
+  search_exact_ids = 0;
+  search_q16 = 0;
+  gpu = saved;
+  mn_backend_close(g16);
 }
 
 /* ---------------------------------------------------------------------------
@@ -1121,6 +1192,7 @@ int main(void) {
       cmocka_unit_test_prestate(test_pca_f16_backend, path),
       cmocka_unit_test(test_similarity),
       cmocka_unit_test(test_search),
+      cmocka_unit_test_prestate(test_search_f16_tiles, path),
       cmocka_unit_test_prestate(test_device_oom, path),
       cmocka_unit_test(test_concurrency),
   };

@@ -545,6 +545,8 @@ static void gemm(cublasOperation_t ta, cublasOperation_t tb, int m, int n,
       double c = beta != 0.0 ? beta * load(C, ct, o) : 0.0;
       if (ct == CUDA_R_64F)
         ((double *)C)[o] = alpha * acc + c;
+      else if (ct == CUDA_R_16F)
+        ((__half *)C)[o] = __float2half_rn((float)(alpha * acc + c));
       else
         ((float *)C)[o] = (float)(alpha * acc + c);
     }
