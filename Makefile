@@ -7,7 +7,7 @@ CMAKE_ARGS ?=
 PORT      ?= 3001
 DATA_DIR  ?= ./data
 
-PKGS = cmake pkg-config gcc make libwebsockets-dev libjansson-dev \
+PKGS = cmake pkg-config gcc g++ make libwebsockets-dev libjansson-dev \
        liblmdb-dev libopenblas-dev liblapacke-dev libcmocka-dev \
        python3 python3-numpy python3-websockets python3-pytest nodejs npm
 BENCH_PKGS = python3-sklearn python3-faiss

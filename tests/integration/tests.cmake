@@ -22,3 +22,18 @@ if(TARGET mnemo-cuda)
     TIMEOUT 600
     LABELS "integration;cuda")
 endif()
+
+# ... and on the plugin built for the host emulator (MNEMO_CUDA_EMU), which
+# runs where there is no GPU, as on CI: every device path of the server
+# (device uploads, the store's L1 chunks and their searches, batching,
+# fallbacks) with real kernels, slowly.
+if(TARGET mnemo-cuda-emu)
+  add_test(NAME integration_pytest_emu
+    COMMAND /usr/bin/python3 -m pytest -q -p no:cacheprovider
+            ${CMAKE_CURRENT_LIST_DIR}
+    WORKING_DIRECTORY ${PROJECT_SOURCE_DIR})
+  set_tests_properties(integration_pytest_emu PROPERTIES
+    ENVIRONMENT "MNEMOD=$<TARGET_FILE:mnemod>;MNEMO_TEST_DEVICE=cuda;MNEMO_BACKEND_PATH=$<TARGET_FILE:mnemo-cuda-emu>;PYTHONDONTWRITEBYTECODE=1"
+    TIMEOUT 900
+    LABELS "integration;cuda;emu")
+endif()
