@@ -930,18 +930,35 @@ static void test_search(void **state) {
   free_stored(&u);
 }
 
+static mn_backend *gpu_saved; /* gpu while a test swaps in another */
+
+/* Teardown of a test that swapped `gpu`: put it back even after a failed
+ * check (which leaves the test body at once). */
+static int restore_gpu(void **state) {
+  (void)state;
+  if (gpu_saved) {
+    mn_backend_close(gpu);
+    gpu = gpu_saved;
+    gpu_saved = NULL;
+  }
+  search_q16 = search_exact_ids = 0;
+  return 0;
+}
+
 /* precision_f16 search on the GEMM path (float16 and int8 rows): float16
  * score tiles, whose candidates are scored again exactly. The result must
- * be the float32 search's: scores within its tolerance, order, ties by id
- * (the 40-row case has exact ties across the candidates' bound, which only
- * the float32-tile rerun can settle; its ids must be the CPU's). */
+ * be the float32 search's: scores within its tolerance, order, ties by id.
+ * With exact ties (40 rows repeated) and near-ties (rows whose float16
+ * scores round together, which only the float32-tile rerun can settle)
+ * the ids must be the CPU's. */
 static void test_search_f16_tiles(void **state) {
   const char *path = (const char *)*state;
   mn_backend_opts o;
   mn_backend_opts_init(&o);
   o.precision_f16 = 1;
-  mn_backend *g16 = NULL, *saved = gpu;
+  mn_backend *g16 = NULL;
   CHECK_OK(mn_backend_open_plugin(path, &o, &g16));
+  gpu_saved = gpu;
   gpu = g16;
   search_q16 = 1;
   /* (queries, k): k of one; the candidates' margin of 16; a quarter of
@@ -973,10 +990,6 @@ static void test_search_f16_tiles(void **state) {
   check_search_case(&v, 16, 10, MN_METRIC_IP, 0);
   check_search_case(&v, 16, 10, MN_METRIC_L2, 3);
   free_stored(&v);
-  search_exact_ids = 0;
-  search_q16 = 0;
-  gpu = saved;
-  mn_backend_close(g16);
 }
 
 /* ---------------------------------------------------------------------------
@@ -1192,7 +1205,8 @@ int main(void) {
       cmocka_unit_test_prestate(test_pca_f16_backend, path),
       cmocka_unit_test(test_similarity),
       cmocka_unit_test(test_search),
-      cmocka_unit_test_prestate(test_search_f16_tiles, path),
+      cmocka_unit_test_prestate_setup_teardown(test_search_f16_tiles, NULL,
+                                               restore_gpu, path),
       cmocka_unit_test_prestate(test_device_oom, path),
       cmocka_unit_test(test_concurrency),
   };
