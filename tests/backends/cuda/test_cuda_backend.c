@@ -923,6 +923,14 @@ static void test_search(void **state) {
   check_search_case(&w, 16, 10, MN_METRIC_IP, 0);
   check_search_case(&w, 16, 100, MN_METRIC_L2, 3);
   free_stored(&w);
+  /* five chunks (with MNEMO_CUDA_CHUNK_ROWS=4096, as the emulator runs
+   * it): the pipeline reuses each score tile and norm buffer twice after
+   * its first chunk, so the emulator's asynchronous streams can show a
+   * tile overwritten while its select still reads it */
+  stored f = make_stored(MN_DTYPE_F32, 4 * 4096 + 500, 48, 0, 0);
+  check_search_case(&f, 16, 10, MN_METRIC_IP, 0);
+  check_search_case(&f, 16, 20, MN_METRIC_L2, 0);
+  free_stored(&f);
   /* exact ties in float: 40 distinct rows repeated; lower ids first */
   stored u = make_stored(MN_DTYPE_F16, 3000, 64, 0, 40);
   check_search_case(&u, 4, 50, MN_METRIC_IP, 0);

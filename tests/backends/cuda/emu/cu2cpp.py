@@ -2,10 +2,14 @@
 """cu2cpp.py IN.cu OUT.cpp - rewrite a plugin source (or .cuh header) for
 the host emulator (cuda_emu.h): each kernel launch
 `K<<<grid, block[, smem[, stream]]>>>(args);` becomes
-`mnc_emu::launch(dim3(grid), dim3(block), smem, stream, [&]() { K(args); });`,
-the dynamic shared memory declaration becomes a pointer to the emulated
-block's buffer and __noinline__ the GNU attribute. A launch must start its
-own line."""
+`mnc_emu::launch("K", dim3(grid), dim3(block), smem, stream,
+mnc_emu::bind_args(K, args));`, the dynamic shared memory declaration becomes
+a pointer to the emulated block's buffer and __noinline__ the GNU attribute.
+A launch must start its own line.
+
+The arguments are evaluated and copied at the launch, as CUDA does: the
+launch only queues the kernel on its stream, which runs it later on its own
+thread, after the caller's locals may have changed or gone."""
 import re
 import sys
 
@@ -61,9 +65,11 @@ def convert(src):
             q += 1
         args = src[p + 1:q]
         out.append(src[i:kstart])
-        out.append("mnc_emu::launch(dim3(%s), dim3(%s), (size_t)(%s), %s, "
-                   "[&]() { %s(%s); })" % (cfg[0], cfg[1], cfg[2], cfg[3],
-                                           kernel, args))
+        bound = kernel + (", " + args if args.strip() else "")
+        out.append("mnc_emu::launch(\"%s\", dim3(%s), dim3(%s), "
+                   "(size_t)(%s), %s, mnc_emu::bind_args(%s))"
+                   % (kernel.replace('"', '\\"'), cfg[0], cfg[1], cfg[2],
+                      cfg[3], bound))
         i = q + 1
     return "".join(out)
 
