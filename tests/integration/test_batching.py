@@ -166,7 +166,7 @@ def server_model(server, model):
 def test_concurrent_jobs_merge_and_each_gets_its_own_result(start_server,
                                                             pca_model):
     server = start_server({"server": {"rate_limit": 0},
-                           "processing": {"batch_window_us": 2000,
+                           "processing": {"batch_window_us": 20000,
                                           "workers": 8}})
     fit(server)
     model = server_model(server, pca_model)
