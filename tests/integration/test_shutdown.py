@@ -66,15 +66,22 @@ def drain_run(start_server, n, drain_ms):
                 assert time.time() - t0 < 20, "requests never arrived"
                 await asyncio.sleep(0.01)
             srv.send_signal(signal.SIGTERM)
-            await asyncio.sleep(0.05)
             # With a short drain deadline the server may be gone by now
             # (a GPU finishes the running fit within it): then there is no
             # /ready to read and no handshake to refuse; only the test with
-            # the long deadline asserts on them.
-            try:
-                ready = srv.http("/ready")
-            except OSError as e:
-                ready = ("gone", str(e))
+            # the long deadline asserts on them. /ready is read until it
+            # stops saying 200 (a loaded machine may take a while to
+            # deliver the signal), for at most 5 s.
+            t1 = time.time()
+            while True:
+                await asyncio.sleep(0.02)
+                try:
+                    ready = srv.http("/ready")
+                except OSError as e:
+                    ready = ("gone", str(e))
+                    break
+                if ready[0] != 200 or time.time() - t1 > 5:
+                    break
             refused = None
             try:
                 async with connect(srv.url, open_timeout=5):
