@@ -1223,6 +1223,19 @@ mn_status similarity_impl(Ctx &c, float *out, int64_t ldo,
   return MN_OK;
 }
 
+/* Rows [r0, r0 + n) of db as a block of its own (a segment of at most
+ * SEGMENT rows: ids inside kernels are int32). */
+mn_vecblock segment_of(const mn_vecblock *db, int64_t r0, int64_t n) {
+  mn_vecblock seg = *db;
+  seg.codes.data = (char *)db->codes.data + r0 * db->codes.stride;
+  seg.codes.rows = n;
+  if (seg.scales)
+    seg.scales += r0;
+  if (seg.norms)
+    seg.norms += r0;
+  return seg;
+}
+
 /* Merge a segment's sorted lists into the running result (host). */
 void merge_host(int Q, int k, int metric, float *acc_s, int64_t *acc_i,
                 const float *seg_key, const int *seg_id, int64_t id_off,
@@ -1306,13 +1319,7 @@ mn_status mn__cuda_similarity(mn_backend *b, const mn_tensor *q,
   const int64_t ldo = q->rows > 1 ? out->stride / 4 : db->codes.rows;
   for (int64_t r0 = 0; r0 < db->codes.rows; r0 += SEGMENT) {
     int64_t n = db->codes.rows - r0 < SEGMENT ? db->codes.rows - r0 : SEGMENT;
-    mn_vecblock seg = *db;
-    seg.codes.data = (char *)db->codes.data + r0 * db->codes.stride;
-    seg.codes.rows = n;
-    if (seg.scales)
-      seg.scales += r0;
-    if (seg.norms)
-      seg.norms += r0;
+    mn_vecblock seg = segment_of(db, r0, n);
     Ctx c;
     MNC_CHECK(ctx_init(c, cb, lane.l, q, &seg, metric, true));
     MNC_CHECK(similarity_impl(c, (float *)out->data + r0, ldo));
@@ -1404,13 +1411,7 @@ mn_status mn__cuda_search(mn_backend *b, const mn_tensor *q,
   }
   for (int64_t r0 = 0; r0 < N && st == MN_OK; r0 += SEGMENT) {
     int64_t len = N - r0 < SEGMENT ? N - r0 : SEGMENT;
-    mn_vecblock seg = *db;
-    seg.codes.data = (char *)db->codes.data + r0 * db->codes.stride;
-    seg.codes.rows = len;
-    if (seg.scales)
-      seg.scales += r0;
-    if (seg.norms)
-      seg.norms += r0;
+    mn_vecblock seg = segment_of(db, r0, len);
     Ctx c;
     c.tile16_k = k;
     st = ctx_init(c, cb, lane.l, q, &seg, metric, true);
@@ -1701,13 +1702,7 @@ mn_status mn__cuda_similarity_many(mn_backend *b, const mn_tensor *q,
             db->codes.rows - r0 < SEGMENT ? db->codes.rows - r0 : SEGMENT;
         Ctx &c = cs.v[p];
         if (pass == 0) {
-          mn_vecblock seg = *db;
-          seg.codes.data = (char *)db->codes.data + r0 * db->codes.stride;
-          seg.codes.rows = n;
-          if (seg.scales)
-            seg.scales += r0;
-          if (seg.norms)
-            seg.norms += r0;
+          mn_vecblock seg = segment_of(db, r0, n);
           MNC_CHECK(ctx_db(c, cb, lane.l, q, &seg, metric, true));
           MNC_CHECK(ctx_query_batched(cs.v, p, q));
           if (similarity_gemm(c, ldo)) {
