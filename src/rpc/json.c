@@ -1401,7 +1401,32 @@ const char *mn__jv_brief(const mn__jv *v, char *buf, size_t len) {
         n--;
       cut = 1;
     }
-    snprintf(buf, len, "\"%.*s%s\"", (int)n, v->u.str, cut ? "..." : "");
+    /* Control characters (a NUL above all, which would end the text)
+     * are shown as their JSON escapes; whole characters only. */
+    if (len < 8) {
+      snprintf(buf, len, "%s", "\"\"");
+      break;
+    }
+    size_t k = 0;
+    buf[k++] = '"';
+    for (size_t i = 0; i < n;) {
+      unsigned char ch = (unsigned char)v->u.str[i];
+      size_t cl = ch < 0xc0 ? 1 : ch < 0xe0 ? 2 : ch < 0xf0 ? 3 : 4;
+      if (cl > n - i)
+        cl = n - i;
+      if (k + (ch < 0x20 ? 6 : cl) + 5 > len) {
+        cut = 1;
+        break;
+      }
+      if (ch < 0x20) {
+        k += (size_t)snprintf(buf + k, len - k, "\\u%04x", ch);
+      } else {
+        memcpy(buf + k, v->u.str + i, cl);
+        k += cl;
+      }
+      i += cl;
+    }
+    snprintf(buf + k, len - k, "%s\"", cut ? "..." : "");
     break;
   }
   case MN__J_ARR:

@@ -248,6 +248,13 @@ static int check(sctx *x, const mn__jv *s, const mn__jv *v, int quiet,
     }
   }
   if (v->type == MN__J_STR) {
+    /* Names, ids and texts become C strings further in (LMDB keys, file
+     * names, stored records): a NUL inside would cut them short, so that
+     * "a\u0000b" named memory "a". Refused for every string parameter. */
+    if (memchr(v->u.str, '\0', v->n))
+      return fail(x, quiet,
+                  "must not contain the NUL character (\\u0000); got %s",
+                  mn__jv_brief(v, got, sizeof got));
     const mn__jv *mn = mn__jobj_get(s, "minLength");
     const mn__jv *mx = mn__jobj_get(s, "maxLength");
     size_t nc = utf8_chars(v->u.str, v->n);

@@ -246,6 +246,11 @@ mn_status mn__st_norm_metadata(const char *text, char **out, const char *what) {
   }
   json_error_t err;
   json_t *j = json_loads(text, JSON_REJECT_DUPLICATES, &err);
+  if (!j && strstr(err.text, "NUL")) /* valid JSON, but a C-string trap */
+    return mn__set_error(MN_ERR_INVALID,
+                         "%s must not contain the NUL character (\\u0000) "
+                         "in its keys or values (column %d)",
+                         what, err.column);
   if (!j)
     return mn__set_error(MN_ERR_INVALID,
                          "%s is not valid JSON: %s "

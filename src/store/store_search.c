@@ -173,6 +173,10 @@ static mn_status parse_filter(const char *text, json_t **out) {
     return MN_OK;
   json_error_t err;
   json_t *j = json_loads(text, 0, &err);
+  if (!j && strstr(err.text, "NUL")) /* valid JSON, but a C-string trap */
+    return mn__set_error(MN_ERR_INVALID,
+                         "metadata filter must not contain the NUL character "
+                         "(\\u0000) in its keys or values");
   if (!j)
     return mn__set_error(MN_ERR_INVALID,
                          "metadata filter is not valid JSON: %s", err.text);

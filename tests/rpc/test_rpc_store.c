@@ -513,6 +513,79 @@ static int64_t chunk_count(fx *f) {
   return n;
 }
 
+/* A NUL inside a string (valid JSON: "\u0000") once cut names short: "a\u0000z"
+ * deleted memory "a", dropCollection "c\u0000z" dropped "c", and content was
+ * stored up to the NUL. Every string parameter now refuses it, naming the
+ * parameter, and nothing changes. */
+static void test_nul_in_strings(void **state) {
+  fx *f = fx_new();
+  json_t *rep;
+  fx_ok(f,
+        "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"createCollection\","
+        "\"params\":{\"name\":\"c\",\"dim\":2}}",
+        &rep);
+  json_decref(rep);
+  fx_ok(f,
+        "{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"addMemories\","
+        "\"params\":{\"collection\":\"c\",\"memories\":[{\"id\":\"a\","
+        "\"embedding\":[1,0],\"content\":\"alpha\",\"chatId\":\"q\"}]}}",
+        &rep);
+  json_decref(rep);
+  static const struct {
+    const char *msg, *needle;
+  } bad[] = {
+      {"\"deleteMemories\",\"params\":{\"collection\":\"c\",\"ids\":"
+       "[\"a\\u0000z\"]}",
+       "params.ids[0] must not contain the NUL character (\\u0000); got "
+       "\"a\\u0000z\""},
+      {"\"dropCollection\",\"params\":{\"name\":\"c\\u0000z\"}",
+       "params.name must not contain the NUL"},
+      {"\"createCollection\",\"params\":{\"name\":\"d\\u0000\",\"dim\":2}",
+       "params.name must not contain the NUL"},
+      {"\"addMemories\",\"params\":{\"collection\":\"c\",\"memories\":[{"
+       "\"id\":\"b\",\"embedding\":[0,1],\"content\":\"x\\u0000y\"}]}",
+       "params.memories[0].content must not contain the NUL"},
+      {"\"addMemories\",\"params\":{\"collection\":\"c\",\"memories\":[{"
+       "\"id\":\"b\",\"embedding\":[0,1],\"metadata\":{\"k\":\"v\\u0000\"}}]}",
+       "must not contain the NUL character (\\u0000) in its keys or values"},
+      {"\"updateMemory\",\"params\":{\"collection\":\"c\",\"id\":\"a\\u0000\","
+       "\"content\":\"changed\"}",
+       "params.id must not contain the NUL"},
+      {"\"searchMemories\",\"params\":{\"collection\":\"c\",\"query\":[1,0],"
+       "\"filter\":{\"chatId\":\"q\\u0000\"}}",
+       "must not contain the NUL"},
+      {"\"processEmbeddings\",\"params\":{\"embeddings\":[[1,2]],"
+       "\"chatId\":\"q\\u0000\"}",
+       "params.chatId must not contain the NUL"},
+      {"\"fitPCA\",\"params\":{\"name\":\"m\\u0000\",\"embeddings\":[[1,2],"
+       "[3,4],[5,7]],\"n_components\":1}",
+       "params.name must not contain the NUL"},
+  };
+  for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+    char msg[512];
+    snprintf(msg, sizeof msg, "{\"jsonrpc\":\"2.0\",\"id\":3,\"method\":%s}",
+             bad[i].msg);
+    fx_err(f, msg, MN_RPC_INVALID_PARAMS, bad[i].needle);
+  }
+  /* nothing changed: one collection, memory a as it was */
+  json_t *res = fx_ok(f,
+                      "{\"jsonrpc\":\"2.0\",\"id\":4,\"method\":"
+                      "\"listCollections\"}",
+                      &rep);
+  assert_int_equal(json_integer_value(json_object_get(res, "count")), 1);
+  json_decref(rep);
+  assert_int_equal(coll_count(f, "c"), 1);
+  res = fx_ok(f,
+              "{\"jsonrpc\":\"2.0\",\"id\":5,\"method\":\"getMemories\","
+              "\"params\":{\"collection\":\"c\",\"ids\":[\"a\"]}}",
+              &rep);
+  json_t *m = json_array_get(json_object_get(res, "memories"), 0);
+  assert_string_equal(json_string_value(json_object_get(m, "content")),
+                      "alpha");
+  json_decref(rep);
+  fx_free(f);
+}
+
 static void test_chunks(void **state) {
   fx *f = fx_new_with(small_cache);
   json_t *rep, *res;
@@ -658,6 +731,7 @@ int main(void) {
       cmocka_unit_test(test_memories_and_search),
       cmocka_unit_test(test_encodings),
       cmocka_unit_test(test_errors),
+      cmocka_unit_test(test_nul_in_strings),
       cmocka_unit_test(test_chunks),
       cmocka_unit_test(test_health_and_metrics),
   };
