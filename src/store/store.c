@@ -569,6 +569,7 @@ mn_status mn_store_collection_create(mn_store *s, const mn_collection_opts *o,
   }
   if (info)
     fill_info(s, op.u.create.made, info);
+  mn__st_coll_unref(op.u.create.made); /* the creator's (see publish) */
   return MN_OK;
 }
 

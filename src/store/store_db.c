@@ -1672,6 +1672,9 @@ static void publish(mn_store *s, st_op *op) {
     pthread_rwlock_unlock(&c->lock);
     break;
   case ST_OP_CREATE:
+    /* The creator's reference, dropped once it has read the collection's
+     * info: from here on a concurrent drop may release the registry's. */
+    atomic_fetch_add(&op->u.create.made->refs, 1);
     mn__st_register(s, op->u.create.made, op->u.create.pca);
     op->u.create.pca = NULL;
     break;
