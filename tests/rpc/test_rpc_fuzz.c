@@ -34,10 +34,13 @@
 #define _GNU_SOURCE /* memmem */
 #include "rpc_fixture.h"
 
+#include <pthread.h>
+
 /* --- random numbers --------------------------------------------------------
  */
 
-static uint64_t rs; /* the fuzzer's own stream, separate from frand() */
+/* the fuzzer's own stream, separate from frand(); one per thread */
+static __thread uint64_t rs;
 
 static uint64_t rnd(void) {
   rs ^= rs >> 12;
@@ -684,8 +687,15 @@ static int documented_code(json_t *v) {
 
 /* Where a failed check prints what was sent. */
 static uint64_t cur_seed;
-static size_t cur_round;
-static const bytes *cur_msg;
+static __thread size_t cur_round;
+static __thread const bytes *cur_msg;
+/* In a fuzzing thread a failed check cannot fail the test (cmocka jumps on
+ * the test's own thread): it records the first failure here and jumps back
+ * to the thread's loop. */
+static __thread jmp_buf *bail;
+static pthread_mutex_t fail_mu = PTHREAD_MUTEX_INITIALIZER;
+static char first_failure[2400];
+static int failed;
 
 static void show_and_fail(const char *why, const void *rep, size_t rn) {
   char shown[1200];
@@ -698,17 +708,29 @@ static void show_and_fail(const char *why, const void *rep, size_t rn) {
       k += (size_t)snprintf(shown + k, sizeof shown - k, "\\x%02x", ch);
   }
   shown[k] = '\0';
-  fail_msg("seed %llu round %zu: %s\n  sent (%zu bytes, %s): %s\n  got: %.*s",
+  char m[sizeof first_failure];
+  snprintf(m, sizeof m,
+           "seed %llu round %zu: %s\n  sent (%zu bytes, %s): %s\n  got: %.*s",
            (unsigned long long)cur_seed, cur_round, why, n,
            cur_msg && cur_msg->binary ? "binary" : "text", shown,
            (int)(rn > 600 ? 600 : rn), rep ? (const char *)rep : "(nothing)");
+  if (bail) {
+    pthread_mutex_lock(&fail_mu);
+    if (!failed)
+      snprintf(first_failure, sizeof first_failure, "%s", m);
+    failed = 1;
+    pthread_mutex_unlock(&fail_mu);
+    longjmp(*bail, 1);
+  }
+  fail_msg("%s", m);
 }
 
-/* jansson refuses numbers beyond a double's range, which JSON allows (and
- * the engine echoes in ids). A copy of the text in which every number with
- * more than 300 digits or an exponent beyond +-300 is 0, applied alike to a
- * request and its reply; caller frees. */
-static char *tame_numbers(const char *t, size_t n, size_t *on) {
+/* jansson refuses numbers beyond a double's range and a \u0000 in a member
+ * name, both of which JSON allows (and the engine echoes in ids). A copy of
+ * the text in which every number with more than 300 digits or an exponent
+ * beyond +-300 is 0 and every \u0000 is \u0001, applied alike to a request
+ * and its reply; caller frees. */
+static char *tame_json(const char *t, size_t n, size_t *on) {
   char *o = malloc(n + 1);
   assert_non_null(o);
   size_t k = 0;
@@ -716,6 +738,12 @@ static char *tame_numbers(const char *t, size_t n, size_t *on) {
   for (size_t i = 0; i < n;) {
     char ch = t[i];
     if (in_str) {
+      if (ch == '\\' && i + 5 < n && memcmp(t + i + 1, "u0000", 5) == 0) {
+        memcpy(o + k, "\\u0001", 6);
+        k += 6;
+        i += 6;
+        continue;
+      }
       if (ch == '\\' && i + 1 < n) {
         o[k++] = t[i++];
       } else if (ch == '"') {
@@ -837,7 +865,7 @@ static void check_reply(const bytes *msg, const mn_rpc_reply *rep) {
   json_t *req = NULL;
   if (js) {
     size_t tn;
-    char *tame = tame_numbers(js, jn, &tn);
+    char *tame = tame_json(js, jn, &tn);
     req = json_loadb(tame, tn,
                      JSON_DECODE_ANY | JSON_DECODE_INT_AS_REAL | JSON_ALLOW_NUL,
                      &e);
@@ -865,7 +893,7 @@ static void check_reply(const bytes *msg, const mn_rpc_reply *rep) {
     tn = n;
   }
   size_t qn;
-  char *tame = tame_numbers(text, tn, &qn);
+  char *tame = tame_json(text, tn, &qn);
   json_t *r = json_loadb(
       tame, qn, JSON_DECODE_ANY | JSON_DECODE_INT_AS_REAL | JSON_ALLOW_NUL, &e);
   free(tame);
@@ -999,13 +1027,52 @@ static uint64_t env_u64(const char *name, uint64_t dflt) {
   return *end ? dflt : (uint64_t)x;
 }
 
+typedef struct fuzz_stats {
+  size_t errors, results, silent;
+} fuzz_stats;
+
+/* One mutated message through the engine, and its reply checked. */
+static void fuzz_round(mn_rpc *r, mn_rpc_session *s, const corpus *c,
+                       fuzz_stats *st) {
+  bytes m;
+  const bytes *src = &c->e[below(c->n)];
+  b_set(&m, src->p, src->len, src->binary);
+  size_t k = below(4) == 0 ? below(6) + 2 : 1;
+  for (size_t i = 0; i < k; i++)
+    mutate(&m, c);
+  cur_msg = &m;
+  mn_rpc_reply rep;
+  mn_rpc_handle(r, s, m.p, m.len, m.binary, 0, &rep);
+  check_reply(&m, &rep);
+  if (!rep.data)
+    st->silent++;
+  else if (memmem(rep.data, rep.len, "\"error\"", 7))
+    st->errors++;
+  else
+    st->results++;
+  mn_rpc_reply_free(&rep);
+  free(m.p);
+  cur_msg = NULL;
+}
+
+static void seed_stream(uint64_t seed, uint64_t thread) {
+  rs = seed * 0x9e3779b97f4a7c15ull + 0x632be59bd9b4e019ull +
+       thread * 0xbf58476d1ce4e5b9ull;
+  if (!rs)
+    rs = 1;
+}
+
+static void free_corpus(corpus *c) {
+  for (size_t i = 0; i < c->n; i++)
+    free(c->e[i].p);
+  free(c->e);
+}
+
 static void test_fuzz_engine(void **state) {
   (void)state;
   cur_seed = env_u64("MNEMO_FUZZ_SEED", 1);
   size_t rounds = (size_t)env_u64("MNEMO_FUZZ_ROUNDS", 4000);
-  rs = cur_seed * 0x9e3779b97f4a7c15ull + 0x632be59bd9b4e019ull;
-  if (!rs)
-    rs = 1;
+  seed_stream(cur_seed, 0);
   printf("# fuzz: seed %llu, %zu rounds (MNEMO_FUZZ_SEED, "
          "MNEMO_FUZZ_ROUNDS)\n",
          (unsigned long long)cur_seed, rounds);
@@ -1025,37 +1092,19 @@ static void test_fuzz_engine(void **state) {
   }
   keep_check(f);
 
-  size_t errors = 0, results = 0, silent = 0;
+  fuzz_stats st = {0};
   for (cur_round = 0; cur_round < rounds; cur_round++) {
-    bytes m;
-    const bytes *src = &c.e[below(c.n)];
-    b_set(&m, src->p, src->len, src->binary);
-    size_t k = below(4) == 0 ? below(6) + 2 : 1;
-    for (size_t i = 0; i < k; i++)
-      mutate(&m, &c);
-    cur_msg = &m;
-    mn_rpc_reply rep;
-    mn_rpc_handle(f->r, f->s, m.p, m.len, m.binary, 0, &rep);
-    check_reply(&m, &rep);
-    if (!rep.data)
-      silent++;
-    else if (memmem(rep.data, rep.len, "\"error\"", 7))
-      errors++;
-    else
-      results++;
-    mn_rpc_reply_free(&rep);
-    free(m.p);
-    cur_msg = NULL;
+    fuzz_round(f->r, f->s, &c, &st);
     if (cur_round % 500 == 499)
       keep_check(f);
   }
   keep_check(f);
   printf("# fuzz: %zu rounds: %zu with errors, %zu with results only, %zu "
          "unanswered notifications\n",
-         rounds, errors, results, silent);
+         rounds, st.errors, st.results, st.silent);
   /* The mutations must reach past the parser: both kinds of outcome. */
-  assert_true(errors > rounds / 4);
-  assert_true(results > rounds / 50);
+  assert_true(st.errors > rounds / 4);
+  assert_true(st.results > rounds / 50);
 
   /* Everything kept survives a restart of the engine too. */
   fx_close_engine(f);
@@ -1063,15 +1112,92 @@ static void test_fuzz_engine(void **state) {
   cur_round = rounds;
   keep_check(f);
 
-  for (size_t i = 0; i < c.n; i++)
-    free(c.e[i].p);
-  free(c.e);
+  free_corpus(&c);
+  fx_free(f);
+}
+
+/* The same on several threads at once, each with its own session, while
+ * the test's thread keeps checking the kept memories: concurrent drops,
+ * deletes, adds, cleanups and searches on the same collections. */
+typedef struct worker {
+  fx *f;
+  const corpus *c;
+  size_t index, rounds;
+  fuzz_stats st;
+  int finished;
+} worker;
+
+static void *fuzz_worker(void *arg) {
+  worker *w = arg;
+  mn_rpc_session *s = mn_rpc_session_new(w->f->r, "fuzz");
+  seed_stream(cur_seed, w->index + 1);
+  jmp_buf jb;
+  if (setjmp(jb) == 0) {
+    bail = &jb;
+    for (cur_round = 0; cur_round < w->rounds && !failed; cur_round++)
+      fuzz_round(w->f->r, s, w->c, &w->st);
+  }
+  bail = NULL;
+  mn_rpc_session_free(s);
+  __atomic_store_n(&w->finished, 1, __ATOMIC_RELEASE);
+  return NULL;
+}
+
+static void test_fuzz_threads(void **state) {
+  (void)state;
+  enum { T = 3 };
+  cur_seed = env_u64("MNEMO_FUZZ_SEED", 1);
+  size_t rounds = (size_t)env_u64("MNEMO_FUZZ_ROUNDS", 4000);
+  fx *f = fx_new_with(small_limits);
+  keep_store(f);
+  corpus c = {0};
+  build_corpus(&c);
+  /* the examples once, so the collections and chunks they name exist */
+  for (size_t i = 0; i < c.n; i++) {
+    mn_rpc_reply rep;
+    mn_rpc_handle(f->r, f->s, c.e[i].p, c.e[i].len, c.e[i].binary, 0, &rep);
+    mn_rpc_reply_free(&rep);
+  }
+  worker w[T];
+  pthread_t th[T];
+  for (size_t i = 0; i < T; i++) {
+    w[i] = (worker){.f = f, .c = &c, .index = i, .rounds = rounds / T};
+    assert_int_equal(pthread_create(&th[i], NULL, fuzz_worker, &w[i]), 0);
+  }
+  for (;;) {
+    int all = 1;
+    for (size_t i = 0; i < T; i++)
+      all &= __atomic_load_n(&w[i].finished, __ATOMIC_ACQUIRE);
+    if (all || failed)
+      break;
+    keep_check(f);
+    usleep(2000);
+  }
+  for (size_t i = 0; i < T; i++)
+    pthread_join(th[i], NULL);
+  if (failed)
+    fail_msg("a fuzzing thread: %s", first_failure);
+  size_t errors = 0, results = 0;
+  for (size_t i = 0; i < T; i++) {
+    errors += w[i].st.errors;
+    results += w[i].st.results;
+  }
+  printf("# fuzz on %d threads: %zu rounds: %zu with errors, %zu with "
+         "results only\n",
+         T, rounds / T * T, errors, results);
+  assert_true(errors > rounds / 4);
+  keep_check(f);
+  fx_close_engine(f);
+  fx_open_engine(f);
+  keep_check(f);
+  free_corpus(&c);
   fx_free(f);
 }
 
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_fuzz_engine),
+      cmocka_unit_test(test_fuzz_threads),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
