@@ -19,6 +19,7 @@
  * arena block pool (a mutex-protected free list, capped in bytes).
  */
 #define _GNU_SOURCE
+#include "rpc/fmt_f32.h"
 #include "rpc/rpc_internal.h"
 
 #include <float.h>
@@ -326,9 +327,7 @@ static inline int digits16(const char *p, uint64_t *val) {
   int n2 = digits_swar(p + 8, &b);
   if (n2 == 8)
     return 0;
-  static const uint64_t scale[8] = {1,     10,     100,     1000,
-                                    10000, 100000, 1000000, 10000000};
-  *val = a * scale[n2] + b;
+  *val = a * mn__pow10_u64[n2] + b;
   return 8 + n2;
 }
 
@@ -361,24 +360,7 @@ static inline int number_fast(const char *p, const char **next, int *neg,
   }
   if (*p == 'e' || *p == 'E' || ni + nf > 19)
     return 0;
-  static const uint64_t scale[17] = {1ull,
-                                     10ull,
-                                     100ull,
-                                     1000ull,
-                                     10000ull,
-                                     100000ull,
-                                     1000000ull,
-                                     10000000ull,
-                                     100000000ull,
-                                     1000000000ull,
-                                     10000000000ull,
-                                     100000000000ull,
-                                     1000000000000ull,
-                                     10000000000000ull,
-                                     100000000000000ull,
-                                     1000000000000000ull,
-                                     10000000000000000ull};
-  *m = ip * scale[nf] + fp;
+  *m = ip * mn__pow10_u64[nf] + fp;
   *nd = ni + nf;
   *frac = nf;
   *next = p;
@@ -1437,27 +1419,6 @@ static inline double p10(int k) {
   return mn__p10_tab[k + 60];
 }
 
-static const uint64_t pow10_u64[20] = {1ull,
-                                       10ull,
-                                       100ull,
-                                       1000ull,
-                                       10000ull,
-                                       100000ull,
-                                       1000000ull,
-                                       10000000ull,
-                                       100000000ull,
-                                       1000000000ull,
-                                       10000000000ull,
-                                       100000000000ull,
-                                       1000000000000ull,
-                                       10000000000000ull,
-                                       100000000000000ull,
-                                       1000000000000000ull,
-                                       10000000000000000ull,
-                                       100000000000000000ull,
-                                       1000000000000000000ull,
-                                       10000000000000000000ull};
-
 static const char digits2[] = "00010203040506070809"
                               "10111213141516171819"
                               "20212223242526272829"
@@ -1473,7 +1434,7 @@ static const char digits2[] = "00010203040506070809"
  * found first, so the digits go straight to their places, two at a time. */
 static int utoa_digits(uint64_t m, char *o) {
   int n = 1;
-  while (n < 20 && m >= pow10_u64[n])
+  while (n < 20 && m >= mn__pow10_u64[n])
     n++;
   char *e = o + n;
   while (m >= 100) {
@@ -1534,14 +1495,7 @@ static size_t fmt_decimal(char *o, int neg, uint64_t m, int q) {
       memcpy(o + k, d + 1, (size_t)(n - 1));
       k += (size_t)(n - 1);
     }
-    o[k++] = 'e';
-    o[k++] = x < 0 ? '-' : '+';
-    int ax = x < 0 ? -x : x;
-    if (ax >= 100)
-      o[k++] = (char)('0' + ax / 100);
-    if (ax >= 10)
-      o[k++] = (char)('0' + (ax / 10) % 10);
-    o[k++] = (char)('0' + ax % 10);
+    k = mn__fmt_exp(o, k, x);
   }
   return k;
 }
@@ -1644,7 +1598,7 @@ size_t mn__fmt_f32(char *out, float f) {
   MN__STEP(1000000000u)
 #undef MN__STEP
 found:;
-  uint64_t p = pow10_u64[j];
+  uint64_t p = mn__pow10_u64[j];
   uint64_t r = (uint64_t)(fp_fence(vs * p10(-j)) + 0.5) * p;
   if (r < L)
     r = ((uint64_t)L + p - 1) / p * p;
