@@ -205,6 +205,18 @@ static void *stack_push(jparser *P, jstack *st) {
   return (char *)st->p + st->elem * st->len++;
 }
 
+/* The elements of a stack from `base` on, moved into the arena; the
+ * stack is cut back to `base`. NULL when out of memory. */
+static void *stack_take(jparser *P, jstack *st, size_t base) {
+  size_t bytes = (st->len - base) * st->elem;
+  void *p = mn__arena_alloc(P->a, bytes);
+  if (!p)
+    return NULL;
+  memcpy(p, (char *)st->p + base * st->elem, bytes);
+  st->len = base;
+  return p;
+}
+
 static void set_err(jparser *P, const char *at, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
@@ -580,6 +592,16 @@ static size_t put_utf8(char *o, uint32_t cp) {
   return 4;
 }
 
+/* The two-character escapes of JSON, both ways: unesc[e] is the character
+ * that backslash-e stands for (0: none; \u is read apart), esc[c] the
+ * letter after the backslash that writes c (0: c is written as \u00XX). */
+static const char unesc[128] = {
+    ['"'] = '"',  ['\\'] = '\\', ['/'] = '/',  ['b'] = '\b',
+    ['f'] = '\f', ['n'] = '\n',  ['r'] = '\r', ['t'] = '\t'};
+static const char esc[128] = {
+    ['"'] = '"',  ['\\'] = '\\', ['\b'] = 'b', ['\f'] = 'f',
+    ['\n'] = 'n', ['\r'] = 'r',  ['\t'] = 't'};
+
 /* Index of the first byte that is '"', '\\', a control character or
  * non-ASCII, from p (or end). */
 static const char *scan_plain(const char *p, const char *end) {
@@ -606,6 +628,12 @@ static const char *scan_plain(const char *p, const char *end) {
     p++;
   }
   return p;
+}
+
+/* The error for a byte at p that begins no valid UTF-8 sequence. */
+static void bad_utf8(jparser *P, const char *p) {
+  set_err(P, p, "invalid UTF-8 byte 0x%02x in a string: text must be UTF-8",
+          (unsigned char)*p);
 }
 
 /* Parse a string at P->p (on the opening quote). */
@@ -644,10 +672,7 @@ static int parse_string(jparser *P, const char **out, uint32_t *out_len,
     if (ch >= 0x80) {
       int k = utf8_seq((const unsigned char *)p, (const unsigned char *)end);
       if (!k) {
-        set_err(P, p,
-                "invalid UTF-8 byte 0x%02x in a string: text must be "
-                "UTF-8",
-                ch);
+        bad_utf8(P, p);
         return -1;
       }
       p += k;
@@ -695,87 +720,59 @@ static int parse_string(jparser *P, const char **out, uint32_t *out_len,
     if (ch == '\\') {
       p++;
       char e = p < end ? *p : 0;
-      switch (e) {
-      case '"':
-      case '\\':
-      case '/':
-        d[n++] = e;
+      if ((unsigned char)e < 128 && unesc[(unsigned char)e]) {
+        d[n++] = unesc[(unsigned char)e];
         p++;
-        break;
-      case 'b':
-        d[n++] = '\b';
-        p++;
-        break;
-      case 'f':
-        d[n++] = '\f';
-        p++;
-        break;
-      case 'n':
-        d[n++] = '\n';
-        p++;
-        break;
-      case 'r':
-        d[n++] = '\r';
-        p++;
-        break;
-      case 't':
-        d[n++] = '\t';
-        p++;
-        break;
-      case 'u': {
-        uint32_t cp = 0;
-        for (int i = 1; i <= 4; i++) {
-          int h = p + i < end ? hexval(p[i]) : -1;
-          if (h < 0) {
-            set_err(P, p - 1, "\\u must be followed by 4 hex digits");
-            return -1;
-          }
-          cp = cp * 16 + (uint32_t)h;
-        }
-        p += 5;
-        if (cp >= 0xd800 && cp <= 0xdbff) {
-          uint32_t lo = 0;
-          int ok = p + 6 <= end && p[0] == '\\' && p[1] == 'u';
-          for (int i = 2; ok && i < 6; i++) {
-            int h = hexval(p[i]);
-            if (h < 0)
-              ok = 0;
-            else
-              lo = lo * 16 + (uint32_t)h;
-          }
-          if (!ok || lo < 0xdc00 || lo > 0xdfff) {
-            set_err(P, p - 6,
-                    "\\u%04x is a high surrogate without its low half: "
-                    "text must be valid Unicode",
-                    cp);
-            return -1;
-          }
-          cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
-          p += 6;
-        } else if (cp >= 0xdc00 && cp <= 0xdfff) {
-          set_err(P, p - 6,
-                  "\\u%04x is a lone low surrogate: text must be valid "
-                  "Unicode",
-                  cp);
-          return -1;
-        }
-        n += put_utf8(d + n, cp);
-        break;
+        continue;
       }
-      default:
+      if (e != 'u') {
         set_err(P, p - 1, "invalid escape '\\%c' in a string",
                 e >= 0x20 && e < 0x7f ? e : '?');
         return -1;
       }
+      uint32_t cp = 0;
+      for (int i = 1; i <= 4; i++) {
+        int h = p + i < end ? hexval(p[i]) : -1;
+        if (h < 0) {
+          set_err(P, p - 1, "\\u must be followed by 4 hex digits");
+          return -1;
+        }
+        cp = cp * 16 + (uint32_t)h;
+      }
+      p += 5;
+      if (cp >= 0xd800 && cp <= 0xdbff) {
+        uint32_t lo = 0;
+        int ok = p + 6 <= end && p[0] == '\\' && p[1] == 'u';
+        for (int i = 2; ok && i < 6; i++) {
+          int h = hexval(p[i]);
+          if (h < 0)
+            ok = 0;
+          else
+            lo = lo * 16 + (uint32_t)h;
+        }
+        if (!ok || lo < 0xdc00 || lo > 0xdfff) {
+          set_err(P, p - 6,
+                  "\\u%04x is a high surrogate without its low half: "
+                  "text must be valid Unicode",
+                  cp);
+          return -1;
+        }
+        cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
+        p += 6;
+      } else if (cp >= 0xdc00 && cp <= 0xdfff) {
+        set_err(P, p - 6,
+                "\\u%04x is a lone low surrogate: text must be valid "
+                "Unicode",
+                cp);
+        return -1;
+      }
+      n += put_utf8(d + n, cp);
       continue;
     }
     if (ch >= 0x80) {
       int k = utf8_seq((const unsigned char *)p, (const unsigned char *)end);
       if (!k) {
-        set_err(P, p,
-                "invalid UTF-8 byte 0x%02x in a string: text must be "
-                "UTF-8",
-                ch);
+        bad_utf8(P, p);
         return -1;
       }
       memcpy(d + n, p, (size_t)k);
@@ -1073,28 +1070,19 @@ static int parse_array(jparser *P, mn__jv *v) {
   }
   v->type = MN__J_ARR;
   v->n = count;
+  void *taken;
   if (packed) {
     finish_divs(P, base_nums);
     v->flags = MN__JF_PACKED;
-    size_t bytes = (size_t)count * sizeof(double);
-    v->u.nums = mn__arena_alloc(P->a, bytes);
-    if (!v->u.nums) {
-      oom(P);
-      return -1;
-    }
-    memcpy(v->u.nums, (double *)P->nums.p + base_nums, bytes);
-    P->nums.len = base_nums;
+    taken = v->u.nums = stack_take(P, &P->nums, base_nums);
     P->divs.len = base_nums;
   } else {
     v->flags = 0;
-    size_t bytes = (size_t)count * sizeof(mn__jv);
-    v->u.items = mn__arena_alloc(P->a, bytes);
-    if (!v->u.items) {
-      oom(P);
-      return -1;
-    }
-    memcpy(v->u.items, (mn__jv *)P->items.p + base_items, bytes);
-    P->items.len = base_items;
+    taken = v->u.items = stack_take(P, &P->items, base_items);
+  }
+  if (!taken) {
+    oom(P);
+    return -1;
   }
   return 0;
 }
@@ -1160,14 +1148,11 @@ static int parse_object(jparser *P, mn__jv *v) {
   }
   v->type = MN__J_OBJ;
   v->n = count;
-  size_t bytes = (size_t)count * sizeof(mn__jmember);
-  v->u.mem = mn__arena_alloc(P->a, bytes);
+  v->u.mem = stack_take(P, &P->mems, base);
   if (!v->u.mem) {
     oom(P);
     return -1;
   }
-  memcpy(v->u.mem, (mn__jmember *)P->mems.p + base, bytes);
-  P->mems.len = base;
   return 0;
 }
 
@@ -1827,31 +1812,9 @@ void mn__jw_escape(mn__jw *w, const char *s, size_t n) {
       }
       continue;
     }
-    char e[6] = {'\\', 0};
+    char e[6] = {'\\', esc[ch]};
     size_t en = 2;
-    switch (ch) {
-    case '"':
-      e[1] = '"';
-      break;
-    case '\\':
-      e[1] = '\\';
-      break;
-    case '\n':
-      e[1] = 'n';
-      break;
-    case '\r':
-      e[1] = 'r';
-      break;
-    case '\t':
-      e[1] = 't';
-      break;
-    case '\b':
-      e[1] = 'b';
-      break;
-    case '\f':
-      e[1] = 'f';
-      break;
-    default:
+    if (!e[1]) {
       e[1] = 'u';
       e[2] = '0';
       e[3] = '0';
