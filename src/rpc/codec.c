@@ -97,17 +97,23 @@ size_t mn__b64_decoded_len(const char *in, size_t n) {
   return n / 4 * 3 + (n % 4 == 3 ? 2 : n % 4 == 2 ? 1 : 0);
 }
 
-int64_t mn__b64_decode_scalar(const char *in, size_t n, uint8_t *out,
-                              size_t *bad) {
+int mn__b64_unpad(const char *in, size_t *n, size_t *bad) {
   size_t pad = 0;
-  while (n > 0 && in[n - 1] == '=' && pad < 2) {
-    n--;
+  while (*n > 0 && in[*n - 1] == '=' && pad < 2) {
+    (*n)--;
     pad++;
   }
-  if (n % 4 == 1) {
-    *bad = n;
+  if (*n % 4 == 1) {
+    *bad = *n;
     return -1;
   }
+  return 0;
+}
+
+int64_t mn__b64_decode_scalar(const char *in, size_t n, uint8_t *out,
+                              size_t *bad) {
+  if (mn__b64_unpad(in, &n, bad))
+    return -1;
   return mn__b64_decode_body(in, n, out, bad);
 }
 
