@@ -1165,7 +1165,7 @@ static mn_status apply_add(mn_store *s, MDB_txn *txn, st_op *op,
   return st;
 }
 
-static mn_status find_seq(mn_store *s, MDB_txn *txn, const st_coll *c,
+mn_status mn__st_find_seq(mn_store *s, MDB_txn *txn, const st_coll *c,
                           const char *id, uint64_t *seq) {
   uint8_t key[4 + MN_MEMORY_ID_MAX];
   size_t kl = mn__st_key_str(key, c->cid, id, strlen(id));
@@ -1295,7 +1295,7 @@ static mn_status apply_delete(mn_store *s, MDB_txn *txn, st_op *op) {
     const char *id = op->u.del.ids[i];
     uint64_t seq;
     op->u.del.seqs[i] = UINT64_MAX;
-    mn_status st = find_seq(s, txn, c, id, &seq);
+    mn_status st = mn__st_find_seq(s, txn, c, id, &seq);
     if (st == MN_ERR_NOT_FOUND)
       continue;
     MN__TRY(st);
@@ -1370,7 +1370,7 @@ static mn_status apply_update(mn_store *s, MDB_txn *txn, st_op *op,
   MN__TRY(check_live(c));
   const mn_memory_update *u = op->u.upd.u;
   uint64_t seq;
-  mn_status st = find_seq(s, txn, c, op->u.upd.id, &seq);
+  mn_status st = mn__st_find_seq(s, txn, c, op->u.upd.id, &seq);
   if (st == MN_ERR_NOT_FOUND)
     return mn__set_error(MN_ERR_NOT_FOUND,
                          "memory '%s' is not in collection '%s'", op->u.upd.id,
