@@ -50,6 +50,7 @@
 #include <lmdb.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <string.h>
 
 #define ST_MOD "store"
 /* meta "format": 2 = vectors packed in runs; 1 = one vector record per row
@@ -320,6 +321,14 @@ typedef struct st_op {
     } create;
   } u;
 } st_op;
+
+/* op as an op of `kind` on collection c (NULL: none yet), every other
+ * field zero. */
+static inline void st_op_init(st_op *op, int kind, st_coll *c) {
+  memset(op, 0, sizeof *op);
+  op->kind = kind;
+  op->coll = c;
+}
 
 /* ------------------------------------------------------------------------
  * The store.

@@ -346,9 +346,7 @@ mn_status mn_store_add(mn_store *s, const char *coll, const mn_memory_in *mems,
   st_coll *c = NULL;
   MN__TRY(mn__st_coll_ref(s, coll, &c));
   st_op op;
-  memset(&op, 0, sizeof op);
-  op.kind = ST_OP_ADD;
-  op.coll = c;
+  st_op_init(&op, ST_OP_ADD, c);
   op.u.add.n = n;
   mn_status st = validate_batch(c, mems, n);
   /* Buffers: `in` gathers the embeddings (n x dim); `x` is the processed
@@ -474,8 +472,7 @@ mn_status mn_store_update(mn_store *s, const char *coll, const char *id,
   if (u->content && strlen(u->content) > (1u << 30))
     return mn__set_error(MN_ERR_INVALID, "content is larger than 1 GiB");
   st_op op;
-  memset(&op, 0, sizeof op);
-  op.kind = ST_OP_UPDATE;
+  st_op_init(&op, ST_OP_UPDATE, NULL);
   if (u->metadata)
     MN__TRY(mn__st_norm_metadata(u->metadata, &op.u.upd.metadata, "metadata"));
   st_coll *c = NULL;
@@ -531,9 +528,7 @@ mn_status mn_store_delete(mn_store *s, const char *coll, const char *const *ids,
   st_coll *c = NULL;
   MN__TRY(mn__st_coll_ref(s, coll, &c));
   st_op op;
-  memset(&op, 0, sizeof op);
-  op.kind = ST_OP_DELETE;
-  op.coll = c;
+  st_op_init(&op, ST_OP_DELETE, c);
   op.u.del.n = n;
   op.u.del.ids = ids;
   op.u.del.found = found;
