@@ -701,34 +701,41 @@ char *mn_metrics_prometheus(mn_metrics *m) {
 
   family(&b, "mnemo_connections", "gauge", "WebSocket connections open now.");
   sb_printf(&b, "mnemo_connections %lld\n", (long long)s.conn_active);
-  family(&b, "mnemo_connections_total", "counter",
-         "WebSocket connections accepted.");
-  sb_printf(&b, "mnemo_connections_total %llu\n",
-            (unsigned long long)s.conn_total);
-  family(&b, "mnemo_connections_refused_total", "counter",
-         "Connections refused (connection limit, origin, shutdown).");
-  sb_printf(&b, "mnemo_connections_refused_total %llu\n",
-            (unsigned long long)s.conn_refused);
-  family(&b, "mnemo_bytes_received_total", "counter",
-         "Message bytes received from clients.");
-  sb_printf(&b, "mnemo_bytes_received_total %llu\n",
-            (unsigned long long)s.bytes_in);
-  family(&b, "mnemo_bytes_sent_total", "counter",
-         "Message bytes sent to clients.");
-  sb_printf(&b, "mnemo_bytes_sent_total %llu\n",
-            (unsigned long long)s.bytes_out);
+  const struct {
+    const char *name, *help;
+    uint64_t v;
+  } counters[] = {
+      {"mnemo_connections_total", "WebSocket connections accepted.",
+       s.conn_total},
+      {"mnemo_connections_refused_total",
+       "Connections refused (connection limit, origin, shutdown).",
+       s.conn_refused},
+      {"mnemo_bytes_received_total", "Message bytes received from clients.",
+       s.bytes_in},
+      {"mnemo_bytes_sent_total", "Message bytes sent to clients.", s.bytes_out},
+  };
+  for (size_t i = 0; i < sizeof counters / sizeof counters[0]; i++) {
+    family(&b, counters[i].name, "counter", counters[i].help);
+    sb_printf(&b, "%s %llu\n", counters[i].name,
+              (unsigned long long)counters[i].v);
+  }
 
   static const char *const tiers[MN_TIER_COUNT] = {"device", "host", "disk"};
-  family(&b, "mnemo_memory_bytes", "gauge",
-         "Bytes accounted to each memory tier.");
-  for (int t = 0; t < MN_TIER_COUNT; t++)
-    sb_printf(&b, "mnemo_memory_bytes{tier=\"%s\"} %lld\n", tiers[t],
-              (long long)mn_account_get((mn_tier)t));
-  family(&b, "mnemo_memory_peak_bytes", "gauge",
-         "Largest number of bytes each memory tier has held.");
-  for (int t = 0; t < MN_TIER_COUNT; t++)
-    sb_printf(&b, "mnemo_memory_peak_bytes{tier=\"%s\"} %lld\n", tiers[t],
-              (long long)mn_account_peak((mn_tier)t));
+  static const struct {
+    const char *name, *help;
+    int64_t (*get)(mn_tier);
+  } tier_gauges[] = {
+      {"mnemo_memory_bytes", "Bytes accounted to each memory tier.",
+       mn_account_get},
+      {"mnemo_memory_peak_bytes",
+       "Largest number of bytes each memory tier has held.", mn_account_peak},
+  };
+  for (size_t i = 0; i < 2; i++) {
+    family(&b, tier_gauges[i].name, "gauge", tier_gauges[i].help);
+    for (int t = 0; t < MN_TIER_COUNT; t++)
+      sb_printf(&b, "%s{tier=\"%s\"} %lld\n", tier_gauges[i].name, tiers[t],
+                (long long)tier_gauges[i].get((mn_tier)t));
+  }
   family(&b, "mnemo_uptime_seconds", "gauge",
          "Seconds since the metrics registry was created.");
   sb_printf(&b, "mnemo_uptime_seconds ");

@@ -76,22 +76,12 @@ size_t mn__b64_encode_avx2(const uint8_t *in, size_t n, char *out) {
 int64_t mn__b64_decode_avx2(const char *in, size_t n, uint8_t *out,
                             size_t *bad) {
   /* The same padding rules as the scalar code. */
-  size_t pad = 0;
-  while (n > 0 && in[n - 1] == '=' && pad < 2) {
-    n--;
-    pad++;
-  }
-  if (n % 4 == 1) {
-    *bad = n;
+  if (mn__b64_unpad(in, &n, bad))
     return -1;
-  }
   /* What callers allocate is mn__b64_decoded_len, which takes off every
    * trailing '='; with more than two the input is refused, but the vector
    * stores must stay inside that length all the same. */
-  size_t m = n;
-  while (m > 0 && in[m - 1] == '=')
-    m--;
-  size_t total = m / 4 * 3 + (m % 4 == 3 ? 2 : m % 4 == 2 ? 1 : 0);
+  size_t total = mn__b64_decoded_len(in, n);
   const __m256i lut_lo = _mm256_setr_epi8(
       0x25, 0x21, 0x21, 0x21, 0x21, 0x21, 0x21, 0x21, 0x21, 0x21, 0x23, 0x3A,
       0x3B, 0x3A, 0x3B, 0x32, 0x25, 0x21, 0x21, 0x21, 0x21, 0x21, 0x21, 0x21,

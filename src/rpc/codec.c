@@ -97,17 +97,23 @@ size_t mn__b64_decoded_len(const char *in, size_t n) {
   return n / 4 * 3 + (n % 4 == 3 ? 2 : n % 4 == 2 ? 1 : 0);
 }
 
-int64_t mn__b64_decode_scalar(const char *in, size_t n, uint8_t *out,
-                              size_t *bad) {
+int mn__b64_unpad(const char *in, size_t *n, size_t *bad) {
   size_t pad = 0;
-  while (n > 0 && in[n - 1] == '=' && pad < 2) {
-    n--;
+  while (*n > 0 && in[*n - 1] == '=' && pad < 2) {
+    (*n)--;
     pad++;
   }
-  if (n % 4 == 1) {
-    *bad = n;
+  if (*n % 4 == 1) {
+    *bad = *n;
     return -1;
   }
+  return 0;
+}
+
+int64_t mn__b64_decode_scalar(const char *in, size_t n, uint8_t *out,
+                              size_t *bad) {
+  if (mn__b64_unpad(in, &n, bad))
+    return -1;
   return mn__b64_decode_body(in, n, out, bad);
 }
 
@@ -323,6 +329,16 @@ static int is_f32obj(const mn__jv *v) {
          (unsigned)(v->u.mem[0].key[0] - '0') <= 9;
 }
 
+/* out as one vector of n floats, their room in the request's arena (for
+ * the caller to fill); NULL when out of memory. */
+static float *one_vector(mn__call *c, mn__tin *out, uint32_t n) {
+  out->rows = 1;
+  out->cols = n;
+  out->one_d = 1;
+  out->data = mn__arena_alloc(c->a, (size_t)n * sizeof(float));
+  return out->data;
+}
+
 static int decode_json(mn__call *c, const mn__jv *v, const char *path,
                        mn__tin *out) {
   char b[96];
@@ -330,29 +346,24 @@ static int decode_json(mn__call *c, const mn__jv *v, const char *path,
     return mn__fail(c, MN_RPC_INVALID_PARAMS,
                     "%s is an empty array: send at least one vector", path);
   if (v->flags & MN__JF_PACKED) {
-    /* One vector. */
-    out->rows = 1;
-    out->cols = v->n;
-    out->one_d = 1;
-    out->data = mn__arena_alloc(c->a, (size_t)v->n * sizeof(float));
-    if (!out->data)
+    if (!one_vector(c, out, v->n))
       return mn__fail(c, MN_RPC_RESOURCE_ERROR, "out of memory");
     return row_from_doubles(c, v->u.nums, out->data, v->n, path, 0, 1);
   }
   const mn__jv *first = &v->u.items[0];
   if (first->type == MN__J_NUM)
     return not_numbers(c, v, path, 0, 1);
+  int64_t rows = v->n, cols = first->n;
+  float *d;
   if (first->type == MN__J_ARR) {
-    int64_t cols = first->n;
     if (cols == 0)
       return mn__fail(c, MN_RPC_INVALID_PARAMS,
                       "%s[0] is an empty array: every row needs at least one "
                       "number",
                       path);
-    int64_t rows = v->n;
     if (rows * cols > MN__MAX_ELEMS)
       return mn__fail(c, MN_RPC_INVALID_PARAMS, "%s is too large", path);
-    float *d = mn__arena_alloc(c->a, (size_t)(rows * cols) * sizeof(float));
+    d = mn__arena_alloc(c->a, (size_t)(rows * cols) * sizeof(float));
     if (!d)
       return mn__fail(c, MN_RPC_RESOURCE_ERROR,
                       "out of memory for %lld x %lld embeddings",
@@ -376,15 +387,8 @@ static int decode_json(mn__call *c, const mn__jv *v, const char *path,
       if (rc)
         return rc;
     }
-    out->rows = rows;
-    out->cols = cols;
-    out->data = d;
-    out->one_d = 0;
-    return 0;
-  }
-  if (is_f32obj(first)) {
-    int64_t rows = v->n, cols = first->n;
-    float *d = mn__arena_alloc(c->a, (size_t)(rows * cols) * sizeof(float));
+  } else if (is_f32obj(first)) {
+    d = mn__arena_alloc(c->a, (size_t)(rows * cols) * sizeof(float));
     if (!d)
       return mn__fail(c, MN_RPC_RESOURCE_ERROR, "out of memory");
     for (int64_t r = 0; r < rows; r++) {
@@ -403,15 +407,16 @@ static int decode_json(mn__call *c, const mn__jv *v, const char *path,
       if (rc)
         return rc;
     }
-    out->rows = rows;
-    out->cols = cols;
-    out->data = d;
-    out->one_d = 0;
-    return 0;
+  } else {
+    return mn__fail(c, MN_RPC_INVALID_PARAMS,
+                    "%s[0] is %s; embeddings must be %s", path,
+                    mn__jv_brief(first, b, sizeof b), accepted_forms);
   }
-  return mn__fail(c, MN_RPC_INVALID_PARAMS,
-                  "%s[0] is %s; embeddings must be %s", path,
-                  mn__jv_brief(first, b, sizeof b), accepted_forms);
+  out->rows = rows;
+  out->cols = cols;
+  out->data = d;
+  out->one_d = 0;
+  return 0;
 }
 
 typedef enum in_dtype { IN_F32, IN_F16, IN_BF16, IN_F64 } in_dtype;
@@ -649,11 +654,7 @@ static int decode(mn__call *c, const mn__jv *v, const char *path, mn__tin *out,
         mn__jobj_get(v, "data") || mn__jobj_get(v, "buffer"))
       return decode_typed(c, v, path, out, check);
     if (is_f32obj(v)) {
-      out->rows = 1;
-      out->cols = v->n;
-      out->one_d = 1;
-      out->data = mn__arena_alloc(c->a, (size_t)v->n * sizeof(float));
-      if (!out->data)
+      if (!one_vector(c, out, v->n))
         return mn__fail(c, MN_RPC_RESOURCE_ERROR, "out of memory");
       return f32obj_row(c, v, out->data, path, 0, 1);
     }

@@ -35,32 +35,15 @@ static inline __m512i div10(__m512i x) {
                            35);
 }
 
-/* The powers of ten 10^0..10^9, and 10^(10 - n) for n = 1..10. */
-static const uint64_t pow10_tab[16] = {1ull,
-                                       10ull,
-                                       100ull,
-                                       1000ull,
-                                       10000ull,
-                                       100000ull,
-                                       1000000ull,
-                                       10000000ull,
-                                       100000000ull,
-                                       1000000000ull,
-                                       10000000000ull,
-                                       0,
-                                       0,
-                                       0,
-                                       0,
-                                       0};
-
 size_t mn__fmt_f32_list_avx512(char *out, const float *x, size_t n) {
   const __m256i absmask = _mm256_set1_epi32(0x7fffffff);
   const __m256i one32 = _mm256_set1_epi32(1);
   const __m512i one64 = _mm512_set1_epi64(1);
   const __m512d half = _mm512_set1_pd(0.5);
   const __m512d eps = _mm512_set1_pd(1e-5);
-  const __m512i pw_lo = _mm512_loadu_si512(pow10_tab);
-  const __m512i pw_hi = _mm512_loadu_si512(pow10_tab + 8);
+  /* 10^0..10^15 (of which 10^(10 - n), n = 1..10, are looked up). */
+  const __m512i pw_lo = _mm512_loadu_si512(mn__pow10_u64);
+  const __m512i pw_hi = _mm512_loadu_si512(mn__pow10_u64 + 8);
   const double *p10 = mn__p10_tab + 60; /* p10[k] = 10^k */
   /* The same powers held in registers, for batches whose exponents all
    * lie in a window (embeddings mostly do): permutes instead of gathers,
@@ -160,8 +143,8 @@ size_t mn__fmt_f32_list_avx512(char *out, const float *x, size_t n) {
     for (int t = 1; t <= 9; t++)
       nd = _mm512_mask_add_epi64(
           nd,
-          _mm512_cmpge_epu64_mask(m,
-                                  _mm512_set1_epi64((long long)pow10_tab[t])),
+          _mm512_cmpge_epu64_mask(
+              m, _mm512_set1_epi64((long long)mn__pow10_u64[t])),
           nd, one64);
     __m512i pad = _mm512_permutex2var_epi64(
         pw_lo, _mm512_sub_epi64(_mm512_set1_epi64(10), nd), pw_hi);

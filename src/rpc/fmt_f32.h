@@ -2,7 +2,8 @@
  * fmt_f32.h - the parts of the shortest float32 formatter that the scalar
  * code (json.c, mn__fmt_f32) and the AVX-512 code (fmt_avx512.c, a list
  * of numbers at once) share, so that both write the same text: the table
- * of powers of ten, the digits of the decimal and its layout.
+ * of powers of ten, the digits of the decimal and its layout (json.c also
+ * reads numbers with the integer powers).
  *
  * Both find, for a float, the decimal m * 10^q with the fewest significant
  * digits n that reads back as it (json.c says how); these functions turn
@@ -19,6 +20,29 @@ typedef unsigned __int128 mn__u128;
 /** 10^k for k in [-60, 60] at [k + 60]: exact for 0..22, correctly
  *  rounded elsewhere (json.c). */
 extern const double mn__p10_tab[121];
+
+/* 10^k for k in [0, 19], every power a uint64_t holds. Here, not extern,
+ * so that a constant index folds to its value. */
+static const uint64_t mn__pow10_u64[20] = {1ull,
+                                           10ull,
+                                           100ull,
+                                           1000ull,
+                                           10000ull,
+                                           100000ull,
+                                           1000000ull,
+                                           10000000ull,
+                                           100000000ull,
+                                           1000000000ull,
+                                           10000000000ull,
+                                           100000000000ull,
+                                           1000000000000ull,
+                                           10000000000000ull,
+                                           100000000000000ull,
+                                           1000000000000000ull,
+                                           10000000000000000ull,
+                                           100000000000000000ull,
+                                           1000000000000000000ull,
+                                           10000000000000000000ull};
 
 /* Sixteen '0' characters as one little-endian 16-byte word. */
 #define MN__ZEROS16                                                            \
@@ -52,6 +76,20 @@ static inline mn__u128 mn__fmt_digits10(uint32_t top, uint64_t low8) {
                                                     << 8;
   return (mn__u128)head | (mn__u128)low8 << 16 |
          (mn__u128)0x303030303030ull << 80;
+}
+
+/* The exponent part of d.ddde+-x, "e+x" or "e-x" (|x| < 1000), at o + k;
+ * returns the length there after it (k + 3 to k + 5). */
+static inline size_t mn__fmt_exp(char *o, size_t k, int x) {
+  o[k++] = 'e';
+  o[k++] = x < 0 ? '-' : '+';
+  int ax = x < 0 ? -x : x;
+  if (ax >= 100)
+    o[k++] = (char)('0' + ax / 100);
+  if (ax >= 10)
+    o[k++] = (char)('0' + (ax / 10) % 10);
+  o[k++] = (char)('0' + ax % 10);
+  return k;
 }
 
 /*
@@ -94,14 +132,7 @@ static inline size_t mn__fmt_layout(char *out, int neg, int n, int q,
     o[1] = '.';
     memcpy(o + 2, &rest, 16);
     len = n > 1 ? (size_t)n + 1 : 1;
-    o[len++] = 'e';
-    o[len++] = x < 0 ? '-' : '+';
-    int ax = x < 0 ? -x : x;
-    if (ax >= 100)
-      o[len++] = (char)('0' + ax / 100);
-    if (ax >= 10)
-      o[len++] = (char)('0' + (ax / 10) % 10);
-    o[len++] = (char)('0' + ax % 10);
+    len = mn__fmt_exp(o, len, x);
   }
   return len + (size_t)neg;
 }

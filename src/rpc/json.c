@@ -19,6 +19,7 @@
  * arena block pool (a mutex-protected free list, capped in bytes).
  */
 #define _GNU_SOURCE
+#include "rpc/fmt_f32.h"
 #include "rpc/rpc_internal.h"
 
 #include <float.h>
@@ -204,6 +205,18 @@ static void *stack_push(jparser *P, jstack *st) {
   return (char *)st->p + st->elem * st->len++;
 }
 
+/* The elements of a stack from `base` on, moved into the arena; the
+ * stack is cut back to `base`. NULL when out of memory. */
+static void *stack_take(jparser *P, jstack *st, size_t base) {
+  size_t bytes = (st->len - base) * st->elem;
+  void *p = mn__arena_alloc(P->a, bytes);
+  if (!p)
+    return NULL;
+  memcpy(p, (char *)st->p + base * st->elem, bytes);
+  st->len = base;
+  return p;
+}
+
 static void set_err(jparser *P, const char *at, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
@@ -272,6 +285,19 @@ static double strtod_c(const char *s) {
   return c_loc ? strtod_l(s, NULL, c_loc) : strtod(s, NULL);
 }
 
+/* Eight digits, one per byte of lo (0..9, the first in the lowest byte),
+ * into their value in lo: pairs, then fours, then the eight, with
+ * multiplies (SWAR). A macro and not an inline function: with the
+ * function GCC allocates number_run's registers worse (a move more per
+ * eight digits). */
+#define SWAR8_VALUE(lo)                                                        \
+  do {                                                                         \
+    lo = lo * 10 + (lo >> 8);                                                  \
+    lo = (((lo & 0x000000ff000000ffull) * (100 + (1000000ull << 32))) +        \
+          (((lo >> 16) & 0x000000ff000000ffull) * (1 + (10000ull << 32)))) >>  \
+         32;                                                                   \
+  } while (0)
+
 /* Eight ASCII digits at p as a number (SWAR), or -1 when they are not all
  * digits. */
 static inline int64_t parse8(const char *p) {
@@ -281,10 +307,7 @@ static inline int64_t parse8(const char *p) {
   uint64_t hi = v + 0x4646464646464646ull; /* > '9' sets the top bit */
   if ((lo | hi) & 0x8080808080808080ull)
     return -1;
-  lo = lo * 10 + (lo >> 8);
-  lo = (((lo & 0x000000ff000000ffull) * (100 + (1000000ull << 32))) +
-        (((lo >> 16) & 0x000000ff000000ffull) * (1 + (10000ull << 32)))) >>
-       32;
+  SWAR8_VALUE(lo);
   return (int64_t)lo;
 }
 
@@ -292,7 +315,7 @@ static inline int64_t parse8(const char *p) {
  * eight bytes at once (SWAR). The first byte that is not a digit is found
  * exactly (the subtraction borrows only from bytes after it); the digits
  * are moved to the top of the word, '0's shifted in below, and the eight
- * are combined as parse8 does. */
+ * are combined by SWAR8_VALUE. */
 static inline int digits_swar(const char *p, uint64_t *val) {
   uint64_t v;
   memcpy(&v, p, 8);
@@ -306,10 +329,7 @@ static inline int digits_swar(const char *p, uint64_t *val) {
   if (len < 8)
     v = v << (8 * (8 - len)) | 0x3030303030303030ull >> (8 * len);
   uint64_t lo = v - 0x3030303030303030ull;
-  lo = lo * 10 + (lo >> 8);
-  lo = (((lo & 0x000000ff000000ffull) * (100 + (1000000ull << 32))) +
-        (((lo >> 16) & 0x000000ff000000ffull) * (1 + (10000ull << 32)))) >>
-       32;
+  SWAR8_VALUE(lo);
   *val = lo;
   return len;
 }
@@ -326,9 +346,7 @@ static inline int digits16(const char *p, uint64_t *val) {
   int n2 = digits_swar(p + 8, &b);
   if (n2 == 8)
     return 0;
-  static const uint64_t scale[8] = {1,     10,     100,     1000,
-                                    10000, 100000, 1000000, 10000000};
-  *val = a * scale[n2] + b;
+  *val = a * mn__pow10_u64[n2] + b;
   return 8 + n2;
 }
 
@@ -361,24 +379,7 @@ static inline int number_fast(const char *p, const char **next, int *neg,
   }
   if (*p == 'e' || *p == 'E' || ni + nf > 19)
     return 0;
-  static const uint64_t scale[17] = {1ull,
-                                     10ull,
-                                     100ull,
-                                     1000ull,
-                                     10000ull,
-                                     100000ull,
-                                     1000000ull,
-                                     10000000ull,
-                                     100000000ull,
-                                     1000000000ull,
-                                     10000000000ull,
-                                     100000000000ull,
-                                     1000000000000ull,
-                                     10000000000000ull,
-                                     100000000000000ull,
-                                     1000000000000000ull,
-                                     10000000000000000ull};
-  *m = ip * scale[nf] + fp;
+  *m = ip * mn__pow10_u64[nf] + fp;
   *nd = ni + nf;
   *frac = nf;
   *next = p;
@@ -591,6 +592,16 @@ static size_t put_utf8(char *o, uint32_t cp) {
   return 4;
 }
 
+/* The two-character escapes of JSON, both ways: unesc[e] is the character
+ * that backslash-e stands for (0: none; \u is read apart), esc[c] the
+ * letter after the backslash that writes c (0: c is written as \u00XX). */
+static const char unesc[128] = {
+    ['"'] = '"',  ['\\'] = '\\', ['/'] = '/',  ['b'] = '\b',
+    ['f'] = '\f', ['n'] = '\n',  ['r'] = '\r', ['t'] = '\t'};
+static const char esc[128] = {
+    ['"'] = '"',  ['\\'] = '\\', ['\b'] = 'b', ['\f'] = 'f',
+    ['\n'] = 'n', ['\r'] = 'r',  ['\t'] = 't'};
+
 /* Index of the first byte that is '"', '\\', a control character or
  * non-ASCII, from p (or end). */
 static const char *scan_plain(const char *p, const char *end) {
@@ -617,6 +628,12 @@ static const char *scan_plain(const char *p, const char *end) {
     p++;
   }
   return p;
+}
+
+/* The error for a byte at p that begins no valid UTF-8 sequence. */
+static void bad_utf8(jparser *P, const char *p) {
+  set_err(P, p, "invalid UTF-8 byte 0x%02x in a string: text must be UTF-8",
+          (unsigned char)*p);
 }
 
 /* Parse a string at P->p (on the opening quote). */
@@ -655,10 +672,7 @@ static int parse_string(jparser *P, const char **out, uint32_t *out_len,
     if (ch >= 0x80) {
       int k = utf8_seq((const unsigned char *)p, (const unsigned char *)end);
       if (!k) {
-        set_err(P, p,
-                "invalid UTF-8 byte 0x%02x in a string: text must be "
-                "UTF-8",
-                ch);
+        bad_utf8(P, p);
         return -1;
       }
       p += k;
@@ -706,87 +720,59 @@ static int parse_string(jparser *P, const char **out, uint32_t *out_len,
     if (ch == '\\') {
       p++;
       char e = p < end ? *p : 0;
-      switch (e) {
-      case '"':
-      case '\\':
-      case '/':
-        d[n++] = e;
+      if ((unsigned char)e < 128 && unesc[(unsigned char)e]) {
+        d[n++] = unesc[(unsigned char)e];
         p++;
-        break;
-      case 'b':
-        d[n++] = '\b';
-        p++;
-        break;
-      case 'f':
-        d[n++] = '\f';
-        p++;
-        break;
-      case 'n':
-        d[n++] = '\n';
-        p++;
-        break;
-      case 'r':
-        d[n++] = '\r';
-        p++;
-        break;
-      case 't':
-        d[n++] = '\t';
-        p++;
-        break;
-      case 'u': {
-        uint32_t cp = 0;
-        for (int i = 1; i <= 4; i++) {
-          int h = p + i < end ? hexval(p[i]) : -1;
-          if (h < 0) {
-            set_err(P, p - 1, "\\u must be followed by 4 hex digits");
-            return -1;
-          }
-          cp = cp * 16 + (uint32_t)h;
-        }
-        p += 5;
-        if (cp >= 0xd800 && cp <= 0xdbff) {
-          uint32_t lo = 0;
-          int ok = p + 6 <= end && p[0] == '\\' && p[1] == 'u';
-          for (int i = 2; ok && i < 6; i++) {
-            int h = hexval(p[i]);
-            if (h < 0)
-              ok = 0;
-            else
-              lo = lo * 16 + (uint32_t)h;
-          }
-          if (!ok || lo < 0xdc00 || lo > 0xdfff) {
-            set_err(P, p - 6,
-                    "\\u%04x is a high surrogate without its low half: "
-                    "text must be valid Unicode",
-                    cp);
-            return -1;
-          }
-          cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
-          p += 6;
-        } else if (cp >= 0xdc00 && cp <= 0xdfff) {
-          set_err(P, p - 6,
-                  "\\u%04x is a lone low surrogate: text must be valid "
-                  "Unicode",
-                  cp);
-          return -1;
-        }
-        n += put_utf8(d + n, cp);
-        break;
+        continue;
       }
-      default:
+      if (e != 'u') {
         set_err(P, p - 1, "invalid escape '\\%c' in a string",
                 e >= 0x20 && e < 0x7f ? e : '?');
         return -1;
       }
+      uint32_t cp = 0;
+      for (int i = 1; i <= 4; i++) {
+        int h = p + i < end ? hexval(p[i]) : -1;
+        if (h < 0) {
+          set_err(P, p - 1, "\\u must be followed by 4 hex digits");
+          return -1;
+        }
+        cp = cp * 16 + (uint32_t)h;
+      }
+      p += 5;
+      if (cp >= 0xd800 && cp <= 0xdbff) {
+        uint32_t lo = 0;
+        int ok = p + 6 <= end && p[0] == '\\' && p[1] == 'u';
+        for (int i = 2; ok && i < 6; i++) {
+          int h = hexval(p[i]);
+          if (h < 0)
+            ok = 0;
+          else
+            lo = lo * 16 + (uint32_t)h;
+        }
+        if (!ok || lo < 0xdc00 || lo > 0xdfff) {
+          set_err(P, p - 6,
+                  "\\u%04x is a high surrogate without its low half: "
+                  "text must be valid Unicode",
+                  cp);
+          return -1;
+        }
+        cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
+        p += 6;
+      } else if (cp >= 0xdc00 && cp <= 0xdfff) {
+        set_err(P, p - 6,
+                "\\u%04x is a lone low surrogate: text must be valid "
+                "Unicode",
+                cp);
+        return -1;
+      }
+      n += put_utf8(d + n, cp);
       continue;
     }
     if (ch >= 0x80) {
       int k = utf8_seq((const unsigned char *)p, (const unsigned char *)end);
       if (!k) {
-        set_err(P, p,
-                "invalid UTF-8 byte 0x%02x in a string: text must be "
-                "UTF-8",
-                ch);
+        bad_utf8(P, p);
         return -1;
       }
       memcpy(d + n, p, (size_t)k);
@@ -1084,28 +1070,19 @@ static int parse_array(jparser *P, mn__jv *v) {
   }
   v->type = MN__J_ARR;
   v->n = count;
+  void *taken;
   if (packed) {
     finish_divs(P, base_nums);
     v->flags = MN__JF_PACKED;
-    size_t bytes = (size_t)count * sizeof(double);
-    v->u.nums = mn__arena_alloc(P->a, bytes);
-    if (!v->u.nums) {
-      oom(P);
-      return -1;
-    }
-    memcpy(v->u.nums, (double *)P->nums.p + base_nums, bytes);
-    P->nums.len = base_nums;
+    taken = v->u.nums = stack_take(P, &P->nums, base_nums);
     P->divs.len = base_nums;
   } else {
     v->flags = 0;
-    size_t bytes = (size_t)count * sizeof(mn__jv);
-    v->u.items = mn__arena_alloc(P->a, bytes);
-    if (!v->u.items) {
-      oom(P);
-      return -1;
-    }
-    memcpy(v->u.items, (mn__jv *)P->items.p + base_items, bytes);
-    P->items.len = base_items;
+    taken = v->u.items = stack_take(P, &P->items, base_items);
+  }
+  if (!taken) {
+    oom(P);
+    return -1;
   }
   return 0;
 }
@@ -1171,14 +1148,11 @@ static int parse_object(jparser *P, mn__jv *v) {
   }
   v->type = MN__J_OBJ;
   v->n = count;
-  size_t bytes = (size_t)count * sizeof(mn__jmember);
-  v->u.mem = mn__arena_alloc(P->a, bytes);
+  v->u.mem = stack_take(P, &P->mems, base);
   if (!v->u.mem) {
     oom(P);
     return -1;
   }
-  memcpy(v->u.mem, (mn__jmember *)P->mems.p + base, bytes);
-  P->mems.len = base;
   return 0;
 }
 
@@ -1462,27 +1436,6 @@ static inline double p10(int k) {
   return mn__p10_tab[k + 60];
 }
 
-static const uint64_t pow10_u64[20] = {1ull,
-                                       10ull,
-                                       100ull,
-                                       1000ull,
-                                       10000ull,
-                                       100000ull,
-                                       1000000ull,
-                                       10000000ull,
-                                       100000000ull,
-                                       1000000000ull,
-                                       10000000000ull,
-                                       100000000000ull,
-                                       1000000000000ull,
-                                       10000000000000ull,
-                                       100000000000000ull,
-                                       1000000000000000ull,
-                                       10000000000000000ull,
-                                       100000000000000000ull,
-                                       1000000000000000000ull,
-                                       10000000000000000000ull};
-
 static const char digits2[] = "00010203040506070809"
                               "10111213141516171819"
                               "20212223242526272829"
@@ -1498,7 +1451,7 @@ static const char digits2[] = "00010203040506070809"
  * found first, so the digits go straight to their places, two at a time. */
 static int utoa_digits(uint64_t m, char *o) {
   int n = 1;
-  while (n < 20 && m >= pow10_u64[n])
+  while (n < 20 && m >= mn__pow10_u64[n])
     n++;
   char *e = o + n;
   while (m >= 100) {
@@ -1559,14 +1512,7 @@ static size_t fmt_decimal(char *o, int neg, uint64_t m, int q) {
       memcpy(o + k, d + 1, (size_t)(n - 1));
       k += (size_t)(n - 1);
     }
-    o[k++] = 'e';
-    o[k++] = x < 0 ? '-' : '+';
-    int ax = x < 0 ? -x : x;
-    if (ax >= 100)
-      o[k++] = (char)('0' + ax / 100);
-    if (ax >= 10)
-      o[k++] = (char)('0' + (ax / 10) % 10);
-    o[k++] = (char)('0' + ax % 10);
+    k = mn__fmt_exp(o, k, x);
   }
   return k;
 }
@@ -1669,7 +1615,7 @@ size_t mn__fmt_f32(char *out, float f) {
   MN__STEP(1000000000u)
 #undef MN__STEP
 found:;
-  uint64_t p = pow10_u64[j];
+  uint64_t p = mn__pow10_u64[j];
   uint64_t r = (uint64_t)(fp_fence(vs * p10(-j)) + 0.5) * p;
   if (r < L)
     r = ((uint64_t)L + p - 1) / p * p;
@@ -1891,31 +1837,9 @@ void mn__jw_escape(mn__jw *w, const char *s, size_t n) {
       }
       continue;
     }
-    char e[6] = {'\\', 0};
+    char e[6] = {'\\', esc[ch]};
     size_t en = 2;
-    switch (ch) {
-    case '"':
-      e[1] = '"';
-      break;
-    case '\\':
-      e[1] = '\\';
-      break;
-    case '\n':
-      e[1] = 'n';
-      break;
-    case '\r':
-      e[1] = 'r';
-      break;
-    case '\t':
-      e[1] = 't';
-      break;
-    case '\b':
-      e[1] = 'b';
-      break;
-    case '\f':
-      e[1] = 'f';
-      break;
-    default:
+    if (!e[1]) {
       e[1] = 'u';
       e[2] = '0';
       e[3] = '0';

@@ -211,6 +211,24 @@ static int coll_param(mn__call *c, const mn__jv *p, const char *key,
   return 0;
 }
 
+/* The collection that params.<key> names, and its description. */
+static int coll_lookup(mn__call *c, const mn__jv *p, const char *key,
+                       const char **name, mn_collection_info *info) {
+  int rc = coll_param(c, p, key, name);
+  if (rc)
+    return rc;
+  mn_status s = mn_store_collection_get(c->r->store, *name, info);
+  return s != MN_OK ? sfail(c, s) : 0;
+}
+
+/* params.<key> decoded as a tensor, messages naming "<root>.<key>". */
+static int tensor_param(mn__call *c, const mn__jv *p, const char *key,
+                        mn__tin *out) {
+  char path[80];
+  snprintf(path, sizeof path, "%s.%s", c->root, key);
+  return mn__tensor_decode(c, mn__jobj_get(p, key), path, out);
+}
+
 /* An array of id strings (schema-checked) as C strings. */
 static int id_list(mn__call *c, const mn__jv *v, const char ***out,
                    int64_t *n) {
@@ -277,26 +295,21 @@ int mn__h_list_collections(mn__call *c, const mn__jv *p, mn__jw *w) {
 
 int mn__h_get_collection(mn__call *c, const mn__jv *p, mn__jw *w) {
   const char *name;
-  int rc = coll_param(c, p, "name", &name);
+  mn_collection_info info;
+  int rc = coll_lookup(c, p, "name", &name, &info);
   if (rc)
     return rc;
-  mn_collection_info info;
-  mn_status s = mn_store_collection_get(c->r->store, name, &info);
-  if (s != MN_OK)
-    return sfail(c, s);
   write_info(w, &info);
   return 0;
 }
 
 int mn__h_drop_collection(mn__call *c, const mn__jv *p, mn__jw *w) {
   const char *name;
-  int rc = coll_param(c, p, "name", &name);
+  mn_collection_info info;
+  int rc = coll_lookup(c, p, "name", &name, &info);
   if (rc)
     return rc;
-  mn_collection_info info;
-  mn_status s = mn_store_collection_get(c->r->store, name, &info);
-  if (s == MN_OK)
-    s = mn_store_collection_drop(c->r->store, name);
+  mn_status s = mn_store_collection_drop(c->r->store, name);
   if (s != MN_OK)
     return sfail(c, s);
   mn__jw_obj(w);
@@ -373,13 +386,10 @@ static int write_ids(mn__jw *w, const mn_memory_id *ids, int64_t n) {
 
 int mn__h_add_memories(mn__call *c, const mn__jv *p, mn__jw *w) {
   const char *R = c->root, *coll;
-  int rc = coll_param(c, p, "collection", &coll);
+  mn_collection_info info;
+  int rc = coll_lookup(c, p, "collection", &coll, &info);
   if (rc)
     return rc;
-  mn_collection_info info;
-  mn_status s = mn_store_collection_get(c->r->store, coll, &info);
-  if (s != MN_OK)
-    return sfail(c, s);
   const mn__jv *mems = mn__jobj_get(p, "memories");
   const mn__jv *embs = mn__jobj_get(p, "embeddings");
   mn__tin all;
@@ -440,7 +450,7 @@ int mn__h_add_memories(mn__call *c, const mn__jv *p, mn__jw *w) {
   if (!rc)
     rc = mn__check_deadline(c);
   if (!rc) {
-    s = mn_store_add(c->r->store, coll, m, n, ids);
+    mn_status s = mn_store_add(c->r->store, coll, m, n, ids);
     rc = s != MN_OK ? sfail(c, s) : write_ids(w, ids, n);
   }
   free(ids);
@@ -449,13 +459,10 @@ int mn__h_add_memories(mn__call *c, const mn__jv *p, mn__jw *w) {
 
 int mn__h_store_memory(mn__call *c, const mn__jv *p, mn__jw *w) {
   const char *coll;
-  int rc = coll_param(c, p, "collection", &coll);
+  mn_collection_info info;
+  int rc = coll_lookup(c, p, "collection", &coll, &info);
   if (rc)
     return rc;
-  mn_collection_info info;
-  mn_status s = mn_store_collection_get(c->r->store, coll, &info);
-  if (s != MN_OK)
-    return sfail(c, s);
   mn_memory_in m;
   char path[80];
   snprintf(path, sizeof path, "%s.embedding", c->root);
@@ -466,7 +473,7 @@ int mn__h_store_memory(mn__call *c, const mn__jv *p, mn__jw *w) {
   if (rc)
     return rc;
   mn_memory_id id;
-  s = mn_store_add(c->r->store, coll, &m, 1, &id);
+  mn_status s = mn_store_add(c->r->store, coll, &m, 1, &id);
   if (s != MN_OK)
     return sfail(c, s);
   mn__jw_obj(w);
@@ -570,14 +577,12 @@ int mn__h_delete_memories(mn__call *c, const mn__jv *p, mn__jw *w) {
 }
 
 int mn__h_search_memories(mn__call *c, const mn__jv *p, mn__jw *w) {
-  const char *R = c->root, *coll;
+  const char *coll;
   int rc = coll_param(c, p, "collection", &coll);
   if (rc)
     return rc;
-  char path[80];
-  snprintf(path, sizeof path, "%s.query", R);
   mn__tin q;
-  if ((rc = mn__tensor_decode(c, mn__jobj_get(p, "query"), path, &q)))
+  if ((rc = tensor_param(c, p, "query", &q)))
     return rc;
   mn_search_params sp;
   mn_search_params_init(&sp);
@@ -717,10 +722,8 @@ int mn__h_process_chunk(mn__call *c, const mn__jv *p, mn__jw *w) {
   int rc = coll_param(c, p, "chunkId", &id);
   if (rc)
     return rc;
-  char path[80];
-  snprintf(path, sizeof path, "%s.embeddings", R);
   mn__tin in;
-  if ((rc = mn__tensor_decode(c, mn__jobj_get(p, "embeddings"), path, &in)))
+  if ((rc = tensor_param(c, p, "embeddings", &in)))
     return rc;
   const mn__jv *o = mn__jobj_get(p, "options");
   unsigned flags = 0;

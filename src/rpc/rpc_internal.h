@@ -436,6 +436,9 @@ int64_t mn__b64_decode_scalar(const char *in, size_t n, uint8_t *out,
 size_t mn__b64_encode_avx2(const uint8_t *in, size_t n, char *out);
 int64_t mn__b64_decode_avx2(const char *in, size_t n, uint8_t *out,
                             size_t *bad);
+/** Take up to two '=' of padding off the end of in[0, *n); -1 (and
+ *  *bad = the new *n) when the length left is one no base64 text has. */
+int mn__b64_unpad(const char *in, size_t *n, size_t *bad);
 /** Decode characters with the padding already taken off (n % 4 != 1). */
 int64_t mn__b64_decode_body(const char *in, size_t n, uint8_t *out,
                             size_t *bad);

@@ -14,6 +14,7 @@
 #include "rpc/rpc_internal.h"
 
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -24,17 +25,17 @@ typedef struct sctx {
   const char *skip; /* root property left to the handler (tensors) */
 } sctx;
 
-static size_t path_push_key(sctx *x, const char *k) {
-  size_t old = x->plen;
-  int n = snprintf(x->path + x->plen, sizeof x->path - x->plen, ".%s", k);
-  if (n > 0)
-    x->plen = MN__MIN(x->plen + (size_t)n, sizeof x->path - 1);
-  return old;
-}
+/* Append ".key" or "[i]" (fmt) to the path, cut at its size; returns the
+ * length to go back to with path_pop. */
+static size_t path_push(sctx *x, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 
-static size_t path_push_idx(sctx *x, uint32_t i) {
+static size_t path_push(sctx *x, const char *fmt, ...) {
   size_t old = x->plen;
-  int n = snprintf(x->path + x->plen, sizeof x->path - x->plen, "[%u]", i);
+  va_list ap;
+  va_start(ap, fmt);
+  int n = vsnprintf(x->path + x->plen, sizeof x->path - x->plen, fmt, ap);
+  va_end(ap);
   if (n > 0)
     x->plen = MN__MIN(x->plen + (size_t)n, sizeof x->path - 1);
   return old;
@@ -163,6 +164,16 @@ static int fail(sctx *x, int quiet, const char *fmt, ...) {
   return mn__fail(x->c, MN_RPC_INVALID_PARAMS, "%s %s", x->path, m);
 }
 
+/* "<path> must be <what schema s allows>; got <v>". */
+static int fail_want(sctx *x, int quiet, const mn__jv *s, const mn__jv *v) {
+  if (quiet)
+    return MN_RPC_INVALID_PARAMS;
+  char want[600] = "", got[96];
+  phrase(s, want, sizeof want);
+  return fail(x, 0, "must be %s; got %s", want,
+              mn__jv_brief(v, got, sizeof got));
+}
+
 static int check(sctx *x, const mn__jv *s, const mn__jv *v, int quiet,
                  int root);
 
@@ -189,11 +200,7 @@ static int check_any(sctx *x, const mn__jv *s, const mn__jv *any,
   }
   if (n_type == 1 && v->type != MN__J_NUM)
     return check(x, &any->u.items[which], v, 0, 0);
-  char want[600] = "";
-  phrase(s, want, sizeof want);
-  char got[96];
-  return fail(x, 0, "must be %s; got %s", want,
-              mn__jv_brief(v, got, sizeof got));
+  return fail_want(x, 0, s, v);
 }
 
 static size_t utf8_chars(const char *s, size_t n) {
@@ -205,7 +212,7 @@ static size_t utf8_chars(const char *s, size_t n) {
 
 static int check(sctx *x, const mn__jv *s, const mn__jv *v, int quiet,
                  int root) {
-  char got[96], want[600];
+  char got[96];
   const mn__jv *any = mn__jobj_get(s, "anyOf");
   if (any && any->type == MN__J_ARR)
     return check_any(x, s, any, v, quiet);
@@ -215,10 +222,7 @@ static int check(sctx *x, const mn__jv *s, const mn__jv *v, int quiet,
     for (uint32_t i = 0; i < en->n; i++)
       if (json_equal(mn__jarr_at(en, i, &tmp), v))
         return 0;
-    want[0] = '\0';
-    phrase(s, want, sizeof want);
-    return fail(x, quiet, "must be %s; got %s", want,
-                mn__jv_brief(v, got, sizeof got));
+    return fail_want(x, quiet, s, v);
   }
   const mn__jv *ty = mn__jobj_get(s, "type");
   if (ty) {
@@ -230,10 +234,7 @@ static int check(sctx *x, const mn__jv *s, const mn__jv *v, int quiet,
         ok = ty->u.items[i].type == MN__J_STR &&
              type_matches(ty->u.items[i].u.str, ty->u.items[i].n, v);
     if (!ok) {
-      want[0] = '\0';
-      phrase(s, want, sizeof want);
-      return fail(x, quiet, "must be %s; got %s", want,
-                  mn__jv_brief(v, got, sizeof got));
+      return fail_want(x, quiet, s, v);
     }
   }
   if (v->type == MN__J_NUM) {
@@ -241,10 +242,7 @@ static int check(sctx *x, const mn__jv *s, const mn__jv *v, int quiet,
     const mn__jv *mx = mn__jobj_get(s, "maximum");
     if ((mn && mn->type == MN__J_NUM && v->u.num < mn->u.num) ||
         (mx && mx->type == MN__J_NUM && v->u.num > mx->u.num)) {
-      want[0] = '\0';
-      phrase(s, want, sizeof want);
-      return fail(x, quiet, "must be %s; got %s", want,
-                  mn__jv_brief(v, got, sizeof got));
+      return fail_want(x, quiet, s, v);
     }
   }
   if (v->type == MN__J_STR) {
@@ -278,7 +276,7 @@ static int check(sctx *x, const mn__jv *s, const mn__jv *v, int quiet,
     if (items && items->type == MN__J_OBJ) {
       mn__jv tmp;
       for (uint32_t i = 0; i < v->n; i++) {
-        size_t old = path_push_idx(x, i);
+        size_t old = path_push(x, "[%u]", i);
         int rc = check(x, items, mn__jarr_at(v, i, &tmp), quiet, 0);
         path_pop(x, old);
         if (rc)
@@ -299,7 +297,7 @@ static int check(sctx *x, const mn__jv *s, const mn__jv *v, int quiet,
         memcpy(key, k->u.str, k->n);
         key[k->n] = '\0';
         if (!mn__jobj_get(v, key)) {
-          size_t old = path_push_key(x, key);
+          size_t old = path_push(x, ".%s", key);
           int rc = fail(x, quiet, "is required but missing");
           path_pop(x, old);
           return rc;
@@ -312,7 +310,7 @@ static int check(sctx *x, const mn__jv *s, const mn__jv *v, int quiet,
                    (x->skip && strcmp(m->key, x->skip) == 0)))
         continue;
       const mn__jv *ps = props ? mn__jobj_get(props, m->key) : NULL;
-      size_t old = path_push_key(x, m->key);
+      size_t old = path_push(x, ".%s", m->key);
       int rc = 0;
       if (ps) {
         rc = check(x, ps, &m->val, quiet, 0);

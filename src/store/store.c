@@ -95,6 +95,18 @@ mn_status mn_store_opts_from_config(mn_store_opts *o, const mn_config *c) {
 /* ------------------------------------------------------------------------
  * Collections: objects and registry.
  * ---------------------------------------------------------------------- */
+/* A read-write lock that lets a waiting writer in before new readers
+ * (glibc's default lets readers starve it); no thread may then take it
+ * for reading twice. */
+static void rwlock_init_writer_first(pthread_rwlock_t *l) {
+  pthread_rwlockattr_t ra;
+  pthread_rwlockattr_init(&ra);
+  pthread_rwlockattr_setkind_np(&ra,
+                                PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+  pthread_rwlock_init(l, &ra);
+  pthread_rwlockattr_destroy(&ra);
+}
+
 mn_status mn__st_check_name(const char *name) {
   if (!name)
     return mn__set_error(MN_ERR_INVALID, "collection name is missing");
@@ -123,12 +135,7 @@ st_coll *mn__st_coll_new(mn_store *s) {
   /* Writer preference: a steady stream of overlapping searches must not
    * starve the publication of committed writes (nothing takes this lock
    * for reading twice in one thread). */
-  pthread_rwlockattr_t ra;
-  pthread_rwlockattr_init(&ra);
-  pthread_rwlockattr_setkind_np(&ra,
-                                PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
-  pthread_rwlock_init(&c->lock, &ra);
-  pthread_rwlockattr_destroy(&ra);
+  rwlock_init_writer_first(&c->lock);
   pthread_mutex_init(&c->chat_mu, NULL);
   atomic_init(&c->refs, 1);
   return c;
@@ -374,13 +381,8 @@ mn_status mn_store_open(const mn_store_opts *opts, mn_store **out) {
     s->opts.chunk_rows = ST_DEFAULT_CHUNK_ROWS;
   snprintf(s->data_dir, sizeof s->data_dir, "%s", opts->data_dir);
   s->opts.data_dir = s->data_dir;
-  pthread_rwlockattr_t ra;
-  pthread_rwlockattr_init(&ra);
   /* Writer preference: a map resize must not starve behind searches. */
-  pthread_rwlockattr_setkind_np(&ra,
-                                PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
-  pthread_rwlock_init(&s->env_lock, &ra);
-  pthread_rwlockattr_destroy(&ra);
+  rwlock_init_writer_first(&s->env_lock);
   pthread_rwlock_init(&s->reg_lock, NULL);
   pthread_mutex_init(&s->q_mu, NULL);
   pthread_cond_init(&s->q_cv, NULL);
@@ -557,8 +559,7 @@ mn_status mn_store_collection_create(mn_store *s, const mn_collection_opts *o,
     }
   }
   st_op op;
-  memset(&op, 0, sizeof op);
-  op.kind = ST_OP_CREATE;
+  st_op_init(&op, ST_OP_CREATE, NULL);
   op.u.create.opts = *o;
   op.u.create.pca = pca;
   mn_status st = mn__st_submit(s, &op);
@@ -629,9 +630,7 @@ mn_status mn_store_collection_drop(mn_store *s, const char *name) {
   st_coll *c = NULL;
   MN__TRY(mn__st_coll_ref(s, name, &c));
   st_op op;
-  memset(&op, 0, sizeof op);
-  op.kind = ST_OP_DROP;
-  op.coll = c;
+  st_op_init(&op, ST_OP_DROP, c);
   mn_status st = mn__st_submit(s, &op);
   mn__st_coll_unref(c);
   return st;

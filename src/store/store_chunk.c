@@ -130,6 +130,19 @@ mn_status mn__st_encode_rows(mn_store *s, const st_coll *c, const float *x,
 /* ------------------------------------------------------------------------
  * Chunk objects.
  * ---------------------------------------------------------------------- */
+/* A chunk's row arrays and the chunk itself (its host and device images
+ * already dropped, or never made). */
+static void chunk_dealloc(st_chunk *ch) {
+  mn_free(ch->seq);
+  mn_free(ch->ts);
+  mn_free(ch->sig);
+  mn_free(ch->norm);
+  mn_free(ch->chat);
+  mn_free(ch->live_bits);
+  mn_free(ch->scale);
+  free(ch);
+}
+
 st_chunk *mn__st_chunk_new(st_coll *c) {
   mn_store *s = c->store;
   int64_t idx = c->n_chunks; /* publisher thread: no one else appends */
@@ -157,14 +170,7 @@ st_chunk *mn__st_chunk_new(st_coll *c) {
     ch->scale = mn_malloc(sizeof(float) * (size_t)cap);
   if (!ch->seq || !ch->ts || !ch->sig || !ch->norm || !ch->chat ||
       !ch->live_bits || (c->dtype == MN_DTYPE_I8 && !ch->scale)) {
-    mn_free(ch->seq);
-    mn_free(ch->ts);
-    mn_free(ch->sig);
-    mn_free(ch->norm);
-    mn_free(ch->chat);
-    mn_free(ch->live_bits);
-    mn_free(ch->scale);
-    free(ch);
+    chunk_dealloc(ch);
     return NULL;
   }
   ch->tier = -1; /* not placed yet */
@@ -230,6 +236,21 @@ static void lru_push(mn_store *s, st_chunk *ch, int tier) {
   else
     s->lru_tail[tier] = ch;
   s->lru_head[tier] = ch;
+  s->tier_chunks[tier]++;
+}
+
+/* As lru_push, but behind everything else in the tier (the first to go). */
+static void lru_push_tail(mn_store *s, st_chunk *ch, int tier) {
+  st_chunk *last = s->lru_tail[tier];
+  if (!last) {
+    lru_push(s, ch, tier);
+    return;
+  }
+  ch->tier = tier;
+  ch->lru_next = NULL;
+  ch->lru_prev = last;
+  last->lru_next = ch;
+  s->lru_tail[tier] = ch;
   s->tier_chunks[tier]++;
 }
 
@@ -487,32 +508,19 @@ int mn__st_chunk_warm(mn_store *s, st_chunk *ch) {
     ok = 1; /* appended meanwhile; a search will bring it up */
   } else {
     st_protect pr = {0, NULL}; /* nothing may be evicted */
+    int t = MN_TIER_DISK;
     lru_unlink(s, ch);
     if (to_device(s, ch, buf, &pr)) {
-      lru_push(s, ch, MN_TIER_DEVICE);
+      t = MN_TIER_DEVICE;
       ok = 1;
     } else if (s->used[MN_TIER_HOST] + hb <= chunk_limit(s, MN_TIER_HOST)) {
       set_host(s, ch, buf);
       buf = NULL;
-      lru_push(s, ch, MN_TIER_HOST);
+      t = MN_TIER_HOST;
       ok = 1;
-    } else {
-      lru_push(s, ch, MN_TIER_DISK);
     }
-    /* Keep it behind everything used for real. */
-    if (ch->lru_prev || ch->lru_next) {
-      int t = ch->tier;
-      lru_unlink(s, ch);
-      ch->tier = t;
-      ch->lru_next = NULL;
-      ch->lru_prev = s->lru_tail[t];
-      if (s->lru_tail[t])
-        s->lru_tail[t]->lru_next = ch;
-      else
-        s->lru_head[t] = ch;
-      s->lru_tail[t] = ch;
-      s->tier_chunks[t]++;
-    }
+    /* Behind everything used for real. */
+    lru_push_tail(s, ch, t);
   }
   pthread_mutex_unlock(&s->tier_mu);
   mn_free(buf);
@@ -771,14 +779,7 @@ void mn__st_chunk_free(mn_store *s, st_chunk *ch) {
   drop_host(s, ch);
   drop_dev(s, ch);
   pthread_mutex_unlock(&s->tier_mu);
-  mn_free(ch->seq);
-  mn_free(ch->ts);
-  mn_free(ch->sig);
-  mn_free(ch->norm);
-  mn_free(ch->chat);
-  mn_free(ch->live_bits);
-  mn_free(ch->scale);
-  free(ch);
+  chunk_dealloc(ch);
 }
 
 /* ------------------------------------------------------------------------

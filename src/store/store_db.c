@@ -65,46 +65,23 @@ mn_status mn__st_lmdb(int rc, const char *what) {
 /* ------------------------------------------------------------------------
  * Little-endian packing.
  * ---------------------------------------------------------------------- */
-static void put_u16(uint8_t *p, uint16_t v) {
-  memcpy(p, &v, 2);
-}
-static void put_u32(uint8_t *p, uint32_t v) {
-  memcpy(p, &v, 4);
-}
-static void put_u64(uint8_t *p, uint64_t v) {
-  memcpy(p, &v, 8);
-}
-static void put_f32(uint8_t *p, float v) {
-  memcpy(p, &v, 4);
-}
-static void put_f64(uint8_t *p, double v) {
-  memcpy(p, &v, 8);
-}
-static uint16_t get_u16(const uint8_t *p) {
-  uint16_t v;
-  memcpy(&v, p, 2);
-  return v;
-}
-static uint32_t get_u32(const uint8_t *p) {
-  uint32_t v;
-  memcpy(&v, p, 4);
-  return v;
-}
-static uint64_t get_u64(const uint8_t *p) {
-  uint64_t v;
-  memcpy(&v, p, 8);
-  return v;
-}
-static float get_f32(const uint8_t *p) {
-  float v;
-  memcpy(&v, p, 4);
-  return v;
-}
-static double get_f64(const uint8_t *p) {
-  double v;
-  memcpy(&v, p, 8);
-  return v;
-}
+/* put_<name>(p, v) and get_<name>(p): a T at p, unaligned, in the host's
+ * byte order (little-endian on every target). */
+#define ST_PACK(name, T)                                                       \
+  static void put_##name(uint8_t *p, T v) {                                    \
+    memcpy(p, &v, sizeof v);                                                   \
+  }                                                                            \
+  static T get_##name(const uint8_t *p) {                                      \
+    T v;                                                                       \
+    memcpy(&v, p, sizeof v);                                                   \
+    return v;                                                                  \
+  }
+ST_PACK(u16, uint16_t)
+ST_PACK(u32, uint32_t)
+ST_PACK(u64, uint64_t)
+ST_PACK(f32, float)
+ST_PACK(f64, double)
+#undef ST_PACK
 
 static void put_be32(uint8_t *p, uint32_t v) {
   p[0] = (uint8_t)(v >> 24);
@@ -1033,12 +1010,31 @@ static mn_status check_disk(mn_store *s, uint64_t group_bytes, uint64_t est,
   return MN_OK;
 }
 
-static mn_status apply_add(mn_store *s, MDB_txn *txn, st_op *op,
-                           uint64_t group_bytes) {
-  st_coll *c = op->coll;
+/* Reserve room for k's value at the cursor: appended while *append
+ * holds (keys in order, the cheap case), and, at the first key out of
+ * order, put the ordinary way with *append off for the rest. */
+static int reserve_put(MDB_cursor *cur, MDB_val *k, MDB_val *v, int *append) {
+  int rc = mdb_cursor_put(cur, k, v, MDB_RESERVE | (*append ? MDB_APPEND : 0));
+  if (rc == MDB_KEYEXIST && *append) {
+    *append = 0;
+    v->mv_data = NULL;
+    rc = mdb_cursor_put(cur, k, v, MDB_RESERVE);
+  }
+  return rc;
+}
+
+/* MN_ERR_NOT_FOUND for an op on a collection dropped meanwhile. */
+static mn_status check_live(const st_coll *c) {
   if (c->dropping || c->dead)
     return mn__set_error(MN_ERR_NOT_FOUND, "collection '%s' was dropped",
                          c->name);
+  return MN_OK;
+}
+
+static mn_status apply_add(mn_store *s, MDB_txn *txn, st_op *op,
+                           uint64_t group_bytes) {
+  st_coll *c = op->coll;
+  MN__TRY(check_live(c));
   int64_t n = op->u.add.n;
   st_add_row *rows = op->u.add.rows;
   uint8_t key[4 + MN_MEMORY_ID_MAX];
@@ -1120,22 +1116,12 @@ static mn_status apply_add(mn_store *s, MDB_txn *txn, st_op *op,
     uint8_t sk[12];
     mn__st_key_seq(sk, c->cid, r->seq);
     MDB_val k = {12, sk}, w = {row_size(r->chat_len), NULL};
-    rc = mdb_cursor_put(cw, &k, &w, MDB_RESERVE | (append ? MDB_APPEND : 0));
-    if (rc == MDB_KEYEXIST && append) {
-      append = 0;
-      w.mv_data = NULL;
-      rc = mdb_cursor_put(cw, &k, &w, MDB_RESERVE);
-    }
+    rc = reserve_put(cw, &k, &w, &append);
     if ((st = mn__st_lmdb(rc, "put row")) != MN_OK)
       break;
     row_write(w.mv_data, r);
     MDB_val rv = {rec_size(r->id_len, r->content_len, r->metadata_len), NULL};
-    rc = mdb_cursor_put(cr, &k, &rv, MDB_RESERVE | (append ? MDB_APPEND : 0));
-    if (rc == MDB_KEYEXIST && append) {
-      append = 0;
-      rv.mv_data = NULL;
-      rc = mdb_cursor_put(cr, &k, &rv, MDB_RESERVE);
-    }
+    rc = reserve_put(cr, &k, &rv, &append);
     if ((st = mn__st_lmdb(rc, "put record")) != MN_OK)
       break;
     rec_write(rv.mv_data, r->id, r->id_len, r->content, r->content_len,
@@ -1158,12 +1144,7 @@ static mn_status apply_add(mn_store *s, MDB_txn *txn, st_op *op,
     uint8_t sk[12];
     mn__st_key_seq(sk, c->cid, rows[i].seq);
     MDB_val k = {12, sk}, v = {run_size(cnt, 0, c->row_bytes), NULL};
-    rc = mdb_cursor_put(cv, &k, &v, MDB_RESERVE | (vappend ? MDB_APPEND : 0));
-    if (rc == MDB_KEYEXIST && vappend) {
-      vappend = 0;
-      v.mv_data = NULL;
-      rc = mdb_cursor_put(cv, &k, &v, MDB_RESERVE);
-    }
+    rc = reserve_put(cv, &k, &v, &vappend);
     if ((st = mn__st_lmdb(rc, "put vectors")) != MN_OK)
       break;
     run_write_hdr(v.mv_data, cnt, cnt, 0);
@@ -1184,7 +1165,7 @@ static mn_status apply_add(mn_store *s, MDB_txn *txn, st_op *op,
   return st;
 }
 
-static mn_status find_seq(mn_store *s, MDB_txn *txn, const st_coll *c,
+mn_status mn__st_find_seq(mn_store *s, MDB_txn *txn, const st_coll *c,
                           const char *id, uint64_t *seq) {
   uint8_t key[4 + MN_MEMORY_ID_MAX];
   size_t kl = mn__st_key_str(key, c->cid, id, strlen(id));
@@ -1308,15 +1289,13 @@ static mn_status prune_runs(mn_store *s, MDB_txn *txn, const st_coll *c,
 
 static mn_status apply_delete(mn_store *s, MDB_txn *txn, st_op *op) {
   st_coll *c = op->coll;
-  if (c->dropping || c->dead)
-    return mn__set_error(MN_ERR_NOT_FOUND, "collection '%s' was dropped",
-                         c->name);
+  MN__TRY(check_live(c));
   op->u.del.deleted = 0;
   for (int64_t i = 0; i < op->u.del.n; i++) {
     const char *id = op->u.del.ids[i];
     uint64_t seq;
     op->u.del.seqs[i] = UINT64_MAX;
-    mn_status st = find_seq(s, txn, c, id, &seq);
+    mn_status st = mn__st_find_seq(s, txn, c, id, &seq);
     if (st == MN_ERR_NOT_FOUND)
       continue;
     MN__TRY(st);
@@ -1388,12 +1367,10 @@ static mn_status set_sig(mn_store *s, MDB_txn *txn, const st_coll *c,
 static mn_status apply_update(mn_store *s, MDB_txn *txn, st_op *op,
                               uint64_t group_bytes) {
   st_coll *c = op->coll;
-  if (c->dropping || c->dead)
-    return mn__set_error(MN_ERR_NOT_FOUND, "collection '%s' was dropped",
-                         c->name);
+  MN__TRY(check_live(c));
   const mn_memory_update *u = op->u.upd.u;
   uint64_t seq;
-  mn_status st = find_seq(s, txn, c, op->u.upd.id, &seq);
+  mn_status st = mn__st_find_seq(s, txn, c, op->u.upd.id, &seq);
   if (st == MN_ERR_NOT_FOUND)
     return mn__set_error(MN_ERR_NOT_FOUND,
                          "memory '%s' is not in collection '%s'", op->u.upd.id,

@@ -50,6 +50,7 @@
 #include <lmdb.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <string.h>
 
 #define ST_MOD "store"
 /* meta "format": 2 = vectors packed in runs; 1 = one vector record per row
@@ -321,6 +322,14 @@ typedef struct st_op {
   } u;
 } st_op;
 
+/* op as an op of `kind` on collection c (NULL: none yet), every other
+ * field zero. */
+static inline void st_op_init(st_op *op, int kind, st_coll *c) {
+  memset(op, 0, sizeof *op);
+  op->kind = kind;
+  op->coll = c;
+}
+
 /* ------------------------------------------------------------------------
  * The store.
  * ---------------------------------------------------------------------- */
@@ -440,6 +449,10 @@ mn_status mn__st_run_seek(MDB_cursor *cur, uint32_t cid, uint64_t seq,
                           int64_t row_bytes, st_run *r);
 mn_status mn__st_read_row(mn_store *s, MDB_txn *txn, const st_coll *c,
                           uint64_t seq, int want_codes, st_vec_hdr *h);
+/* The seq of memory `id` of collection c: MN_ERR_NOT_FOUND when there is
+ * none, MN_ERR_IO when its index entry is damaged. */
+mn_status mn__st_find_seq(mn_store *s, MDB_txn *txn, const st_coll *c,
+                          const char *id, uint64_t *seq);
 int mn__st_rec_parse(const MDB_val *v, const char **id, uint32_t *id_len,
                      const char **content, uint32_t *content_len,
                      const char **meta, uint32_t *meta_len);

@@ -147,22 +147,6 @@ mn_status mn__st_read_memory(mn_store *s, st_coll *c, MDB_txn *txn,
   return MN_OK;
 }
 
-mn_status mn__st_lookup_seq(mn_store *s, st_coll *c, MDB_txn *txn,
-                            const char *id, uint64_t *seq) {
-  uint8_t key[4 + MN_MEMORY_ID_MAX];
-  size_t kl = mn__st_key_str(key, c->cid, id, strlen(id));
-  MDB_val k = {kl, key}, v;
-  int rc = mdb_get(txn, s->dbi[ST_DBI_IDS], &k, &v);
-  if (rc == MDB_NOTFOUND)
-    return MN_ERR_NOT_FOUND;
-  if (rc)
-    return mn__st_lmdb(rc, "look up an id");
-  if (v.mv_size != 8)
-    return mn__set_error(MN_ERR_IO, "id index entry of '%s' is damaged", id);
-  memcpy(seq, v.mv_data, 8);
-  return MN_OK;
-}
-
 static mn_status check_id(const char *id, int64_t i, const char *what) {
   if (!id)
     return mn__set_error(MN_ERR_INVALID, "%s %lld is missing", what,
@@ -206,7 +190,7 @@ mn_status mn_store_get(mn_store *s, const char *coll, const char *const *ids,
   int have_txn = st == MN_OK;
   for (int64_t i = 0; i < n && st == MN_OK; i++) {
     uint64_t seq;
-    st = mn__st_lookup_seq(s, c, txn, ids[i], &seq);
+    st = mn__st_find_seq(s, txn, c, ids[i], &seq);
     if (st == MN_OK)
       st = mn__st_read_memory(s, c, txn, seq, include, &l->arena,
                               &l->items[l->n]);
@@ -367,9 +351,7 @@ mn_status mn_store_add(mn_store *s, const char *coll, const mn_memory_in *mems,
   st_coll *c = NULL;
   MN__TRY(mn__st_coll_ref(s, coll, &c));
   st_op op;
-  memset(&op, 0, sizeof op);
-  op.kind = ST_OP_ADD;
-  op.coll = c;
+  st_op_init(&op, ST_OP_ADD, c);
   op.u.add.n = n;
   mn_status st = validate_batch(c, mems, n);
   /* Buffers: `in` gathers the embeddings (n x dim); `x` is the processed
@@ -495,8 +477,7 @@ mn_status mn_store_update(mn_store *s, const char *coll, const char *id,
   if (u->content && strlen(u->content) > (1u << 30))
     return mn__set_error(MN_ERR_INVALID, "content is larger than 1 GiB");
   st_op op;
-  memset(&op, 0, sizeof op);
-  op.kind = ST_OP_UPDATE;
+  st_op_init(&op, ST_OP_UPDATE, NULL);
   if (u->metadata)
     MN__TRY(mn__st_norm_metadata(u->metadata, &op.u.upd.metadata, "metadata"));
   st_coll *c = NULL;
@@ -552,9 +533,7 @@ mn_status mn_store_delete(mn_store *s, const char *coll, const char *const *ids,
   st_coll *c = NULL;
   MN__TRY(mn__st_coll_ref(s, coll, &c));
   st_op op;
-  memset(&op, 0, sizeof op);
-  op.kind = ST_OP_DELETE;
-  op.coll = c;
+  st_op_init(&op, ST_OP_DELETE, c);
   op.u.del.n = n;
   op.u.del.ids = ids;
   op.u.del.found = found;

@@ -836,9 +836,7 @@ static mn_status reinforce(mn_store *s, st_coll *c, uint64_t *seqs, int64_t n) {
   if (n == 0)
     return MN_OK;
   st_op op;
-  memset(&op, 0, sizeof op);
-  op.kind = ST_OP_REINFORCE;
-  op.coll = c;
+  st_op_init(&op, ST_OP_REINFORCE, c);
   op.u.rein.n = n;
   op.u.rein.seqs = seqs;
   op.u.rein.sig = malloc(sizeof(float) * (size_t)n);
