@@ -361,13 +361,8 @@ static int decode_json(mn__call *c, const mn__jv *v, const char *path,
                       "%s[0] is an empty array: every row needs at least one "
                       "number",
                       path);
-    if (rows * cols > MN__MAX_ELEMS)
-      return mn__fail(c, MN_RPC_INVALID_PARAMS, "%s is too large", path);
-    d = mn__arena_alloc(c->a, (size_t)(rows * cols) * sizeof(float));
-    if (!d)
-      return mn__fail(c, MN_RPC_RESOURCE_ERROR,
-                      "out of memory for %lld x %lld embeddings",
-                      (long long)rows, (long long)cols);
+    /* Every row's shape first, so that a ragged input is refused before
+     * anything the size of row 0 times the row count is allocated. */
     for (int64_t r = 0; r < rows; r++) {
       const mn__jv *row = &v->u.items[r];
       if (row->type != MN__J_ARR)
@@ -383,14 +378,21 @@ static int decode_json(mn__call *c, const mn__jv *v, const char *path,
                         path, (long long)r, row->n, (long long)cols);
       if (!(row->flags & MN__JF_PACKED))
         return not_numbers(c, row, path, r, 0);
-      int rc = row_from_doubles(c, row->u.nums, d + r * cols, cols, path, r, 0);
+    }
+    if (rows * cols > MN__MAX_ELEMS)
+      return mn__fail(c, MN_RPC_INVALID_PARAMS, "%s is too large", path);
+    d = mn__arena_alloc(c->a, (size_t)(rows * cols) * sizeof(float));
+    if (!d)
+      return mn__fail(c, MN_RPC_RESOURCE_ERROR,
+                      "out of memory for %lld x %lld embeddings",
+                      (long long)rows, (long long)cols);
+    for (int64_t r = 0; r < rows; r++) {
+      int rc = row_from_doubles(c, v->u.items[r].u.nums, d + r * cols, cols,
+                                path, r, 0);
       if (rc)
         return rc;
     }
   } else if (is_f32obj(first)) {
-    d = mn__arena_alloc(c->a, (size_t)(rows * cols) * sizeof(float));
-    if (!d)
-      return mn__fail(c, MN_RPC_RESOURCE_ERROR, "out of memory");
     for (int64_t r = 0; r < rows; r++) {
       const mn__jv *row = &v->u.items[r];
       if (row->type != MN__J_OBJ)
@@ -403,7 +405,16 @@ static int decode_json(mn__call *c, const mn__jv *v, const char *path,
                         "%s[%lld] has %u elements but row 0 has %lld: every "
                         "row must have the same length",
                         path, (long long)r, row->n, (long long)cols);
-      int rc = f32obj_row(c, row, d + r * cols, path, r, 0);
+    }
+    if (rows * cols > MN__MAX_ELEMS)
+      return mn__fail(c, MN_RPC_INVALID_PARAMS, "%s is too large", path);
+    d = mn__arena_alloc(c->a, (size_t)(rows * cols) * sizeof(float));
+    if (!d)
+      return mn__fail(c, MN_RPC_RESOURCE_ERROR,
+                      "out of memory for %lld x %lld embeddings",
+                      (long long)rows, (long long)cols);
+    for (int64_t r = 0; r < rows; r++) {
+      int rc = f32obj_row(c, &v->u.items[r], d + r * cols, path, r, 0);
       if (rc)
         return rc;
     }
