@@ -4,7 +4,6 @@ invalid UTF-8 -> 1007, garbage, unmasked and truncated frames), the
 connection limit, allowed origins, auth tokens, the idle timeout and a
 reader that never reads. After each, a second client is still served."""
 import asyncio
-import base64
 import json
 import os
 import select
@@ -16,70 +15,8 @@ import numpy as np
 import pytest
 import websockets
 
-from helpers import call, connect, result_of
-
-
-# ---------------------------------------------------------------------------
-# A raw WebSocket client, to send what well-behaved libraries will not.
-# ---------------------------------------------------------------------------
-def handshake(port, extra="", path="/"):
-    s = socket.create_connection(("127.0.0.1", port), timeout=10)
-    key = base64.b64encode(os.urandom(16)).decode()
-    s.sendall((f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-               "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-               f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-               f"{extra}\r\n").encode())
-    head = b""
-    while b"\r\n\r\n" not in head:
-        chunk = s.recv(4096)
-        if not chunk:
-            break
-        head += chunk
-    return s, head.split(b"\r\n\r\n")[0].decode(errors="replace")
-
-
-def frame(opcode, payload, fin=True, mask=True):
-    b0 = (0x80 if fin else 0) | opcode
-    n = len(payload)
-    if n < 126:
-        hdr = struct.pack("!BB", b0, (0x80 if mask else 0) | n)
-    elif n < 65536:
-        hdr = struct.pack("!BBH", b0, (0x80 if mask else 0) | 126, n)
-    else:
-        hdr = struct.pack("!BBQ", b0, (0x80 if mask else 0) | 127, n)
-    if not mask:
-        return hdr + payload
-    key = os.urandom(4)
-    body = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
-    return hdr + key + body
-
-
-def read_frame(s):
-    def exactly(n):
-        buf = b""
-        while len(buf) < n:
-            chunk = s.recv(n - len(buf))
-            if not chunk:
-                raise ConnectionError("closed")
-            buf += chunk
-        return buf
-
-    b0, b1 = exactly(2)
-    n = b1 & 0x7F
-    if n == 126:
-        n = struct.unpack("!H", exactly(2))[0]
-    elif n == 127:
-        n = struct.unpack("!Q", exactly(8))[0]
-    return b0 & 0x0F, exactly(n)
-
-
-def close_code(s):
-    """Read frames until a close frame; return its status code."""
-    s.settimeout(10)
-    while True:
-        op, payload = read_frame(s)
-        if op == 8:
-            return struct.unpack("!H", payload[:2])[0] if payload else None
+from helpers import (call, close_code, connect, frame, handshake,
+                     read_frame, result_of)
 
 
 def still_serving(srv):
