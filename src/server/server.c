@@ -32,6 +32,9 @@
 #define TICK_US (100 * LWS_US_PER_MS)
 #define CLOSE_WAIT_NS 3000000000ull
 #define DRAIN_REJECT_GRACE_NS 2000000000ull
+/* Not in lws's enum: the answer to a WebSocket version it does not
+ * speak (RFC 6455 4.4). */
+#define HTTP_UPGRADE_REQUIRED 426u
 
 /* Per-wsi storage, for both HTTP transactions and WebSocket sessions. */
 typedef struct pss {
@@ -175,11 +178,11 @@ static int refuse(mn_server *s, struct lws *wsi, unsigned status,
   /* Written by hand: at this point lws would answer "HTTP/1.0", which
    * some WebSocket clients (Python websockets) reject as malformed
    * instead of reporting the status. */
-  const char *text = status == HTTP_STATUS_UNAUTHORIZED ? "Unauthorized"
-                     : status == HTTP_STATUS_FORBIDDEN  ? "Forbidden"
-                     : status == HTTP_STATUS_BAD_REQUEST
-                         ? "Bad Request"
-                         : "Service Unavailable";
+  const char *text = status == HTTP_STATUS_UNAUTHORIZED  ? "Unauthorized"
+                     : status == HTTP_STATUS_FORBIDDEN   ? "Forbidden"
+                     : status == HTTP_STATUS_BAD_REQUEST ? "Bad Request"
+                     : status == HTTP_UPGRADE_REQUIRED   ? "Upgrade Required"
+                                                       : "Service Unavailable";
   unsigned char buf[LWS_PRE + 1024];
   char *p = (char *)buf + LWS_PRE;
   int n = snprintf(
@@ -193,7 +196,9 @@ static int refuse(mn_server *s, struct lws *wsi, unsigned status,
       "\r\n"
       "%s\n",
       status, text, strlen(why) + 1,
-      status == HTTP_STATUS_UNAUTHORIZED ? "WWW-Authenticate: Bearer\r\n" : "",
+      status == HTTP_STATUS_UNAUTHORIZED ? "WWW-Authenticate: Bearer\r\n"
+      : status == HTTP_UPGRADE_REQUIRED  ? "Sec-WebSocket-Version: 13\r\n"
+                                         : "",
       why);
   if (n < 0 || (size_t)n >= sizeof buf - LWS_PRE)
     return -1;
@@ -267,11 +272,104 @@ static int wants_other_subprotocol(struct lws *wsi) {
   return 1;
 }
 
+/* Whether a comma-separated header value holds this token (any case). */
+static int header_has_token(const char *list, const char *token) {
+  size_t n = strlen(token);
+  for (const char *p = list; *p;) {
+    while (*p == ' ' || *p == '\t' || *p == ',')
+      p++;
+    const char *e = p;
+    while (*e && *e != ',')
+      e++;
+    const char *t = e;
+    while (t > p && (t[-1] == ' ' || t[-1] == '\t'))
+      t--;
+    if ((size_t)(t - p) == n && !strncasecmp(p, token, n))
+      return 1;
+    p = e;
+  }
+  return 0;
+}
+
+/* Sec-WebSocket-Key: base64 of 16 bytes, which is 22 characters of the
+ * base64 alphabet and "==". */
+static int valid_ws_key(const char *k) {
+  size_t n = strlen(k);
+  if (n != 24 || k[22] != '=' || k[23] != '=')
+    return 0;
+  for (size_t i = 0; i < 22; i++)
+    if (!isalnum((unsigned char)k[i]) && k[i] != '+' && k[i] != '/')
+      return 0;
+  return 1;
+}
+
+/* RFC 6455 4.2.1: what a client's opening handshake must hold. lws 4.1
+ * accepts any method, any key and any version, and drops the connection
+ * without a word when Host, Connection: Upgrade or the key is missing;
+ * 4.2.2 asks for an HTTP error instead (426 with the versions served for
+ * a version it does not speak). Returns the status, with *why set. */
+static unsigned bad_handshake(struct lws *wsi, const char **why) {
+  char buf[256];
+  if (lws_hdr_total_length(wsi, WSI_TOKEN_GET_URI) <= 0) {
+    *why = "a WebSocket handshake must be a GET request (RFC 6455 4.1)";
+    return HTTP_STATUS_BAD_REQUEST;
+  }
+  /* RFC 6455 4.1: a path, or an absolute http(s) URI (whose "//" lws
+   * has made "/" by now). */
+  int ulen = lws_hdr_total_length(wsi, WSI_TOKEN_GET_URI);
+  char *uri = malloc((size_t)ulen + 1);
+  int path_ok = uri &&
+                lws_hdr_copy(wsi, uri, ulen + 1, WSI_TOKEN_GET_URI) > 0 &&
+                (uri[0] == '/' || !strncasecmp(uri, "http:", 5) ||
+                 !strncasecmp(uri, "https:", 6));
+  free(uri);
+  if (!path_ok) {
+    *why = "the WebSocket handshake's request line has no path: send "
+           "'GET / HTTP/1.1'";
+    return HTTP_STATUS_BAD_REQUEST;
+  }
+  if (lws_hdr_total_length(wsi, WSI_TOKEN_HOST) <= 0) {
+    *why = "the WebSocket handshake has no Host header";
+    return HTTP_STATUS_BAD_REQUEST;
+  }
+  if (lws_hdr_copy(wsi, buf, sizeof buf, WSI_TOKEN_CONNECTION) <= 0 ||
+      !header_has_token(buf, "upgrade")) {
+    *why = "the WebSocket handshake needs 'Connection: Upgrade'";
+    return HTTP_STATUS_BAD_REQUEST;
+  }
+  if (lws_hdr_total_length(wsi, WSI_TOKEN_VERSION) <= 0) {
+    *why = "the WebSocket handshake has no Sec-WebSocket-Version header; "
+           "send 'Sec-WebSocket-Version: 13'";
+    return HTTP_STATUS_BAD_REQUEST;
+  }
+  if (lws_hdr_copy(wsi, buf, sizeof buf, WSI_TOKEN_VERSION) <= 0 ||
+      strcmp(buf, "13")) {
+    *why = "unsupported Sec-WebSocket-Version: this server speaks version "
+           "13 (RFC 6455)";
+    return HTTP_UPGRADE_REQUIRED;
+  }
+  if (lws_hdr_total_length(wsi, WSI_TOKEN_KEY) <= 0) {
+    *why = "the WebSocket handshake has no Sec-WebSocket-Key header";
+    return HTTP_STATUS_BAD_REQUEST;
+  }
+  if (lws_hdr_copy(wsi, buf, sizeof buf, WSI_TOKEN_KEY) <= 0 ||
+      !valid_ws_key(buf)) {
+    *why = "Sec-WebSocket-Key must be 16 random bytes in base64 "
+           "(24 characters)";
+    return HTTP_STATUS_BAD_REQUEST;
+  }
+  return 0;
+}
+
 static int confirm_upgrade(mn_server *s, struct lws *wsi, const char *up) {
   if (!up || strcasecmp(up, "websocket"))
     return 0;
   const mn_config *cfg = s->cfg;
   char why[200];
+  const char *bad = NULL;
+  unsigned status = bad_handshake(wsi, &bad);
+  if (status)
+    return refuse(s, wsi, status, bad);
   if (s->state != MN__SRV_SERVING)
     return refuse(s, wsi, HTTP_STATUS_SERVICE_UNAVAILABLE,
                   "server is shutting down");

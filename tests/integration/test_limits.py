@@ -4,6 +4,7 @@ invalid UTF-8 -> 1007, garbage, unmasked and truncated frames), the
 connection limit, allowed origins, auth tokens, the idle timeout and a
 reader that never reads. After each, a second client is still served."""
 import asyncio
+import base64
 import json
 import os
 import select
@@ -119,6 +120,70 @@ def test_invalid_utf8_text_frame_is_closed_with_1007(server):
     s.sendall(frame(1, b'{"jsonrpc": "2.0", "id": 1, "method": "\xff\xfe"}'))
     assert close_code(s) == 1007
     s.close()
+    still_serving(server)
+
+
+def raw_handshake(port, line="GET / HTTP/1.1", drop=(), **headers):
+    """Send an opening handshake with these changes; (status, head, body)
+    of the answer (status None when the server just closed)."""
+    h = {"Host": f"127.0.0.1:{port}", "Upgrade": "websocket",
+         "Connection": "Upgrade",
+         "Sec-WebSocket-Key": base64.b64encode(os.urandom(16)).decode(),
+         "Sec-WebSocket-Version": "13"}
+    h.update({k.replace("_", "-"): v for k, v in headers.items()})
+    for k in drop:
+        del h[k]
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.sendall((line + "\r\n" + "".join(f"{k}: {v}\r\n" for k, v in h.items())
+               + "\r\n").encode())
+    data = b""
+    try:  # an error is followed by the end of the connection
+        while not (data.startswith(b"HTTP/1.1 101") and b"\r\n\r\n" in data):
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    except OSError:
+        pass
+    s.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    status = int(head.split()[1]) if head.startswith(b"HTTP/") else None
+    return status, head.decode(errors="replace"), body.decode(errors="replace")
+
+
+def test_malformed_handshakes_get_an_error_that_says_why(server):
+    # RFC 6455 4.2.1-4.2.2: a handshake that is not right is answered with
+    # an HTTP error (lws 4.1 accepted a wrong version, key or method, and
+    # dropped the connection without a word for a missing key, Host or
+    # Connection: Upgrade).
+    port = server.port
+    cases = [
+        ({"drop": ["Sec-WebSocket-Key"]}, 400, "Sec-WebSocket-Key"),
+        ({"Sec_WebSocket_Key": "abc"}, 400, "Sec-WebSocket-Key"),
+        ({"Sec_WebSocket_Key": base64.b64encode(b"x" * 15).decode()}, 400,
+         "16 random bytes"),
+        ({"drop": ["Sec-WebSocket-Version"]}, 400, "Sec-WebSocket-Version"),
+        ({"Sec_WebSocket_Version": "8"}, 426, "version 13"),
+        ({"drop": ["Connection"]}, 400, "Connection: Upgrade"),
+        ({"Connection": "keep-alive"}, 400, "Connection: Upgrade"),
+        ({"drop": ["Host"]}, 400, "Host"),
+        ({"line": "POST / HTTP/1.1"}, 400, "GET"),
+        ({"line": "GET  HTTP/1.1"}, 400, "path"),
+    ]
+    for kw, status, words in cases:
+        got, head, body = raw_handshake(port, **kw)
+        assert got == status, (kw, head, body)
+        assert words in body, (kw, body)
+        if status == 426:
+            assert "Sec-WebSocket-Version: 13" in head, head
+    # What RFC 6455 allows still upgrades: any case, more tokens, an
+    # absolute URI.
+    for kw in ({"Connection": "keep-alive, Upgrade"},
+               {"Upgrade": "WebSocket", "Connection": "upgrade"},
+               {"line": f"GET http://127.0.0.1:{port}/ HTTP/1.1"},
+               {"line": "GET /?x=1 HTTP/1.1"}):
+        got, head, body = raw_handshake(port, **kw)
+        assert got == 101, (kw, head)
     still_serving(server)
 
 
