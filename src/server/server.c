@@ -712,6 +712,31 @@ static int on_writeable(mn_server *s, struct lws *wsi, mn__conn *c) {
   return 0;
 }
 
+/* The client sent a close frame. lws echoes it, answering the codes RFC
+ * 6455 7.4 does not allow with 1002, but echoes a 1-byte body and a
+ * reason that is not UTF-8 as they came; 5.5.1 says the body is a 2-byte
+ * code and a UTF-8 reason, so those fail the connection (1002, 1007). */
+static int on_peer_close(mn_server *s, struct lws *wsi, mn__conn *c,
+                         const unsigned char *in, size_t len) {
+  const char *why = NULL;
+  int code = 0;
+  if (len == 1) {
+    code = LWS_CLOSE_STATUS_PROTOCOL_ERR;
+    why = "a close frame's body must start with a 2-byte status code";
+  } else if (len > 2 && !mn__utf8_valid(in + 2, len - 2)) {
+    code = LWS_CLOSE_STATUS_INVALID_PAYLOAD;
+    why = "the close frame's reason is not valid UTF-8";
+    if (s->metrics)
+      mn_metrics_count(s->metrics, "invalid_utf8", 1);
+  }
+  if (!code)
+    return 0;
+  MN__LOGI("server", "%s: closing with %d: %s", c ? c->peer : "?", code, why);
+  lws_close_reason(wsi, (enum lws_close_status)code, (unsigned char *)why,
+                   strlen(why));
+  return -1;
+}
+
 static void on_closed(mn_server *s, pss *ps) {
   mn__conn *c = ps->conn;
   if (!c)
@@ -870,6 +895,8 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason,
     if (!ps || !ps->conn)
       return 0;
     return on_writeable(s, wsi, ps->conn);
+  case LWS_CALLBACK_WS_PEER_INITIATED_CLOSE:
+    return on_peer_close(s, wsi, ps ? ps->conn : NULL, in, len);
   case LWS_CALLBACK_CLOSED:
     if (ps)
       on_closed(s, ps);

@@ -200,6 +200,26 @@ def test_garbage_bytes_get_an_http_error(server):
     still_serving(server)
 
 
+def test_malformed_close_frames_fail_the_connection(server):
+    # RFC 6455 5.5.1: a close body is a 2-byte code and a UTF-8 reason.
+    # lws 4.1 echoed a 1-byte body and a reason that is not UTF-8 back as
+    # they came. Codes 7.4 does not allow get 1002; allowed ones are echoed.
+    for body, code in ((b"\x03", 1002), (struct.pack("!H", 1000) + b"ok\xff",
+                                         1007),
+                       (struct.pack("!H", 1005), 1002),
+                       (struct.pack("!H", 4000) + b"bye", 4000)):
+        s, head = handshake(server.port)
+        assert head.startswith("HTTP/1.1 101")
+        s.sendall(frame(8, body))
+        s.settimeout(10)
+        op, payload = read_frame(s)
+        s.close()
+        assert op == 8 and struct.unpack("!H", payload[:2])[0] == code, \
+            (body, payload)
+        payload[2:].decode("utf-8")
+    still_serving(server)
+
+
 def test_unmasked_client_frame_does_not_disturb_others(server):
     # RFC 6455 wants a close (1002); libwebsockets 4.1 is lenient and reads
     # the frame. Either way the connection gets a well-formed answer and
