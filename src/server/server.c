@@ -494,12 +494,18 @@ static int on_established(mn_server *s, struct lws *wsi, pss *ps) {
   return 0;
 }
 
-static int close_too_big(mn_server *s, struct lws *wsi, mn__conn *c,
-                         size_t size) {
+/* A message over server.max_message_size: what is buffered goes, what
+ * still arrives of it is not kept (c->failed), and the close (1009) goes
+ * out from the writeable callback like the others. Not from here: lws
+ * 4.1 goes on parsing what it has read after a RECEIVE callback asks to
+ * close, and sends the close frame later from the buffer it also stashes
+ * ping payloads in; a ping behind the message, or the rest of the message
+ * misread as frames, went out as the close frame's code and reason. */
+static void close_too_big(mn_server *s, mn__conn *c, size_t size) {
   char why[120];
-  int n = snprintf(why, sizeof why,
-                   "message larger than %llu bytes (server.max_message_size)",
-                   (unsigned long long)s->cfg->max_message_size);
+  snprintf(why, sizeof why,
+           "message larger than %llu bytes (server.max_message_size)",
+           (unsigned long long)s->cfg->max_message_size);
   MN__LOGW("server",
            "%s: closing with 1009: message of at least %zu bytes "
            "is over server.max_message_size",
@@ -510,9 +516,7 @@ static int close_too_big(mn_server *s, struct lws *wsi, mn__conn *c,
   c->rx = NULL;
   c->rx_len = c->rx_cap = 0;
   c->rx_active = 0;
-  lws_close_reason(wsi, LWS_CLOSE_STATUS_MESSAGE_TOO_LARGE,
-                   (unsigned char *)why, (size_t)n);
-  return -1;
+  mn__conn_fail(c, LWS_CLOSE_STATUS_MESSAGE_TOO_LARGE, why);
 }
 
 /* Hand the jobs gathered so far to the pool: one lock and one wake-up
@@ -618,8 +622,10 @@ static int on_receive(mn_server *s, struct lws *wsi, mn__conn *c,
   }
   size_t remaining = lws_remaining_packet_payload(wsi);
   size_t need = c->rx_len + len + remaining;
-  if (limit && need > limit)
-    return close_too_big(s, wsi, c, need);
+  if (limit && need > limit) {
+    close_too_big(s, c, need);
+    return 0;
+  }
   if (need + 1 > c->rx_cap) {
     /* Exact for a message in one frame (the usual case); geometric for a
      * fragmented one, never beyond the limit. */

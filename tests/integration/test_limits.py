@@ -93,6 +93,29 @@ def test_oversized_fragmented_message_is_closed_early(small):
     still_serving(small)
 
 
+def test_oversized_message_then_a_ping_still_closes_with_1009(small):
+    # The close frame lws sends later came from the buffer it also stashes
+    # ping payloads in: a ping right behind a message refused as too big
+    # (or the rest of that message, misread as frames) went out as the
+    # close frame's code and reason.
+    for parts in ([frame(2, b"1" * 70000)],
+                  [frame(1, b"1" * 40000, fin=False),
+                   frame(0, b"1" * 40000, fin=False)]):
+        s, head = handshake(small.port)
+        assert head.startswith("HTTP/1.1 101")
+        s.sendall(b"".join(parts) + frame(9, b"PING-" + b"p" * 60))
+        s.settimeout(10)
+        while True:
+            op, payload = read_frame(s)
+            if op == 8:
+                break
+            assert op == 10 and payload == b"PING-" + b"p" * 60
+        s.close()
+        assert struct.unpack("!H", payload[:2])[0] == 1009, payload
+        assert b"max_message_size" in payload, payload
+    still_serving(small)
+
+
 # ---------------------------------------------------------------------------
 # Malformed traffic
 # ---------------------------------------------------------------------------
