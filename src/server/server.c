@@ -32,6 +32,9 @@
 #define TICK_US (100 * LWS_US_PER_MS)
 #define CLOSE_WAIT_NS 3000000000ull
 #define DRAIN_REJECT_GRACE_NS 2000000000ull
+/* Not in lws's enum: the answer to a WebSocket version it does not
+ * speak (RFC 6455 4.4). */
+#define HTTP_UPGRADE_REQUIRED 426u
 
 /* Per-wsi storage, for both HTTP transactions and WebSocket sessions. */
 typedef struct pss {
@@ -175,11 +178,11 @@ static int refuse(mn_server *s, struct lws *wsi, unsigned status,
   /* Written by hand: at this point lws would answer "HTTP/1.0", which
    * some WebSocket clients (Python websockets) reject as malformed
    * instead of reporting the status. */
-  const char *text = status == HTTP_STATUS_UNAUTHORIZED ? "Unauthorized"
-                     : status == HTTP_STATUS_FORBIDDEN  ? "Forbidden"
-                     : status == HTTP_STATUS_BAD_REQUEST
-                         ? "Bad Request"
-                         : "Service Unavailable";
+  const char *text = status == HTTP_STATUS_UNAUTHORIZED  ? "Unauthorized"
+                     : status == HTTP_STATUS_FORBIDDEN   ? "Forbidden"
+                     : status == HTTP_STATUS_BAD_REQUEST ? "Bad Request"
+                     : status == HTTP_UPGRADE_REQUIRED   ? "Upgrade Required"
+                                                       : "Service Unavailable";
   unsigned char buf[LWS_PRE + 1024];
   char *p = (char *)buf + LWS_PRE;
   int n = snprintf(
@@ -193,7 +196,9 @@ static int refuse(mn_server *s, struct lws *wsi, unsigned status,
       "\r\n"
       "%s\n",
       status, text, strlen(why) + 1,
-      status == HTTP_STATUS_UNAUTHORIZED ? "WWW-Authenticate: Bearer\r\n" : "",
+      status == HTTP_STATUS_UNAUTHORIZED ? "WWW-Authenticate: Bearer\r\n"
+      : status == HTTP_UPGRADE_REQUIRED  ? "Sec-WebSocket-Version: 13\r\n"
+                                         : "",
       why);
   if (n < 0 || (size_t)n >= sizeof buf - LWS_PRE)
     return -1;
@@ -267,11 +272,104 @@ static int wants_other_subprotocol(struct lws *wsi) {
   return 1;
 }
 
+/* Whether a comma-separated header value holds this token (any case). */
+static int header_has_token(const char *list, const char *token) {
+  size_t n = strlen(token);
+  for (const char *p = list; *p;) {
+    while (*p == ' ' || *p == '\t' || *p == ',')
+      p++;
+    const char *e = p;
+    while (*e && *e != ',')
+      e++;
+    const char *t = e;
+    while (t > p && (t[-1] == ' ' || t[-1] == '\t'))
+      t--;
+    if ((size_t)(t - p) == n && !strncasecmp(p, token, n))
+      return 1;
+    p = e;
+  }
+  return 0;
+}
+
+/* Sec-WebSocket-Key: base64 of 16 bytes, which is 22 characters of the
+ * base64 alphabet and "==". */
+static int valid_ws_key(const char *k) {
+  size_t n = strlen(k);
+  if (n != 24 || k[22] != '=' || k[23] != '=')
+    return 0;
+  for (size_t i = 0; i < 22; i++)
+    if (!isalnum((unsigned char)k[i]) && k[i] != '+' && k[i] != '/')
+      return 0;
+  return 1;
+}
+
+/* RFC 6455 4.2.1: what a client's opening handshake must hold. lws 4.1
+ * accepts any method, any key and any version, and drops the connection
+ * without a word when Host, Connection: Upgrade or the key is missing;
+ * 4.2.2 asks for an HTTP error instead (426 with the versions served for
+ * a version it does not speak). Returns the status, with *why set. */
+static unsigned bad_handshake(struct lws *wsi, const char **why) {
+  char buf[256];
+  if (lws_hdr_total_length(wsi, WSI_TOKEN_GET_URI) <= 0) {
+    *why = "a WebSocket handshake must be a GET request (RFC 6455 4.1)";
+    return HTTP_STATUS_BAD_REQUEST;
+  }
+  /* RFC 6455 4.1: a path, or an absolute http(s) URI (whose "//" lws
+   * has made "/" by now). */
+  int ulen = lws_hdr_total_length(wsi, WSI_TOKEN_GET_URI);
+  char *uri = malloc((size_t)ulen + 1);
+  int path_ok = uri &&
+                lws_hdr_copy(wsi, uri, ulen + 1, WSI_TOKEN_GET_URI) > 0 &&
+                (uri[0] == '/' || !strncasecmp(uri, "http:", 5) ||
+                 !strncasecmp(uri, "https:", 6));
+  free(uri);
+  if (!path_ok) {
+    *why = "the WebSocket handshake's request line has no path: send "
+           "'GET / HTTP/1.1'";
+    return HTTP_STATUS_BAD_REQUEST;
+  }
+  if (lws_hdr_total_length(wsi, WSI_TOKEN_HOST) <= 0) {
+    *why = "the WebSocket handshake has no Host header";
+    return HTTP_STATUS_BAD_REQUEST;
+  }
+  if (lws_hdr_copy(wsi, buf, sizeof buf, WSI_TOKEN_CONNECTION) <= 0 ||
+      !header_has_token(buf, "upgrade")) {
+    *why = "the WebSocket handshake needs 'Connection: Upgrade'";
+    return HTTP_STATUS_BAD_REQUEST;
+  }
+  if (lws_hdr_total_length(wsi, WSI_TOKEN_VERSION) <= 0) {
+    *why = "the WebSocket handshake has no Sec-WebSocket-Version header; "
+           "send 'Sec-WebSocket-Version: 13'";
+    return HTTP_STATUS_BAD_REQUEST;
+  }
+  if (lws_hdr_copy(wsi, buf, sizeof buf, WSI_TOKEN_VERSION) <= 0 ||
+      strcmp(buf, "13")) {
+    *why = "unsupported Sec-WebSocket-Version: this server speaks version "
+           "13 (RFC 6455)";
+    return HTTP_UPGRADE_REQUIRED;
+  }
+  if (lws_hdr_total_length(wsi, WSI_TOKEN_KEY) <= 0) {
+    *why = "the WebSocket handshake has no Sec-WebSocket-Key header";
+    return HTTP_STATUS_BAD_REQUEST;
+  }
+  if (lws_hdr_copy(wsi, buf, sizeof buf, WSI_TOKEN_KEY) <= 0 ||
+      !valid_ws_key(buf)) {
+    *why = "Sec-WebSocket-Key must be 16 random bytes in base64 "
+           "(24 characters)";
+    return HTTP_STATUS_BAD_REQUEST;
+  }
+  return 0;
+}
+
 static int confirm_upgrade(mn_server *s, struct lws *wsi, const char *up) {
   if (!up || strcasecmp(up, "websocket"))
     return 0;
   const mn_config *cfg = s->cfg;
   char why[200];
+  const char *bad = NULL;
+  unsigned status = bad_handshake(wsi, &bad);
+  if (status)
+    return refuse(s, wsi, status, bad);
   if (s->state != MN__SRV_SERVING)
     return refuse(s, wsi, HTTP_STATUS_SERVICE_UNAVAILABLE,
                   "server is shutting down");
@@ -396,12 +494,18 @@ static int on_established(mn_server *s, struct lws *wsi, pss *ps) {
   return 0;
 }
 
-static int close_too_big(mn_server *s, struct lws *wsi, mn__conn *c,
-                         size_t size) {
+/* A message over server.max_message_size: what is buffered goes, what
+ * still arrives of it is not kept (c->failed), and the close (1009) goes
+ * out from the writeable callback like the others. Not from here: lws
+ * 4.1 goes on parsing what it has read after a RECEIVE callback asks to
+ * close, and sends the close frame later from the buffer it also stashes
+ * ping payloads in; a ping behind the message, or the rest of the message
+ * misread as frames, went out as the close frame's code and reason. */
+static void close_too_big(mn_server *s, mn__conn *c, size_t size) {
   char why[120];
-  int n = snprintf(why, sizeof why,
-                   "message larger than %llu bytes (server.max_message_size)",
-                   (unsigned long long)s->cfg->max_message_size);
+  snprintf(why, sizeof why,
+           "message larger than %llu bytes (server.max_message_size)",
+           (unsigned long long)s->cfg->max_message_size);
   MN__LOGW("server",
            "%s: closing with 1009: message of at least %zu bytes "
            "is over server.max_message_size",
@@ -412,9 +516,7 @@ static int close_too_big(mn_server *s, struct lws *wsi, mn__conn *c,
   c->rx = NULL;
   c->rx_len = c->rx_cap = 0;
   c->rx_active = 0;
-  lws_close_reason(wsi, LWS_CLOSE_STATUS_MESSAGE_TOO_LARGE,
-                   (unsigned char *)why, (size_t)n);
-  return -1;
+  mn__conn_fail(c, LWS_CLOSE_STATUS_MESSAGE_TOO_LARGE, why);
 }
 
 /* Hand the jobs gathered so far to the pool: one lock and one wake-up
@@ -520,8 +622,10 @@ static int on_receive(mn_server *s, struct lws *wsi, mn__conn *c,
   }
   size_t remaining = lws_remaining_packet_payload(wsi);
   size_t need = c->rx_len + len + remaining;
-  if (limit && need > limit)
-    return close_too_big(s, wsi, c, need);
+  if (limit && need > limit) {
+    close_too_big(s, c, need);
+    return 0;
+  }
   if (need + 1 > c->rx_cap) {
     /* Exact for a message in one frame (the usual case); geometric for a
      * fragmented one, never beyond the limit. */
@@ -612,6 +716,31 @@ static int on_writeable(mn_server *s, struct lws *wsi, mn__conn *c) {
   }
   update_flow(s, c, inflight, bytes);
   return 0;
+}
+
+/* The client sent a close frame. lws echoes it, answering the codes RFC
+ * 6455 7.4 does not allow with 1002, but echoes a 1-byte body and a
+ * reason that is not UTF-8 as they came; 5.5.1 says the body is a 2-byte
+ * code and a UTF-8 reason, so those fail the connection (1002, 1007). */
+static int on_peer_close(mn_server *s, struct lws *wsi, mn__conn *c,
+                         const unsigned char *in, size_t len) {
+  const char *why = NULL;
+  int code = 0;
+  if (len == 1) {
+    code = LWS_CLOSE_STATUS_PROTOCOL_ERR;
+    why = "a close frame's body must start with a 2-byte status code";
+  } else if (len > 2 && !mn__utf8_valid(in + 2, len - 2)) {
+    code = LWS_CLOSE_STATUS_INVALID_PAYLOAD;
+    why = "the close frame's reason is not valid UTF-8";
+    if (s->metrics)
+      mn_metrics_count(s->metrics, "invalid_utf8", 1);
+  }
+  if (!code)
+    return 0;
+  MN__LOGI("server", "%s: closing with %d: %s", c ? c->peer : "?", code, why);
+  lws_close_reason(wsi, (enum lws_close_status)code, (unsigned char *)why,
+                   strlen(why));
+  return -1;
 }
 
 static void on_closed(mn_server *s, pss *ps) {
@@ -772,6 +901,8 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason,
     if (!ps || !ps->conn)
       return 0;
     return on_writeable(s, wsi, ps->conn);
+  case LWS_CALLBACK_WS_PEER_INITIATED_CLOSE:
+    return on_peer_close(s, wsi, ps ? ps->conn : NULL, in, len);
   case LWS_CALLBACK_CLOSED:
     if (ps)
       on_closed(s, ps);

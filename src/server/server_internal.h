@@ -65,9 +65,9 @@ typedef struct mn__outmsg {
   size_t len;
   size_t off; /* bytes already written */
   int binary;
-  int headroom;   /* LWS_PRE writable bytes before payload */
-  int close_code; /* nonzero: not a reply; close with this code */
-  char close_reason[72];
+  int headroom;           /* LWS_PRE writable bytes before payload */
+  int close_code;         /* nonzero: not a reply; close with this code */
+  char close_reason[124]; /* a close frame holds 123 bytes of it */
 } mn__outmsg;
 
 struct mn__conn {

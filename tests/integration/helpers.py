@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import struct
 import subprocess
 import tempfile
@@ -169,6 +170,91 @@ def rpc(server, method, params=None):
             return await call(ws, method, params)
 
     return asyncio.run(go())
+
+
+# ---------------------------------------------------------------------------
+# A raw WebSocket client, to send what well-behaved libraries will not.
+# ---------------------------------------------------------------------------
+def handshake(port, extra="", path="/"):
+    """Connect and upgrade by hand: (socket, response head as text)."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    key = base64.b64encode(os.urandom(16)).decode()
+    s.sendall((f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+               "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+               f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+               f"{extra}\r\n").encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        head += chunk
+    return s, head.split(b"\r\n\r\n")[0].decode(errors="replace")
+
+
+def frame(opcode, payload, fin=True, mask=True, rsv=0, key=None):
+    """One client frame. rsv: the three reserved bits (0..7); key: the
+    4-byte masking key (random when not given)."""
+    b0 = (0x80 if fin else 0) | (rsv & 7) << 4 | opcode
+    n = len(payload)
+    if n < 126:
+        hdr = struct.pack("!BB", b0, (0x80 if mask else 0) | n)
+    elif n < 65536:
+        hdr = struct.pack("!BBH", b0, (0x80 if mask else 0) | 126, n)
+    else:
+        hdr = struct.pack("!BBQ", b0, (0x80 if mask else 0) | 127, n)
+    if not mask:
+        return hdr + payload
+    key = os.urandom(4) if key is None else key
+    return hdr + key + mask_bytes(payload, key)
+
+
+def mask_bytes(payload, key):
+    """payload XOR the repeated 4-byte key (RFC 6455 5.3), at numpy speed."""
+    if not payload:
+        return b""
+    k = np.frombuffer((key * (len(payload) // 4 + 1))[:len(payload)],
+                      dtype=np.uint8)
+    return (np.frombuffer(payload, dtype=np.uint8) ^ k).tobytes()
+
+
+def read_frame_bits(s):
+    """One server frame: (fin, rsv, opcode, masked, payload)."""
+    def exactly(n):
+        buf = b""
+        while len(buf) < n:
+            chunk = s.recv(n - len(buf))
+            if not chunk:
+                raise ConnectionError("closed")
+            buf += chunk
+        return buf
+
+    b0, b1 = exactly(2)
+    n = b1 & 0x7F
+    if n == 126:
+        n = struct.unpack("!H", exactly(2))[0]
+    elif n == 127:
+        n = struct.unpack("!Q", exactly(8))[0]
+    key = exactly(4) if b1 & 0x80 else None
+    payload = exactly(n)
+    if key:
+        payload = mask_bytes(payload, key)
+    return bool(b0 & 0x80), (b0 >> 4) & 7, b0 & 0x0F, key is not None, payload
+
+
+def read_frame(s):
+    """One server frame: (opcode, payload)."""
+    _, _, op, _, payload = read_frame_bits(s)
+    return op, payload
+
+
+def close_code(s):
+    """Read frames until a close frame; return its status code."""
+    s.settimeout(10)
+    while True:
+        op, payload = read_frame(s)
+        if op == 8:
+            return struct.unpack("!H", payload[:2])[0] if payload else None
 
 
 def result_of(reply):
