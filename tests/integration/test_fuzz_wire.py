@@ -9,8 +9,8 @@ server keeps serving everyone else: a watcher connection, open all along,
 gets right answers (checked with numpy) between the rounds, /health says
 200, and the memories stored before the fuzzing read back identical.
 
-Each round opens a fresh connection. The seed is random unless
-MNEMO_FUZZ_SEED gives one; MNEMO_FUZZ_ROUNDS sets the number of rounds
+Each round opens a fresh connection. The seed is 1 unless
+MNEMO_FUZZ_SEED gives one (or "random"); MNEMO_FUZZ_ROUNDS sets the number of rounds
 (split between the kinds of fault). A failure names the seed, the kind,
 the round and the bytes sent, so that
     MNEMO_FUZZ_SEED=<seed> pytest tests/integration/test_fuzz_wire.py
@@ -32,8 +32,11 @@ import pytest
 from helpers import (DEVICE, ROOT, frame, handshake, mask_bytes,
                      normalize_ref, read_frame_bits)
 
-SEED = int(os.environ.get("MNEMO_FUZZ_SEED") or
-           int.from_bytes(os.urandom(4), "little"))
+# A fixed seed by default, so that the suite is the same on every run (CI
+# must not pass or fail by chance); MNEMO_FUZZ_SEED=random draws one.
+_seed = os.environ.get("MNEMO_FUZZ_SEED") or "1"
+SEED = (int.from_bytes(os.urandom(4), "little") if _seed == "random"
+        else int(_seed))
 # The wire does not depend on the backend: fewer rounds where the suite
 # runs again on the CUDA plugin (or its slow host emulator).
 ROUNDS = int(os.environ.get("MNEMO_FUZZ_ROUNDS") or
