@@ -354,74 +354,54 @@ static int decode_json(mn__call *c, const mn__jv *v, const char *path,
   if (first->type == MN__J_NUM)
     return not_numbers(c, v, path, 0, 1);
   int64_t rows = v->n, cols = first->n;
-  float *d;
-  if (first->type == MN__J_ARR) {
-    if (cols == 0)
-      return mn__fail(c, MN_RPC_INVALID_PARAMS,
-                      "%s[0] is an empty array: every row needs at least one "
-                      "number",
-                      path);
-    /* Every row's shape first, so that a ragged input is refused before
-     * anything the size of row 0 times the row count is allocated. */
-    for (int64_t r = 0; r < rows; r++) {
-      const mn__jv *row = &v->u.items[r];
-      if (row->type != MN__J_ARR)
-        return mn__fail(c, MN_RPC_INVALID_PARAMS,
-                        "%s[%lld] is %s but row 0 is an array: every row "
-                        "must be an array of %lld numbers",
-                        path, (long long)r, mn__jv_brief(row, b, sizeof b),
-                        (long long)cols);
-      if ((int64_t)row->n != cols)
-        return mn__fail(c, MN_RPC_INVALID_PARAMS,
-                        "%s[%lld] has %u numbers but row 0 has %lld: every "
-                        "row must have the same length",
-                        path, (long long)r, row->n, (long long)cols);
-      if (!(row->flags & MN__JF_PACKED))
-        return not_numbers(c, row, path, r, 0);
-    }
-    if (rows * cols > MN__MAX_ELEMS)
-      return mn__fail(c, MN_RPC_INVALID_PARAMS, "%s is too large", path);
-    d = mn__arena_alloc(c->a, (size_t)(rows * cols) * sizeof(float));
-    if (!d)
-      return mn__fail(c, MN_RPC_RESOURCE_ERROR,
-                      "out of memory for %lld x %lld embeddings",
-                      (long long)rows, (long long)cols);
-    for (int64_t r = 0; r < rows; r++) {
-      int rc = row_from_doubles(c, v->u.items[r].u.nums, d + r * cols, cols,
-                                path, r, 0);
-      if (rc)
-        return rc;
-    }
-  } else if (is_f32obj(first)) {
-    for (int64_t r = 0; r < rows; r++) {
-      const mn__jv *row = &v->u.items[r];
-      if (row->type != MN__J_OBJ)
-        return mn__fail(c, MN_RPC_INVALID_PARAMS,
-                        "%s[%lld] is %s but row 0 is a Float32Array object: "
-                        "every row must be one",
-                        path, (long long)r, mn__jv_brief(row, b, sizeof b));
-      if ((int64_t)row->n != cols)
-        return mn__fail(c, MN_RPC_INVALID_PARAMS,
-                        "%s[%lld] has %u elements but row 0 has %lld: every "
-                        "row must have the same length",
-                        path, (long long)r, row->n, (long long)cols);
-    }
-    if (rows * cols > MN__MAX_ELEMS)
-      return mn__fail(c, MN_RPC_INVALID_PARAMS, "%s is too large", path);
-    d = mn__arena_alloc(c->a, (size_t)(rows * cols) * sizeof(float));
-    if (!d)
-      return mn__fail(c, MN_RPC_RESOURCE_ERROR,
-                      "out of memory for %lld x %lld embeddings",
-                      (long long)rows, (long long)cols);
-    for (int64_t r = 0; r < rows; r++) {
-      int rc = f32obj_row(c, &v->u.items[r], d + r * cols, path, r, 0);
-      if (rc)
-        return rc;
-    }
-  } else {
+  int arrays = first->type == MN__J_ARR;
+  if (!arrays && !is_f32obj(first))
     return mn__fail(c, MN_RPC_INVALID_PARAMS,
                     "%s[0] is %s; embeddings must be %s", path,
                     mn__jv_brief(first, b, sizeof b), accepted_forms);
+  if (arrays && cols == 0)
+    return mn__fail(c, MN_RPC_INVALID_PARAMS,
+                    "%s[0] is an empty array: every row needs at least one "
+                    "number",
+                    path);
+  /* Every row's shape first, so that a ragged input is refused before
+   * anything the size of row 0 times the row count is allocated. */
+  for (int64_t r = 0; r < rows; r++) {
+    const mn__jv *row = &v->u.items[r];
+    if (arrays && row->type != MN__J_ARR)
+      return mn__fail(c, MN_RPC_INVALID_PARAMS,
+                      "%s[%lld] is %s but row 0 is an array: every row "
+                      "must be an array of %lld numbers",
+                      path, (long long)r, mn__jv_brief(row, b, sizeof b),
+                      (long long)cols);
+    if (!arrays && row->type != MN__J_OBJ)
+      return mn__fail(c, MN_RPC_INVALID_PARAMS,
+                      "%s[%lld] is %s but row 0 is a Float32Array object: "
+                      "every row must be one",
+                      path, (long long)r, mn__jv_brief(row, b, sizeof b));
+    if ((int64_t)row->n != cols)
+      return mn__fail(c, MN_RPC_INVALID_PARAMS,
+                      "%s[%lld] has %u %s but row 0 has %lld: every "
+                      "row must have the same length",
+                      path, (long long)r, row->n,
+                      arrays ? "numbers" : "elements", (long long)cols);
+    if (arrays && !(row->flags & MN__JF_PACKED))
+      return not_numbers(c, row, path, r, 0);
+  }
+  if (rows * cols > MN__MAX_ELEMS)
+    return mn__fail(c, MN_RPC_INVALID_PARAMS, "%s is too large", path);
+  float *d = mn__arena_alloc(c->a, (size_t)(rows * cols) * sizeof(float));
+  if (!d)
+    return mn__fail(c, MN_RPC_RESOURCE_ERROR,
+                    "out of memory for %lld x %lld embeddings", (long long)rows,
+                    (long long)cols);
+  for (int64_t r = 0; r < rows; r++) {
+    const mn__jv *row = &v->u.items[r];
+    int rc = arrays ? row_from_doubles(c, row->u.nums, d + r * cols, cols, path,
+                                       r, 0)
+                    : f32obj_row(c, row, d + r * cols, path, r, 0);
+    if (rc)
+      return rc;
   }
   out->rows = rows;
   out->cols = cols;
