@@ -4,8 +4,8 @@ the host emulator (cuda_emu.h): each kernel launch
 `K<<<grid, block[, smem[, stream]]>>>(args);` becomes
 `mnc_emu::launch("K", dim3(grid), dim3(block), smem, stream,
 mnc_emu::bind_args(K, args));`, the dynamic shared memory declaration becomes
-a pointer to the emulated block's buffer and __noinline__ the GNU attribute.
-A launch must start its own line.
+a pointer to the emulated block's buffer, __noinline__ the GNU attribute, and
+`#pragma unroll` lines are emptied. A launch must start its own line.
 
 The arguments are evaluated and copied at the launch, as CUDA does: the
 launch only queues the kernel on its stream, which runs it later on its own
@@ -33,6 +33,10 @@ def split_top(s):
 
 
 def convert(src):
+    # CUDA's unroll hints mean nothing to the host compiler, which would
+    # warn about an unknown pragma: dropped, the line left empty (#line).
+    src = re.sub(r"^[ \t]*#[ \t]*pragma[ \t]+unroll\b.*$", "", src,
+                 flags=re.M)
     src = src.replace("__noinline__", "__attribute__((noinline))")
     src = re.sub(r"extern\s+__shared__\s+__align__\(\d+\)\s+unsigned char\s+"
                  r"(\w+)\[\];",
