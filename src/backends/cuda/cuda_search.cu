@@ -588,9 +588,11 @@ struct Ctx {
 
 /* The stored block's side of a call: its layout, its per-row arrays on the
  * device, and the path (scan or GEMM) it takes. Launches nothing (uploads
- * host scales / norms / affine parameters synchronously). */
-mn_status ctx_db(Ctx &c, mnc_backend *cb, mnc_lane *l, const mn_tensor *q,
-                 const mn_vecblock *vb, int metric, bool want_gemm) {
+ * host scales / norms / affine parameters synchronously). `where` is the
+ * call's: what it learnt of earlier blocks' arrays holds for this one's. */
+mn_status ctx_db(Ctx &c, mnc_backend *cb, mnc_lane *l, MncWhere &where,
+                 const mn_tensor *q, const mn_vecblock *vb, int metric,
+                 bool want_gemm) {
   c.cb = cb;
   c.l = l;
   c.s = l->stream;
@@ -608,18 +610,22 @@ mn_status ctx_db(Ctx &c, mnc_backend *cb, mnc_lane *l, const mn_tensor *q,
   db.nvec = (db.rowbytes + 15) / 16;
   bool al16 = (uintptr_t)t->data % 16 == 0 && (c.N <= 1 || t->stride % 16 == 0);
   db.nfull = al16 ? db.rowbytes / 16 : 0;
-  if (c.dt == MN_DTYPE_I8 || c.dt == MN_DTYPE_I4)
+  const bool scales = c.dt == MN_DTYPE_I8 || c.dt == MN_DTYPE_I4;
+  const bool norms = c.dt != MN_DTYPE_BIN && metric != MN_METRIC_IP;
+  if ((scales && vb->scales) || (norms && vb->norms))
+    where.see_codes(t->data);
+  if (scales)
     MNC_CHECK(mn__cuda_device_floats(cb, l, vb->scales, (size_t)c.N,
-                                     &c.b_scales, &db.scales));
+                                     &c.b_scales, &db.scales, &where));
   if (c.dt == MN_DTYPE_U8) {
     MNC_CHECK(mn__cuda_device_floats(cb, l, vb->affine->vmin, (size_t)c.d,
-                                     &c.b_vmin, &db.vmin));
+                                     &c.b_vmin, &db.vmin, &where));
     MNC_CHECK(mn__cuda_device_floats(cb, l, vb->affine->scale, (size_t)c.d,
-                                     &c.b_vsc, &db.vsc));
+                                     &c.b_vsc, &db.vsc, &where));
   }
-  if (c.dt != MN_DTYPE_BIN && metric != MN_METRIC_IP)
+  if (norms)
     MNC_CHECK(mn__cuda_device_floats(cb, l, vb->norms, (size_t)c.N, &c.b_norms,
-                                     &db.norms));
+                                     &db.norms, &where));
   c.need_norm = c.dt != MN_DTYPE_BIN && metric != MN_METRIC_IP && !db.norms;
 
   const int64_t elem = c.dt == MN_DTYPE_F32 ? 4 : c.dt == MN_DTYPE_F16 ? 2 : 1;
@@ -689,9 +695,10 @@ mn_status ctx_query(Ctx &c, const mn_tensor *q) {
   return MN_OK;
 }
 
-mn_status ctx_init(Ctx &c, mnc_backend *cb, mnc_lane *l, const mn_tensor *q,
-                   const mn_vecblock *vb, int metric, bool want_gemm) {
-  MNC_CHECK(ctx_db(c, cb, l, q, vb, metric, want_gemm));
+mn_status ctx_init(Ctx &c, mnc_backend *cb, mnc_lane *l, MncWhere &where,
+                   const mn_tensor *q, const mn_vecblock *vb, int metric,
+                   bool want_gemm) {
+  MNC_CHECK(ctx_db(c, cb, l, where, q, vb, metric, want_gemm));
   return ctx_query(c, q);
 }
 
@@ -1317,11 +1324,12 @@ mn_status mn__cuda_similarity(mn_backend *b, const mn_tensor *q,
   MncLane lane;
   MNC_CHECK(lane.get(cb));
   const int64_t ldo = q->rows > 1 ? out->stride / 4 : db->codes.rows;
+  MncWhere where(cb);
   for (int64_t r0 = 0; r0 < db->codes.rows; r0 += SEGMENT) {
     int64_t n = db->codes.rows - r0 < SEGMENT ? db->codes.rows - r0 : SEGMENT;
     mn_vecblock seg = segment_of(db, r0, n);
     Ctx c;
-    MNC_CHECK(ctx_init(c, cb, lane.l, q, &seg, metric, true));
+    MNC_CHECK(ctx_init(c, cb, lane.l, where, q, &seg, metric, true));
     MNC_CHECK(similarity_impl(c, (float *)out->data + r0, ldo));
     MNC_TRY(cudaStreamSynchronize(lane.s()));
   }
@@ -1409,12 +1417,13 @@ mn_status mn__cuda_search(mn_backend *b, const mn_tensor *q,
     scores[i] = -INFINITY;
     ids[i] = -1;
   }
+  MncWhere where(cb);
   for (int64_t r0 = 0; r0 < N && st == MN_OK; r0 += SEGMENT) {
     int64_t len = N - r0 < SEGMENT ? N - r0 : SEGMENT;
     mn_vecblock seg = segment_of(db, r0, len);
     Ctx c;
     c.tile16_k = k;
-    st = ctx_init(c, cb, lane.l, q, &seg, metric, true);
+    st = ctx_init(c, cb, lane.l, where, q, &seg, metric, true);
     if (st == MN_OK)
       st = search_block(c, k, hkey, hid);
     if (st == MN_OK)
@@ -1524,6 +1533,7 @@ mn_status search_batch(mnc_backend *cb, const mn_tensor *q,
   mnc_lane *l = lane.l;
   CtxArray cs;
   MNC_CHECK(cs.make(nb));
+  MncWhere where(cb);
   HostMem plan_mem;
   MNC_CHECK(plan_mem.alloc((size_t)nb * sizeof(BlockPlan)));
   BlockPlan *plans = (BlockPlan *)plan_mem.p;
@@ -1538,7 +1548,7 @@ mn_status search_batch(mnc_backend *cb, const mn_tensor *q,
       continue;
     Ctx &c = cs.v[i];
     const int k = (int)bl->k;
-    MNC_CHECK(ctx_db(c, cb, l, q, &bl->db, metric, true));
+    MNC_CHECK(ctx_db(c, cb, l, where, q, &bl->db, metric, true));
     MNC_CHECK(ctx_query_batched(cs.v, i, q));
     BlockPlan &p = plans[i];
     if (c.gemm) {
@@ -1679,6 +1689,7 @@ mn_status mn__cuda_similarity_many(mn_backend *b, const mn_tensor *q,
   MNC_CHECK(lane.get(cb));
   CtxArray cs;
   MNC_CHECK(cs.make(pieces));
+  MncWhere where(cb);
   /* blocks of more than SEGMENT rows in segments, as mn__cuda_similarity */
   size_t wide_elems = 0, xn_elems = 0;
   for (int pass = 0; pass < 2; pass++) {
@@ -1703,7 +1714,7 @@ mn_status mn__cuda_similarity_many(mn_backend *b, const mn_tensor *q,
         Ctx &c = cs.v[p];
         if (pass == 0) {
           mn_vecblock seg = segment_of(db, r0, n);
-          MNC_CHECK(ctx_db(c, cb, lane.l, q, &seg, metric, true));
+          MNC_CHECK(ctx_db(c, cb, lane.l, where, q, &seg, metric, true));
           MNC_CHECK(ctx_query_batched(cs.v, p, q));
           if (similarity_gemm(c, ldo)) {
             const size_t C = (size_t)chunk_of(c);
