@@ -393,24 +393,63 @@ __global__ void __launch_bounds__(256) prep_kernel(PrepArgs a) {
  * GEMM path helpers
  * ------------------------------------------------------------------------- */
 
-/* int8 rows -> float16 (exact), packed [len][ldh]; norms when asked. */
+/* Two int8 codes as a float16 pair (exact), a in the low half. */
+__device__ __forceinline__ unsigned half2_bits(int a, int b) {
+  return (unsigned)__half_as_ushort(__int2half_rn(a)) |
+         ((unsigned)__half_as_ushort(__int2half_rn(b)) << 16);
+}
+
+/* Four int8 codes (a word, first code in the low byte) as four float16;
+ * their squares added to s2 when NORMS. */
+template <bool NORMS> __device__ __forceinline__ uint2 widen4(int w, int &s2) {
+  if constexpr (NORMS)
+    s2 = __dp4a(w, w, s2);
+  return make_uint2(half2_bits((int8_t)w, (int8_t)(w >> 8)),
+                    half2_bits((int8_t)(w >> 16), (int8_t)(w >> 24)));
+}
+
+/* int8 rows -> float16 (exact), packed [len][ldh] (ldh a multiple of 8,
+ * zeros past d; out 16-byte aligned, a pool buffer), one warp per row;
+ * with NORMS, each row's norm to xn.
+ * V: bytes per load, 16 or 4 when every row starts on such a boundary
+ * (the block's start and stride), else 1. The wide loads take a row's
+ * whole V-byte groups, never a byte past its d codes; the rest goes byte
+ * by byte. The squares are integers: their sum is exact in any order. */
+template <int V, bool NORMS>
 __global__ void __launch_bounds__(256)
     widen_i8_kernel(const Db db, int64_t r0, int64_t len, int ldh, __half *out,
                     float *xn) {
   const int lane = threadIdx.x & 31;
   const int64_t w0 = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
   const int64_t nw = ((int64_t)gridDim.x * blockDim.x) >> 5;
+  const int nv = V > 1 ? db.d / V : 0;
   for (int64_t i = w0; i < len; i += nw) {
     const int8_t *src = (const int8_t *)(db.codes + (r0 + i) * db.stride);
+    __half *dst = out + i * ldh;
     int s2 = 0;
-    for (int e = lane; e < ldh; e += 32) {
-      int c = e < db.d ? src[e] : 0;
-      s2 += c * c;
-      out[i * ldh + e] = __int2half_rn(c);
+    for (int v = lane; v < nv; v += 32) {
+      if constexpr (V == 16) {
+        const int4 w = __ldg((const int4 *)src + v);
+        const uint2 h0 = widen4<NORMS>(w.x, s2), h1 = widen4<NORMS>(w.y, s2),
+                    h2 = widen4<NORMS>(w.z, s2), h3 = widen4<NORMS>(w.w, s2);
+        uint4 *o = (uint4 *)dst + 2 * v;
+        o[0] = make_uint4(h0.x, h0.y, h1.x, h1.y);
+        o[1] = make_uint4(h2.x, h2.y, h3.x, h3.y);
+      } else if constexpr (V == 4) {
+        ((uint2 *)dst)[v] = widen4<NORMS>(__ldg((const int *)src + v), s2);
+      }
     }
-    s2 = group_sum(s2, 32);
-    if (xn && lane == 0)
-      xn[i] = db.scales[r0 + i] * sqrtf((float)s2);
+    for (int e = nv * V + lane; e < ldh; e += 32) {
+      const int c = e < db.d ? src[e] : 0;
+      if constexpr (NORMS)
+        s2 += c * c;
+      dst[e] = __int2half_rn(c);
+    }
+    if constexpr (NORMS) {
+      s2 = group_sum(s2, 32);
+      if (lane == 0)
+        xn[i] = db.scales[r0 + i] * sqrtf((float)s2);
+    }
   }
 }
 
@@ -865,6 +904,26 @@ mn_status scan_search(Ctx &c, int k, float *bk, int *bi) {
   return scan_enqueue(c, p, k, bk, bi, pk.as<float>(), pi.as<int>());
 }
 
+/* Rows [r0, r0 + len) of c's int8 block widened into `wide` (their norms
+ * into xn when c needs them), with the widest loads its layout allows. */
+template <bool NORMS>
+mn_status widen_i8(const Ctx &c, unsigned g, int64_t r0, int64_t len,
+                   __half *wide, float *xn) {
+  const uintptr_t at =
+      (uintptr_t)c.db.codes | (uintptr_t)(c.N > 1 ? c.db.stride : (int64_t)0);
+  if (at % 16 == 0)
+    widen_i8_kernel<16, NORMS>
+        <<<g, 256, 0, c.s>>>(c.db, r0, len, c.ldh, wide, xn);
+  else if (at % 4 == 0)
+    widen_i8_kernel<4, NORMS>
+        <<<g, 256, 0, c.s>>>(c.db, r0, len, c.ldh, wide, xn);
+  else
+    widen_i8_kernel<1, NORMS>
+        <<<g, 256, 0, c.s>>>(c.db, r0, len, c.ldh, wide, xn);
+  MNC_LAUNCHED("widen_i8_kernel");
+  return MN_OK;
+}
+
 /* One chunk's dot products into S ([Q][ldS] floats; float16 times
  * tile16_alpha when c.tile16): cuBLAS on c.s. */
 mn_status chunk_gemm(Ctx &c, int64_t r0, int64_t len, void *S, int64_t ldS,
@@ -873,9 +932,10 @@ mn_status chunk_gemm(Ctx &c, int64_t r0, int64_t len, void *S, int64_t ldS,
   cublasHandle_t h = c.l->blas;
   const unsigned g = mnc_grid(c.cb, (len + 7) / 8, 16);
   if (c.dt == MN_DTYPE_I8) {
-    widen_i8_kernel<<<g, 256, 0, c.s>>>(c.db, r0, len, c.ldh, wide,
-                                        c.need_norm ? xn : nullptr);
-    MNC_LAUNCHED("widen_i8_kernel");
+    if (c.need_norm)
+      MNC_CHECK(widen_i8<true>(c, g, r0, len, wide, xn));
+    else
+      MNC_CHECK(widen_i8<false>(c, g, r0, len, wide, nullptr));
   } else if (c.need_norm) {
     if (c.dt == MN_DTYPE_F32)
       norms_kernel<MN_DTYPE_F32><<<g, 256, 0, c.s>>>(c.db, r0, len, xn);

@@ -750,9 +750,11 @@ static mn_vecblock block_for(const stored *s, int on_gpu, int variant) {
   return v;
 }
 
-static void check_similarity(mn_dtype dt, int64_t n, int64_t d, int64_t nq,
-                             int64_t pad) {
-  stored s = make_stored(dt, n, d, pad, 0);
+/* Similarity of nq random queries against s, every metric and variant. */
+static void check_similarity_of(const stored *sp, int64_t nq) {
+  const stored s = *sp;
+  const mn_dtype dt = s.dt;
+  const int64_t n = s.n, d = s.d;
   float *q = rand_matrix(nq, d, 1.f);
   mn_tensor hq = host_f32(q, nq, d);
   mn_tensor dq = to_dev(gpu, &hq, 0);
@@ -778,6 +780,12 @@ static void check_similarity(mn_dtype dt, int64_t n, int64_t d, int64_t nq,
   free(ref);
   mn_backend_free(gpu, dq.data);
   free(q);
+}
+
+static void check_similarity(mn_dtype dt, int64_t n, int64_t d, int64_t nq,
+                             int64_t pad) {
+  stored s = make_stored(dt, n, d, pad, 0);
+  check_similarity_of(&s, nq);
   free_stored(&s);
 }
 
@@ -937,6 +945,50 @@ static void test_search(void **state) {
   check_search_case(&u, 4, 50, MN_METRIC_IP, 0);
   check_search_case(&u, 1, 200, MN_METRIC_L2, 1);
   free_stored(&u);
+}
+
+/* s's device rows moved `off` bytes into a buffer of their own; *base is
+ * what to free (after which s->dev.data is to be cleared). */
+static void shift_dev(stored *s, int64_t off, void **base) {
+  const size_t bytes = (size_t)(s->n * s->dev.stride);
+  char *b = NULL;
+  CHECK_OK(mn_backend_alloc(gpu, bytes + (size_t)off, (void **)&b));
+  unsigned char *tmp = malloc(bytes);
+  assert_non_null(tmp);
+  CHECK_OK(mn_backend_download(gpu, tmp, s->dev.data, bytes));
+  CHECK_OK(mn_backend_upload(gpu, b + off, tmp, bytes));
+  free(tmp);
+  mn_backend_free(gpu, s->dev.data);
+  s->dev.data = b + off;
+  *base = b;
+}
+
+/* int8 rows on the GEMM path (16 or more queries, 1024 rows or more) are
+ * widened to float16 with 16-byte, 4-byte or byte loads, as the block's
+ * start and row stride allow, the rest of a row byte by byte: odd widths
+ * (3, 17, 769) with strides and starts that allow each load width; every
+ * metric, norms given and computed (check_similarity_of's variants). */
+static void test_int8_widths(void **state) {
+  (void)state;
+  /* width, row padding, start offset (bytes) */
+  const int64_t cases[][3] = {{3, 0, 0},    {3, 1, 0},   {17, 0, 0},
+                              {17, 3, 0},   {17, 15, 0}, {17, 15, 4},
+                              {17, 15, 1},  {769, 0, 0}, {769, 3, 0},
+                              {769, 15, 0}, {100, 0, 0}, {96, 0, 4}};
+  for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+    stored s = make_stored(MN_DTYPE_I8, 1100, cases[c][0], cases[c][1], 0);
+    void *base = NULL;
+    if (cases[c][2])
+      shift_dev(&s, cases[c][2], &base);
+    check_similarity_of(&s, 20);
+    for (int metric = 0; metric <= MN_METRIC_L2; metric++)
+      check_search_case(&s, 20, 10, metric, (int)(c + (size_t)metric) % 4);
+    if (base) {
+      mn_backend_free(gpu, base);
+      s.dev.data = NULL;
+    }
+    free_stored(&s);
+  }
 }
 
 static mn_backend *gpu_saved; /* gpu while a test swaps in another */
@@ -1372,6 +1424,7 @@ int main(void) {
       /* last, so that the tests above draw the same random data as before
        * them (test_search_f16_tiles' near-tie check is sensitive to it) */
       cmocka_unit_test(test_many_array_places),
+      cmocka_unit_test(test_int8_widths),
   };
   int rc = cmocka_run_group_tests(tests, NULL, NULL);
   mn_backend_close(cpu);
