@@ -191,6 +191,23 @@ mn_status mn__cuda_pool_alloc(mnc_backend *cb, size_t bytes, void **out) {
   return MN_OK;
 }
 
+bool mn__cuda_pool_block(mnc_backend *cb, const void *p, uintptr_t *lo,
+                         uintptr_t *hi) {
+  if (!p)
+    return false;
+  pthread_mutex_lock(&cb->pool_mu);
+  mnc_block *blk = cb->buckets[bucket_of(p)];
+  while (blk && blk->ptr != p)
+    blk = blk->hnext;
+  bool held = blk && blk->in_use;
+  if (held) {
+    *lo = (uintptr_t)blk->ptr;
+    *hi = *lo + blk->size;
+  }
+  pthread_mutex_unlock(&cb->pool_mu);
+  return held;
+}
+
 void mn__cuda_pool_free(mnc_backend *cb, void *p) {
   if (!p)
     return;
@@ -348,6 +365,50 @@ int mn__cuda_is_device_ptr(const void *p) {
   return a.type == cudaMemoryTypeDevice || a.type == cudaMemoryTypeManaged;
 }
 
+bool MncWhere::in_range(uintptr_t a) const {
+  for (int i = 0; i < nrange; i++)
+    if (a >= lo[i] && a < hi[i])
+      return true;
+  return false;
+}
+
+void MncWhere::add_range(uintptr_t l, uintptr_t h) {
+  lo[next_range] = l;
+  hi[next_range] = h;
+  next_range = (next_range + 1) % NRANGE;
+  if (nrange < NRANGE)
+    nrange++;
+}
+
+void MncWhere::see_codes(const void *codes) {
+  uintptr_t l, h;
+  if (codes && !in_range((uintptr_t)codes) &&
+      mn__cuda_pool_block(cb, codes, &l, &h))
+    add_range(l, h);
+}
+
+bool MncWhere::is_device(const void *p) {
+  if (!p)
+    return false;
+  if (in_range((uintptr_t)p))
+    return true;
+  for (int i = 0; i < nseen; i++)
+    if (seen[i] == p)
+      return seen_dev[i];
+  uintptr_t l, h;
+  if (mn__cuda_pool_block(cb, p, &l, &h)) {
+    add_range(l, h);
+    return true;
+  }
+  bool dev = mn__cuda_is_device_ptr(p) != 0;
+  seen[next_seen] = p;
+  seen_dev[next_seen] = dev;
+  next_seen = (next_seen + 1) % NSEEN;
+  if (nseen < NSEEN)
+    nseen++;
+  return dev;
+}
+
 /* Pageable host memory goes through the two pinned buffers, so that the
  * host copy of one chunk overlaps the DMA of the other. */
 mn_status mn__cuda_h2d(mnc_lane *l, void *dst, const void *src, size_t n) {
@@ -405,11 +466,12 @@ mn_status mn__cuda_d2h(mnc_lane *l, void *dst, const void *src, size_t n) {
 }
 
 mn_status mn__cuda_device_floats(mnc_backend *cb, mnc_lane *l, const float *p,
-                                 size_t n, MncBuf *tmp, const float **out) {
+                                 size_t n, MncBuf *tmp, const float **out,
+                                 MncWhere *where) {
   *out = nullptr;
   if (!p || n == 0)
     return MN_OK;
-  if (mn__cuda_is_device_ptr(p)) {
+  if (where ? where->is_device(p) : mn__cuda_is_device_ptr(p)) {
     *out = p;
     return MN_OK;
   }

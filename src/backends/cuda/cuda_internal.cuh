@@ -149,8 +149,47 @@ mn_status mn__cuda_lane_solver(mnc_lane *l, cusolverDnHandle_t *out);
 mn_status mn__cuda_h2d(mnc_lane *l, void *dst, const void *src, size_t n);
 mn_status mn__cuda_d2h(mnc_lane *l, void *dst, const void *src, size_t n);
 
-/* 1 when p is device (or managed) memory, 0 for host memory. */
+/* 1 when p is device (or managed) memory, 0 for host memory (asks the
+ * driver: cudaPointerGetAttributes). */
 int mn__cuda_is_device_ptr(const void *p);
+
+/* Whether p is the start of a pool block now handed out (device memory,
+ * known without asking the driver); [*lo, *hi) are then its bytes. */
+bool mn__cuda_pool_block(mnc_backend *cb, const void *p, uintptr_t *lo,
+                         uintptr_t *hi);
+
+/*
+ * Where one call's per-row arrays live (scales, norms, affine parameters).
+ * search_many / similarity_many would otherwise ask the driver for two
+ * arrays of every block: 128 queries for the store's group of 64 chunks.
+ * An array is known to be device memory when it lies in a pool block the
+ * call has seen handed out: its block's codes' (the store keeps a chunk's
+ * scales and norms in the buffer of its codes; see_codes) or its own. Any
+ * other pointer is asked of the driver, and the answer kept for the call
+ * (the last NSEEN pointers asked). The answers are the driver's: a pool
+ * block handed out is cudaMalloc'd memory, and no array changes kind while
+ * a call uses it. For one thread, for one call.
+ */
+struct MncWhere {
+  explicit MncWhere(mnc_backend *b) : cb(b) {}
+  MncWhere(const MncWhere &) = delete;
+  MncWhere &operator=(const MncWhere &) = delete;
+  /* A block's codes: the pool block they start, if any, is device memory. */
+  void see_codes(const void *codes);
+  /* As mn__cuda_is_device_ptr(p). */
+  bool is_device(const void *p);
+
+private:
+  static constexpr int NRANGE = 8, NSEEN = 8;
+  mnc_backend *cb;
+  uintptr_t lo[NRANGE], hi[NRANGE]; /* device ranges (pool blocks) */
+  int nrange = 0, next_range = 0;
+  const void *seen[NSEEN]; /* the driver's answers */
+  bool seen_dev[NSEEN];
+  int nseen = 0, next_seen = 0;
+  bool in_range(uintptr_t a) const;
+  void add_range(uintptr_t l, uintptr_t h);
+};
 
 /* Element alignment of a device tensor's rows (what the kernels assume). */
 mn_status mn__cuda_check_layout(const mn_tensor *t, const char *what);
@@ -254,7 +293,8 @@ struct MncBuf {
  * into a pooled buffer for the duration of the op.
  */
 mn_status mn__cuda_device_floats(mnc_backend *cb, mnc_lane *l, const float *p,
-                                 size_t n, MncBuf *tmp, const float **out);
+                                 size_t n, MncBuf *tmp, const float **out,
+                                 MncWhere *where = nullptr);
 
 /* ---------------------------------------------------------------------------
  * Ops (vtable entries)

@@ -466,10 +466,10 @@ __global__ void __launch_bounds__(256) scan_kernel(ScanArgs a) {
            * keeps a lane under 8 vectors (128 values) up to 4096 wide, so
            * its integer sums convert to float exactly; wider, they round
            * by at most 6e-8 relative. */
-          const float *ps = a.q.q8s + (int64_t)(a.q0 + j) * 3;
-          float part = ps[0] * (float)acc.i8[r][j][0] +
-                       ps[1] * (float)acc.i8[r][j][1] +
-                       ps[2] * (float)acc.i8[r][j][2];
+          const float *qs = a.q.q8s + (int64_t)(a.q0 + j) * 3;
+          float part = qs[0] * (float)acc.i8[r][j][0] +
+                       qs[1] * (float)acc.i8[r][j][1] +
+                       qs[2] * (float)acc.i8[r][j][2];
           float sum = group_sum(part, G);
           float dot = live ? rs * sum : 0.f;
           val = metric_value(a.metric, dot, a.q.qn[a.q0 + j], xn, x2);

@@ -393,24 +393,63 @@ __global__ void __launch_bounds__(256) prep_kernel(PrepArgs a) {
  * GEMM path helpers
  * ------------------------------------------------------------------------- */
 
-/* int8 rows -> float16 (exact), packed [len][ldh]; norms when asked. */
+/* Two int8 codes as a float16 pair (exact), a in the low half. */
+__device__ __forceinline__ unsigned half2_bits(int a, int b) {
+  return (unsigned)__half_as_ushort(__int2half_rn(a)) |
+         ((unsigned)__half_as_ushort(__int2half_rn(b)) << 16);
+}
+
+/* Four int8 codes (a word, first code in the low byte) as four float16;
+ * their squares added to s2 when NORMS. */
+template <bool NORMS> __device__ __forceinline__ uint2 widen4(int w, int &s2) {
+  if constexpr (NORMS)
+    s2 = __dp4a(w, w, s2);
+  return make_uint2(half2_bits((int8_t)w, (int8_t)(w >> 8)),
+                    half2_bits((int8_t)(w >> 16), (int8_t)(w >> 24)));
+}
+
+/* int8 rows -> float16 (exact), packed [len][ldh] (ldh a multiple of 8,
+ * zeros past d; out 16-byte aligned, a pool buffer), one warp per row;
+ * with NORMS, each row's norm to xn.
+ * V: bytes per load, 16 or 4 when every row starts on such a boundary
+ * (the block's start and stride), else 1. The wide loads take a row's
+ * whole V-byte groups, never a byte past its d codes; the rest goes byte
+ * by byte. The squares are integers: their sum is exact in any order. */
+template <int V, bool NORMS>
 __global__ void __launch_bounds__(256)
     widen_i8_kernel(const Db db, int64_t r0, int64_t len, int ldh, __half *out,
                     float *xn) {
   const int lane = threadIdx.x & 31;
   const int64_t w0 = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
   const int64_t nw = ((int64_t)gridDim.x * blockDim.x) >> 5;
+  const int nv = V > 1 ? db.d / V : 0;
   for (int64_t i = w0; i < len; i += nw) {
     const int8_t *src = (const int8_t *)(db.codes + (r0 + i) * db.stride);
+    __half *dst = out + i * ldh;
     int s2 = 0;
-    for (int e = lane; e < ldh; e += 32) {
-      int c = e < db.d ? src[e] : 0;
-      s2 += c * c;
-      out[i * ldh + e] = __int2half_rn(c);
+    for (int v = lane; v < nv; v += 32) {
+      if constexpr (V == 16) {
+        const int4 w = __ldg((const int4 *)src + v);
+        const uint2 h0 = widen4<NORMS>(w.x, s2), h1 = widen4<NORMS>(w.y, s2),
+                    h2 = widen4<NORMS>(w.z, s2), h3 = widen4<NORMS>(w.w, s2);
+        uint4 *o = (uint4 *)dst + 2 * v;
+        o[0] = make_uint4(h0.x, h0.y, h1.x, h1.y);
+        o[1] = make_uint4(h2.x, h2.y, h3.x, h3.y);
+      } else if constexpr (V == 4) {
+        ((uint2 *)dst)[v] = widen4<NORMS>(__ldg((const int *)src + v), s2);
+      }
     }
-    s2 = group_sum(s2, 32);
-    if (xn && lane == 0)
-      xn[i] = db.scales[r0 + i] * sqrtf((float)s2);
+    for (int e = nv * V + lane; e < ldh; e += 32) {
+      const int c = e < db.d ? src[e] : 0;
+      if constexpr (NORMS)
+        s2 += c * c;
+      dst[e] = __int2half_rn(c);
+    }
+    if constexpr (NORMS) {
+      s2 = group_sum(s2, 32);
+      if (lane == 0)
+        xn[i] = db.scales[r0 + i] * sqrtf((float)s2);
+    }
   }
 }
 
@@ -588,9 +627,11 @@ struct Ctx {
 
 /* The stored block's side of a call: its layout, its per-row arrays on the
  * device, and the path (scan or GEMM) it takes. Launches nothing (uploads
- * host scales / norms / affine parameters synchronously). */
-mn_status ctx_db(Ctx &c, mnc_backend *cb, mnc_lane *l, const mn_tensor *q,
-                 const mn_vecblock *vb, int metric, bool want_gemm) {
+ * host scales / norms / affine parameters synchronously). `where` is the
+ * call's: what it learnt of earlier blocks' arrays holds for this one's. */
+mn_status ctx_db(Ctx &c, mnc_backend *cb, mnc_lane *l, MncWhere &where,
+                 const mn_tensor *q, const mn_vecblock *vb, int metric,
+                 bool want_gemm) {
   c.cb = cb;
   c.l = l;
   c.s = l->stream;
@@ -608,18 +649,22 @@ mn_status ctx_db(Ctx &c, mnc_backend *cb, mnc_lane *l, const mn_tensor *q,
   db.nvec = (db.rowbytes + 15) / 16;
   bool al16 = (uintptr_t)t->data % 16 == 0 && (c.N <= 1 || t->stride % 16 == 0);
   db.nfull = al16 ? db.rowbytes / 16 : 0;
-  if (c.dt == MN_DTYPE_I8 || c.dt == MN_DTYPE_I4)
+  const bool scales = c.dt == MN_DTYPE_I8 || c.dt == MN_DTYPE_I4;
+  const bool norms = c.dt != MN_DTYPE_BIN && metric != MN_METRIC_IP;
+  if ((scales && vb->scales) || (norms && vb->norms))
+    where.see_codes(t->data);
+  if (scales)
     MNC_CHECK(mn__cuda_device_floats(cb, l, vb->scales, (size_t)c.N,
-                                     &c.b_scales, &db.scales));
+                                     &c.b_scales, &db.scales, &where));
   if (c.dt == MN_DTYPE_U8) {
     MNC_CHECK(mn__cuda_device_floats(cb, l, vb->affine->vmin, (size_t)c.d,
-                                     &c.b_vmin, &db.vmin));
+                                     &c.b_vmin, &db.vmin, &where));
     MNC_CHECK(mn__cuda_device_floats(cb, l, vb->affine->scale, (size_t)c.d,
-                                     &c.b_vsc, &db.vsc));
+                                     &c.b_vsc, &db.vsc, &where));
   }
-  if (c.dt != MN_DTYPE_BIN && metric != MN_METRIC_IP)
+  if (norms)
     MNC_CHECK(mn__cuda_device_floats(cb, l, vb->norms, (size_t)c.N, &c.b_norms,
-                                     &db.norms));
+                                     &db.norms, &where));
   c.need_norm = c.dt != MN_DTYPE_BIN && metric != MN_METRIC_IP && !db.norms;
 
   const int64_t elem = c.dt == MN_DTYPE_F32 ? 4 : c.dt == MN_DTYPE_F16 ? 2 : 1;
@@ -689,9 +734,10 @@ mn_status ctx_query(Ctx &c, const mn_tensor *q) {
   return MN_OK;
 }
 
-mn_status ctx_init(Ctx &c, mnc_backend *cb, mnc_lane *l, const mn_tensor *q,
-                   const mn_vecblock *vb, int metric, bool want_gemm) {
-  MNC_CHECK(ctx_db(c, cb, l, q, vb, metric, want_gemm));
+mn_status ctx_init(Ctx &c, mnc_backend *cb, mnc_lane *l, MncWhere &where,
+                   const mn_tensor *q, const mn_vecblock *vb, int metric,
+                   bool want_gemm) {
+  MNC_CHECK(ctx_db(c, cb, l, where, q, vb, metric, want_gemm));
   return ctx_query(c, q);
 }
 
@@ -858,6 +904,26 @@ mn_status scan_search(Ctx &c, int k, float *bk, int *bi) {
   return scan_enqueue(c, p, k, bk, bi, pk.as<float>(), pi.as<int>());
 }
 
+/* Rows [r0, r0 + len) of c's int8 block widened into `wide` (their norms
+ * into xn when c needs them), with the widest loads its layout allows. */
+template <bool NORMS>
+mn_status widen_i8(const Ctx &c, unsigned g, int64_t r0, int64_t len,
+                   __half *wide, float *xn) {
+  const uintptr_t at =
+      (uintptr_t)c.db.codes | (uintptr_t)(c.N > 1 ? c.db.stride : (int64_t)0);
+  if (at % 16 == 0)
+    widen_i8_kernel<16, NORMS>
+        <<<g, 256, 0, c.s>>>(c.db, r0, len, c.ldh, wide, xn);
+  else if (at % 4 == 0)
+    widen_i8_kernel<4, NORMS>
+        <<<g, 256, 0, c.s>>>(c.db, r0, len, c.ldh, wide, xn);
+  else
+    widen_i8_kernel<1, NORMS>
+        <<<g, 256, 0, c.s>>>(c.db, r0, len, c.ldh, wide, xn);
+  MNC_LAUNCHED("widen_i8_kernel");
+  return MN_OK;
+}
+
 /* One chunk's dot products into S ([Q][ldS] floats; float16 times
  * tile16_alpha when c.tile16): cuBLAS on c.s. */
 mn_status chunk_gemm(Ctx &c, int64_t r0, int64_t len, void *S, int64_t ldS,
@@ -866,9 +932,10 @@ mn_status chunk_gemm(Ctx &c, int64_t r0, int64_t len, void *S, int64_t ldS,
   cublasHandle_t h = c.l->blas;
   const unsigned g = mnc_grid(c.cb, (len + 7) / 8, 16);
   if (c.dt == MN_DTYPE_I8) {
-    widen_i8_kernel<<<g, 256, 0, c.s>>>(c.db, r0, len, c.ldh, wide,
-                                        c.need_norm ? xn : nullptr);
-    MNC_LAUNCHED("widen_i8_kernel");
+    if (c.need_norm)
+      MNC_CHECK(widen_i8<true>(c, g, r0, len, wide, xn));
+    else
+      MNC_CHECK(widen_i8<false>(c, g, r0, len, wide, nullptr));
   } else if (c.need_norm) {
     if (c.dt == MN_DTYPE_F32)
       norms_kernel<MN_DTYPE_F32><<<g, 256, 0, c.s>>>(c.db, r0, len, xn);
@@ -1317,11 +1384,12 @@ mn_status mn__cuda_similarity(mn_backend *b, const mn_tensor *q,
   MncLane lane;
   MNC_CHECK(lane.get(cb));
   const int64_t ldo = q->rows > 1 ? out->stride / 4 : db->codes.rows;
+  MncWhere where(cb);
   for (int64_t r0 = 0; r0 < db->codes.rows; r0 += SEGMENT) {
     int64_t n = db->codes.rows - r0 < SEGMENT ? db->codes.rows - r0 : SEGMENT;
     mn_vecblock seg = segment_of(db, r0, n);
     Ctx c;
-    MNC_CHECK(ctx_init(c, cb, lane.l, q, &seg, metric, true));
+    MNC_CHECK(ctx_init(c, cb, lane.l, where, q, &seg, metric, true));
     MNC_CHECK(similarity_impl(c, (float *)out->data + r0, ldo));
     MNC_TRY(cudaStreamSynchronize(lane.s()));
   }
@@ -1409,12 +1477,13 @@ mn_status mn__cuda_search(mn_backend *b, const mn_tensor *q,
     scores[i] = -INFINITY;
     ids[i] = -1;
   }
+  MncWhere where(cb);
   for (int64_t r0 = 0; r0 < N && st == MN_OK; r0 += SEGMENT) {
     int64_t len = N - r0 < SEGMENT ? N - r0 : SEGMENT;
     mn_vecblock seg = segment_of(db, r0, len);
     Ctx c;
     c.tile16_k = k;
-    st = ctx_init(c, cb, lane.l, q, &seg, metric, true);
+    st = ctx_init(c, cb, lane.l, where, q, &seg, metric, true);
     if (st == MN_OK)
       st = search_block(c, k, hkey, hid);
     if (st == MN_OK)
@@ -1524,6 +1593,7 @@ mn_status search_batch(mnc_backend *cb, const mn_tensor *q,
   mnc_lane *l = lane.l;
   CtxArray cs;
   MNC_CHECK(cs.make(nb));
+  MncWhere where(cb);
   HostMem plan_mem;
   MNC_CHECK(plan_mem.alloc((size_t)nb * sizeof(BlockPlan)));
   BlockPlan *plans = (BlockPlan *)plan_mem.p;
@@ -1538,7 +1608,7 @@ mn_status search_batch(mnc_backend *cb, const mn_tensor *q,
       continue;
     Ctx &c = cs.v[i];
     const int k = (int)bl->k;
-    MNC_CHECK(ctx_db(c, cb, l, q, &bl->db, metric, true));
+    MNC_CHECK(ctx_db(c, cb, l, where, q, &bl->db, metric, true));
     MNC_CHECK(ctx_query_batched(cs.v, i, q));
     BlockPlan &p = plans[i];
     if (c.gemm) {
@@ -1679,6 +1749,7 @@ mn_status mn__cuda_similarity_many(mn_backend *b, const mn_tensor *q,
   MNC_CHECK(lane.get(cb));
   CtxArray cs;
   MNC_CHECK(cs.make(pieces));
+  MncWhere where(cb);
   /* blocks of more than SEGMENT rows in segments, as mn__cuda_similarity */
   size_t wide_elems = 0, xn_elems = 0;
   for (int pass = 0; pass < 2; pass++) {
@@ -1703,7 +1774,7 @@ mn_status mn__cuda_similarity_many(mn_backend *b, const mn_tensor *q,
         Ctx &c = cs.v[p];
         if (pass == 0) {
           mn_vecblock seg = segment_of(db, r0, n);
-          MNC_CHECK(ctx_db(c, cb, lane.l, q, &seg, metric, true));
+          MNC_CHECK(ctx_db(c, cb, lane.l, where, q, &seg, metric, true));
           MNC_CHECK(ctx_query_batched(cs.v, p, q));
           if (similarity_gemm(c, ldo)) {
             const size_t C = (size_t)chunk_of(c);

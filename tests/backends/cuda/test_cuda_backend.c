@@ -2,7 +2,8 @@
  * test_cuda_backend.c - the CUDA plugin, op by op, against the CPU backend
  * on fresh random inputs; plus what only a device backend has: staged
  * copies, the memory pool and gpu.memory_limit, device OOM, several
- * threads at once.
+ * threads at once, per-row arrays in host and device memory in one
+ * batched call.
  *
  * The plugin is loaded from $MNEMO_TEST_CUDA_PLUGIN when set (e.g. the
  * host emulator's build, tests/backends/cuda/emu), else from the path CMake
@@ -749,9 +750,11 @@ static mn_vecblock block_for(const stored *s, int on_gpu, int variant) {
   return v;
 }
 
-static void check_similarity(mn_dtype dt, int64_t n, int64_t d, int64_t nq,
-                             int64_t pad) {
-  stored s = make_stored(dt, n, d, pad, 0);
+/* Similarity of nq random queries against s, every metric and variant. */
+static void check_similarity_of(const stored *sp, int64_t nq) {
+  const stored s = *sp;
+  const mn_dtype dt = s.dt;
+  const int64_t n = s.n, d = s.d;
   float *q = rand_matrix(nq, d, 1.f);
   mn_tensor hq = host_f32(q, nq, d);
   mn_tensor dq = to_dev(gpu, &hq, 0);
@@ -777,6 +780,12 @@ static void check_similarity(mn_dtype dt, int64_t n, int64_t d, int64_t nq,
   free(ref);
   mn_backend_free(gpu, dq.data);
   free(q);
+}
+
+static void check_similarity(mn_dtype dt, int64_t n, int64_t d, int64_t nq,
+                             int64_t pad) {
+  stored s = make_stored(dt, n, d, pad, 0);
+  check_similarity_of(&s, nq);
   free_stored(&s);
 }
 
@@ -938,6 +947,50 @@ static void test_search(void **state) {
   free_stored(&u);
 }
 
+/* s's device rows moved `off` bytes into a buffer of their own; *base is
+ * what to free (after which s->dev.data is to be cleared). */
+static void shift_dev(stored *s, int64_t off, void **base) {
+  const size_t bytes = (size_t)(s->n * s->dev.stride);
+  char *b = NULL;
+  CHECK_OK(mn_backend_alloc(gpu, bytes + (size_t)off, (void **)&b));
+  unsigned char *tmp = malloc(bytes);
+  assert_non_null(tmp);
+  CHECK_OK(mn_backend_download(gpu, tmp, s->dev.data, bytes));
+  CHECK_OK(mn_backend_upload(gpu, b + off, tmp, bytes));
+  free(tmp);
+  mn_backend_free(gpu, s->dev.data);
+  s->dev.data = b + off;
+  *base = b;
+}
+
+/* int8 rows on the GEMM path (16 or more queries, 1024 rows or more) are
+ * widened to float16 with 16-byte, 4-byte or byte loads, as the block's
+ * start and row stride allow, the rest of a row byte by byte: odd widths
+ * (3, 17, 769) with strides and starts that allow each load width; every
+ * metric, norms given and computed (check_similarity_of's variants). */
+static void test_int8_widths(void **state) {
+  (void)state;
+  /* width, row padding, start offset (bytes) */
+  const int64_t cases[][3] = {{3, 0, 0},    {3, 1, 0},   {17, 0, 0},
+                              {17, 3, 0},   {17, 15, 0}, {17, 15, 4},
+                              {17, 15, 1},  {769, 0, 0}, {769, 3, 0},
+                              {769, 15, 0}, {100, 0, 0}, {96, 0, 4}};
+  for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+    stored s = make_stored(MN_DTYPE_I8, 1100, cases[c][0], cases[c][1], 0);
+    void *base = NULL;
+    if (cases[c][2])
+      shift_dev(&s, cases[c][2], &base);
+    check_similarity_of(&s, 20);
+    for (int metric = 0; metric <= MN_METRIC_L2; metric++)
+      check_search_case(&s, 20, 10, metric, (int)(c + (size_t)metric) % 4);
+    if (base) {
+      mn_backend_free(gpu, base);
+      s.dev.data = NULL;
+    }
+    free_stored(&s);
+  }
+}
+
 static mn_backend *gpu_saved; /* gpu while a test swaps in another */
 
 /* Teardown of a test that swapped `gpu`: put it back even after a failed
@@ -998,6 +1051,157 @@ static void test_search_f16_tiles(void **state) {
   check_search_case(&v, 16, 10, MN_METRIC_IP, 0);
   check_search_case(&v, 16, 10, MN_METRIC_L2, 3);
   free_stored(&v);
+}
+
+/* search_many / similarity_many over int8 blocks whose scales and norms
+ * live in different places in one call (the plugin finds out where a
+ * call's arrays live once, not per block): behind the block's codes in
+ * one device buffer (the store's layout); in device buffers of their own;
+ * in host memory; host scales with device norms; two blocks cut from one
+ * device buffer (codes, scales and norms at offsets inside it); a block
+ * sharing another's host arrays; a block without norms. Against the CPU
+ * backend, which reads the same arrays from the host. */
+#define NPLACES 7
+static void check_array_places(int64_t nq, int metric) {
+  const int64_t d = 48, k = 10;
+  const int64_t rows[NPLACES] = {1100, 300, 1030, 64, 500, 700, 1030};
+  stored st[NPLACES];
+  for (int i = 0; i < NPLACES; i++)
+    if (i != 6) /* block 6 is block 2 again */
+      st[i] = make_stored(MN_DTYPE_I8, rows[i], d, 0, 0);
+  const size_t rb = mn_dtype_row_bytes(MN_DTYPE_I8, d);
+  /* block 0: codes, then scales, then norms, in one device buffer */
+  const size_t c0 = ((size_t)rows[0] * rb + 15) / 16 * 16;
+  const size_t n0 = c0 + ((size_t)rows[0] * 4 + 15) / 16 * 16;
+  char *buf0 = NULL;
+  CHECK_OK(mn_backend_alloc(gpu, n0 + (size_t)rows[0] * 4, (void **)&buf0));
+  CHECK_OK(mn_backend_upload(gpu, buf0, st[0].host.data, (size_t)rows[0] * rb));
+  CHECK_OK(
+      mn_backend_upload(gpu, buf0 + c0, st[0].scales, (size_t)rows[0] * 4));
+  CHECK_OK(mn_backend_upload(gpu, buf0 + n0, st[0].norms, (size_t)rows[0] * 4));
+  /* blocks 4 and 5: both blocks' codes, then their scales, then their
+   * norms, in one device buffer */
+  const int64_t r45 = rows[4] + rows[5];
+  const size_t s45 = ((size_t)r45 * rb + 15) / 16 * 16;
+  const size_t m45 = s45 + (size_t)r45 * 4;
+  char *buf45 = NULL;
+  CHECK_OK(mn_backend_alloc(gpu, m45 + (size_t)r45 * 4, (void **)&buf45));
+  for (int i = 4, off = 0; i < 6; off += (int)rows[i], i++) {
+    CHECK_OK(mn_backend_upload(gpu, buf45 + (size_t)off * rb, st[i].host.data,
+                               (size_t)rows[i] * rb));
+    CHECK_OK(mn_backend_upload(gpu, buf45 + s45 + (size_t)off * 4, st[i].scales,
+                               (size_t)rows[i] * 4));
+    CHECK_OK(mn_backend_upload(gpu, buf45 + m45 + (size_t)off * 4, st[i].norms,
+                               (size_t)rows[i] * 4));
+  }
+
+  mn_vecblock hb[NPLACES], gb[NPLACES];
+  for (int i = 0; i < NPLACES; i++) {
+    const stored *s = &st[i == 6 ? 2 : i];
+    memset(&hb[i], 0, sizeof hb[i]);
+    hb[i].codes = s->host;
+    hb[i].scales = s->scales;
+    hb[i].norms = i == 3 ? NULL : s->norms;
+    gb[i] = hb[i];
+    gb[i].codes = s->dev;
+  }
+  gb[0].codes.data = buf0;
+  gb[0].scales = (const float *)(buf0 + c0);
+  gb[0].norms = (const float *)(buf0 + n0);
+  gb[1].scales = st[1].dscales; /* device buffers of their own */
+  gb[1].norms = st[1].dnorms;
+  gb[3].scales = st[3].dscales; /* no norms */
+  gb[4].norms = st[4].dnorms;   /* host scales, device norms */
+  for (int i = 4, off = 0; i < 6; off += (int)rows[i], i++) {
+    gb[i].codes.data = buf45 + (size_t)off * rb;
+    gb[i].scales = (const float *)(buf45 + s45) + off;
+    gb[i].norms = (const float *)(buf45 + m45) + off;
+  }
+  gb[4].scales = st[4].scales;
+  /* blocks 2 and 6: the same device codes, the same host arrays */
+
+  float *q = rand_matrix(nq, d, 1.f);
+  mn_tensor hq = host_f32(q, nq, d);
+  mn_tensor dq = to_dev(gpu, &hq, 0);
+  int64_t total = 0;
+  for (int i = 0; i < NPLACES; i++)
+    total += rows[i];
+  char what[96];
+
+  /* similarity_many: every block's scores side by side */
+  float *ref = malloc((size_t)(nq * total) * 4);
+  assert_non_null(ref);
+  mn_tensor ho = host_f32(ref, nq, total);
+  CHECK_OK(mn_backend_similarity_many(cpu, &hq, hb, NPLACES, (mn_metric)metric,
+                                      &ho));
+  mn_tensor go = dev_out(gpu, MN_DTYPE_F32, nq, total, 0);
+  CHECK_OK(mn_backend_similarity_many(gpu, &dq, gb, NPLACES, (mn_metric)metric,
+                                      &go));
+  mn_tensor gh = to_host(gpu, &go);
+  snprintf(what, sizeof what, "similarity_many array places %s q=%lld",
+           mn_metric_name((mn_metric)metric), (long long)nq);
+  assert_nmse(gh.data, ref, (size_t)(nq * total), 1e-9, what);
+  free(gh.data);
+  mn_backend_free(gpu, go.data);
+
+  /* search_many: rank by rank the CPU's scores, each id scored as its
+   * similarity */
+  mn_search_block cb[NPLACES], gsb[NPLACES];
+  for (int i = 0; i < NPLACES; i++) {
+    size_t n = (size_t)(nq * k);
+    cb[i] = (mn_search_block){hb[i], k, malloc(n * 4), malloc(n * 8)};
+    gsb[i] = (mn_search_block){gb[i], k, malloc(n * 4), malloc(n * 8)};
+    assert_true(cb[i].scores && cb[i].ids && gsb[i].scores && gsb[i].ids);
+    memset(gsb[i].scores, 0xFF, n * 4);
+    memset(gsb[i].ids, 0x7F, n * 8);
+  }
+  CHECK_OK(mn_backend_search_many(cpu, &hq, cb, NPLACES, (mn_metric)metric));
+  CHECK_OK(mn_backend_search_many(gpu, &dq, gsb, NPLACES, (mn_metric)metric));
+  int64_t col = 0;
+  for (int i = 0; i < NPLACES; i++) {
+    snprintf(what, sizeof what, "search_many array places %s q=%lld block %d",
+             mn_metric_name((mn_metric)metric), (long long)nq, i);
+    for (int64_t j = 0; j < nq; j++) {
+      const float *row = ref + j * total + col;
+      double scale = 1e-6;
+      for (int64_t r = 0; r < rows[i]; r++)
+        scale = fmax(scale, fabs(row[r]));
+      const double tol = 2e-5 * scale;
+      for (int64_t r = 0; r < k; r++) {
+        const int64_t g = gsb[i].ids[j * k + r];
+        const float gv = gsb[i].scores[j * k + r], cv = cb[i].scores[j * k + r];
+        if (g < 0 || g >= rows[i])
+          fail_msg("%s: query %lld rank %lld id %lld", what, (long long)j,
+                   (long long)r, (long long)g);
+        if (!(fabs(gv - row[g]) <= tol) || !(fabs(gv - cv) <= tol))
+          fail_msg("%s: query %lld rank %lld id %lld scored %g, its "
+                   "similarity %g, the cpu's rank %g",
+                   what, (long long)j, (long long)r, (long long)g, gv, row[g],
+                   cv);
+      }
+    }
+    col += rows[i];
+    free(cb[i].scores);
+    free(cb[i].ids);
+    free(gsb[i].scores);
+    free(gsb[i].ids);
+  }
+  free(ref);
+  mn_backend_free(gpu, dq.data);
+  free(q);
+  mn_backend_free(gpu, buf0);
+  mn_backend_free(gpu, buf45);
+  for (int i = 0; i < NPLACES; i++)
+    if (i != 6)
+      free_stored(&st[i]);
+}
+
+static void test_many_array_places(void **state) {
+  (void)state;
+  for (int metric = 0; metric <= MN_METRIC_L2; metric++) {
+    check_array_places(3, metric);  /* scan */
+    check_array_places(20, metric); /* GEMM for the blocks of 1024 rows */
+  }
 }
 
 /* ---------------------------------------------------------------------------
@@ -1217,6 +1421,10 @@ int main(void) {
                                                restore_gpu, path),
       cmocka_unit_test_prestate(test_device_oom, path),
       cmocka_unit_test(test_concurrency),
+      /* last, so that the tests above draw the same random data as before
+       * them (test_search_f16_tiles' near-tie check is sensitive to it) */
+      cmocka_unit_test(test_many_array_places),
+      cmocka_unit_test(test_int8_widths),
   };
   int rc = cmocka_run_group_tests(tests, NULL, NULL);
   mn_backend_close(cpu);

@@ -4,8 +4,9 @@ the host emulator (cuda_emu.h): each kernel launch
 `K<<<grid, block[, smem[, stream]]>>>(args);` becomes
 `mnc_emu::launch("K", dim3(grid), dim3(block), smem, stream,
 mnc_emu::bind_args(K, args));`, the dynamic shared memory declaration becomes
-a pointer to the emulated block's buffer and __noinline__ the GNU attribute.
-A launch must start its own line.
+a pointer to the emulated block's buffer, __noinline__ the GNU attribute, and
+`#pragma unroll` lines are emptied. A launch must start its own line (or
+the kernel's name end the line before a line that starts with `<<<`).
 
 The arguments are evaluated and copied at the launch, as CUDA does: the
 launch only queues the kernel on its stream, which runs it later on its own
@@ -33,6 +34,10 @@ def split_top(s):
 
 
 def convert(src):
+    # CUDA's unroll hints mean nothing to the host compiler, which would
+    # warn about an unknown pragma: dropped, the line left empty (#line).
+    src = re.sub(r"^[ \t]*#[ \t]*pragma[ \t]+unroll\b.*$", "", src,
+                 flags=re.M)
     src = src.replace("__noinline__", "__attribute__((noinline))")
     src = re.sub(r"extern\s+__shared__\s+__align__\(\d+\)\s+unsigned char\s+"
                  r"(\w+)\[\];",
@@ -44,6 +49,10 @@ def convert(src):
             out.append(src[i:])
             break
         line_start = src.rfind("\n", 0, j) + 1
+        if not src[line_start:j].strip():
+            # `K<...>` on the line above, as clang-format breaks a long
+            # launch of a template kernel
+            line_start = src.rfind("\n", 0, line_start - 1) + 1
         indent = re.match(r"\s*", src[line_start:]).group(0)
         kstart = line_start + len(indent)
         kernel = src[kstart:j].strip()
@@ -66,10 +75,12 @@ def convert(src):
         args = src[p + 1:q]
         out.append(src[i:kstart])
         bound = kernel + (", " + args if args.strip() else "")
-        out.append("mnc_emu::launch(\"%s\", dim3(%s), dim3(%s), "
+        # the line breaks before the arguments stay, for #line's numbers
+        breaks = "\n" * src.count("\n", kstart, k)
+        out.append("mnc_emu::launch(\"%s\",%s dim3(%s), dim3(%s), "
                    "(size_t)(%s), %s, mnc_emu::bind_args(%s))"
-                   % (kernel.replace('"', '\\"'), cfg[0], cfg[1], cfg[2],
-                      cfg[3], bound))
+                   % (" ".join(kernel.split()).replace('"', '\\"'), breaks,
+                      cfg[0], cfg[1], cfg[2], cfg[3], bound))
         i = q + 1
     return "".join(out)
 

@@ -949,6 +949,11 @@ cudaError_t cudaPointerGetAttributes(struct cudaPointerAttributes *a,
   a->type = k == MEM_DEVICE   ? cudaMemoryTypeDevice
             : k == MEM_PINNED ? cudaMemoryTypeHost
                               : cudaMemoryTypeUnregistered;
+  if (mnc_emu::config().trace) /* a driver query, which a GPU pays for */
+    fprintf(stderr, "cuda_emu: cudaPointerGetAttributes %p: %s\n", p,
+            k == MEM_DEVICE   ? "device"
+            : k == MEM_PINNED ? "pinned"
+                              : "pageable");
   return cudaSuccess;
 }
 

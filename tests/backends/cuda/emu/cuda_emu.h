@@ -38,7 +38,8 @@
  *   MNEMO_EMU_SEED=S            what is drawn for the above (default 1)
  *   MNEMO_EMU_POISON=B|none     fill of new device and pinned memory
  *                               (default 0x7F: float 3.4e38, half NaN)
- *   MNEMO_EMU_TRACE=1           each op's start and end to stderr
+ *   MNEMO_EMU_TRACE=1           each op's start and end to stderr, and
+ *                               each cudaPointerGetAttributes
  * Misuse aborts with a message: a destroyed or unknown stream or event,
  * a bad launch configuration, the per-thread default stream.
  *
