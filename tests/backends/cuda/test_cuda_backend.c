@@ -845,11 +845,27 @@ static void check_search_case(const stored *s, int64_t nq, int64_t k,
            (long long)nq, (long long)s->n, (long long)k, variant);
   char *seen = malloc((size_t)s->n + 1);
   assert_non_null(seen);
+  double max_norm = 0.0;
+  for (int64_t i = 0; i < s->n; i++)
+    max_norm = fmax(max_norm, s->norms[i]);
   for (int64_t j = 0; j < nq; j++) {
     const float *row = sim + j * s->n;
     double scale = 1e-6;
     for (int64_t i = 0; i < s->n; i++)
       scale = fmax(scale, fabs(row[i]));
+    /* float32 rounding of a dot product is relative to the sum of
+     * |q_c x_c| (at most |q| |x|), not to the score: near-tie rows that
+     * are all one vector can score near 0 for a query nearly orthogonal
+     * to it, and a tolerance from the largest score alone was then below
+     * the CPU reference's own rounding */
+    if (metric == MN_METRIC_IP) {
+      double qn = 0.0;
+      for (int64_t c = 0; c < s->d; c++)
+        qn += (double)q[j * s->d + c] * q[j * s->d + c];
+      scale = fmax(scale, sqrt(qn) * max_norm);
+    } else if (metric == MN_METRIC_COSINE) {
+      scale = fmax(scale, 1.0);
+    }
     double tol = 2e-5 * scale;
     memset(seen, 0, (size_t)s->n);
     for (int64_t i = 0; i < k; i++) {
