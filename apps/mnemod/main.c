@@ -309,7 +309,8 @@ int main(int argc, char **argv) {
   mn_config cfg;
   mn_config_defaults(&cfg);
   if (config_path && mn_config_load_file(&cfg, config_path) != MN_OK) {
-    fprintf(stderr, "mnemod: config file %s: %s\n", config_path, mn_errmsg());
+    /* every message of mn_config_load_file names the file already */
+    fprintf(stderr, "mnemod: %s\n", mn_errmsg());
     return EXIT_USAGE;
   }
   if (mn_config_apply_env(&cfg) != MN_OK) {
