@@ -85,12 +85,14 @@ def test_bad_config_file_exits_2_naming_the_key(tmp_path):
     r = run(["--config", str(cfg)])
     assert r.returncode == 2
     assert "server.prot" in r.stderr and "server.port" in r.stderr
+    assert r.stderr.count(str(cfg)) == 1  # the file, named once
     cfg.write_text("{not json")
     r = run(["--config", str(cfg)])
     assert r.returncode == 2
-    assert str(cfg) in r.stderr
+    assert r.stderr.count(str(cfg)) == 1 and "not valid JSON" in r.stderr
     r = run(["--config", str(tmp_path / "missing.json")])
     assert r.returncode == 2
+    assert "missing.json" in r.stderr and "No such file" in r.stderr
 
 
 def test_bad_environment_exits_2_naming_the_variable():
