@@ -377,7 +377,9 @@ typedef struct mn_search_params {
   double min_similarity;      /* drop results whose similarity is lower */
   double time_decay;          /* per second, >= 0; 0: no decay */
   double significance_weight; /* >= 0; 0: significance does not count */
-  double now;                 /* reference time for decay; 0: the clock */
+  int has_now;                /* else: now is the store's clock */
+  double now;                 /* reference time for decay: any finite
+                                 time, 0 (the epoch) included */
   unsigned include;           /* MN_INCLUDE_* */
   int reinforce;              /* reinforce the significance of what is
                                  returned (header comment) */

@@ -617,8 +617,10 @@ int mn__h_search_memories(mn__call *c, const mn__jv *p, mn__jw *w) {
     sp.time_decay = v->u.num;
   if ((v = mn__jobj_get(p, "significance_weight")))
     sp.significance_weight = v->u.num;
-  if ((v = mn__jobj_get(p, "now")))
+  if ((v = mn__jobj_get(p, "now"))) {
+    sp.has_now = 1;
     sp.now = v->u.num;
+  }
   if ((v = mn__jobj_get(p, "reinforce")))
     sp.reinforce = v->u.b;
   if ((rc = parse_include(c, mn__jobj_get(p, "include"), &sp.include)))

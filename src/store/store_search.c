@@ -722,7 +722,7 @@ static mn_status check_params(const st_coll *c, const mn_search_params *p) {
                          p->since, p->until);
   if (p->has_min_similarity && !isfinite(p->min_similarity))
     return mn__set_error(MN_ERR_INVALID, "min_similarity must be finite");
-  if (!isfinite(p->now))
+  if (p->has_now && !isfinite(p->now))
     return mn__set_error(MN_ERR_INVALID, "now must be finite");
   if (p->chat_id && strlen(p->chat_id) > MN_CHAT_ID_MAX)
     return mn__set_error(MN_ERR_INVALID,
@@ -954,7 +954,7 @@ mn_status mn_store_search(mn_store *s, const char *coll,
   x.p = p;
   x.nq = p->n_queries;
   x.k = p->k;
-  x.now = p->now != 0 ? p->now : mn__st_now(s);
+  x.now = p->has_now ? p->now : mn__st_now(s);
   x.fast = !p->chat_id && !p->has_since && !p->has_until && !filter &&
            p->time_decay == 0 && p->significance_weight == 0;
   mn_search_result *res = calloc(1, sizeof *res);

@@ -725,6 +725,53 @@ static void test_health_and_metrics(void **state) {
   fx_free(f);
 }
 
+/* searchMemories' now is the reference time the client gives, 0 (the
+ * epoch) included: it used to stand for "the clock", so a decay relative
+ * to the epoch silently used the current time instead. */
+static void test_search_now_zero(void **state) {
+  (void)state;
+  fx *f = fx_new();
+  json_t *rep, *res;
+  res = fx_ok(f,
+              "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"createCollection\","
+              "\"params\":{\"name\":\"t\",\"dim\":2,\"metric\":\"ip\"}}",
+              &rep);
+  json_decref(rep);
+  res = fx_ok(f,
+              "{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"addMemories\","
+              "\"params\":{\"collection\":\"t\",\"memories\":["
+              "{\"id\":\"a\",\"embedding\":[1,0],\"timestamp\":0,"
+              "\"significance\":1},"
+              "{\"id\":\"b\",\"embedding\":[1,0],\"timestamp\":100,"
+              "\"significance\":1}]}}",
+              &rep);
+  json_decref(rep);
+  /* now 0: neither memory is older than the reference time. */
+  static const char *const nows[] = {"0", "0.0", "-0.0", "50"};
+  for (int c = 0; c < 4; c++) {
+    char msg[512];
+    snprintf(msg, sizeof msg,
+             "{\"jsonrpc\":\"2.0\",\"id\":3,\"method\":\"searchMemories\","
+             "\"params\":{\"collection\":\"t\",\"query\":[1,0],\"k\":2,"
+             "\"time_decay\":0.01,\"now\":%s}}",
+             nows[c]);
+    res = fx_ok(f, msg, &rep);
+    json_t *hits = json_array_get(json_object_get(res, "results"), 0);
+    assert_int_equal(json_array_size(hits), 2);
+    for (size_t j = 0; j < 2; j++) {
+      json_t *h = json_array_get(hits, j);
+      const char *id = json_string_value(json_object_get(h, "id"));
+      double want = c < 3 || strcmp(id, "b") == 0 ? 1.0 : exp(-0.01 * 50);
+      double got = json_number_value(json_object_get(h, "decay"));
+      if (fabs(got - want) > 1e-12)
+        fail_msg("now %s: %s decays %.17g, expected %.17g", nows[c], id, got,
+                 want);
+    }
+    json_decref(rep);
+  }
+  fx_free(f);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_collections),
@@ -734,6 +781,7 @@ int main(void) {
       cmocka_unit_test(test_nul_in_strings),
       cmocka_unit_test(test_chunks),
       cmocka_unit_test(test_health_and_metrics),
+      cmocka_unit_test(test_search_now_zero),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

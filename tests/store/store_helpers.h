@@ -215,6 +215,7 @@ static inline void pair_searches(mn_store *dev, mn_store *cpu, const char *coll,
     p.n_queries = nq;
     p.dim = dim;
     p.k = ks[variant % 3];
+    p.has_now = 1;
     p.now = 5000;
     const char *name = "fast";
     switch (variant) {

@@ -6,7 +6,8 @@
  * float16, int8 and binary (reference on the decoded stored vectors, which
  * are first checked against the originals); the same searches again after
  * a reopen with an L2 budget so small that most chunks live only on disk;
- * and a PCA collection (projection done here in double).
+ * a PCA collection (projection done here in double); and the decay's
+ * reference time given as 0 (the epoch, not the clock).
  *
  * Results must equal the reference up to ties: the same number of hits,
  * each hit's score, similarity, significance, decay and timestamp equal to
@@ -270,6 +271,7 @@ static int64_t check_search(mn_store *s, const char *coll, const dataset *d,
   p.k = k;
   p.time_decay = rate;
   p.significance_weight = w;
+  p.has_now = 1;
   p.now = T0;
   p.has_min_similarity = has_min;
   p.min_similarity = minsim;
@@ -731,12 +733,94 @@ static void test_dead_rows(void **state) {
   free(dir);
 }
 
+/* The reference time of the decay is whatever the caller gives, the epoch
+ * (0) included; only without has_now does the store read its clock. */
+static void test_now_zero(void **state) {
+  (void)state;
+  char *dir = make_tmpdir();
+  mn_store_opts o;
+  test_opts(&o, dir);
+  test_clock clk = {T0};
+  o.clock = test_clock_fn;
+  o.clock_user = &clk;
+  mn_store *s;
+  ST_OK(mn_store_open(&o, &s));
+  mn_collection_opts co = coll_opts("t", 2, MN_METRIC_IP, MN_DTYPE_F32);
+  ST_OK(mn_store_collection_create(s, &co, NULL));
+  static const float v[2] = {1, 0};
+  mn_memory_in m[2];
+  static const char *ids[2] = {"epoch", "later"};
+  static const double ts[2] = {0.0, 100.0};
+  for (int i = 0; i < 2; i++) {
+    mn_memory_in_init(&m[i]);
+    m[i].id = ids[i];
+    m[i].embedding = v;
+    m[i].has_timestamp = 1;
+    m[i].timestamp = ts[i];
+    m[i].has_significance = 1;
+    m[i].significance = 1.0;
+  }
+  ST_OK(mn_store_add(s, "t", m, 2, NULL));
+  const double rate = 0.01;
+  /* now, and the decay each memory must get (in insertion order). */
+  struct {
+    int has_now;
+    double now;
+    double decay[2];
+  } cases[] = {
+      {1, 0.0, {1.0, 1.0}}, /* neither is older than the epoch */
+      {1, 50.0, {exp(-rate * 50.0), 1.0}},
+      {1, -20.0, {1.0, 1.0}},
+      {0, 0.0, {exp(-rate * T0), exp(-rate * (T0 - 100.0))}}, /* the clock */
+  };
+  for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+    mn_search_params p;
+    mn_search_params_init(&p);
+    p.queries = v;
+    p.n_queries = 1;
+    p.dim = 2;
+    p.k = 2;
+    p.time_decay = rate;
+    p.has_now = cases[c].has_now;
+    p.now = cases[c].now;
+    mn_search_result *res;
+    ST_OK(mn_store_search(s, "t", &p, &res));
+    int64_t n;
+    const mn_search_hit *h = mn_search_result_hits(res, 0, &n);
+    assert_int_equal(n, 2);
+    for (int j = 0; j < 2; j++) {
+      int i = strcmp(h[j].id, "epoch") == 0 ? 0 : 1;
+      double want = cases[c].decay[i];
+      if (fabs(h[j].decay - want) > 1e-12 * (1 + want))
+        fail_msg("now %g (has_now %d): %s decays %.17g, expected %.17g",
+                 cases[c].now, cases[c].has_now, h[j].id, h[j].decay, want);
+      assert_true(fabs(h[j].score - want) <= 1e-7 * (1 + want));
+    }
+    mn_search_result_free(res);
+  }
+  /* A given now must be finite; without has_now it is not looked at. */
+  mn_search_params p;
+  mn_search_params_init(&p);
+  p.queries = v;
+  p.n_queries = 1;
+  p.dim = 2;
+  p.has_now = 1;
+  p.now = INFINITY;
+  mn_search_result *res = NULL;
+  assert_int_equal(mn_store_search(s, "t", &p, &res), MN_ERR_INVALID);
+  p.has_now = 0;
+  ST_OK(mn_store_search(s, "t", &p, &res));
+  mn_search_result_free(res);
+  mn_store_close(s);
+  rm_rf(dir);
+  free(dir);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_metrics),
-      cmocka_unit_test(test_dtypes),
-      cmocka_unit_test(test_pca),
-      cmocka_unit_test(test_dead_rows),
+      cmocka_unit_test(test_metrics),  cmocka_unit_test(test_dtypes),
+      cmocka_unit_test(test_pca),      cmocka_unit_test(test_dead_rows),
+      cmocka_unit_test(test_now_zero),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
