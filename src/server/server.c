@@ -95,6 +95,9 @@ static void lws_log_emit(int level, const char *line) {
  * connection closed before its 34-byte body. */
 static int http_respond(struct lws *wsi, unsigned status, const char *ctype,
                         const char *body, size_t len) {
+  /* HEAD: the headers a GET would get, Content-Length included, and no
+   * body (RFC 9110 9.3.2); load balancers probe /health this way. */
+  int head = lws_hdr_total_length(wsi, WSI_TOKEN_GET_URI) <= 0;
   size_t cap = LWS_PRE + 512 + len + 1;
   unsigned char *buf = malloc(cap);
   if (!buf)
@@ -109,8 +112,10 @@ static int http_respond(struct lws *wsi, unsigned status, const char *ctype,
     free(buf);
     return -1;
   }
-  memcpy(p, body, len);
-  p += len;
+  if (!head) {
+    memcpy(p, body, len);
+    p += len;
+  }
   int n = lws_write(wsi, start, (size_t)(p - start), LWS_WRITE_HTTP_HEADERS);
   free(buf);
   if (n < 0)
@@ -119,11 +124,12 @@ static int http_respond(struct lws *wsi, unsigned status, const char *ctype,
 }
 
 static int http_route(mn_server *s, struct lws *wsi, const char *uri) {
-  if (lws_hdr_total_length(wsi, WSI_TOKEN_GET_URI) <= 0) {
+  if (lws_hdr_total_length(wsi, WSI_TOKEN_GET_URI) <= 0 &&
+      lws_hdr_total_length(wsi, WSI_TOKEN_HEAD_URI) <= 0) {
     /* Answered at once, headers and body in one write: a request with a
      * body would otherwise hold back the writeable callback. */
     if (lws_return_http_status(wsi, HTTP_STATUS_METHOD_NOT_ALLOWED,
-                               "only GET is served here"))
+                               "only GET and HEAD are served here"))
       return -1;
     return lws_http_transaction_completed(wsi) ? -1 : 0;
   }

@@ -93,6 +93,31 @@ def test_unknown_path_is_404_and_says_what_exists(server):
     assert b"/health" in body
 
 
-def test_only_get_is_served(server):
-    status, _, _ = server.http("/health", method="POST")
+def test_only_get_and_head_are_served(server):
+    status, _, body = server.http("/health", method="POST")
     assert status == 405
+    assert b"only GET and HEAD" in body
+
+
+def test_head_gets_the_get_headers_without_a_body(server):
+    """HEAD (load balancers' probes): the status, type and length a GET
+    gets, no body, and the connection stays usable (HTTP keep-alive)."""
+    import http.client
+    c = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    try:
+        for path, want in (("/ready", 200), ("/metrics", 200), ("/nope", 404),
+                           ("/health", 200)):
+            c.request("GET", path)
+            g = c.getresponse()
+            gbody = g.read()
+            c.request("HEAD", path)
+            h = c.getresponse()
+            assert h.read() == b""
+            assert h.status == g.status == want
+            assert h.getheader("Content-Type") == g.getheader("Content-Type")
+            if path in ("/ready", "/nope"):  # the same document both times
+                assert int(h.getheader("Content-Length")) == len(gbody)
+            else:  # counters and uptime move between the two
+                assert int(h.getheader("Content-Length")) > 0
+    finally:
+        c.close()
