@@ -1016,6 +1016,26 @@ static void small_limits(mn_config *c) {
   c->cache_size = (uint64_t)64 << 20;
   c->disk_limit = (uint64_t)512 << 20;
   c->max_json_depth = 64;
+  c->gpu_min_elements = 0; /* a device backend takes every job */
+}
+
+/* The engine on the CPU backend, or on the backend plugin named by
+ * MNEMO_FUZZ_PLUGIN (test_rpc_fuzz_emu: the CUDA plugin on the host
+ * emulator), so that the device path's argument handling is fuzzed too. */
+static fx *fuzz_fixture(void) {
+  fx *f = fx_new_with(small_limits);
+  const char *plugin = getenv("MNEMO_FUZZ_PLUGIN");
+  if (plugin && *plugin) {
+    fx_close_engine(f);
+    mn_backend_close(f->b);
+    mn_backend_opts o;
+    mn_backend_opts_init(&o);
+    if (mn_backend_open_plugin(plugin, &o, &f->b) != MN_OK)
+      fail_msg("cannot open %s: %s", plugin, mn_errmsg());
+    fx_open_engine(f);
+    printf("# fuzz: backend %s\n", plugin);
+  }
+  return f;
 }
 
 static uint64_t env_u64(const char *name, uint64_t dflt) {
@@ -1077,7 +1097,7 @@ static void test_fuzz_engine(void **state) {
          "MNEMO_FUZZ_ROUNDS)\n",
          (unsigned long long)cur_seed, rounds);
 
-  fx *f = fx_new_with(small_limits);
+  fx *f = fuzz_fixture();
   keep_store(f);
   corpus c = {0};
   build_corpus(&c);
@@ -1148,7 +1168,7 @@ static void test_fuzz_threads(void **state) {
   enum { T = 3 };
   cur_seed = env_u64("MNEMO_FUZZ_SEED", 1);
   size_t rounds = (size_t)env_u64("MNEMO_FUZZ_ROUNDS", 4000);
-  fx *f = fx_new_with(small_limits);
+  fx *f = fuzz_fixture();
   keep_store(f);
   corpus c = {0};
   build_corpus(&c);
