@@ -2,10 +2,14 @@
 numpy brute force on 100k random memories (decay, significance, filters),
 a restart that keeps every memory, collection and PCA model, a crash test
 (memories written while mnemod is killed with SIGKILL at random moments;
-every acknowledged memory must come back intact), tier pressure with a
-small cache, and bad input that changes nothing.
+every acknowledged memory must come back intact), the same with four
+clients adding, updating and deleting at once (every memory as its
+client's last acknowledged request left it; a request in flight at the
+kill applied whole or not at all), tier pressure with a small cache, and
+bad input that changes nothing.
 
-MNEMO_TEST_SLOW=1 runs the crash test for 200 cycles instead of 5."""
+MNEMO_TEST_SLOW=1 runs the crash tests for 200 and 40 cycles instead of 5
+and 4."""
 import asyncio
 import os
 import random
@@ -245,6 +249,153 @@ def test_crash_keeps_every_acknowledged_memory(tmp_path):
             server.stop()
     print(f"crash test: {cycles} cycles, {len(acked)} acknowledged memories "
           f"all present, {count} stored")
+
+
+def test_concurrent_writers_crash_keeps_acknowledged_state(tmp_path):
+    """Four clients add, update and delete their own memories in two
+    collections at once (the writer commits their requests in shared
+    groups) while mnemod is killed with SIGKILL. After each restart every
+    memory is as its client's last acknowledged request left it; only the
+    one request each client had in flight at the kill may have happened
+    or not, as a whole."""
+    slow = os.environ.get("MNEMO_TEST_SLOW", "0") not in ("", "0")
+    cycles = 40 if slow else 4
+    writers = 4
+    data = str(tmp_path / "data")
+    rnd = random.Random(11)
+    # per writer: id -> (collection, content, significance) or None
+    # (deleted); an id is never reused, so "gone" is final
+    state = [dict() for _ in range(writers)]
+    counter = [0] * writers
+
+    def emb(i):
+        return vec_of(i).tolist()
+
+    def writer(w, server, stop, seed, inflight):
+        r = random.Random(seed)
+        mine = state[w]
+
+        async def go():
+            async with connect(server.url) as ws:
+                rid = 0
+                while not stop.is_set():
+                    rid += 1
+                    live = [k for k, v in mine.items() if v is not None]
+                    roll = r.random()
+                    if roll < 0.5 or len(live) < 3:
+                        coll = r.choice(("c0", "c1"))
+                        batch = []
+                        for _ in range(r.randint(1, 5)):
+                            counter[w] += 1
+                            n = w * 10_000_000 + counter[w]
+                            batch.append({"id": f"w{n}", "embedding": emb(n),
+                                          "content": f"c{n}",
+                                          "significance": 0.5})
+                        after = {m["id"]: (coll, m["content"], 0.5)
+                                 for m in batch}
+                        req = ("addMemories",
+                               {"collection": coll, "memories": batch})
+                    elif roll < 0.8:
+                        k = r.choice(live)
+                        coll, _, _ = mine[k]
+                        sig = round(r.random(), 3)
+                        text = f"u{rid}-{k}"
+                        after = {k: (coll, text, sig)}
+                        req = ("updateMemory",
+                               {"collection": coll, "id": k,
+                                "content": text, "significance": sig})
+                    else:
+                        coll = r.choice(("c0", "c1"))
+                        ks = [k for k in live if mine[k][0] == coll][:3]
+                        if not ks:
+                            continue
+                        after = {k: None for k in ks}
+                        req = ("deleteMemories",
+                               {"collection": coll, "ids": ks})
+                    inflight[w] = after
+                    rep = await call(ws, req[0], req[1], rid=rid)
+                    if "result" not in rep:
+                        raise AssertionError(f"writer {w}: {req[0]} "
+                                             f"refused: {rep}")
+                    mine.update(after)
+                    inflight[w] = None
+
+        try:
+            asyncio.run(go())
+        except AssertionError:
+            raise
+        except Exception:  # the server died under us
+            pass
+
+    for cycle in range(cycles):
+        server = Server({"server": {"rate_limit": 0}}, data_dir=data).start()
+        try:
+            if cycle == 0:
+                ok(server, "createCollection", {"name": "c0", "dim": 8})
+                ok(server, "createCollection", {"name": "c1", "dim": 8,
+                                                "dtype": "float16"})
+            stop = threading.Event()
+            inflight = [None] * writers
+            errors = []
+
+            def run(w, seed):
+                try:
+                    writer(w, server, stop, seed, inflight)
+                except AssertionError as e:
+                    errors.append(e)
+
+            ts = [threading.Thread(target=run, args=(w, rnd.random()))
+                  for w in range(writers)]
+            for t in ts:
+                t.start()
+            time.sleep(rnd.uniform(0.2, 0.6))
+            server.proc.send_signal(signal.SIGKILL)
+            server.proc.wait()
+            stop.set()
+            for t in ts:
+                t.join(10)
+            assert not errors, errors[0]
+        finally:
+            server.stop()
+        server = Server({"server": {"rate_limit": 0}}, data_dir=data).start()
+        try:
+            for w in range(writers):
+                maybe = inflight[w] or {}
+                ids = sorted(set(state[w]) | set(maybe))
+                actual = {k: None for k in ids}
+                for coll in ("c0", "c1"):
+                    res = ok(server, "getMemories",
+                             {"collection": coll, "ids": ids,
+                              "include": ["content", "embedding"]})
+                    for m in res["memories"]:
+                        k = m["id"]
+                        assert actual[k] is None, f"{k} is in both"
+                        actual[k] = (coll, m["content"],
+                                     round(m["significance"], 3))
+                        n = int(k[1:])
+                        tol = 1e-3 if coll == "c1" else 0
+                        np.testing.assert_allclose(
+                            np.asarray(m["embedding"], np.float32),
+                            vec_of(n), rtol=tol, atol=tol)
+                for k in ids:
+                    if k not in maybe:
+                        assert actual[k] == state[w][k], (
+                            f"writer {w}: {k} is {actual[k]}, its last "
+                            f"acknowledged state is {state[w][k]}")
+                # the request in flight at the kill: all of it or none
+                if maybe:
+                    done = all(actual[k] == a for k, a in maybe.items())
+                    undone = all(actual[k] == state[w].get(k)
+                                 for k in maybe)
+                    assert done or undone, (
+                        f"writer {w}: the request in flight was half "
+                        f"applied: {[(k, actual[k], state[w].get(k), a) for k, a in maybe.items()]}")
+                    state[w].update({k: actual[k] for k in maybe})
+        finally:
+            server.stop()
+    total = sum(1 for st in state for v in st.values() if v is not None)
+    print(f"concurrent crash test: {cycles} cycles, {writers} writers, "
+          f"{total} live memories as acknowledged")
 
 
 # ---------------------------------------------------------------------------
