@@ -1047,6 +1047,30 @@ static uint64_t env_u64(const char *name, uint64_t dflt) {
   return *end ? dflt : (uint64_t)x;
 }
 
+/* Seed and rounds from the environment, the engine with the kept
+ * memories, and the corpus, each entry of which is first sent as it is
+ * and must be answered soundly (so the collections, models and chunks the
+ * examples name exist before the fuzzing). */
+static fx *fuzz_setup(corpus *c, size_t *rounds) {
+  cur_seed = env_u64("MNEMO_FUZZ_SEED", 1);
+  *rounds = (size_t)env_u64("MNEMO_FUZZ_ROUNDS", 4000);
+  printf("# fuzz: seed %llu, %zu rounds (MNEMO_FUZZ_SEED, "
+         "MNEMO_FUZZ_ROUNDS)\n",
+         (unsigned long long)cur_seed, *rounds);
+  fx *f = fuzz_fixture();
+  keep_store(f);
+  build_corpus(c);
+  for (size_t i = 0; i < c->n; i++) {
+    mn_rpc_reply rep;
+    cur_msg = &c->e[i];
+    mn_rpc_handle(f->r, f->s, c->e[i].p, c->e[i].len, c->e[i].binary, 0, &rep);
+    check_reply(&c->e[i], &rep);
+    mn_rpc_reply_free(&rep);
+  }
+  cur_msg = NULL;
+  return f;
+}
+
 typedef struct fuzz_stats {
   size_t errors, results, silent;
 } fuzz_stats;
@@ -1090,26 +1114,10 @@ static void free_corpus(corpus *c) {
 
 static void test_fuzz_engine(void **state) {
   (void)state;
-  cur_seed = env_u64("MNEMO_FUZZ_SEED", 1);
-  size_t rounds = (size_t)env_u64("MNEMO_FUZZ_ROUNDS", 4000);
-  seed_stream(cur_seed, 0);
-  printf("# fuzz: seed %llu, %zu rounds (MNEMO_FUZZ_SEED, "
-         "MNEMO_FUZZ_ROUNDS)\n",
-         (unsigned long long)cur_seed, rounds);
-
-  fx *f = fuzz_fixture();
-  keep_store(f);
+  size_t rounds;
   corpus c = {0};
-  build_corpus(&c);
-
-  /* The corpus as it is: every example is answered soundly. */
-  for (size_t i = 0; i < c.n; i++) {
-    mn_rpc_reply rep;
-    cur_msg = &c.e[i];
-    mn_rpc_handle(f->r, f->s, c.e[i].p, c.e[i].len, c.e[i].binary, 0, &rep);
-    check_reply(&c.e[i], &rep);
-    mn_rpc_reply_free(&rep);
-  }
+  fx *f = fuzz_setup(&c, &rounds);
+  seed_stream(cur_seed, 0);
   keep_check(f);
 
   fuzz_stats st = {0};
@@ -1166,18 +1174,9 @@ static void *fuzz_worker(void *arg) {
 static void test_fuzz_threads(void **state) {
   (void)state;
   enum { T = 3 };
-  cur_seed = env_u64("MNEMO_FUZZ_SEED", 1);
-  size_t rounds = (size_t)env_u64("MNEMO_FUZZ_ROUNDS", 4000);
-  fx *f = fuzz_fixture();
-  keep_store(f);
+  size_t rounds;
   corpus c = {0};
-  build_corpus(&c);
-  /* the examples once, so the collections and chunks they name exist */
-  for (size_t i = 0; i < c.n; i++) {
-    mn_rpc_reply rep;
-    mn_rpc_handle(f->r, f->s, c.e[i].p, c.e[i].len, c.e[i].binary, 0, &rep);
-    mn_rpc_reply_free(&rep);
-  }
+  fx *f = fuzz_setup(&c, &rounds);
   worker w[T];
   pthread_t th[T];
   for (size_t i = 0; i < T; i++) {
