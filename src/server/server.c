@@ -796,8 +796,9 @@ static void advance_state(mn_server *s) {
     int late = now >= s->drain_deadline_ns;
     if (late && !idle && !s->drain_rejected) {
       /* Requests that have not started by the deadline are answered
-       * -32004 rather than dropped: the client learns to resend them.
-       * Give the workers a moment to write those answers. */
+       * -32004 at once rather than dropped: the client learns to resend
+       * them. The jobs still running get a short grace to finish, and the
+       * answers are written meanwhile. */
       s->drain_rejected = 1;
       int64_t n = mn__pool_reject_queued(s->pool);
       if (n > 0) {

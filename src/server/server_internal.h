@@ -209,8 +209,10 @@ void mn__pool_submit_list(mn__pool *p, mn__job *first, mn__job *last,
                           int64_t n);
 /* Jobs queued or running. */
 int64_t mn__pool_inflight(mn__pool *p);
-/* Mark every job still queued to be answered "shutting down" instead of
- * run (the drain deadline passed); returns how many were marked. */
+/* Take every job still queued off the queue and answer it "shutting
+ * down" (-32004) at once, without running it (the drain deadline passed).
+ * Answered here, not by a worker: the workers may all be busy with jobs
+ * that outlast the drain. Returns how many were answered. */
 int64_t mn__pool_reject_queued(mn__pool *p);
 int64_t mn__pool_queue_depth(mn__pool *p);
 /* Stop the workers and the watchdog: waits up to wait_ms for running

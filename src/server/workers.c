@@ -139,6 +139,13 @@ static void error_for_job(const mn__job *j, int code, const char *message,
   free(id);
 }
 
+static void answer_shutting_down(const mn__job *j, mn_rpc_reply *out) {
+  error_for_job(j, MN_RPC_OVERLOADED,
+                "server is shutting down; this request was not processed, "
+                "send it again to another instance or after the restart",
+                NULL, out);
+}
+
 static void run_job(mn__pool *p, mn__job *j, mn_rpc_reply *reply) {
   mn_server *s = p->srv;
   memset(reply, 0, sizeof *reply);
@@ -157,10 +164,7 @@ static void run_job(mn__pool *p, mn__job *j, mn_rpc_reply *reply) {
     return;
   }
   if (j->reject) {
-    error_for_job(j, MN_RPC_OVERLOADED,
-                  "server is shutting down; this request was not processed, "
-                  "send it again to another instance or after the restart",
-                  NULL, reply);
+    answer_shutting_down(j, reply);
     return;
   }
   int64_t per_min = s->cfg->rate_limit;
@@ -421,14 +425,30 @@ int64_t mn__pool_inflight(mn__pool *p) {
 }
 
 int64_t mn__pool_reject_queued(mn__pool *p) {
-  int64_t n = 0;
   pthread_mutex_lock(&p->lock);
-  for (mn__job *q = p->head; q; q = q->next) {
-    if (!q->reject) {
-      q->reject = 1;
-      n++;
+  mn__job *q = p->head;
+  int64_t taken = p->depth;
+  p->head = p->tail = NULL;
+  p->depth = 0;
+  pthread_mutex_unlock(&p->lock);
+  /* Off the queue, no worker or watchdog can see these jobs any more. */
+  int64_t n = 0;
+  while (q) {
+    mn__job *next = q->next;
+    mn_rpc_reply reply = {0};
+    if (!q->answered) { /* else the watchdog answered it while queued */
+      if (!atomic_load(&q->conn->failed)) {
+        answer_shutting_down(q, &reply);
+        n++;
+      }
+      atomic_fetch_sub(&p->srv->backlog, 1);
     }
+    mn__conn_complete(q->conn, &reply, 1);
+    mn__job_free(q);
+    q = next;
   }
+  pthread_mutex_lock(&p->lock);
+  p->inflight -= taken;
   pthread_mutex_unlock(&p->lock);
   return n;
 }
