@@ -43,6 +43,13 @@ async function openPage(url) {
   return { page, problems };
 }
 
+// Stop mnemod; after a passing test, it must have exited cleanly (0: no
+// sanitizer report under make test-asan).
+async function stopped(srv, passed) {
+  const rc = await srv.stop();
+  if (passed) assert.equal(rc, 0, 'mnemod exit status; its log:\n' + srv.log.slice(-30).join('\n'));
+}
+
 const pageUrl = (srv, query = '') => `http://127.0.0.1:${srv.port}/${query}`;
 const textOf = (page, sel) => page.locator(sel).textContent();
 const attrOf = (page, sel, name) => page.locator(sel).getAttribute(name);
@@ -64,6 +71,7 @@ async function waitConnected(page) {
 test('health, metrics, collections and chunks match an independent client', async () => {
   const srv = await startServer({});
   const client = await RpcClient.connect(srv.url);
+  let passed = false;
   try {
     const { page, problems } = await openPage(pageUrl(srv));
     await waitConnected(page);
@@ -159,15 +167,17 @@ test('health, metrics, collections and chunks match an independent client', asyn
 
     assert.deepEqual(problems, []);
     await page.close();
+    passed = true;
   } finally {
     client.close();
-    await srv.stop();
+    await stopped(srv, passed);
   }
 });
 
 test('with server.auth_tokens: no token says so, ?token= works', async () => {
   const tok = 'dash-t0ken';
   const srv = await startServer({ server: { auth_tokens: [tok] } });
+  let passed = false;
   try {
     const bare = await openPage(pageUrl(srv));
     await bare.page.waitForSelector('#banner[data-kind="auth"]', { timeout: 10000 });
@@ -193,13 +203,15 @@ test('with server.auth_tokens: no token says so, ?token= works', async () => {
     assert.equal(await attrOf(good.page, '#banner', 'data-kind'), '');
     assert.deepEqual(good.problems, []);
     await good.page.close();
+    passed = true;
   } finally {
-    await srv.stop();
+    await stopped(srv, passed);
   }
 });
 
 test('mnemod stopped: the disconnected banner; restarted: reconnects by itself', async () => {
   let srv = await startServer({});
+  let passed = false;
   try {
     const client = await RpcClient.connect(srv.url);
     await client.call('createCollection', { name: 'kept', dim: 4 });
@@ -211,7 +223,7 @@ test('mnemod stopped: the disconnected banner; restarted: reconnects by itself',
                                { timeout: 3 * REFRESH_MS });
 
     const { port, dir } = srv;
-    await srv.stop({ keep: true });
+    assert.equal(await srv.stop({ keep: true }), 0, srv.log.join('\n'));
     await page.waitForSelector('#conn[data-state="disconnected"]', { timeout: 5000 });
     // SIGTERM: the server says it is going away (1001), then no longer answers.
     await page.waitForSelector('#banner[data-kind="disconnected"]', { timeout: 10000 });
@@ -232,7 +244,8 @@ test('mnemod stopped: the disconnected banner; restarted: reconnects by itself',
     await page.waitForSelector('#collections tbody tr[data-name="kept"][data-count="3"]',
                                { timeout: 3 * REFRESH_MS });
     await page.close();
+    passed = true;
   } finally {
-    await srv.stop();
+    await stopped(srv, passed);
   }
 });
