@@ -9,7 +9,8 @@ DATA_DIR  ?= ./data
 
 PKGS = cmake pkg-config gcc g++ make libwebsockets-dev libjansson-dev \
        liblmdb-dev libopenblas-dev liblapacke-dev libcmocka-dev \
-       python3 python3-numpy python3-websockets python3-pytest nodejs npm
+       python3 python3-numpy python3-websockets python3-pytest nodejs npm \
+       chromium
 BENCH_PKGS = python3-sklearn python3-faiss
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -27,7 +28,9 @@ help:
 
 # Installs only what is missing; silent when everything is there. node and
 # npm count as present when their commands work (they may come from outside
-# Debian, where apt cannot replace them).
+# Debian, where apt cannot replace them). The npm packages of tests/node are
+# installed again when package.json or package-lock.json is newer than the
+# last install (npm's node_modules/.package-lock.json) or one is missing.
 deps:
 	@missing=$$(for p in $(PKGS); do \
 	  case $$p in nodejs|npm) command -v $${p%js} >/dev/null && continue;; \
@@ -40,9 +43,14 @@ deps:
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
 	    --no-install-recommends $$missing >/dev/null || exit 1; \
 	fi
-	@if [ -f tests/node/package.json ] && [ ! -d tests/node/node_modules ]; then \
+	@n=tests/node; stamp=$$n/node_modules/.package-lock.json; \
+	if [ -f $$n/package.json ] && { [ ! -d $$n/node_modules/ws ] || \
+	    [ ! -d $$n/node_modules/playwright-core ] || \
+	    [ $$n/package.json -nt $$stamp ] || \
+	    [ $$n/package-lock.json -nt $$stamp ]; }; then \
 	  echo "installing npm packages for tests/node"; \
-	  cd tests/node && npm install --no-audit --no-fund --silent || exit 1; \
+	  (cd $$n && npm install --no-audit --no-fund --silent) || exit 1; \
+	  touch $$stamp; \
 	fi
 
 deps-bench: deps

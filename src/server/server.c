@@ -41,27 +41,13 @@ typedef struct pss {
   mn__conn *conn; /* WebSocket: the connection state */
 } pss;
 
-static const char index_html[] =
-    "<!doctype html>\n"
-    "<html lang=\"en\"><head><meta charset=\"utf-8\">"
-    "<title>mnemo</title>"
-    "<style>body{font-family:system-ui,sans-serif;max-width:42rem;"
-    "margin:3rem auto;padding:0 1rem;line-height:1.5;color:#222}"
-    "code{background:#f3f3f3;padding:0 .25rem}</style></head>\n"
-    "<body><h1>mnemo</h1>\n"
-    "<p>mnemo is a GPU-accelerated memory server for AI applications: it "
-    "processes embedding batches (normalize, PCA, quantization), keeps "
-    "memories in a GPU / host / disk hierarchy and finds them again by "
-    "similarity.</p>\n"
-    "<p>Clients speak JSON-RPC 2.0 over a WebSocket on this port "
-    "(subprotocol <code>mcp</code>, or none); MCP clients see every method "
-    "as a tool.</p>\n"
-    "<ul><li><a href=\"/health\">/health</a>: status, state, backend, "
-    "uptime (JSON)</li>\n"
-    "<li><a href=\"/ready\">/ready</a>: 200 while serving, 503 while "
-    "draining</li>\n"
-    "<li><a href=\"/metrics\">/metrics</a>: Prometheus metrics</li></ul>\n"
-    "<p>The dashboard will live here.</p></body></html>\n";
+/* The dashboard served at / and /index.html: src/server/dashboard.html,
+ * embedded at build time by src/server/dashboard.cmake, which also writes
+ * the Content-Security-Policy that allows its inline script and style by
+ * their hashes (and connections to this origin only). */
+extern const unsigned char mn__dashboard_html[];
+extern const size_t mn__dashboard_html_len;
+extern const char mn__dashboard_csp[];
 
 static mn_server *server_of(struct lws *wsi) {
   return lws_context_user(lws_get_context(wsi));
@@ -92,23 +78,33 @@ static void lws_log_emit(int level, const char *line) {
  * keeps and sends whatever the socket did not take at once). The body
  * used to follow in a later writeable callback; on the GPU machine a
  * /ready answered while draining then arrived as headers alone, the
- * connection closed before its 34-byte body. */
-static int http_respond(struct lws *wsi, unsigned status, const char *ctype,
-                        const char *body, size_t len) {
+ * connection closed before its 34-byte body. extra: NULL, or "name:",
+ * "value" pairs ending with NULL (lws wants the names in lower case with
+ * their colon). */
+static int http_respond_with(struct lws *wsi, unsigned status,
+                             const char *ctype, const char *body, size_t len,
+                             const char *const *extra) {
   /* HEAD: the headers a GET would get, Content-Length included, and no
    * body (RFC 9110 9.3.2); load balancers probe /health this way. */
   int head = lws_hdr_total_length(wsi, WSI_TOKEN_GET_URI) <= 0;
   size_t cap = LWS_PRE + 512 + len + 1;
+  for (int i = 0; extra && extra[i]; i += 2)
+    cap += strlen(extra[i]) + strlen(extra[i + 1]) + 4;
   unsigned char *buf = malloc(cap);
   if (!buf)
     return -1;
   unsigned char *start = buf + LWS_PRE, *p = start;
   unsigned char *end = buf + cap - 1;
-  if (lws_add_http_common_headers(wsi, status, ctype, len, &p, end) ||
-      lws_add_http_header_by_name(wsi, (const unsigned char *)"cache-control:",
-                                  (const unsigned char *)"no-store", 8, &p,
-                                  end) ||
-      lws_finalize_http_header(wsi, &p, end) || (size_t)(end - p) < len) {
+  int bad = lws_add_http_common_headers(wsi, status, ctype, len, &p, end) ||
+            lws_add_http_header_by_name(
+                wsi, (const unsigned char *)"cache-control:",
+                (const unsigned char *)"no-store", 8, &p, end);
+  for (int i = 0; !bad && extra && extra[i]; i += 2)
+    bad = lws_add_http_header_by_name(wsi, (const unsigned char *)extra[i],
+                                      (const unsigned char *)extra[i + 1],
+                                      (int)strlen(extra[i + 1]), &p, end);
+  if (bad || lws_finalize_http_header(wsi, &p, end) ||
+      (size_t)(end - p) < len) {
     free(buf);
     return -1;
   }
@@ -121,6 +117,11 @@ static int http_respond(struct lws *wsi, unsigned status, const char *ctype,
   if (n < 0)
     return -1;
   return lws_http_transaction_completed(wsi) ? -1 : 0;
+}
+
+static int http_respond(struct lws *wsi, unsigned status, const char *ctype,
+                        const char *body, size_t len) {
+  return http_respond_with(wsi, status, ctype, body, len, NULL);
 }
 
 static int http_route(mn_server *s, struct lws *wsi, const char *uri) {
@@ -159,9 +160,19 @@ static int http_route(mn_server *s, struct lws *wsi, const char *uri) {
     free(doc);
     return rc;
   }
-  if (!strcmp(uri, "/") || !strcmp(uri, "/index.html"))
-    return http_respond(wsi, HTTP_STATUS_OK, "text/html; charset=utf-8",
-                        index_html, sizeof index_html - 1);
+  if (!strcmp(uri, "/") || !strcmp(uri, "/index.html")) {
+    /* The page may carry ?token=: no Referer leaves it. */
+    const char *const headers[] = {"content-security-policy:",
+                                   mn__dashboard_csp,
+                                   "x-content-type-options:",
+                                   "nosniff",
+                                   "referrer-policy:",
+                                   "no-referrer",
+                                   NULL};
+    return http_respond_with(wsi, HTTP_STATUS_OK, "text/html; charset=utf-8",
+                             (const char *)mn__dashboard_html,
+                             mn__dashboard_html_len, headers);
+  }
   char msg[300];
   int n = snprintf(msg, sizeof msg,
                    "no such page: %.200s (try /, /health, /ready or "

@@ -78,13 +78,43 @@ def test_metrics_is_prometheus_text_and_counts_requests(server):
         assert name in types or base in types, name
 
 
-def test_index_page_links_health_and_metrics(server):
+def test_index_page_is_the_dashboard_with_its_csp(server):
+    """/ and /index.html serve the dashboard (src/server/dashboard.html):
+    one self-contained page that talks JSON-RPC over a WebSocket to its own
+    origin, with a Content-Security-Policy that allows its one inline
+    script and style by their SHA-256 and nothing else. (What the page
+    shows is tested in a browser: tests/node/dashboard.test.mjs.)"""
+    import base64
+    import hashlib
     status, headers, body = server.http("/")
     assert status == 200
-    assert headers["Content-Type"].startswith("text/html")
+    assert headers["Content-Type"] == "text/html; charset=utf-8"
+    assert headers["X-Content-Type-Options"] == "nosniff"
+    assert headers["Referrer-Policy"] == "no-referrer"
     html = body.decode()
-    assert "mnemo" in html
+    assert "<title>mnemo dashboard</title>" in html
     assert 'href="/health"' in html and 'href="/metrics"' in html
+    assert "new WebSocket(wsUrl, 'mcp')" in html
+    assert "getMetrics" in html and "listCollections" in html
+    # Self-contained: nothing loaded from elsewhere, no markup from data.
+    assert not re.search(r"(src|href)=\"(https?:)?//", html)
+    assert "innerHTML" not in html
+    assert server.http("/index.html")[2] == body
+
+    csp = dict(d.strip().split(" ", 1)
+               for d in headers["Content-Security-Policy"].split(";"))
+    assert csp["default-src"] == "'none'"
+    assert csp["connect-src"] == "'self'"
+    assert "unsafe" not in headers["Content-Security-Policy"]
+
+    def sha(tag):
+        m = re.findall(rf"<{tag}>(.*?)</{tag}>", html, re.S)
+        assert len(m) == 1, f"one inline <{tag}> expected"
+        d = hashlib.sha256(m[0].encode()).digest()
+        return f"'sha256-{base64.b64encode(d).decode()}'"
+
+    assert csp["script-src"] == sha("script")
+    assert csp["style-src"] == sha("style")
 
 
 def test_unknown_path_is_404_and_says_what_exists(server):
@@ -106,7 +136,7 @@ def test_head_gets_the_get_headers_without_a_body(server):
     c = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
     try:
         for path, want in (("/ready", 200), ("/metrics", 200), ("/nope", 404),
-                           ("/health", 200)):
+                           ("/health", 200), ("/", 200)):
             c.request("GET", path)
             g = c.getresponse()
             gbody = g.read()
@@ -115,7 +145,7 @@ def test_head_gets_the_get_headers_without_a_body(server):
             assert h.read() == b""
             assert h.status == g.status == want
             assert h.getheader("Content-Type") == g.getheader("Content-Type")
-            if path in ("/ready", "/nope"):  # the same document both times
+            if path in ("/ready", "/nope", "/"):  # the same document both times
                 assert int(h.getheader("Content-Length")) == len(gbody)
             else:  # counters and uptime move between the two
                 assert int(h.getheader("Content-Length")) > 0

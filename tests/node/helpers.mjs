@@ -18,16 +18,18 @@ export { WebSocket };
 export const MNEMOD = process.env.MNEMOD ||
   resolve(here, '..', '..', 'build', 'bin', 'mnemod');
 
-export async function startServer(config = {}) {
-  const dir = mkdtempSync(join(tmpdir(), 'mnemo-node-'));
+// port 0: any free one. dir: reuse a data directory (to restart a server
+// that was stopped with stop({ keep: true })).
+export async function startServer(config = {}, { port = 0, dir = null } = {}) {
+  dir = dir || mkdtempSync(join(tmpdir(), 'mnemo-node-'));
   const cfg = join(dir, 'config.json');
   writeFileSync(cfg, JSON.stringify(config));
-  const proc = spawn(MNEMOD, ['--config', cfg, '--port', '0', '--data-dir',
+  const proc = spawn(MNEMOD, ['--config', cfg, '--port', String(port), '--data-dir',
                               join(dir, 'data'), '--device', 'cpu'],
                      { stdio: ['ignore', 'ignore', 'pipe'] });
   const log = [];
   const lines = createInterface({ input: proc.stderr });
-  const port = await new Promise((ok, fail) => {
+  const listening = await new Promise((ok, fail) => {
     const timer = setTimeout(() => fail(new Error(
       'mnemod did not start:\n' + log.join('\n'))), 30000);
     lines.on('line', line => {
@@ -41,15 +43,15 @@ export async function startServer(config = {}) {
     });
   });
   return {
-    port, log, proc,
-    url: `ws://localhost:${port}`,
-    async stop() {
+    port: listening, log, proc, dir,
+    url: `ws://localhost:${listening}`,
+    async stop({ keep = false } = {}) {
       if (proc.exitCode === null) {
         const done = new Promise(ok => proc.on('exit', ok));
         proc.kill('SIGTERM');
         await done;
       }
-      rmSync(dir, { recursive: true, force: true });
+      if (!keep) rmSync(dir, { recursive: true, force: true });
       return proc.exitCode;
     },
   };
