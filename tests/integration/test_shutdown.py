@@ -189,8 +189,16 @@ def test_drain_deadline_answers_the_queue_while_the_worker_is_stuck(
                           "dtype": "float32", "shape": list(big.shape),
                           "buffer": {"offset": 0, "length": big.nbytes}},
                           "options": {"normalize": True}}}
+            async def arrived(n):
+                t0 = time.monotonic()
+                while bytes_received(srv) - base < n:
+                    assert time.monotonic() - t0 < 10, "never arrived"
+                    await asyncio.sleep(0.01)
+
             base = bytes_received(srv)
             await a.send(binary_frame(header, big.tobytes()))
+            await arrived(big.nbytes)
+            await asyncio.sleep(0.3)  # the worker has taken the big one
             small = [json.dumps({
                 "jsonrpc": "2.0", "id": i, "method": "processEmbeddings",
                 "params": {"embeddings": [[3.0, 4.0]],
@@ -198,12 +206,7 @@ def test_drain_deadline_answers_the_queue_while_the_worker_is_stuck(
                 for i in range(3)]
             for m in small:
                 await b.send(m)
-            total = len(big.tobytes()) + sum(len(m) for m in small)
-            t0 = time.monotonic()
-            while bytes_received(srv) - base < total:
-                assert time.monotonic() - t0 < 10, "requests never arrived"
-                await asyncio.sleep(0.01)
-            await asyncio.sleep(0.2)  # the worker has taken the big one
+            await arrived(big.nbytes + sum(len(m) for m in small))
             t0 = time.monotonic()
             srv.send_signal(signal.SIGTERM)
             replies = []
