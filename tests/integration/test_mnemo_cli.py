@@ -307,3 +307,19 @@ def test_readme_first_example_in_python(start_server):
         "\n")[-1]
     assert "'processed': [[0.6, 0.8, 0], [0.57735026" in first
     assert last == "the sky is blue"
+
+
+def test_readme_first_example_in_node(start_server):
+    fresh = start_server({"server": {"rate_limit": 0}})
+    root = os.path.dirname(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__))))
+    code = readme_blocks("js")[0]
+    assert "ws://127.0.0.1:3001" in code
+    code = code.replace("ws://127.0.0.1:3001", fresh.url)
+    # `npm install ws`, as the README says: the test suite's own copy.
+    env = dict(os.environ, NODE_PATH=os.path.join(root, "tests", "node",
+                                                  "node_modules"))
+    p = subprocess.run(["node", "-e", code], capture_output=True, text=True,
+                       timeout=60, env=env)
+    assert p.returncode == 0, p.stderr
+    assert "processed: [ [ 0.6, 0.8, 0 ] ]" in p.stdout, p.stdout
