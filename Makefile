@@ -7,15 +7,18 @@ CMAKE_ARGS ?=
 PORT      ?= 3001
 DATA_DIR  ?= ./data
 
+# What `make run` needs: the toolchain and the libraries mnemod links
+# (cmocka too: the unit tests are configured with the build).
 PKGS = cmake pkg-config gcc g++ make libwebsockets-dev libjansson-dev \
-       liblmdb-dev libopenblas-dev liblapacke-dev libcmocka-dev \
-       python3 python3-numpy python3-websockets python3-pytest nodejs npm \
-       chromium
+       liblmdb-dev libopenblas-dev liblapacke-dev libcmocka-dev
+# What `make test` adds: the real clients and programs the tests drive.
+TEST_PKGS = python3 python3-numpy python3-websockets python3-pytest nodejs \
+       npm chromium
 BENCH_PKGS = python3-sklearn python3-faiss
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all deps deps-bench configure build test test-asan bench run clean \
+.PHONY: all deps deps-test deps-bench configure build test test-asan bench run clean \
         format help
 
 all: build
@@ -26,13 +29,12 @@ help:
 	@echo "make bench  run the benchmarks against their peers, print ratios"
 	@echo "make test-asan  the suite under AddressSanitizer + UBSan"
 
-# Installs only what is missing; silent when everything is there. node and
-# npm count as present when their commands work (they may come from outside
-# Debian, where apt cannot replace them). The npm packages of tests/node are
-# installed again when package.json or package-lock.json is newer than the
-# last install (npm's node_modules/.package-lock.json) or one is missing.
-deps:
-	@missing=$$(for p in $(PKGS); do \
+# Installs only the packages of the list $(1) that are missing; silent
+# when everything is there. node and npm count as present when their
+# commands work (they may come from outside Debian, where apt cannot
+# replace them).
+define apt_install
+	@missing=$$(for p in $(1); do \
 	  case $$p in nodejs|npm) command -v $${p%js} >/dev/null && continue;; \
 	  esac; \
 	  dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | \
@@ -43,6 +45,16 @@ deps:
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
 	    --no-install-recommends $$missing >/dev/null || exit 1; \
 	fi
+endef
+
+deps:
+	$(call apt_install,$(PKGS))
+
+# The npm packages of tests/node are installed again when package.json or
+# package-lock.json is newer than the last install (npm's
+# node_modules/.package-lock.json) or one is missing.
+deps-test: deps
+	$(call apt_install,$(TEST_PKGS))
 	@n=tests/node; stamp=$$n/node_modules/.package-lock.json; \
 	if [ -f $$n/package.json ] && { [ ! -d $$n/node_modules/ws ] || \
 	    [ ! -d $$n/node_modules/playwright-core ] || \
@@ -53,16 +65,8 @@ deps:
 	  touch $$stamp; \
 	fi
 
-deps-bench: deps
-	@missing=$$(for p in $(BENCH_PKGS); do \
-	  dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | \
-	    grep -q 'install ok installed' || echo $$p; done); \
-	if [ -n "$$missing" ]; then \
-	  echo "installing:" $$missing; \
-	  $(SUDO) apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
-	    --no-install-recommends $$missing >/dev/null || exit 1; \
-	fi
+deps-bench: deps-test
+	$(call apt_install,$(BENCH_PKGS))
 
 configure: deps
 	@cmake -S . -B $(BUILD) $(CMAKE_ARGS) >/dev/null
@@ -70,7 +74,7 @@ configure: deps
 build: configure
 	cmake --build $(BUILD) -j $(JOBS)
 
-test: build
+test: deps-test build
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
 
 test-asan:
