@@ -62,7 +62,8 @@ typedef struct mcp_sess {
 struct mn__mcp {
   mcp_sess *sessions;
   int64_t n_sessions; /* listed: live, or starting (initialize running) */
-  int64_t pending;    /* requests taken and not yet answered */
+  int64_t open;       /* POSTs taken (body coming, or being answered) */
+  int64_t pending;    /* of those, handed to the workers: the drain waits */
   uint64_t last_scan_ns;
 };
 
@@ -350,7 +351,9 @@ static void req_release(mn_server *s, mcp_req *rq) {
       sess_unlist(m, rq->sess);
     sess_unref(rq->sess);
   }
-  m->pending--;
+  m->open--;
+  if (rq->submitted)
+    m->pending--;
   free(rq);
 }
 
@@ -490,7 +493,7 @@ int mn__mcp_http(mn_server *s, struct lws *wsi, void **slot) {
     return refuse(s, wsi, HTTP_STATUS_REQ_ENTITY_TOO_LARGE,
                   MN_RPC_INVALID_REQUEST, msg, data, NULL, NULL);
   }
-  if (cfg->max_connections > 0 && m->pending >= cfg->max_connections) {
+  if (cfg->max_connections > 0 && m->open >= cfg->max_connections) {
     char msg[200];
     snprintf(msg, sizeof msg,
              "too many /mcp requests in flight: the limit is %lld "
@@ -543,7 +546,7 @@ int mn__mcp_http(mn_server *s, struct lws *wsi, void **slot) {
   ss->refs++;
   ss->active++;
   ss->last_used_ns = mn_time_ns();
-  m->pending++;
+  m->open++;
   *slot = rq;
   return 0; /* lws reads the body next */
 }
@@ -620,6 +623,7 @@ int mn__mcp_body_done(mn_server *s, struct lws *wsi, void **slot) {
   pthread_mutex_unlock(&c->lock);
   atomic_fetch_add(&s->backlog, 1);
   rq->submitted = 1;
+  s->mcp->pending++;
   /* The answer comes when the worker (or the watchdog) is done, which
    * processing.timeout bounds; lws's own timeouts would cut it off. */
   lws_set_timeout(wsi, NO_PENDING_TIMEOUT, 0);

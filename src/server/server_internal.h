@@ -257,7 +257,8 @@ int mn__mcp_writeable(mn_server *s, struct lws *wsi, void **slot);
 /* The loop found a reply for the HTTP request c (on_wake). */
 void mn__mcp_wake(mn__conn *c);
 void mn__mcp_closed(mn_server *s, void **slot);
-/* Requests taken and not yet answered (the drain waits for them). */
+/* Requests handed to the workers and not yet answered (the drain waits
+ * for them; a body still arriving does not hold it up). */
 int64_t mn__mcp_pending(const mn_server *s);
 /* Once a second from the tick: end sessions idle past their timeout. */
 void mn__mcp_tick(mn_server *s, uint64_t now_ns);

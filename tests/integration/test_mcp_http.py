@@ -603,6 +603,43 @@ def test_rate_limit_is_per_session(start_server):
     assert b.result("ping") == {}
 
 
+def test_client_gone_and_session_ended_mid_request(start_server):
+    srv = start_server({"server": {"rate_limit": 0},
+                        "processing": {"workers": 1}})
+    s = Mcp(srv.port).initialize()
+    x = np.random.default_rng(6).standard_normal((1500, 256)).astype(
+        np.float32)
+    body = json.dumps({"jsonrpc": "2.0", "id": 5, "method": "fitPCA",
+                       "params": {"name": "gone", "n_components": 16,
+                                  "embeddings": b64_tensor(x)}}).encode()
+    raw = (b"POST /mcp HTTP/1.1\r\nHost: x\r\n"
+           b"Content-Type: application/json\r\n"
+           b"Mcp-Session-Id: " + s.sid.encode() + b"\r\n"
+           b"Content-Length: %d\r\n\r\n" % len(body) + body)
+    # Clients that go away with their requests queued or running.
+    for _ in range(4):
+        c = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+        c.sendall(raw)
+        c.close()
+    # A request in flight when its session is ended: still answered.
+    out = {}
+    t = threading.Thread(target=lambda: out.update(r=s.call(
+        "fitPCA", {"name": "late", "n_components": 16,
+                   "embeddings": b64_tensor(x)})))
+    t.start()
+    time.sleep(0.2)
+    st, _, _ = request(srv.port, "DELETE", headers={"Mcp-Session-Id": s.sid})
+    assert st == 204
+    t.join(60)
+    st, reply = out["r"]
+    assert st == 200 and reply["result"]["n_components"] == 16, reply
+    st, _, _ = s.post({"jsonrpc": "2.0", "id": 1, "method": "ping"})
+    assert st == 404
+    # The server goes on.
+    assert Mcp(srv.port).initialize().result("ping") == {}
+    assert srv.http("/health")[0] == 200
+
+
 def bytes_received(srv):
     text = srv.http("/metrics")[2].decode()
     m = re.search(r"^mnemo_bytes_received_total (\S+)$", text, re.M)
