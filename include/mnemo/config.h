@@ -55,6 +55,11 @@ typedef struct mn_config {
   int64_t idle_timeout_s;    /* server.idle_timeout, default 300 */
   int64_t drain_timeout_ms;  /* server.drain_timeout: graceful shutdown
                                 deadline in ms, default 10000 */
+  /* server.mcp_max_sessions: MCP sessions over HTTP (/mcp) open at once,
+   * default 1000; server.mcp_session_timeout: seconds after which an idle
+   * one ends, default 1800. */
+  int64_t mcp_max_sessions;
+  int64_t mcp_session_timeout_s;
   char auth_tokens[MN_CONFIG_MAX_TOKENS][128]; /* server.auth_tokens */
   int n_auth_tokens;
   char allowed_origins[MN_CONFIG_MAX_ORIGINS][256]; /* server.allowed_origins */

@@ -97,6 +97,42 @@ MN_API void mn_rpc_handle(mn_rpc *r, mn_rpc_session *s, const void *msg,
                           mn_rpc_reply *out);
 
 /**
+ * MCP Streamable HTTP (the server's POST /mcp): one message, handled as
+ * mn_rpc_handle does for a text frame, with the transport's rules on top.
+ * Tensors in binary buffers and `encoding: "binary"` are refused with
+ * -32602 (HTTP carries JSON text only).
+ */
+typedef struct mn_rpc_http {
+  /* In: the POST carried no Mcp-Session-Id, so only a lone initialize
+   * request is accepted (anything else: status 400 and an error saying
+   * the header is missing). */
+  int need_initialize;
+  /* Out: 200, `out` holds the reply (application/json); 202, accepted
+   * and nothing to send (notifications and responses only); 400, the
+   * body is refused and `out` holds a JSON-RPC error saying why (not
+   * JSON, not a request, a batch where the session's protocol version
+   * has none, or no session). */
+  int status;
+  /* Out: the message was an initialize request that succeeded; the
+   * transport starts the session. */
+  int initialized;
+} mn_rpc_http;
+
+MN_API void mn_rpc_handle_http(mn_rpc *r, mn_rpc_session *s, const void *msg,
+                               size_t len, uint64_t deadline_ns,
+                               mn_rpc_http *http, mn_rpc_reply *out);
+
+/** The MCP version the session negotiated ("" before initialize; a
+ *  static string). */
+MN_API const char *mn_rpc_session_protocol(const mn_rpc_session *s);
+
+/** The MCP protocol versions the engine negotiates, newest first, as
+ *  "2025-11-25, 2025-06-18, ..." (a static string). */
+MN_API const char *mn_rpc_mcp_versions(void);
+/** 1 when `v` (n bytes) is one of them. */
+MN_API int mn_rpc_mcp_version_known(const char *v, size_t n);
+
+/**
  * An error reply built outside the engine (rate limit, overload, the
  * server's timeout watchdog). `id_json` is the raw JSON of the id, or NULL
  * for null; `data_json` a JSON object text or NULL.

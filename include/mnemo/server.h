@@ -1,13 +1,15 @@
 /*
  * mnemo/server.h - mnemod's network front: WebSocket JSON-RPC (subprotocol
- * "mcp", or none) and HTTP (/health, /ready, /metrics, /) on one port,
- * built on libwebsockets.
+ * "mcp", or none), HTTP (/health, /ready, /metrics, /) and MCP's
+ * Streamable HTTP transport (POST / DELETE /mcp) on one port, built on
+ * libwebsockets.
  *
  * DESIGN: one I/O thread runs the libwebsockets loop inside
  * mn_server_run(). It reassembles messages, applies the connection limits
  * and writes replies; it never parses JSON or computes. Each complete
  * message becomes a job on a queue served by a pool of worker threads
- * that call mn_rpc_handle(); their replies go back through a completion
+ * that call mn_rpc_handle() (mn_rpc_handle_http() for the body of a
+ * POST /mcp); their replies go back through a completion
  * list that wakes the loop with lws_cancel_service(). A watchdog thread
  * answers -32002 for a job still running one second past its deadline.
  */
@@ -29,7 +31,8 @@ typedef struct mn_server_opts {
   /* Borrowed for the server's lifetime. Read: server.host, server.port
    * (0 = any free port), server.max_connections, server.max_message_size,
    * server.rate_limit, server.idle_timeout, server.auth_tokens,
-   * server.allowed_origins, processing.workers, processing.timeout. */
+   * server.allowed_origins, server.mcp_max_sessions,
+   * server.mcp_session_timeout, processing.workers, processing.timeout. */
   const mn_config *config;
   mn_rpc *rpc;         /* borrowed */
   mn_metrics *metrics; /* borrowed; may be NULL */
@@ -52,8 +55,9 @@ MN_API int mn_server_port(const mn_server *s);
 
 /**
  * Serve until mn_server_stop(), then drain: refuse new WebSocket
- * sessions, finish the jobs in flight (within drain_ms), send their
- * replies and close every connection with 1001. Call from one thread.
+ * sessions and new POSTs to /mcp (503), finish the jobs in flight (within
+ * drain_ms), send their replies and close every connection with 1001.
+ * Call from one thread.
  * @return MN_OK after a clean drain; MN_ERR_TIMEOUT when jobs were still
  *         running at the drain deadline (their replies are lost).
  */

@@ -154,14 +154,16 @@ static const key_desc key_table[] = {
             "/ready, /metrics)."),
     INT_KEY("server.max_connections", max_connections, 1, 1000000, NULL,
             "WebSocket connections open at once; the next handshake is "
-            "refused with HTTP 503."),
+            "refused with HTTP 503. Also the most HTTP /mcp requests "
+            "in flight at once."),
     SIZE_KEY("server.max_message_size", max_message_size, 1024, NULL,
              "Largest incoming WebSocket message; a larger one closes the "
-             "connection with code 1009."),
+             "connection with code 1009. A larger POST /mcp body is "
+             "refused with HTTP 413."),
     INT_KEY("server.rate_limit", rate_limit, 0, I32MAX,
             "requests per minute per client, 0 turns it off",
-            "Requests per minute per connection; requests over it fail "
-            "with -32003 and say when to retry."),
+            "Requests per minute per connection (per session for /mcp); "
+            "requests over it fail with -32003 and say when to retry."),
     INT_KEY("server.max_json_depth", max_json_depth, 1, 2048, NULL,
             "Deepest nesting of arrays and objects accepted in a request."),
     INT_KEY("server.idle_timeout", idle_timeout_s, 1, I32MAX, "seconds",
@@ -170,16 +172,27 @@ static const key_desc key_table[] = {
     INT_KEY("server.drain_timeout", drain_timeout_ms, 1, I32MAX, "ms",
             "On SIGINT / SIGTERM, how long requests in flight may take to "
             "finish before mnemod closes the connections and exits."),
+    INT_KEY("server.mcp_max_sessions", mcp_max_sessions, 1, 1000000, NULL,
+            "MCP sessions over HTTP (POST /mcp) open at once; an "
+            "initialize beyond it is refused with HTTP 503."),
+    INT_KEY("server.mcp_session_timeout", mcp_session_timeout_s, 1, I32MAX,
+            "seconds",
+            "An MCP session over HTTP (/mcp) with no request for this long "
+            "ends; its id then gets HTTP 404."),
     LIST_KEY("server.auth_tokens", auth_tokens, n_auth_tokens,
              MN_CONFIG_MAX_TOKENS,
-             "When not empty, a WebSocket client must send one of these "
-             "tokens (Authorization: Bearer TOKEN, or ?token=TOKEN) or is "
-             "refused with HTTP 401. Empty: no authentication."),
+             "When not empty, a WebSocket client (and every /mcp request) "
+             "must send one of these tokens (Authorization: Bearer TOKEN, "
+             "or ?token=TOKEN) or is refused with HTTP 401. Empty: no "
+             "authentication."),
     LIST_KEY("server.allowed_origins", allowed_origins, n_allowed_origins,
              MN_CONFIG_MAX_ORIGINS,
-             "When not empty, a WebSocket handshake whose Origin header is "
-             "not in the list (case-insensitive; \"*\" allows any) is refused "
-             "with HTTP 403. Clients that send no Origin are let in."),
+             "When not empty, a WebSocket handshake or /mcp request whose "
+             "Origin header is not in the list (case-insensitive; \"*\" "
+             "allows any) is refused with HTTP 403. Clients that send no "
+             "Origin are let in. Empty: any Origin for WebSockets; for /mcp "
+             "only loopback ones (http://localhost:*, 127.0.0.1, [::1]), "
+             "against DNS rebinding."),
     STR_KEY("server.tls_cert", tls_cert, 0,
             "PEM certificate for wss://, set together with server.tls_key. "
             "mnemod does not serve TLS yet and refuses to start when it is "
@@ -231,6 +244,8 @@ void mn_config_defaults(mn_config *c) {
   c->max_json_depth = 64;
   c->drain_timeout_ms = 10000;
   c->idle_timeout_s = 300;
+  c->mcp_max_sessions = 1000;
+  c->mcp_session_timeout_s = 1800;
   strcpy(c->log_level, "info");
   strcpy(c->data_dir, "./data");
   strcpy(c->sync, "durable");

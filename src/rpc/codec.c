@@ -525,6 +525,12 @@ static int decode_typed(mn__call *c, const mn__jv *v, const char *path,
     src = decoded;
     out->enc = MN__ENC_BASE64;
   } else if (buffer) {
+    if (c->text_only)
+      return mn__fail(c, MN_RPC_INVALID_PARAMS,
+                      "%s.buffer refers to the payload of a binary WebSocket "
+                      "frame, which HTTP (/mcp) does not carry: send the "
+                      "values as nested arrays or as base64 \"data\"",
+                      path);
     if (!c->binary_in)
       return mn__fail(c, MN_RPC_INVALID_PARAMS,
                       "%s.buffer refers to the payload of a binary frame, "
@@ -831,6 +837,8 @@ static int bytes_append(mn__call *c, const uint8_t *p, size_t n,
 
 static int encode(mn__call *c, mn__jw *w, mn_tensor *t, mn__enc enc, int one_d,
                   int take) {
+  if (enc == MN__ENC_BINARY && c->text_only)
+    return mn__enc_refuse_binary(c);
   int vec = one_d && t->rows == 1;
   if (enc == MN__ENC_JSON) {
     /* Room for every row's worst case (what json_row reserves, and a
@@ -899,6 +907,13 @@ static int encode(mn__call *c, mn__jw *w, mn_tensor *t, mn__enc enc, int one_d,
   }
   mn__jw_obj_end(w);
   return 0;
+}
+
+int mn__enc_refuse_binary(mn__call *c) {
+  return mn__fail(c, MN_RPC_INVALID_PARAMS,
+                  "encoding \"binary\" puts tensors in a binary WebSocket "
+                  "frame, which HTTP (/mcp) does not carry: ask for \"json\" "
+                  "or \"base64\", or use the WebSocket");
 }
 
 int mn__tensor_encode(mn__call *c, mn__jw *w, const mn_tensor *t, mn__enc enc,

@@ -27,8 +27,12 @@
 #endif
 
 /* Newest first: an unknown version gets the first. */
-static const char *const mcp_versions[] = {"2025-11-25", "2025-06-18",
-                                           "2025-03-26", "2024-11-05"};
+#define MCP_V0 "2025-11-25"
+#define MCP_V1 "2025-06-18"
+#define MCP_V2 "2025-03-26"
+#define MCP_V3 "2024-11-05"
+static const char *const mcp_versions[] = {MCP_V0, MCP_V1, MCP_V2, MCP_V3};
+static const char version_list[] = MCP_V0 ", " MCP_V1 ", " MCP_V2 ", " MCP_V3;
 
 static const char instructions[] =
     "mnemo processes embedding vectors for AI memory. processEmbeddings "
@@ -41,6 +45,21 @@ static const char instructions[] =
     "server; cleanup releases cached memory.";
 
 #define N_VERSIONS (sizeof mcp_versions / sizeof mcp_versions[0])
+
+const char *mn_rpc_mcp_versions(void) {
+  return version_list;
+}
+
+const char *mn_rpc_session_protocol(const mn_rpc_session *s) {
+  return mn__session_protocol(s);
+}
+
+int mn_rpc_mcp_version_known(const char *v, size_t n) {
+  for (size_t i = 0; v && i < N_VERSIONS; i++)
+    if (strlen(mcp_versions[i]) == n && !memcmp(mcp_versions[i], v, n))
+      return 1;
+  return 0;
+}
 
 const char *mn__session_protocol(const mn_rpc_session *s) {
   int v = s ? __atomic_load_n(&s->protocol, __ATOMIC_ACQUIRE) : 0;

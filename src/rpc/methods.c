@@ -411,6 +411,8 @@ static int h_process(mn__call *c, const mn__jv *p, mn__jw *w) {
            : mn__jstr_eq(enc, "base64") ? MN__ENC_BASE64
            : mn__jstr_eq(enc, "binary") ? MN__ENC_BINARY
                                         : MN__ENC_JSON;
+  if (pl.enc == MN__ENC_BINARY && c->text_only)
+    return mn__enc_refuse_binary(c); /* before the work, not after */
   rc = plan_quant(c, o, &pl);
   if (!rc)
     rc = plan_reduction(c, o, &in, &pl);

@@ -392,6 +392,13 @@ static void write_error(mn__jw *w, const mn__jv *id, int code, const char *msg,
   mn__jw_obj_end(w);
 }
 
+/* MCP Streamable HTTP: what the transport asked and what it is told. */
+typedef struct http_ctx {
+  int need_initialize; /* no session yet: a lone initialize only */
+  int status;          /* 200, 202 or 400 */
+  int initialized;     /* a lone initialize request succeeded */
+} http_ctx;
+
 /* Everything one message shares among its requests. */
 typedef struct msg_ctx {
   mn_rpc *r;
@@ -403,8 +410,11 @@ typedef struct msg_ctx {
   mn__bytes payload_out;
   uint64_t deadline_ns;
   uint64_t t0;
-  size_t head; /* the session's headroom: bytes in front of the reply */
-  int replies; /* replies written so far */
+  size_t head;        /* the session's headroom: bytes in front of the reply */
+  int replies;        /* replies written so far */
+  http_ctx *http;     /* NULL: the WebSocket */
+  int envelope_error; /* a request was not a valid request object */
+  int init_ok;        /* an initialize request (not in a batch) succeeded */
 } msg_ctx;
 
 static void record(msg_ctx *m, const char *method, int code, uint64_t t0) {
@@ -454,6 +464,7 @@ static void handle_request(msg_ctx *mc, const mn__jv *req, mn__jw *w,
                mn__jv_brief(req, b, sizeof b));
     write_error(w, NULL, MN_RPC_INVALID_REQUEST, msg, NULL);
     mc->replies++;
+    mc->envelope_error = 1;
     record(mc, "unknown", MN_RPC_INVALID_REQUEST, t0);
     return;
   }
@@ -501,6 +512,7 @@ static void handle_request(msg_ctx *mc, const mn__jv *req, mn__jw *w,
   if (bad) {
     write_error(w, reply_id, MN_RPC_INVALID_REQUEST, msg, NULL);
     mc->replies++;
+    mc->envelope_error = 1;
     record(mc, "unknown", MN_RPC_INVALID_REQUEST, t0);
     return;
   }
@@ -533,6 +545,7 @@ static void handle_request(msg_ctx *mc, const mn__jv *req, mn__jw *w,
   c.payload = mc->payload;
   c.payload_len = mc->payload_len;
   c.binary_in = mc->binary_in;
+  c.text_only = mc->http != NULL;
   c.payload_out = &mc->payload_out;
   c.deadline_ns = mc->deadline_ns;
   c.root = "params";
@@ -565,6 +578,8 @@ static void handle_request(msg_ctx *mc, const mn__jv *req, mn__jw *w,
   }
   if (!notification)
     mc->replies++;
+  if (!rc && !notification && !in_batch && !strcmp(m->name, "initialize"))
+    mc->init_ok = 1;
   record(mc, m->name, rc, t0);
 }
 
@@ -658,19 +673,100 @@ static void finish(mn__jw *w, msg_ctx *mc, int reserved_header,
 }
 
 static void handle(mn_rpc *r, mn_rpc_session *s, const void *msg, size_t len,
-                   int binary, uint64_t deadline_ns, mn_rpc_reply *out);
+                   int binary, uint64_t deadline_ns, http_ctx *http,
+                   mn_rpc_reply *out);
 
 void mn_rpc_handle(mn_rpc *r, mn_rpc_session *s, const void *msg, size_t len,
                    int binary, uint64_t deadline_ns, mn_rpc_reply *out) {
   /* The batcher waits for a partner only while some request in here may
    * still bring one (batcher.h). */
   mn__batcher_arrive(r->batcher);
-  handle(r, s, msg, len, binary, deadline_ns, out);
+  handle(r, s, msg, len, binary, deadline_ns, NULL, out);
   mn__batcher_depart(r->batcher);
 }
 
+void mn_rpc_handle_http(mn_rpc *r, mn_rpc_session *s, const void *msg,
+                        size_t len, uint64_t deadline_ns, mn_rpc_http *http,
+                        mn_rpc_reply *out) {
+  http_ctx h = {.need_initialize = http->need_initialize, .status = 200};
+  mn__batcher_arrive(r->batcher);
+  handle(r, s, msg, len, 0, deadline_ns, &h, out);
+  mn__batcher_depart(r->batcher);
+  if (out->data && out->binary) {
+    /* Cannot happen (the codec refuses binary tensors when text_only);
+     * never send a binary frame's bytes as JSON. */
+    mn_rpc_reply_free(out);
+    mn_rpc_error_reply(MN_RPC_INTERNAL_ERROR,
+                       "internal error: a binary reply was built for HTTP",
+                       NULL, NULL, out);
+  }
+  http->status = h.status;
+  http->initialized = h.initialized;
+}
+
+/* A JSON-RPC response (a client answering a server's request): an object
+ * with "result" or "error" and no "method". */
+static int is_response(const mn__jv *v) {
+  return v && v->type == MN__J_OBJ && !mn__jobj_get(v, "method") &&
+         (mn__jobj_get(v, "result") || mn__jobj_get(v, "error"));
+}
+
+/* MCP over HTTP, before anything runs: a POST without a session holds a
+ * lone initialize request; a batch only where the session's protocol has
+ * them (2025-03-26 and before); responses are accepted and dropped (this
+ * server never asks the client anything). Returns 1 when *w holds the
+ * error to send (status 400), 2 when there is nothing to run or send
+ * (202), 0 to go on. */
+static int http_screen(msg_ctx *mc, const mn__jv *root, mn__jw *w,
+                       http_ctx *h) {
+  char m[400];
+  if (h->need_initialize) {
+    const mn__jv *meth = mn__jobj_get(root, "method");
+    if (root->type != MN__J_OBJ || !mn__jstr_eq(meth, "initialize") ||
+        !mn__jobj_get(root, "id")) {
+      if (root->type != MN__J_ARR && is_response(root))
+        snprintf(m, sizeof m, "%s",
+                 "a response without an Mcp-Session-Id header: this server "
+                 "sends no requests outside a session; send initialize first");
+      else
+        snprintf(m, sizeof m, "%s",
+                 "this POST has no Mcp-Session-Id header: start a session "
+                 "with an initialize request (alone, without the header), "
+                 "then send the Mcp-Session-Id its reply carries with every "
+                 "later request");
+      write_error(w, NULL, MN_RPC_INVALID_REQUEST, m, NULL);
+      record(mc, "unknown", MN_RPC_INVALID_REQUEST, mc->t0);
+      h->status = 400;
+      return 1;
+    }
+    return 0;
+  }
+  if (root->type == MN__J_ARR) {
+    const char *proto = mn__session_protocol(mc->s);
+    if (strcmp(proto, "2025-03-26") && strcmp(proto, "2024-11-05")) {
+      snprintf(m, sizeof m,
+               "a batch (JSON array) is not accepted in MCP %s, which this "
+               "session negotiated: since 2025-06-18 a POST carries one "
+               "JSON-RPC message; send the requests one by one (or "
+               "negotiate 2025-03-26)",
+               proto[0] ? proto : "(none)");
+      write_error(w, NULL, MN_RPC_INVALID_REQUEST, m, NULL);
+      record(mc, "unknown", MN_RPC_INVALID_REQUEST, mc->t0);
+      h->status = 400;
+      return 1;
+    }
+    return 0;
+  }
+  if (is_response(root)) {
+    h->status = 202;
+    return 2;
+  }
+  return 0;
+}
+
 static void handle(mn_rpc *r, mn_rpc_session *s, const void *msg, size_t len,
-                   int binary, uint64_t deadline_ns, mn_rpc_reply *out) {
+                   int binary, uint64_t deadline_ns, http_ctx *http,
+                   mn_rpc_reply *out) {
   memset(out, 0, sizeof *out);
   mn__arena arena = {0};
   msg_ctx mc = {.r = r,
@@ -679,7 +775,8 @@ static void handle(mn_rpc *r, mn_rpc_session *s, const void *msg, size_t len,
                 .binary_in = binary != 0,
                 .deadline_ns = deadline_ns,
                 .t0 = mn_time_ns(),
-                .head = s ? s->headroom : 0};
+                .head = s ? s->headroom : 0,
+                .http = http};
   mn__jw w;
   size_t guess = len + 512;
   mn__jw_init(&w, (guess > ((size_t)64 << 20) ? (size_t)64 << 20 : guess) +
@@ -728,11 +825,20 @@ static void handle(mn_rpc *r, mn_rpc_session *s, const void *msg, size_t len,
                r->max_depth, e.line, e.col);
       write_error(&w, NULL, MN_RPC_INVALID_REQUEST, m, NULL);
       record(&mc, "unknown", MN_RPC_INVALID_REQUEST, mc.t0);
+      if (http)
+        http->status = 400;
       goto done;
     }
     snprintf(m, sizeof m, "invalid JSON at line %d, column %d (byte %zu): %s",
              e.line, e.col, e.offset, e.msg);
     goto parse_error;
+  }
+  if (http) {
+    int sc = http_screen(&mc, root, &w, http);
+    if (sc == 1)
+      goto done;
+    if (sc == 2)
+      goto nothing;
   }
   if (root->type == MN__J_ARR) {
     if (root->n == 0) {
@@ -741,33 +847,43 @@ static void handle(mn_rpc *r, mn_rpc_session *s, const void *msg, size_t len,
                   "request object in the array",
                   NULL);
       record(&mc, "unknown", MN_RPC_INVALID_REQUEST, mc.t0);
+      if (http)
+        http->status = 400;
       goto done;
     }
     mn__jw_arr(&w);
     mn__jv tmp;
-    for (uint32_t i = 0; i < root->n; i++)
-      handle_request(&mc, mn__jarr_at(root, i, &tmp), &w, 1);
-    mn__jw_arr_end(&w);
-    if (mc.replies == 0) {
-      /* Only notifications: nothing at all is sent. */
-      mn__jw_free(&w);
-      mn__bytes_free(&mc.payload_out);
-      mn__arena_release(&arena);
-      return;
+    for (uint32_t i = 0; i < root->n; i++) {
+      const mn__jv *member = mn__jarr_at(root, i, &tmp);
+      if (http && is_response(member))
+        continue; /* accepted and dropped, as alone */
+      handle_request(&mc, member, &w, 1);
     }
+    mn__jw_arr_end(&w);
+    if (mc.replies == 0)
+      goto nothing; /* only notifications: nothing at all is sent */
   } else {
     handle_request(&mc, root, &w, 0);
-    if (mc.replies == 0) {
-      mn__jw_free(&w);
-      mn__bytes_free(&mc.payload_out);
-      mn__arena_release(&arena);
-      return;
-    }
+    if (mc.replies == 0)
+      goto nothing;
+    if (http && mc.envelope_error)
+      http->status = 400; /* not a request: the POST is refused */
+    if (http && mc.init_ok)
+      http->initialized = 1;
   }
   goto done;
+nothing:
+  if (http)
+    http->status = 202;
+  mn__jw_free(&w);
+  mn__bytes_free(&mc.payload_out);
+  mn__arena_release(&arena);
+  return;
 parse_error:
   write_error(&w, NULL, MN_RPC_PARSE_ERROR, m, NULL);
   record(&mc, "unknown", MN_RPC_PARSE_ERROR, mc.t0);
+  if (http)
+    http->status = 400;
 done:
   finish(&w, &mc, binary, out);
   mn__jw_free(&w);

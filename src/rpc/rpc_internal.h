@@ -297,6 +297,9 @@ typedef struct mn__call {
   const uint8_t *payload; /* binary request: the bytes after the JSON */
   size_t payload_len;
   int binary_in;
+  int text_only;          /* the transport carries JSON text only (HTTP /mcp): a
+                             tensor in a binary buffer, or a binary reply, is
+                             refused */
   mn__bytes *payload_out; /* binary reply payload */
   uint64_t deadline_ns;
   const char *root; /* "params", or "arguments" inside tools/call */
@@ -421,6 +424,9 @@ int mn__tensor_encode(mn__call *c, mn__jw *w, const mn_tensor *t, mn__enc enc,
  *  (the caller still frees whatever t->data is afterwards). */
 int mn__tensor_encode_take(mn__call *c, mn__jw *w, mn_tensor *t, mn__enc enc,
                            int one_d);
+/** -32602 for a binary reply asked for where the transport carries text
+ *  only (c->text_only). */
+int mn__enc_refuse_binary(mn__call *c);
 /** Base64 (standard alphabet, padded): writes 4 * ceil(n / 3) bytes. */
 size_t mn__b64_encode(const uint8_t *in, size_t n, char *out);
 /** Returns the decoded length, or -1 (and *bad = offset) on bad input.

@@ -44,6 +44,29 @@ mn__conn *mn__conn_new(mn_server *s, struct lws *wsi, const char *peer) {
   return c;
 }
 
+mn__conn *mn__conn_new_request(mn__conn *parent, struct lws *wsi,
+                               int need_init) {
+  mn__conn *c = calloc(1, sizeof *c);
+  if (!c)
+    return NULL;
+  mn_server *s = parent->srv;
+  atomic_init(&c->refs, 1);
+  atomic_init(&c->closed, 0);
+  atomic_init(&c->failed, 0);
+  c->srv = s;
+  c->wsi = wsi;
+  c->id = ++s->next_conn_id;
+  c->http = 1;
+  c->http_need_init = need_init;
+  mn__conn_ref(parent);
+  c->parent = parent;
+  c->session = parent->session;
+  snprintf(c->peer, sizeof c->peer, "%s", parent->peer);
+  pthread_mutex_init(&c->lock, NULL);
+  c->last_activity_ns = mn_time_ns();
+  return c;
+}
+
 void mn__conn_ref(mn__conn *c) {
   atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed);
 }
@@ -60,7 +83,10 @@ void mn__conn_unref(mn__conn *c) {
     free(m);
     m = next;
   }
-  mn_rpc_session_free(c->session);
+  if (c->parent)
+    mn__conn_unref(c->parent); /* the session was the parent's */
+  else
+    mn_rpc_session_free(c->session);
   free(c->rx);
   pthread_mutex_destroy(&c->lock);
   free(c);
@@ -128,12 +154,27 @@ static mn__outmsg *outmsg_from_reply(mn_rpc_reply *r) {
 }
 
 void mn__conn_complete(mn__conn *c, mn_rpc_reply *reply, int job_done) {
+  mn__conn_complete_http(c, reply, job_done, 0, 0);
+}
+
+void mn__conn_complete_http(mn__conn *c, mn_rpc_reply *reply, int job_done,
+                            int status, int initialized) {
   mn__outmsg *m = NULL;
   if (reply && reply->data && !atomic_load(&c->closed)) {
     m = outmsg_from_reply(reply);
     if (!m)
       MN__LOGE("server", "%s: out of memory queueing a %zu-byte reply", c->peer,
                reply->len);
+  } else if (c->http && job_done && !atomic_load(&c->closed)) {
+    /* Nothing to send (notifications, or a rate-limited notification):
+     * the POST is still answered, with 202. */
+    m = calloc(1, sizeof *m);
+    if (m && !status)
+      status = 202;
+  }
+  if (m) {
+    m->http_status = status;
+    m->http_initialized = initialized;
   }
   if (reply)
     mn_rpc_reply_free(reply);

@@ -39,6 +39,7 @@
 /* Per-wsi storage, for both HTTP transactions and WebSocket sessions. */
 typedef struct pss {
   mn__conn *conn; /* WebSocket: the connection state */
+  void *mcp;      /* HTTP /mcp: the request being answered (http_mcp.c) */
 } pss;
 
 /* The dashboard served at / and /index.html: src/server/dashboard.html,
@@ -260,6 +261,10 @@ static int check_auth(const mn_config *cfg, struct lws *wsi) {
   return 0;
 }
 
+int mn__check_auth(const mn_config *cfg, struct lws *wsi) {
+  return check_auth(cfg, wsi);
+}
+
 static int check_origin(const mn_config *cfg, struct lws *wsi) {
   char origin[300];
   int n = lws_hdr_copy(wsi, origin, sizeof origin, WSI_TOKEN_ORIGIN);
@@ -273,6 +278,10 @@ static int check_origin(const mn_config *cfg, struct lws *wsi) {
       return 1;
   }
   return 0;
+}
+
+int mn__check_origin(const mn_config *cfg, struct lws *wsi) {
+  return check_origin(cfg, wsi);
 }
 
 /* The client asked for subprotocols and none of them is ours: lws would
@@ -438,8 +447,8 @@ static void conn_unlink(mn_server *s, mn__conn *c) {
  * resume below half of both, and below three quarters of the limit. */
 static void update_flow(mn_server *s, mn__conn *c, int inflight,
                         size_t out_bytes) {
-  if (!c->wsi)
-    return;
+  if (!c->wsi || c->http)
+    return; /* an HTTP /mcp request holds one message at most */
   int64_t backlog = atomic_load(&s->backlog);
   if (!c->rx_paused &&
       (inflight >= MN__CONN_MAX_INFLIGHT ||
@@ -803,7 +812,8 @@ static void advance_state(mn_server *s) {
              (long long)mn__pool_inflight(s->pool), (long long)s->drain_ms);
   }
   if (s->state == MN__SRV_DRAINING) {
-    int idle = mn__pool_inflight(s->pool) == 0 && all_written(s);
+    int idle = mn__pool_inflight(s->pool) == 0 && all_written(s) &&
+               mn__mcp_pending(s) == 0;
     int late = now >= s->drain_deadline_ns;
     if (late && !idle && !s->drain_rejected) {
       /* Requests that have not started by the deadline are answered
@@ -860,7 +870,9 @@ static void on_wake(mn_server *s) {
       size_t count, bytes;
       int inflight;
       mn__conn_out_state(c, &count, &bytes, &inflight);
-      if (count)
+      if (count && c->http)
+        mn__mcp_wake(c);
+      else if (count)
         lws_callback_on_writable(c->wsi);
       update_flow(s, c, inflight, bytes);
     }
@@ -887,6 +899,7 @@ static void tick(lws_sorted_usec_list_t *sul) {
                     "idle timeout (server.idle_timeout)");
     }
   }
+  mn__mcp_tick(s, now);
   if (s->metrics) {
     mn_metrics_gauge(s->metrics, "jobs_in_flight",
                      (double)mn__pool_inflight(s->pool));
@@ -906,7 +919,25 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason,
   pss *ps = user;
   switch (reason) {
   case LWS_CALLBACK_HTTP:
+    if (in && !strcmp((const char *)in, "/mcp"))
+      return ps ? mn__mcp_http(s, wsi, &ps->mcp) : -1;
     return http_route(s, wsi, in ? (const char *)in : "/");
+  case LWS_CALLBACK_HTTP_BODY:
+    if (ps && ps->mcp)
+      return mn__mcp_body(s, wsi, &ps->mcp, in, len);
+    break;
+  case LWS_CALLBACK_HTTP_BODY_COMPLETION:
+    if (ps && ps->mcp)
+      return mn__mcp_body_done(s, wsi, &ps->mcp);
+    break;
+  case LWS_CALLBACK_HTTP_WRITEABLE:
+    if (ps && ps->mcp)
+      return mn__mcp_writeable(s, wsi, &ps->mcp);
+    break;
+  case LWS_CALLBACK_CLOSED_HTTP:
+    if (ps && ps->mcp)
+      mn__mcp_closed(s, &ps->mcp);
+    break;
   case LWS_CALLBACK_HTTP_CONFIRM_UPGRADE:
     return confirm_upgrade(s, wsi, in);
   case LWS_CALLBACK_ESTABLISHED:
@@ -1047,7 +1078,8 @@ mn_status mn_server_create(const mn_server_opts *opts, mn_server **out) {
   }
   MN__LOGI("server",
            "listening on ws://%s:%d (subprotocol mcp or none; "
-           "HTTP /health /ready /metrics), %d worker(s), queue limit %lld",
+           "HTTP /health /ready /metrics, MCP over HTTP at /mcp), "
+           "%d worker(s), queue limit %lld",
            cfg->host[0] ? cfg->host : "*", s->port, nworkers,
            (long long)s->queue_limit);
   *out = s;
@@ -1130,6 +1162,7 @@ void mn_server_destroy(mn_server *s) {
   }
   if (s->ctx)
     lws_context_destroy(s->ctx);
+  mn__mcp_free(s); /* after the context: its close callbacks use them */
   pthread_mutex_destroy(&s->ready_lock);
   free(s->scratch);
   free(s);

@@ -68,6 +68,8 @@ typedef struct mn__outmsg {
   int headroom;           /* LWS_PRE writable bytes before payload */
   int close_code;         /* nonzero: not a reply; close with this code */
   char close_reason[124]; /* a close frame holds 123 bytes of it */
+  int http_status;        /* HTTP /mcp: the status to answer (0 = 200) */
+  int http_initialized;   /* HTTP /mcp: an initialize that succeeded */
 } mn__outmsg;
 
 struct mn__conn {
@@ -75,9 +77,17 @@ struct mn__conn {
   atomic_int closed; /* set when the wsi went away */
   atomic_int failed; /* a worker found it broken: drop what follows */
   mn_server *srv;
-  mn_rpc_session *session;
+  mn_rpc_session *session; /* owned, or borrowed from parent */
   uint64_t id;
   char peer[80];
+  /* HTTP /mcp (http_mcp.c). A session is a connection without a wsi that
+   * owns the engine session and the rate-limit bucket; each POST is a
+   * connection of its own (http = 1, its wsi the HTTP transaction's)
+   * whose parent is its session, with a reference held. Set at creation,
+   * read-only after. */
+  int http;
+  int http_need_init; /* the POST had no session: initialize only */
+  mn__conn *parent;
 
   /* I/O thread only. */
   struct lws *wsi;
@@ -157,6 +167,8 @@ struct mn_server {
   int wake_pending;
   int ctx_alive;
 
+  struct mn__mcp *mcp; /* HTTP /mcp sessions and requests (http_mcp.c) */
+
   mn__pool *pool;
   /* I/O thread: jobs read in this round of lws_service(), handed to the
    * pool together when it returns (or at MN__SUBMIT_MAX_JOBS / _BYTES). */
@@ -179,11 +191,19 @@ struct mn_server {
 
 /* conn.c */
 mn__conn *mn__conn_new(mn_server *s, struct lws *wsi, const char *peer);
+/* An HTTP /mcp request of the session `parent` (see struct mn__conn). */
+mn__conn *mn__conn_new_request(mn__conn *parent, struct lws *wsi,
+                               int need_init);
 void mn__conn_ref(mn__conn *c);
 void mn__conn_unref(mn__conn *c);
 /* A worker or the watchdog finished something for c: push the reply
  * (may be empty) and wake the loop. Takes ownership of reply->data. */
 void mn__conn_complete(mn__conn *c, mn_rpc_reply *reply, int job_done);
+/* The same, for a worker's reply to an HTTP /mcp request: the status and
+ * the initialize flag travel with it, and a reply is queued even when
+ * empty (202) so that the loop answers the POST. */
+void mn__conn_complete_http(mn__conn *c, mn_rpc_reply *reply, int job_done,
+                            int status, int initialized);
 /* A worker found the connection broken (invalid UTF-8): queue a close
  * with `code` after the replies already waiting; later messages are
  * dropped. */
@@ -224,6 +244,31 @@ void mn__pool_free(mn__pool *p);
  * A byte scan of the JSON text, no parse. */
 int64_t mn__count_requests(const unsigned char *msg, size_t len, int binary);
 void mn__job_free(mn__job *j);
+
+/* http_mcp.c: MCP Streamable HTTP at /mcp, on the I/O thread. */
+typedef struct mn__mcp mn__mcp;
+/* An HTTP request for /mcp (LWS_CALLBACK_HTTP). *slot is the wsi's
+ * per-transaction pointer; returns what the lws callback returns. */
+int mn__mcp_http(mn_server *s, struct lws *wsi, void **slot);
+/* LWS_CALLBACK_HTTP_BODY / _BODY_COMPLETION / HTTP_WRITEABLE /
+ * CLOSED_HTTP for a wsi whose *slot is set. */
+int mn__mcp_body(mn_server *s, struct lws *wsi, void **slot, const void *in,
+                 size_t len);
+int mn__mcp_body_done(mn_server *s, struct lws *wsi, void **slot);
+int mn__mcp_writeable(mn_server *s, struct lws *wsi, void **slot);
+/* The loop found a reply for the HTTP request c (on_wake). */
+void mn__mcp_wake(mn__conn *c);
+void mn__mcp_closed(mn_server *s, void **slot);
+/* Requests handed to the workers and not yet answered (the drain waits
+ * for them; a body still arriving does not hold it up). */
+int64_t mn__mcp_pending(const mn_server *s);
+/* Once a second from the tick: end sessions idle past their timeout. */
+void mn__mcp_tick(mn_server *s, uint64_t now_ns);
+/* The sessions go (after the loop and the pool have stopped). */
+void mn__mcp_free(mn_server *s);
+/* server.c's checks, shared with http_mcp.c. */
+int mn__check_auth(const mn_config *cfg, struct lws *wsi);
+int mn__check_origin(const mn_config *cfg, struct lws *wsi);
 
 /* utf8.c: 1 when p[0..n) is well-formed UTF-8 (RFC 3629). */
 int mn__utf8_valid(const unsigned char *p, size_t n);

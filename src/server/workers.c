@@ -146,13 +146,20 @@ static void answer_shutting_down(const mn__job *j, mn_rpc_reply *out) {
                 NULL, out);
 }
 
-static void run_job(mn__pool *p, mn__job *j, mn_rpc_reply *reply) {
+/* What run_job found for an HTTP /mcp request. */
+typedef struct http_outcome {
+  int status, initialized;
+} http_outcome;
+
+static void run_job(mn__pool *p, mn__job *j, mn_rpc_reply *reply,
+                    http_outcome *ho) {
   mn_server *s = p->srv;
   memset(reply, 0, sizeof *reply);
   if (atomic_load(&j->conn->failed))
     return; /* the connection is being closed; nothing more is answered */
-  /* RFC 6455: a text message that is not UTF-8 fails the connection. */
-  if (!j->binary && !mn__utf8_valid(j->msg, j->len)) {
+  /* RFC 6455: a text message that is not UTF-8 fails the connection.
+   * Over HTTP the JSON reader's own check answers -32700 instead. */
+  if (!j->conn->http && !j->binary && !mn__utf8_valid(j->msg, j->len)) {
     MN__LOGW("server",
              "%s: closing with 1007: a text message is not "
              "valid UTF-8",
@@ -170,7 +177,9 @@ static void run_job(mn__pool *p, mn__job *j, mn_rpc_reply *reply) {
   int64_t per_min = s->cfg->rate_limit;
   if (per_min > 0) {
     int64_t n = mn__count_requests(j->msg, j->len, j->binary);
-    int64_t wait_ms = mn__conn_rate_take(j->conn, n, per_min);
+    /* An HTTP request counts against its session's bucket. */
+    mn__conn *bucket = j->conn->parent ? j->conn->parent : j->conn;
+    int64_t wait_ms = mn__conn_rate_take(bucket, n, per_min);
     if (wait_ms > 0) {
       char msg[256], data[128];
       if (n > per_min)
@@ -193,6 +202,14 @@ static void run_job(mn__pool *p, mn__job *j, mn_rpc_reply *reply) {
       error_for_job(j, MN_RPC_RATE_LIMITED, msg, data, reply);
       return;
     }
+  }
+  if (j->conn->http) {
+    mn_rpc_http h = {.need_initialize = j->conn->http_need_init};
+    mn_rpc_handle_http(s->rpc, j->conn->session, j->msg, j->len, j->deadline_ns,
+                       &h, reply);
+    ho->status = h.status;
+    ho->initialized = h.initialized;
+    return;
   }
   mn_rpc_handle(s->rpc, j->conn->session, j->msg, j->len, j->binary,
                 j->deadline_ns, reply);
@@ -233,8 +250,9 @@ static void *worker_main(void *arg) {
     pthread_mutex_unlock(&p->lock);
 
     mn_rpc_reply reply = {0};
+    http_outcome ho = {0, 0};
     if (!skip)
-      run_job(p, j, &reply);
+      run_job(p, j, &reply, &ho);
 
     pthread_mutex_lock(&p->lock);
     p->slots[index].job = NULL;
@@ -253,7 +271,7 @@ static void *worker_main(void *arg) {
       mn_rpc_reply_free(&reply);
       mn__conn_complete(j->conn, NULL, 1);
     } else {
-      mn__conn_complete(j->conn, &reply, 1);
+      mn__conn_complete_http(j->conn, &reply, 1, ho.status, ho.initialized);
     }
     mn__job_free(j);
     finished = 1;

@@ -35,6 +35,8 @@ static const char *const all_keys[] = {
     "server.max_json_depth",
     "server.idle_timeout",
     "server.drain_timeout",
+    "server.mcp_max_sessions",
+    "server.mcp_session_timeout",
     "server.auth_tokens",
     "server.allowed_origins",
     "server.tls_cert",
@@ -137,6 +139,8 @@ static void test_defaults(void **state) {
   assert_int_equal(c.max_json_depth, 64);
   assert_int_equal(c.idle_timeout_s, 300);
   assert_int_equal(c.drain_timeout_ms, 10000);
+  assert_int_equal(c.mcp_max_sessions, 1000);
+  assert_int_equal(c.mcp_session_timeout_s, 1800);
   assert_int_equal(c.n_auth_tokens, 0);
   assert_int_equal(c.n_allowed_origins, 0);
   assert_string_equal(c.tls_cert, "");
@@ -213,6 +217,7 @@ static const char every_key_json[] =
     " \"server\": {\"host\": \"0.0.0.0\", \"port\": 0, \"max_connections\": 5,"
     " \"max_message_size\": \"1.5 MB\", \"rate_limit\": 0,"
     " \"max_json_depth\": 9, \"idle_timeout\": 12,"
+    " \"mcp_max_sessions\": 7, \"mcp_session_timeout\": 90,"
     " \"auth_tokens\": [\"t1\", \"t2\"], \"allowed_origins\": "
     "[\"http://a.example\"], \"tls_cert\": \"c.pem\", \"tls_key\": \"k.pem\","
     " \"log_level\": \"debug\"},"
@@ -239,6 +244,8 @@ static void check_every_key(const mn_config *c) {
   assert_int_equal(c->rate_limit, 0);
   assert_int_equal(c->max_json_depth, 9);
   assert_int_equal(c->idle_timeout_s, 12);
+  assert_int_equal(c->mcp_max_sessions, 7);
+  assert_int_equal(c->mcp_session_timeout_s, 90);
   assert_int_equal(c->n_auth_tokens, 2);
   assert_string_equal(c->auth_tokens[0], "t1");
   assert_string_equal(c->auth_tokens[1], "t2");
@@ -275,6 +282,8 @@ static const char *const every_key_text[][2] = {
     {"server.max_json_depth", "9"},
     {"server.idle_timeout", "12"},
     {"server.drain_timeout", "250"},
+    {"server.mcp_max_sessions", "7"},
+    {"server.mcp_session_timeout", "90"},
     {"server.auth_tokens", "t1, t2"},
     {"server.allowed_origins", "http://a.example"},
     {"server.tls_cert", "c.pem"},
