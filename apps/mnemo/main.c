@@ -98,11 +98,10 @@ static json_t *parse_object(const char *text, const char *where) {
     die(EXIT_USAGE,
         "params from %s are not valid JSON: %s (line %d, column %d)", where,
         err.text, err.line, err.column);
-  if (!json_is_object(v) && !json_is_array(v))
+  if (!json_is_object(v))
     die(EXIT_USAGE,
-        "params from %s must be a JSON object (or an array of positional "
-        "params), not a bare value",
-        where);
+        "params from %s must be a JSON object of named params, not %s",
+        where, json_is_array(v) ? "an array" : "a bare value");
   return v;
 }
 

@@ -176,8 +176,8 @@ static int http_route(mn_server *s, struct lws *wsi, const char *uri) {
   }
   char msg[300];
   int n = snprintf(msg, sizeof msg,
-                   "no such page: %.200s (try /, /health, /ready or "
-                   "/metrics)\n",
+                   "no such page: %.200s (try /, /health, /ready, /metrics, "
+                   "or POST /mcp for MCP over HTTP)\n",
                    uri);
   return http_respond(wsi, HTTP_STATUS_NOT_FOUND, "text/plain; charset=utf-8",
                       msg, (size_t)n);

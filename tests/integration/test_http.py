@@ -120,7 +120,8 @@ def test_index_page_is_the_dashboard_with_its_csp(server):
 def test_unknown_path_is_404_and_says_what_exists(server):
     status, _, body = server.http("/nope")
     assert status == 404
-    assert b"/health" in body
+    assert body.startswith(b"no such page: /nope (try /, /health, /ready, "
+                           b"/metrics, or POST /mcp"), body
 
 
 def test_only_get_and_head_are_served(server):

@@ -161,7 +161,9 @@ def test_bad_command_lines_send_nothing(server, args, words):
 
 def test_bare_json_value_from_stdin_is_refused(server):
     rc, out, err = mnemo(server, "health", "-", stdin="3")
-    assert rc == 2 and "must be a JSON object" in err
+    assert rc == 2 and "must be a JSON object of named params, not a bare" in err
+    rc, out, err = mnemo(server, "health", "-", stdin="[1, 2]")
+    assert rc == 2 and "not an array" in err
 
 
 def test_no_server_exits_3(server):
@@ -323,3 +325,18 @@ def test_readme_first_example_in_node(start_server):
                        timeout=60, env=env)
     assert p.returncode == 0, p.stderr
     assert "processed: [ [ 0.6, 0.8, 0 ] ]" in p.stdout, p.stdout
+
+
+def test_readme_mcp_http_curl_example(start_server):
+    """The README's curl session on /mcp, pasted, against a fresh server."""
+    fresh = start_server({"server": {"rate_limit": 0}})
+    script = readme_blocks("sh")[2]
+    assert script.count("http://127.0.0.1:3001/mcp") == 3
+    script = script.replace("127.0.0.1:3001", f"127.0.0.1:{fresh.port}")
+    p = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", script],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    reply = json.loads(p.stdout)
+    assert reply["id"] == 2 and not reply["result"].get("isError"), reply
+    content = reply["result"]["structuredContent"]
+    assert content["processed"] == [[0.6, 0.8]]
