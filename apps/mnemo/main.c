@@ -100,8 +100,8 @@ static json_t *parse_object(const char *text, const char *where) {
         err.text, err.line, err.column);
   if (!json_is_object(v))
     die(EXIT_USAGE,
-        "params from %s must be a JSON object of named params, not %s",
-        where, json_is_array(v) ? "an array" : "a bare value");
+        "params from %s must be a JSON object of named params, not %s", where,
+        json_is_array(v) ? "an array" : "a bare value");
   return v;
 }
 
