@@ -12,8 +12,11 @@ DATA_DIR  ?= ./data
 PKGS = cmake pkg-config gcc g++ make libwebsockets-dev libjansson-dev \
        liblmdb-dev libopenblas-dev liblapacke-dev libcmocka-dev
 # What `make test` adds: the real clients and programs the tests drive.
+# haproxy, openssl, prometheus (for promtool) and lmdb-utils (mdb_copy) are
+# for the deploy/ tests (tests/deploy); on a machine with systemd, Debian
+# starts the haproxy and prometheus services when it installs them.
 TEST_PKGS = python3 python3-numpy python3-websockets python3-pytest nodejs \
-       npm chromium
+       npm chromium haproxy openssl prometheus lmdb-utils
 BENCH_PKGS = python3-sklearn python3-faiss
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)

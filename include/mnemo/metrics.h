@@ -26,6 +26,11 @@ MN_API void mn_metrics_request(mn_metrics *m, const char *method,
 MN_API void mn_metrics_connection(mn_metrics *m, int delta);
 MN_API void mn_metrics_connection_refused(mn_metrics *m);
 MN_API void mn_metrics_bytes(mn_metrics *m, uint64_t in, uint64_t out);
+/** The budget of a memory tier in bytes, 0 for no limit (gpu.memory_limit,
+ *  processing.cache_size, storage.disk_limit): exported as
+ *  mnemo_memory_budget_bytes{tier} beside mnemo_memory_bytes{tier}. An
+ *  out-of-range tier is ignored. */
+MN_API void mn_metrics_set_budget(mn_metrics *m, mn_tier tier, uint64_t bytes);
 /** A named monotonic counter, e.g. "rate_limited", "cpu_fallbacks". */
 MN_API void mn_metrics_count(mn_metrics *m, const char *name, int64_t delta);
 /** A named gauge, e.g. "jobs_in_flight". */

@@ -196,7 +196,8 @@ static const key_desc key_table[] = {
     STR_KEY("server.tls_cert", tls_cert, 0,
             "PEM certificate for wss://, set together with server.tls_key. "
             "mnemod does not serve TLS yet and refuses to start when it is "
-            "set; terminate TLS in a proxy in front of it."),
+            "set; terminate TLS in a proxy in front of it (HAProxy: "
+            "deploy/haproxy.cfg, docs/operations.md)."),
     STR_KEY("server.tls_key", tls_key, 0,
             "PEM private key that goes with server.tls_cert (not served "
             "yet, as above)."),

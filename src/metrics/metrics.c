@@ -90,6 +90,7 @@ struct mn_metrics {
   int n_named, cap_named;
   _Atomic int64_t conn_active;
   _Atomic uint64_t conn_total, conn_refused, bytes_in, bytes_out;
+  _Atomic uint64_t budget[MN_TIER_COUNT]; /* bytes, 0 = no limit */
   uint64_t created_ns;
 };
 
@@ -331,6 +332,11 @@ void mn_metrics_connection_refused(mn_metrics *m) {
     atomic_fetch_add_explicit(&m->conn_refused, 1, memory_order_relaxed);
 }
 
+void mn_metrics_set_budget(mn_metrics *m, mn_tier tier, uint64_t bytes) {
+  if (m && (int)tier >= 0 && tier < MN_TIER_COUNT)
+    atomic_store_explicit(&m->budget[tier], bytes, memory_order_relaxed);
+}
+
 void mn_metrics_bytes(mn_metrics *m, uint64_t in, uint64_t out) {
   if (!m)
     return;
@@ -356,6 +362,7 @@ static const char *const reserved[] = {
     "mnemo_bytes_sent_total",
     "mnemo_memory_bytes",
     "mnemo_memory_peak_bytes",
+    "mnemo_memory_budget_bytes",
     "mnemo_uptime_seconds",
 };
 
@@ -454,6 +461,7 @@ typedef struct snapshot {
   int n_named;
   int64_t conn_active;
   uint64_t conn_total, conn_refused, bytes_in, bytes_out;
+  uint64_t budget[MN_TIER_COUNT];
   double uptime_s;
 } snapshot;
 
@@ -509,6 +517,8 @@ static mn_status snapshot_take(mn_metrics *m, snapshot *s) {
   s->conn_refused = atomic_load(&m->conn_refused);
   s->bytes_in = atomic_load(&m->bytes_in);
   s->bytes_out = atomic_load(&m->bytes_out);
+  for (int t = 0; t < MN_TIER_COUNT; t++)
+    s->budget[t] = atomic_load(&m->budget[t]);
   s->uptime_s = (double)(mn_time_ns() - m->created_ns) / 1e9;
   /* Stable output order, whatever order the names arrived in. */
   qsort(s->methods, (size_t)s->n_methods, sizeof *s->methods, by_name);
@@ -736,6 +746,14 @@ char *mn_metrics_prometheus(mn_metrics *m) {
       sb_printf(&b, "%s{tier=\"%s\"} %lld\n", tier_gauges[i].name, tiers[t],
                 (long long)tier_gauges[i].get((mn_tier)t));
   }
+  /* Beside the bytes, so that an alert can divide one by the other: the
+   * host ratio is the pressure state of /health (recovery above 0.8). */
+  family(&b, "mnemo_memory_budget_bytes", "gauge",
+         "Budget of each memory tier (gpu.memory_limit, "
+         "processing.cache_size, storage.disk_limit); 0 means no limit.");
+  for (int t = 0; t < MN_TIER_COUNT; t++)
+    sb_printf(&b, "mnemo_memory_budget_bytes{tier=\"%s\"} %llu\n", tiers[t],
+              (unsigned long long)s.budget[t]);
   family(&b, "mnemo_uptime_seconds", "gauge",
          "Seconds since the metrics registry was created.");
   sb_printf(&b, "mnemo_uptime_seconds ");

@@ -296,6 +296,13 @@ mn_status mn_rpc_create(const mn_rpc_opts *opts, mn_rpc **out) {
    * sees them before the first event. */
   if (s == MN_OK && r->metrics && r->cpu)
     mn_metrics_count(r->metrics, "cpu_fallbacks", 0);
+  /* The budgets the tiers' bytes are measured against (alerts divide). */
+  if (s == MN_OK && r->metrics) {
+    const mn_config *cf = opts->config;
+    mn_metrics_set_budget(r->metrics, MN_TIER_DEVICE, cf->gpu_memory_limit);
+    mn_metrics_set_budget(r->metrics, MN_TIER_HOST, cf->cache_size);
+    mn_metrics_set_budget(r->metrics, MN_TIER_DISK, cf->disk_limit);
+  }
   if (s == MN_OK && r->metrics && r->batcher) {
     static const char *const names[] = {"batches", "batched_jobs",
                                         "batched_rows", "batch_lone_waits"};

@@ -989,8 +989,9 @@ mn_status mn_server_create(const mn_server_opts *opts, mn_server **out) {
   if (cfg->tls_cert[0] || cfg->tls_key[0])
     return mn__set_error(MN_ERR_UNSUPPORTED,
                          "server.tls_cert / server.tls_key: TLS is not "
-                         "served by mnemod yet; terminate TLS in front of it "
-                         "(see deploy/)");
+                         "served by mnemod yet; terminate TLS in a proxy in "
+                         "front of it (HAProxy: deploy/haproxy.cfg, "
+                         "docs/operations.md)");
   mn_server *s = calloc(1, sizeof *s);
   if (!s)
     return mn__set_error(MN_ERR_NOMEM, "server: out of memory");
@@ -1069,8 +1070,19 @@ mn_status mn_server_create(const mn_server_opts *opts, mn_server **out) {
   s->queue_limit = cfg->queue_limit > 0         ? cfg->queue_limit
                    : 4 * (int64_t)nworkers > 64 ? 4 * (int64_t)nworkers
                                                 : 64;
-  if (s->metrics)
-    mn_metrics_count(s->metrics, "read_pauses", 0);
+  /* Every series the server adds to exists from the start: a counter
+   * that first appears at 1 is invisible to Prometheus's increase() and
+   * rate(), so an alert on its first event would never fire; and a gauge
+   * the first scrape misses looks like a missing metric. */
+  if (s->metrics) {
+    static const char *const counters[] = {"read_pauses", "oversized_messages",
+                                           "invalid_utf8", "rate_limited",
+                                           "watchdog_timeouts"};
+    for (size_t i = 0; i < sizeof counters / sizeof counters[0]; i++)
+      mn_metrics_count(s->metrics, counters[i], 0);
+    mn_metrics_gauge(s->metrics, "jobs_in_flight", 0);
+    mn_metrics_gauge(s->metrics, "job_queue_depth", 0);
+  }
   mn_status st = mn__pool_start(s, nworkers, &s->pool);
   if (st != MN_OK) {
     mn_server_destroy(s);

@@ -415,7 +415,14 @@ static void test_prometheus(void **state) {
   mn_metrics_gauge(m, "connections", 1);
   mn_metrics_gauge(m, "requests_total", 1);
   mn_metrics_gauge(m, "rate_limited_total", 1);
+  mn_metrics_gauge(m, "memory_budget_bytes", 1);
   mn_account_add(MN_TIER_DISK, 123456789);
+  /* Budgets: what alerts divide the tier bytes by (deploy/alerts.yml). */
+  mn_metrics_set_budget(m, MN_TIER_HOST, 4000000000u);
+  mn_metrics_set_budget(m, MN_TIER_DISK, 1ull << 40);
+  mn_metrics_set_budget(m, MN_TIER_DISK, 3ull << 40); /* the last one holds */
+  mn_metrics_set_budget(m, MN_TIER_COUNT, 5);         /* ignored */
+  mn_metrics_set_budget(NULL, MN_TIER_HOST, 5);       /* ignored */
 
   char *text = mn_metrics_prometheus(m);
   assert_non_null(text);
@@ -491,6 +498,13 @@ static void test_prometheus(void **state) {
   assert_true(find(&e, "mnemo_memory_bytes", "tier", "host", NULL) ==
               (double)mn_account_get(MN_TIER_HOST));
   find(&e, "mnemo_memory_bytes", "tier", "device", NULL);
+  assert_true(find(&e, "mnemo_memory_budget_bytes", "tier", "host", NULL) ==
+              4e9);
+  assert_true(find(&e, "mnemo_memory_budget_bytes", "tier", "disk", NULL) ==
+              (double)(3ull << 40));
+  assert_true(find(&e, "mnemo_memory_budget_bytes", "tier", "device", NULL) ==
+              0);
+  assert_int_equal(count_series(&e, "mnemo_memory_budget_bytes"), 3);
   assert_int_equal(count_series(&e, "mnemo_connections_total"), 1);
   assert_int_equal(count_series(&e, "mnemo_connections"), 1);
   assert_int_equal(count_series(&e, "mnemo_requests_total"), 3);
@@ -510,6 +524,7 @@ static void test_prometheus(void **state) {
   text = mn_metrics_prometheus(m);
   parse_exposition(text, &e);
   assert_true(find(&e, "mnemo_connections", NULL) == 0);
+  assert_true(find(&e, "mnemo_memory_budget_bytes", "tier", "host", NULL) == 0);
   free(text);
   mn_metrics_destroy(m);
 }
