@@ -55,6 +55,9 @@ typedef struct mn_config {
   int64_t idle_timeout_s;    /* server.idle_timeout, default 300 */
   int64_t drain_timeout_ms;  /* server.drain_timeout: graceful shutdown
                                 deadline in ms, default 10000 */
+  int64_t drain_delay_ms;    /* server.drain_delay: on a stop, keep serving
+                                with /ready at 503 this long first (ms),
+                                default 0 */
   /* server.mcp_max_sessions: MCP sessions over HTTP (/mcp) open at once,
    * default 1000; server.mcp_session_timeout: seconds after which an idle
    * one ends, default 1800. */

@@ -172,6 +172,12 @@ static const key_desc key_table[] = {
     INT_KEY("server.drain_timeout", drain_timeout_ms, 1, I32MAX, "ms",
             "On SIGINT / SIGTERM, how long requests in flight may take to "
             "finish before mnemod closes the connections and exits."),
+    INT_KEY("server.drain_delay", drain_delay_ms, 0, I32MAX, "ms",
+            "On SIGINT / SIGTERM, how long mnemod keeps serving as usual, "
+            "new connections included, with /ready answering 503, before "
+            "the drain starts: time for a load balancer's health check to "
+            "take it out of rotation. A second signal skips it. 0: drain at "
+            "once."),
     INT_KEY("server.mcp_max_sessions", mcp_max_sessions, 1, 1000000, NULL,
             "MCP sessions over HTTP (POST /mcp) open at once; an "
             "initialize beyond it is refused with HTTP 503."),
@@ -244,6 +250,7 @@ void mn_config_defaults(mn_config *c) {
   c->rate_limit = 1000;
   c->max_json_depth = 64;
   c->drain_timeout_ms = 10000;
+  c->drain_delay_ms = 0;
   c->idle_timeout_s = 300;
   c->mcp_max_sessions = 1000;
   c->mcp_session_timeout_s = 1800;

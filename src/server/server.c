@@ -145,7 +145,9 @@ static int http_route(mn_server *s, struct lws *wsi, const char *uri) {
     return rc;
   }
   if (!strcmp(uri, "/ready")) {
-    int ready = s->state == MN__SRV_SERVING;
+    /* Not ready from the moment a stop is asked for, also while
+     * server.drain_delay keeps serving. */
+    int ready = s->state == MN__SRV_SERVING && !s->leaving;
     const char *doc = ready ? "{\"ready\":true,\"state\":\"serving\"}"
                             : "{\"ready\":false,\"state\":\"draining\"}";
     return http_respond(
@@ -803,7 +805,17 @@ static void advance_state(mn_server *s) {
   flush_jobs(s); /* the pool's counts below must see every message */
   uint64_t now = mn_time_ns();
   int req = atomic_load(&s->stop_requested);
-  if (s->state == MN__SRV_SERVING && req) {
+  if (s->state == MN__SRV_SERVING && req && !s->leaving &&
+      s->cfg->drain_delay_ms > 0 && req < 2) {
+    s->leaving = 1;
+    s->leave_deadline_ns = now + (uint64_t)s->cfg->drain_delay_ms * 1000000u;
+    MN__LOGI("server",
+             "stopping: /ready says 503 now; still serving for %lld ms "
+             "(server.drain_delay) before the drain",
+             (long long)s->cfg->drain_delay_ms);
+  }
+  if (s->state == MN__SRV_SERVING && req &&
+      (!s->leaving || now >= s->leave_deadline_ns || req >= 2)) {
     s->state = MN__SRV_DRAINING;
     s->drain_deadline_ns = now + (uint64_t)s->drain_ms * 1000000u;
     MN__LOGI("server",

@@ -177,6 +177,10 @@ struct mn_server {
   size_t pend_bytes;
   int drain_timed_out;
   int drain_rejected; /* queued jobs were told to answer -32004 */
+  /* Stopping, but still serving until leave_deadline_ns with /ready at 503
+   * (server.drain_delay): a load balancer takes the server out first. */
+  int leaving;
+  uint64_t leave_deadline_ns;
 
   /* Overload: jobs handed over and not yet answered, over all
    * connections (the loop adds; workers, or the watchdog when it answers a

@@ -20,7 +20,7 @@ import websockets
 
 from conftest import DEPLOY, HAPROXY_CFG, HERE, ROOT, haproxy_env, tool
 from helpers import (MNEMOD, binary_frame, call, connect, normalize_ref,
-                     pca_ref, split_binary)
+                     pca_ref, rpc, split_binary)
 
 
 def https(proxy, ctx, path, headers=None):
@@ -288,6 +288,34 @@ def test_drain_marks_the_instance_down_and_sessions_finish(
     assert closed.code == 1001, closed
 
 
+def test_drain_delay_takes_an_idle_instance_out_before_it_refuses(
+        start_server, start_proxy, cert):
+    """With server.drain_delay (as deploy/mnemod.json sets it), an idle
+    mnemod that gets SIGTERM keeps serving while /ready says 503: HAProxy
+    takes it out, and no handshake is ever refused or retried."""
+    a = start_server({"server": {"rate_limit": 0, "drain_delay": 2500}})
+    b = start_server({"server": {"rate_limit": 0}})
+    proxy = start_proxy([a, b], check_inter="100ms")
+    ctx = cert[1]
+    proxy.wait_status("m1", "UP")
+    proxy.wait_status("m2", "UP")
+    refused0 = metric(a, "mnemo_connections_refused_total")
+    b0 = metric(b, "mnemo_connections_total")
+    t0 = time.monotonic()
+    a.send_signal(signal.SIGTERM)
+    proxy.wait_status("m1", "DOWN", timeout=2)
+    assert a.proc.poll() is None and time.monotonic() - t0 < 2.5
+    # Still serving directly, while out of rotation.
+    r = rpc(a, "processEmbeddings", {"embeddings": [[3, 4, 0]],
+                                     "options": {"normalize": True}})
+    assert np.allclose(r["result"]["processed"], [[0.6, 0.8, 0]]), r
+    for _ in range(4):
+        asyncio.run(_one_call(proxy, ctx))
+    assert metric(b, "mnemo_connections_total") == b0 + 4
+    assert metric(a, "mnemo_connections_refused_total") == refused0
+    assert a.proc.wait(20) == 0, "".join(a.log)
+
+
 def test_tls_in_mnemod_points_to_deploy(tmp_path):
     """mnemod refuses server.tls_cert and says where TLS is done."""
     cfg = tmp_path / "c.json"
@@ -387,9 +415,13 @@ def test_metrics_pass_promtool_and_hold_the_alert_metrics(start_server):
 def test_systemd_unit(tmp_path):
     unit = open(os.path.join(DEPLOY, "mnemod.service")).read()
     # The stop timeout leaves room for the drain (mnemod.service's
-    # comment): drain_timeout + 2 s of -32004 answers + 3 s of closing.
+    # comment): drain_delay + drain_timeout + 2 s for running requests + 3 s
+    # of closing.
     cfg = json.load(open(os.path.join(DEPLOY, "mnemod.json")))
-    drain_s = cfg["server"]["drain_timeout"] / 1000
+    drain_s = (cfg["server"]["drain_delay"] +
+               cfg["server"]["drain_timeout"]) / 1000
+    # The delay outlasts HAProxy's detection: fall 2 checks, 1 s apart.
+    assert cfg["server"]["drain_delay"] >= 2500
     stop = re.search(r"^TimeoutStopSec=(\d+)s$", unit, re.M)
     assert stop and int(stop.group(1)) >= drain_s + 6, unit
     assert re.search(r"^KillSignal=SIGTERM$", unit, re.M)

@@ -10,7 +10,8 @@ import time
 import numpy as np
 import websockets
 
-from helpers import binary_frame, connect, pca_ref, split_binary
+from helpers import (binary_frame, connect, normalize_ref, pca_ref,
+                     split_binary)
 
 # The drain must still be running when the test looks at it, however fast
 # the backend: drain_run times one fit first and queues enough of them for
@@ -236,3 +237,66 @@ def test_drain_deadline_answers_the_queue_while_the_worker_is_stuck(
     assert stuck.rcvd is not None and stuck.rcvd.code == 1001
     srv.proc.wait(20)
     assert any("still in flight; closing anyway" in line for line in srv.log)
+
+
+def test_drain_delay_keeps_serving_with_ready_503(start_server):
+    """server.drain_delay: from SIGTERM on, /ready says 503 so that a load
+    balancer takes the server out, but everything is still served, new
+    connections included, for the delay; then the usual drain, 1001 and
+    exit 0."""
+    delay_ms = 1500
+    srv = start_server({"server": {"rate_limit": 0,
+                                   "drain_delay": delay_ms}})
+    x = np.random.default_rng(2).standard_normal((16, 24)).astype(
+        np.float32)
+
+    async def normalize(ws, rid):
+        await ws.send(json.dumps({
+            "jsonrpc": "2.0", "id": rid, "method": "processEmbeddings",
+            "params": {"embeddings": x.tolist(),
+                       "options": {"normalize": True}}}))
+        r = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        got = np.array(r["result"]["processed"], dtype=np.float64)
+        np.testing.assert_allclose(got, normalize_ref(x), atol=2e-7)
+
+    async def go():
+        async with connect(srv.url) as old:
+            await normalize(old, 1)
+            assert srv.http("/ready")[0] == 200
+            t0 = time.monotonic()
+            srv.send_signal(signal.SIGTERM)
+            while srv.http("/ready")[0] != 503:
+                assert time.monotonic() - t0 < 1.0, "/ready stayed 200"
+                await asyncio.sleep(0.01)
+            status, _, body = srv.http("/ready")
+            assert status == 503 and json.loads(body)["ready"] is False
+            # still serving: the old session and a new one
+            await normalize(old, 2)
+            async with connect(srv.url) as new:
+                await normalize(new, 3)
+            served_until = time.monotonic() - t0
+            try:
+                await asyncio.wait_for(old.recv(), 20)
+                closed = None
+            except websockets.ConnectionClosed as e:
+                closed = e
+            return served_until, time.monotonic() - t0, closed
+
+    served_until, closed_at, closed = asyncio.run(go())
+    assert served_until < delay_ms / 1000, served_until
+    assert closed is not None and closed.rcvd.code == 1001
+    assert closed_at >= delay_ms / 1000 - 0.05, closed_at
+    assert srv.proc.wait(20) == 0, "".join(srv.log)
+    assert any("server.drain_delay" in line for line in srv.log)
+
+
+def test_second_signal_skips_the_drain_delay(start_server):
+    srv = start_server({"server": {"drain_delay": 600000}})
+    t0 = time.monotonic()
+    srv.send_signal(signal.SIGTERM)
+    while srv.http("/ready")[0] != 503:
+        assert time.monotonic() - t0 < 2
+        time.sleep(0.01)
+    srv.send_signal(signal.SIGTERM)
+    assert srv.proc.wait(10) == 0, "".join(srv.log)
+    assert time.monotonic() - t0 < 10
