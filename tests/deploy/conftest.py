@@ -2,9 +2,9 @@
 real HAProxy with deploy/haproxy.cfg, a throwaway certificate from openssl.
 
 The programs these tests need (haproxy, openssl, promtool, mdb_copy) are
-installed by `make deps` (the Makefile's PKGS). When one is missing the
-tests that need it fail and say which package to install: CI must not pass
-by skipping them.
+installed by `make deps-test` (the Makefile's TEST_PKGS). When one is
+missing the tests that need it fail and say which package to install:
+CI must not pass by skipping them.
 """
 import os
 import shutil
@@ -39,7 +39,7 @@ def tool(name):
     found = shutil.which(name, path=path)
     if not found:
         pytest.fail(f"{name} is not installed: apt-get install "
-                    f"{PACKAGES.get(name, name)} (make deps installs it)",
+                    f"{PACKAGES.get(name, name)} (make deps-test installs it)",
                     pytrace=False)
     return found
 

@@ -2,7 +2,7 @@
 // driven by playwright-core, against a real mnemod. What the page shows is
 // checked against an independent client (npm ws) making the same JSON-RPC
 // calls. Chromium is required: without it this test fails (CI installs it
-// with `make deps`).
+// with `make deps-test`).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
@@ -11,14 +11,14 @@ import { RpcClient, WebSocket, randomRows, startServer } from './helpers.mjs';
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 if (!existsSync(CHROMIUM))
   throw new Error(`${CHROMIUM} is missing: the dashboard test needs Chromium ` +
-                  '(Debian package "chromium"; `make deps` installs it, or ' +
+                  '(Debian package "chromium"; `make deps-test` installs it, or ' +
                   'set CHROMIUM to a Chromium binary)');
 let chromium;
 try {
   ({ chromium } = await import('playwright-core'));
 } catch (e) {
   throw new Error('npm playwright-core is missing in tests/node: run ' +
-                  '`make deps` (or `npm install` in tests/node): ' + e.message);
+                  '`make deps-test` (or `npm install` in tests/node): ' + e.message);
 }
 
 const REFRESH_MS = 2000; // the page's refresh period
