@@ -21,7 +21,7 @@ import pytest
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "integration"))
 
-from helpers import ROOT, Server  # noqa: E402
+from helpers import ROOT, servers  # noqa: E402
 
 DEPLOY = os.path.join(ROOT, "deploy")
 HAPROXY_CFG = os.path.join(DEPLOY, "haproxy.cfg")
@@ -183,20 +183,8 @@ def haproxy_env(pem, backends, stats_socket, bind, metrics_bind,
 def start_server():
     """start_server(config, args) -> a real mnemod, stopped at the end of
     the module."""
-    started = []
-
-    def make(config=None, args=(), **kw):
-        s = Server(config, args, **kw).start()
-        started.append(s)
-        return s
-
-    yield make
-    problems = []
-    for s in started:
-        s.cleanup()
-        problems += s.sanitizer_reports()
-    assert not problems, "sanitizer reports from mnemod:\n" + "".join(
-        problems[:40])
+    with servers() as make:
+        yield make
 
 
 @pytest.fixture

@@ -6,29 +6,15 @@ rate limit (off, so that the suite's own traffic is never throttled).
 """
 import pytest
 
-from helpers import Server
+from helpers import servers
 
 
 @pytest.fixture(scope="module")
 def start_server():
     """Factory: start_server(config, args) -> Server, stopped when the
     module is done."""
-    started = []
-
-    def make(config=None, args=(), **kw):
-        s = Server(config, args, **kw).start()
-        started.append(s)
-        return s
-
-    yield make
-    problems = []
-    for s in started:
-        s.cleanup()
-        problems += s.sanitizer_reports()
-    # Under `make test-asan` the servers run instrumented: any report fails
-    # the module that started them.
-    assert not problems, "sanitizer reports from mnemod:\n" + "".join(
-        problems[:40])
+    with servers() as make:
+        yield make
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ special limits start their own server; the rest share `server`.
 """
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import re
@@ -138,6 +139,30 @@ class Server:
             except ValueError:
                 pass
         return out
+
+
+@contextlib.contextmanager
+def servers():
+    """A factory make(config, args, **kw) -> started Server; every server
+    it started is stopped when the block ends. Under `make test-asan` the
+    servers run instrumented, and any sanitizer report fails the block.
+    The start_server fixtures of tests/integration and tests/deploy."""
+    started = []
+
+    def make(config=None, args=(), **kw):
+        s = Server(config, args, **kw).start()
+        started.append(s)
+        return s
+
+    problems = []
+    try:
+        yield make
+    finally:
+        for s in started:
+            s.cleanup()
+            problems += s.sanitizer_reports()
+    assert not problems, "sanitizer reports from mnemod:\n" + "".join(
+        problems[:40])
 
 
 # ---------------------------------------------------------------------------
