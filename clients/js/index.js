@@ -757,6 +757,7 @@ export class MnemoClient {
     this.#pending.set(q.id, q);
     try {
       this.#ws.send(q.frame);
+      q.frame = null; // the socket has it now: let it go before the reply
     } catch (e) {
       this.#pending.delete(q.id);
       if (q.timer) clearTimeout(q.timer);
@@ -796,7 +797,7 @@ export class MnemoClient {
         return;
       }
       const q = { id, method, frame, resolve, reject, timer: null };
-      const limit = callOptions.timeout ?? this.#opts.timeout ??
+      const limit = callOptions?.timeout ?? this.#opts.timeout ??
                     DEFAULT_TIMEOUT_MS;
       if (limit > 0) {
         q.timer = setTimeout(() => {

@@ -36,8 +36,17 @@ before(async () => {
 });
 after(async () => {
   await client.close();
-  assert.equal(await srv.stop(), 0);
+  await stopClean(srv);
 });
+
+// Stop a server that was not killed: it must exit 0 with no sanitizer
+// report in its log (mnemod built with MNEMO_SANITIZE).
+async function stopClean(s) {
+  const rc = await s.stop();
+  const bad = s.log.filter(l => /runtime error|Sanitizer/.test(l));
+  assert.deepEqual(bad, []);
+  assert.equal(rc, 0, s.log.slice(-20).join('\n'));
+}
 
 // --- references in double precision ---------------------------------------
 
@@ -356,6 +365,8 @@ test('chunk API: allocate, processChunk (binary), readChunk as Tensor ' +
 
 test('MCP methods through the client: ping, listTools, callTool', async () => {
   assert.deepEqual(await client.ping(), {});
+  client.notify('notifications/initialized'); // no reply, nothing pending
+  assert.equal(client.inFlight, 0);
   const { tools } = await client.listTools();
   const r = await client.callTool('processEmbeddings', {
     embeddings: [[3, 4]], options: { normalize: true } });
@@ -415,7 +426,7 @@ test('RateLimitError with retryAfterMs; server TimeoutError with timeoutMs',
     });
     await c.close();
   } finally {
-    await s.stop();
+    await stopClean(s);
   }
 });
 
@@ -565,7 +576,7 @@ test('a server stopping gracefully answers what it ran and closes with ' +
     assert.match(reason, /shutting down/);
   } finally {
     await c.close();
-    await s.stop();
+    await stopClean(s);
   }
 });
 
@@ -600,7 +611,7 @@ test('reconnect: a request in flight at the drop is rejected and not ' +
     await assert.rejects(c.health(), ConnectionError);
   } finally {
     await c.close();
-    if (second) await second.stop();
+    if (second) await stopClean(second);
     else await first.stop();
   }
 });
@@ -632,7 +643,7 @@ test('auth token: refused without it (401), accepted as a header (npm ws) ' +
     assert.equal(b.url, s.url);
     await b.close();
   } finally {
-    await s.stop();
+    await stopClean(s);
   }
 });
 
@@ -666,7 +677,7 @@ test('the global WebSocket (Node --experimental-websocket, as in ' +
     assert.equal(out.ok, true);
     assert.deepEqual(out.data, [0.6000000238418579, 0.800000011920929, 0, 1]);
   } finally {
-    await s.stop();
+    await stopClean(s);
   }
 });
 
@@ -718,7 +729,7 @@ test("the seed's Quick Reference, as written", async () => {
   }, (e) => e instanceof ResourceError && e.requested > e.available);
   assert.equal(typeof cleaned.freed_bytes, 'number');
   await service2.close();
-  await small.stop();
+  await stopClean(small);
 });
 
 test("the seed's Integration Points: a Float32Array with " +
