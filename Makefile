@@ -61,6 +61,7 @@ deps-test: deps
 	@n=tests/node; stamp=$$n/node_modules/.package-lock.json; \
 	if [ -f $$n/package.json ] && { [ ! -d $$n/node_modules/ws ] || \
 	    [ ! -d $$n/node_modules/playwright-core ] || \
+	    [ ! -d $$n/node_modules/typescript ] || \
 	    [ $$n/package.json -nt $$stamp ] || \
 	    [ $$n/package-lock.json -nt $$stamp ]; }; then \
 	  echo "installing npm packages for tests/node"; \

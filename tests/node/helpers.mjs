@@ -46,7 +46,9 @@ export async function startServer(config = {}, { port = 0, dir = null } = {}) {
     port: listening, log, proc, dir,
     url: `ws://localhost:${listening}`,
     async stop({ keep = false } = {}) {
-      if (proc.exitCode === null) {
+      // Still running: neither an exit status nor a signal (a process
+      // killed by a test has exitCode null for good).
+      if (proc.exitCode === null && proc.signalCode === null) {
         const done = new Promise(ok => proc.on('exit', ok));
         proc.kill('SIGTERM');
         await done;
