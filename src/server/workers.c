@@ -343,7 +343,11 @@ static void *watchdog_main(void *arg) {
                  "discarded",
                  (long long)((now - j->enq_ns) / 1000000),
                  (long long)s->cfg->timeout_ms);
-        error_for_job(j, MN_RPC_TIMEOUT_ERROR, msg, NULL, &found[n].reply);
+        /* The same data as the engine's own -32002 (docs/API.md). */
+        char data[64];
+        snprintf(data, sizeof data, "{\"timeout_ms\":%lld}",
+                 (long long)s->cfg->timeout_ms);
+        error_for_job(j, MN_RPC_TIMEOUT_ERROR, msg, data, &found[n].reply);
         mn__conn_ref(j->conn);
         found[n].conn = j->conn;
         n++;

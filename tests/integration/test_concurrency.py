@@ -174,10 +174,12 @@ def test_a_stuck_worker_does_not_stop_reading(start_server):
             return replies, waited, stuck
 
     replies, waited, stuck = asyncio.run(go())
-    assert error_of(stuck, -32002)
+    assert error_of(stuck, -32002)["data"] == {"timeout_ms": 200}
     assert sorted(r["id"] for r in replies) == [0, 1, 2]
     for r in replies:
         assert "processing.timeout" in error_of(r, -32002)["message"]
+        # the watchdog's answer has the data the API promises for -32002
+        assert error_of(r, -32002)["data"] == {"timeout_ms": 200}
     # Each waits timeout + 1 s in turn (the worker never frees up): about
     # 3.6 s for three; without the fix the second is not even read before
     # the device's 10 s are over.
